@@ -1,0 +1,42 @@
+# Bigmind Signals. `make run` and `make test` are all a fresh machine with Python 3.11 needs.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint migrate demo bench clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Web server and Celery worker on the embedded defaults (SQLite, filesystem broker, SQLite
+# cache); Ctrl-C stops both. Environment variables (DATABASE_URL, REDIS_URL...) still apply.
+run: export DJANGO_DEBUG ?= true
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py bootstrap_demo --base-url http://$(HOST):$(PORT)
+	$(BIN)/python scripts/run_local.py --host $(HOST) --port $(PORT)
+
+# The full suite. With nothing set it runs on SQLite and the embedded broker; CI sets
+# DATABASE_URL, REDIS_URL and CELERY_BROKER_URL to prove the real stack.
+test: install
+	$(BIN)/python scripts/pytest_strict.py
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python scripts/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,131 @@
+"""A cache backend in one SQLite file, shared by every process on the machine.
+
+It exists for the embedded default (no Redis): Django's LocMemCache is per process, so a key
+revoked by `manage.py revoke_api_key` would stay cached in the web server, and its
+FileBasedCache/DatabaseCache implement `incr()` as read-modify-write, so two web processes
+could both spend the last unit of a rate-limit budget. Here `add()` is one INSERT and `incr()`
+one `UPDATE ... RETURNING` inside SQLite's write lock, so rate-limit counters stay exact across
+processes. Integers are stored as SQLite integers (so SQL can add to them), everything else
+pickled.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import threading
+import time
+from typing import Any
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY,
+    value,
+    expires REAL NOT NULL
+) WITHOUT ROWID
+"""
+_FOREVER = 1e18
+
+
+class SQLiteCache(BaseCache):
+    def __init__(self, location: str, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        self._path = location
+        self._local = threading.local()
+
+    # One connection per thread: sqlite3 connections must not cross threads.
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, timeout=10, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(_SCHEMA)
+            self._local.conn = conn
+        return conn
+
+    def _expiry(self, timeout: float | None | object) -> float:
+        seconds = self.get_backend_timeout(timeout)
+        return _FOREVER if seconds is None else time.time() + seconds
+
+    @staticmethod
+    def _encode(value: Any) -> Any:
+        if type(value) is int and -(2**63) <= value < 2**63:
+            return value
+        return sqlite3.Binary(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+
+    @staticmethod
+    def _decode(raw: Any) -> Any:
+        if isinstance(raw, int):
+            return raw
+        return pickle.loads(raw)  # noqa: S301 - only this process family writes the file
+
+    def add(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
+        key = self.make_and_validate_key(key, version=version)
+        now = time.time()
+        # Replaces an expired row, never a live one: one statement, atomic under the write lock.
+        cur = self._conn().execute(
+            "INSERT INTO cache (key, value, expires) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires = excluded.expires "
+            "WHERE cache.expires <= ?",
+            (key, self._encode(value), self._expiry(timeout), now),
+        )
+        return cur.rowcount == 1
+
+    def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
+        key = self.make_and_validate_key(key, version=version)
+        row = self._conn().execute(
+            "SELECT value FROM cache WHERE key = ? AND expires > ?", (key, time.time())
+        ).fetchone()
+        return default if row is None else self._decode(row[0])
+
+    def set(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> None:
+        key = self.make_and_validate_key(key, version=version)
+        self._conn().execute(
+            "INSERT OR REPLACE INTO cache (key, value, expires) VALUES (?, ?, ?)",
+            (key, self._encode(value), self._expiry(timeout)),
+        )
+
+    def touch(self, key: str, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
+        key = self.make_and_validate_key(key, version=version)
+        cur = self._conn().execute(
+            "UPDATE cache SET expires = ? WHERE key = ? AND expires > ?",
+            (self._expiry(timeout), key, time.time()),
+        )
+        return cur.rowcount == 1
+
+    def delete(self, key: str, version: int | None = None) -> bool:
+        key = self.make_and_validate_key(key, version=version)
+        cur = self._conn().execute("DELETE FROM cache WHERE key = ?", (key,))
+        return cur.rowcount == 1
+
+    def has_key(self, key: str, version: int | None = None) -> bool:
+        key = self.make_and_validate_key(key, version=version)
+        row = self._conn().execute(
+            "SELECT 1 FROM cache WHERE key = ? AND expires > ?", (key, time.time())
+        ).fetchone()
+        return row is not None
+
+    def incr(self, key: str, delta: int = 1, version: int | None = None) -> int:
+        key = self.make_and_validate_key(key, version=version)
+        row = self._conn().execute(
+            "UPDATE cache SET value = value + ? "
+            "WHERE key = ? AND expires > ? AND typeof(value) = 'integer' RETURNING value",
+            (delta, key, time.time()),
+        ).fetchone()
+        if row is None:
+            raise ValueError(f"Key '{key}' not found or not an integer")
+        return int(row[0])
+
+    def clear(self) -> None:
+        self._conn().execute("DELETE FROM cache")
+
+    def close(self, **kwargs: Any) -> None:
+        # Django calls close() after every request; the connection is kept for speed.
+        return None
+
+    def purge_expired(self) -> int:
+        cur = self._conn().execute("DELETE FROM cache WHERE expires <= ?", (time.time(),))
+        return cur.rowcount

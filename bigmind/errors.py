@@ -1,0 +1,141 @@
+"""Domain errors and the one place that renders them.
+
+Services raise an `ApplicationError` (or a subclass) carrying the HTTP status, a stable `code`
+and the message. `exception_handler` renders every error of the API, ours and DRF's, as the
+envelope `{"success": false, "error": ..., "code": ..., "details": [...]}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+
+
+class ApplicationError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.details = details
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def envelope(self) -> dict[str, Any]:
+        return error_envelope(self.message, code=self.code, details=self.details)
+
+
+class BadRequest(ApplicationError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(ApplicationError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(ApplicationError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ApplicationError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ApplicationError):
+    status_code = 413
+    code = "body_too_large"
+
+
+class RateLimited(ApplicationError):
+    status_code = 429
+    code = "rate_limited"
+
+
+class ServiceUnavailable(ApplicationError):
+    status_code = 503
+    code = "service_unavailable"
+
+
+def error_envelope(
+    message: str, *, code: str | None = None, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"success": False, "error": message}
+    if code:
+        body["code"] = code
+    if details is not None:
+        body["details"] = details
+    return body
+
+
+def _drf_message(data: Any) -> str:
+    """Flatten DRF's error payloads (a string, list or dict of lists) into one sentence."""
+    if isinstance(data, dict):
+        if "detail" in data:
+            return _drf_message(data["detail"])
+        return "; ".join(f"{key}: {_drf_message(value)}" for key, value in data.items())
+    if isinstance(data, list):
+        return "; ".join(_drf_message(item) for item in data)
+    return str(data)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    # Imported here: rest_framework.views reads the API settings, which import our
+    # authentication class, which imports this module.
+    from rest_framework.views import exception_handler as drf_exception_handler
+    from rest_framework.views import set_rollback
+
+    if isinstance(exc, ApplicationError):
+        set_rollback()
+        headers = dict(exc.headers)
+        if exc.status_code == 401:
+            headers.setdefault("WWW-Authenticate", "Bearer")
+        return Response(exc.envelope(), status=exc.status_code, headers=headers)
+
+    # DRF's own handler keeps WWW-Authenticate, Retry-After and the rollback; we only reshape.
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    code = None
+    if isinstance(exc, drf_exceptions.APIException):
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else None
+    elif isinstance(exc, Http404):
+        code = "not_found"
+    response.data = error_envelope(_drf_message(response.data), code=code)
+    return response
+
+
+# Django-level handlers, so even a URL that matches no view answers in the envelope.
+def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse(
+        error_envelope(f"Not found: {request.path}", code="not_found"), status=404
+    )
+
+
+def handler500(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(
+        error_envelope("Internal server error", code="internal_error"), status=500
+    )
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse(error_envelope("Bad request", code="bad_request"), status=400)

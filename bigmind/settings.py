@@ -1,0 +1,225 @@
+"""The one settings module. Everything that differs between machines comes from the environment.
+
+With no variable set, the service runs on one machine with no external server: SQLite for data,
+a SQLite-file cache (shared by all local processes, atomic counters for rate limits) and
+Celery's filesystem broker. Production sets DATABASE_URL, REDIS_URL (or CACHE_URL and
+CELERY_BROKER_URL), DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+
+# Local state of the embedded defaults (SQLite database, cache file, broker folders).
+VAR_DIR = Path(env("BIGMIND_VAR_DIR", default="var"))
+if not VAR_DIR.is_absolute():
+    VAR_DIR = BASE_DIR / VAR_DIR
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off (production)."
+        )
+    SECRET_KEY = "insecure-local-development-key-do-not-use-in-production"  # noqa: S105
+
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_ratelimit",
+    "signals_app",
+    "events_app",
+]
+
+MIDDLEWARE = [
+    "bigmind.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "bigmind.urls"
+WSGI_APPLICATION = "bigmind.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        # WAL lets the web server read while the worker writes; IMMEDIATE takes the write lock
+        # at BEGIN so two writers queue on `timeout` instead of failing with "database is locked".
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+else:
+    # Persistent connections: the ingest path must not pay a TCP + auth handshake per request.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache (lookups and rate-limit counters) -------------------------------------------------
+REDIS_URL = env("REDIS_URL", default="")
+# Short socket timeouts: when Redis is down a request must fail open quickly, not hang.
+CACHE_SOCKET_TIMEOUT = env.float("CACHE_SOCKET_TIMEOUT", default=0.25)
+if env("CACHE_URL", default=""):
+    _default_cache = env.cache("CACHE_URL")
+elif REDIS_URL:
+    _default_cache = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+else:
+    _default_cache = {
+        "BACKEND": "bigmind.cache.SQLiteCache",
+        "LOCATION": str(VAR_DIR / "cache.sqlite3"),
+    }
+if _default_cache["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    _default_cache.setdefault("OPTIONS", {}).update(
+        socket_connect_timeout=CACHE_SOCKET_TIMEOUT,
+        socket_timeout=CACHE_SOCKET_TIMEOUT,
+    )
+_default_cache.setdefault("KEY_PREFIX", env("CACHE_KEY_PREFIX", default="bigmind"))
+CACHES = {"default": _default_cache}
+
+# django-ratelimit counts in this cache with add()/incr(): atomic in Redis and in SQLiteCache.
+RATELIMIT_USE_CACHE = "default"
+# Our rate-limit service decides what an unreachable store means (accept and log); see
+# events_app/ratelimits.py and the README.
+RATELIMIT_FAIL_OPEN = True
+SILENCED_SYSTEM_CHECKS = [
+    # django-ratelimit only knows the built-in shared caches; SQLiteCache is shared and atomic.
+    "django_ratelimit.E003",
+    "django_ratelimit.W001",
+]
+
+# --- Celery ---------------------------------------------------------------------------------
+_broker_dir = VAR_DIR / "broker"
+for _sub in ("queue", "processed", "control"):
+    (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
+        "store_processed": False,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+        # Unacked messages come back after this long if a worker vanished (Redis transport).
+        "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+    }
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A publish happens after the event is committed; if the broker is down we give up fast (the
+# event stays `pending` in the database) instead of holding the HTTP request for long.
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True  # nothing reads task results; state lives on the Event row
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=60)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=90)
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {
+    "events.process_event": {"queue": "events.process"},
+}
+CELERY_TIMEZONE = "UTC"
+
+# --- API ------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["events_app.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": [],
+    "EXCEPTION_HANDLER": "bigmind.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+# Largest accepted body of POST /v1/events; larger bodies get 413 without being read.
+BIGMIND_EVENT_MAX_BODY_BYTES = env.int("BIGMIND_EVENT_MAX_BODY_BYTES", default=1024 * 1024)
+# Django refuses larger bodies itself; keep it above every endpoint's own limit.
+DATA_UPLOAD_MAX_MEMORY_SIZE = BIGMIND_EVENT_MAX_BODY_BYTES + 1024
+# Deepest nesting of JSON accepted in a request body (objects and arrays).
+BIGMIND_JSON_MAX_DEPTH = env.int("BIGMIND_JSON_MAX_DEPTH", default=32)
+# Per-minute budgets by signal type, unless the signal sets its own.
+BIGMIND_RATE_LIMITS = {
+    "event": env.int("BIGMIND_RATE_LIMIT_EVENT", default=100),
+    "metric": env.int("BIGMIND_RATE_LIMIT_METRIC", default=1000),
+    "state": env.int("BIGMIND_RATE_LIMIT_STATE", default=30),
+}
+# How long key and signal lookups stay cached; every change through the services
+# invalidates them at once, this is only the safety net for writes that bypass them.
+BIGMIND_LOOKUP_CACHE_SECONDS = env.int("BIGMIND_LOOKUP_CACHE_SECONDS", default=300)
+
+# --- Auth, i18n, static ---------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+    },
+}

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/", admin.site.urls),
+    path("v1/", include("events_app.api.urls")),
+]
+
+handler400 = "bigmind.errors.handler400"
+handler404 = "bigmind.errors.handler404"
+handler500 = "bigmind.errors.handler500"

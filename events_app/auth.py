@@ -1,0 +1,70 @@
+"""Bearer authentication with `sk_` API keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from django.utils import timezone
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.request import Request
+
+from bigmind.errors import Unauthorized
+from signals_app.models import ApiKey
+from signals_app.selectors import api_key_cache_store, api_key_get_ref
+from signals_app.services import api_key_hash
+
+# last_used_at is written at most this often per key, so a busy key costs no extra write.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+_MAX_KEY_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class ApiClient:
+    """Who is calling: an API key acting for one organization. Stands in for `request.user`."""
+
+    api_key_id: int
+    organization_id: int
+    is_authenticated: bool = True
+
+
+def api_key_authenticate(*, raw_key: str) -> ApiClient:
+    # Lookup is by the key's SHA-256, an exact match on a unique index: how long it takes does
+    # not depend on how many leading characters of a guess are right.
+    if not raw_key.startswith("sk_") or len(raw_key) > _MAX_KEY_LENGTH:
+        raise Unauthorized("Invalid API key", code="invalid_api_key")
+    key_hash = api_key_hash(raw_key)
+    ref = api_key_get_ref(key_hash=key_hash)
+    if ref is None:
+        raise Unauthorized("Invalid API key", code="invalid_api_key")
+    if ref.revoked:
+        raise Unauthorized("API key has been revoked", code="revoked_api_key")
+    now = timezone.now()
+    if ref.last_used_at is None or now - ref.last_used_at >= LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=ref.id).update(last_used_at=now)
+        api_key_cache_store(
+            key_hash=key_hash,
+            ref=replace(ref, last_used_at=now),
+        )
+    return ApiClient(api_key_id=ref.id, organization_id=ref.organization_id)
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[ApiClient, None]:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            raise Unauthorized(
+                "Missing API key: send the header 'Authorization: Bearer sk_...'",
+                code="missing_api_key",
+            )
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized(
+                "The Authorization header must be 'Bearer <API key>'", code="invalid_api_key"
+            )
+        return api_key_authenticate(raw_key=token), None
+
+    def authenticate_header(self, request: Request) -> str:
+        # Without this DRF would turn every 401 into a 403.
+        return "Bearer"

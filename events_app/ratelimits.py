@@ -1,0 +1,96 @@
+"""Per-organization, per-signal budgets per minute, counted by django-ratelimit in the shared
+cache (Redis in production, SQLiteCache on one machine) with atomic add/incr.
+
+Fail-open: if the store cannot be reached the request is accepted and a warning logged.
+Losing rate limiting for the length of a cache outage is better than refusing or losing
+customer events that the database could store; the limit protects capacity, not data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django_ratelimit.core import get_usage
+
+from signals_app.selectors import SignalRef
+
+logger = logging.getLogger(__name__)
+WINDOW_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class RateLimitStatus:
+    limit: int
+    remaining: int
+    reset_epoch: int
+    exceeded: bool
+    degraded: bool = False  # the store was unreachable; counts are unknown
+
+    def headers(self) -> dict[str, str]:
+        reset = datetime.fromtimestamp(self.reset_epoch, tz=UTC)
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": reset.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        if self.exceeded:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, self.reset_epoch - int(time.time()))
+
+
+def rate_limit_for(signal: SignalRef) -> int:
+    return signal.rate_limit_per_minute or settings.BIGMIND_RATE_LIMITS[signal.type]
+
+
+def _signal_key(group: str, request: object) -> str:
+    return "signal"
+
+
+def _usage(signal: SignalRef, *, increment: bool) -> RateLimitStatus:
+    limit = rate_limit_for(signal)
+    try:
+        usage = get_usage(
+            None,
+            group=f"ingest:{signal.organization_id}:{signal.public_id}",
+            key=_signal_key,
+            rate=(limit, WINDOW_SECONDS),
+            increment=increment,
+        )
+    except Exception:
+        # The Redis client raises its own ConnectionError/TimeoutError; any failure of the
+        # store means the same thing here.
+        usage = None
+        logger.warning("rate-limit store unreachable; accepting without limit", exc_info=True)
+    now = int(time.time())
+    if usage is None:  # store failed (RATELIMIT_FAIL_OPEN makes django-ratelimit say None)
+        return RateLimitStatus(
+            limit=limit,
+            remaining=limit,
+            reset_epoch=now - now % WINDOW_SECONDS + WINDOW_SECONDS,
+            exceeded=False,
+            degraded=True,
+        )
+    return RateLimitStatus(
+        limit=limit,
+        remaining=max(0, limit - usage["count"]),
+        reset_epoch=now + usage["time_left"],
+        exceeded=usage["should_limit"],
+    )
+
+
+def rate_limit_consume(signal: SignalRef) -> RateLimitStatus:
+    """Spend one unit of the signal's budget for this minute (one atomic counter call)."""
+    return _usage(signal, increment=True)
+
+
+def rate_limit_peek(signal: SignalRef) -> RateLimitStatus:
+    """The current state of the budget without spending from it (for headers on early errors)."""
+    return _usage(signal, increment=False)

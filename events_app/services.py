@@ -1,0 +1,176 @@
+"""Writes of the data plane. `event_ingest` is the whole of POST /v1/events after the body is
+read: parse, resolve the signal, spend rate budget, validate against the schema, store the event
+and its CRM record in one transaction, and queue processing after commit."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from bigmind.errors import ApplicationError, BadRequest, Conflict, NotFound, RateLimited
+from events_app.auth import ApiClient
+from events_app.ids import uuid7
+from events_app.models import CrmRecord, Event, EventStatus
+from events_app.ratelimits import RateLimitStatus, rate_limit_consume, rate_limit_peek
+from events_app.validation import EventRequest, event_request_parse, json_body_parse
+from signals_app.selectors import SignalRef, schema_version_validator, signal_get_active_ref
+from signals_app.schemas import schema_violations
+from signals_app.services import signal_slug_check
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    event: Event
+    signal: SignalRef
+    replayed: bool
+    rate: RateLimitStatus
+
+
+def _signal_lookup(organization_id: int, slug: str) -> SignalRef | None:
+    try:
+        signal_slug_check(slug)
+    except BadRequest:
+        return None  # cannot be a slug, so cannot name a signal: no lookup needed
+    return signal_get_active_ref(organization_id=organization_id, slug=slug)
+
+
+def crm_record_touch(
+    *, organization_id: int, identity_type: str, identity_id: str, seen_at: datetime
+) -> CrmRecord:
+    """Create the record on first sight, or move its last_seen_at; one upsert either way."""
+    record = CrmRecord(
+        organization_id=organization_id,
+        type=identity_type,
+        external_id=identity_id,
+        first_seen_at=seen_at,
+        last_seen_at=seen_at,
+    )
+    CrmRecord.objects.bulk_create(
+        [record],
+        update_conflicts=True,
+        unique_fields=["organization", "type", "external_id"],
+        update_fields=["last_seen_at"],
+    )
+    return record
+
+
+def event_enqueue(*, event_id: UUID) -> None:
+    # Imported here: tasks import services, and the task module pulls in Celery's machinery.
+    from events_app.tasks import process_event_task
+
+    process_event_task.delay(str(event_id))
+
+
+def _schema_check(signal: SignalRef, request: EventRequest) -> int | None:
+    """The schema version used, after checking `data` against it; None if the signal has none."""
+    number = request.version if request.version is not None else signal.latest_version
+    if number is None:
+        return None
+    validator = schema_version_validator(signal, number)
+    if validator is None:
+        raise NotFound(
+            f"Schema version {number} not found for signal {signal.slug}",
+            code="schema_version_not_found",
+        )
+    details = schema_violations(validator, request.data)
+    if details:
+        raise BadRequest(
+            f"data does not match schema version {number} of signal {signal.slug}",
+            code="schema_validation_failed",
+            details=details,
+        )
+    return number
+
+
+def _event_store(
+    *, client: ApiClient, signal: SignalRef, request: EventRequest, schema_version: int | None
+) -> tuple[Event, bool]:
+    now = timezone.now()
+    fingerprint = request.fingerprint()
+    try:
+        with transaction.atomic():
+            record = crm_record_touch(
+                organization_id=client.organization_id,
+                identity_type=request.identity_type,
+                identity_id=request.identity_id,
+                seen_at=now,
+            )
+            event = Event.objects.create(
+                id=uuid7(),
+                organization_id=client.organization_id,
+                signal_id=signal.id,
+                schema_version=schema_version,
+                crm_record_id=record.pk,
+                identity_type=request.identity_type,
+                identity_id=request.identity_id,
+                data=request.data,
+                timestamp=request.timestamp or now,
+                received_at=now,
+                reference=request.reference,
+                idempotency_key=request.idempotency_key,
+                request_hash=fingerprint,
+                status=EventStatus.PENDING,
+            )
+            event_id = event.id
+            # robust: a broker outage must not turn a stored event into an error response;
+            # the event stays `pending` and is picked up again (see docs/operations.md).
+            transaction.on_commit(lambda: event_enqueue(event_id=event_id), robust=True)
+    except IntegrityError:
+        if request.idempotency_key is None:
+            raise
+        # The unique (organization, idempotency_key) index decided: someone stored it first.
+        # On PostgreSQL a concurrent twin waits on that index until the first commits.
+        existing = Event.objects.filter(
+            organization_id=client.organization_id, idempotency_key=request.idempotency_key
+        ).first()
+        if existing is None:
+            raise
+        if existing.request_hash != fingerprint:
+            raise Conflict(
+                "Idempotency key was already used for a different request",
+                code="idempotency_conflict",
+            ) from None
+        return existing, True
+    return event, False
+
+
+def event_ingest(
+    *, client: ApiClient, raw_body: bytes, idempotency_header: str | None = None
+) -> IngestResult:
+    payload: Any = None
+    try:
+        payload = json_body_parse(raw_body)
+        request = event_request_parse(payload, idempotency_header=idempotency_header)
+    except ApplicationError as exc:
+        # The contract puts rate-limit headers on every response that named a known signal.
+        slug = payload.get("signal") if isinstance(payload, dict) else None
+        if isinstance(slug, str):
+            known = _signal_lookup(client.organization_id, slug)
+            if known is not None:
+                exc.headers.update(rate_limit_peek(known).headers())
+        raise
+
+    signal = _signal_lookup(client.organization_id, request.signal)
+    if signal is None:
+        raise NotFound(f"Signal not found: {request.signal}", code="signal_not_found")
+
+    rate = rate_limit_consume(signal)
+    try:
+        if rate.exceeded:
+            raise RateLimited("Rate limit exceeded")
+        schema_version = _schema_check(signal, request)
+        event, replayed = _event_store(
+            client=client, signal=signal, request=request, schema_version=schema_version
+        )
+    except ApplicationError as exc:
+        exc.headers.update(rate.headers())
+        raise
+    return IngestResult(event=event, signal=signal, replayed=replayed, rate=rate)

@@ -1,0 +1,256 @@
+"""Parsing and checking an event request: everything that can be decided from the body alone.
+
+The order of the checks is the contract's (first failing rule wins): a JSON object, `signal`,
+`identity`, then the type and form of every field. `event_request_parse` takes an already
+decoded object so that a batch can run each item through exactly the same checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from bigmind.errors import BadRequest
+
+IDENTITY_TYPE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+MAX_SIGNAL_LENGTH = 100
+MAX_IDENTITY_ID_LENGTH = 255
+MAX_REFERENCE_LENGTH = 255
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_FUTURE_SKEW = timedelta(hours=24)
+
+
+class InvalidJson(BadRequest):
+    code = "invalid_json"
+
+
+class InvalidField(BadRequest):
+    code = "invalid_field"
+
+
+@dataclass(frozen=True)
+class EventRequest:
+    signal: str
+    version: int | None  # None means "latest"
+    identity_type: str
+    identity_id: str
+    data: dict[str, Any]
+    timestamp: datetime | None
+    reference: str | None
+    idempotency_key: str | None
+
+    def fingerprint(self) -> str:
+        """What makes two requests "the same" for idempotency (the key itself excluded)."""
+        canonical = json.dumps(
+            [
+                self.signal,
+                self.version,
+                self.identity_type,
+                self.identity_id,
+                self.data,
+                self.timestamp.isoformat() if self.timestamp else None,
+                self.reference,
+            ],
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- JSON -----------------------------------------------------------------------------------
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key[:60]!r}")
+            seen.add(key)
+    return obj
+
+
+def _has_bad_text(text: str) -> str | None:
+    if "\x00" in text:
+        return "a NUL character (\\u0000)"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "an unpaired UTF-16 surrogate (\\ud800-\\udfff)"
+    return None
+
+
+def _check_tree(root: Any, max_depth: int) -> None:
+    """Depth, NUL and surrogate checks in one iterative walk (no recursion to blow)."""
+    stack: list[tuple[Any, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > max_depth:
+                raise InvalidJson(f"Request body is nested deeper than {max_depth} levels")
+            for key, value in node.items():
+                problem = _has_bad_text(key)
+                if problem:
+                    raise InvalidJson(f"Request body contains {problem}, which is not accepted")
+                stack.append((value, depth + 1))
+        elif isinstance(node, list):
+            if depth > max_depth:
+                raise InvalidJson(f"Request body is nested deeper than {max_depth} levels")
+            stack.extend((value, depth + 1) for value in node)
+        elif isinstance(node, str):
+            problem = _has_bad_text(node)
+            if problem:
+                raise InvalidJson(f"Request body contains {problem}, which is not accepted")
+
+
+def json_body_parse(raw: bytes) -> Any:
+    """Decode a request body as strict JSON: UTF-8, no NaN/Infinity, no duplicate keys,
+    finite numbers, bounded nesting, no NUL or lone surrogates (PostgreSQL refuses both)."""
+    if not raw.strip():
+        raise InvalidJson("Request body is empty; send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidJson(f"Request body is not valid UTF-8 (byte {exc.start})") from exc
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
+    except RecursionError as exc:
+        raise InvalidJson("Request body is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, and our hooks' errors, and huge integers
+        raise InvalidJson(f"Request body is not valid JSON: {exc}") from exc
+    _check_tree(value, settings.BIGMIND_JSON_MAX_DEPTH)
+    return value
+
+
+# --- Fields ---------------------------------------------------------------------------------
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _optional_string(payload: dict[str, Any], name: str, max_length: int) -> str | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_length:
+        raise InvalidField(f"{name} must be a string of at most {max_length} characters")
+    return value
+
+
+def _parse_version(value: Any) -> int | None:
+    if value is None or value == "latest":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidField('version must be a positive integer or "latest"')
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise InvalidField('version must be a positive integer or "latest"')
+        value = int(value)
+    if value < 1 or value > 2**31 - 1:
+        raise InvalidField('version must be a positive integer or "latest"')
+    return value
+
+
+def _parse_timestamp(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    message = "timestamp must be an ISO 8601 date-time string, e.g. 2026-03-16T12:00:00Z"
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidField(message)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidField(message) from exc
+    if parsed.tzinfo is None:
+        # A timestamp without an offset is taken as UTC (documented).
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError as exc:
+        raise InvalidField(message) from exc
+    if parsed - timezone.now() > MAX_FUTURE_SKEW:
+        raise InvalidField("timestamp must not be more than 24 hours in the future")
+    return parsed
+
+
+def event_request_parse(payload: Any, *, idempotency_header: str | None = None) -> EventRequest:
+    if not isinstance(payload, dict):
+        raise InvalidJson("Request body must be a JSON object")
+
+    signal = payload.get("signal")
+    if _blank(signal):
+        raise BadRequest("signal is required", code="signal_required")
+
+    identity = payload.get("identity")
+    if identity is None or identity == {} or (isinstance(identity, str) and not identity.strip()):
+        raise BadRequest("identity.type and identity.id are required", code="identity_required")
+    if isinstance(identity, dict) and (_blank(identity.get("type")) or _blank(identity.get("id"))):
+        raise BadRequest("identity.type and identity.id are required", code="identity_required")
+
+    # Form of every field, in the order of the request body's documentation.
+    if not isinstance(signal, str) or len(signal) > MAX_SIGNAL_LENGTH:
+        raise InvalidField(f"signal must be a string of at most {MAX_SIGNAL_LENGTH} characters")
+    version = _parse_version(payload.get("version"))
+    if not isinstance(identity, dict):
+        raise InvalidField("identity must be an object with type and id")
+    identity_type, identity_id = identity["type"], identity["id"]
+    if not isinstance(identity_type, str) or not IDENTITY_TYPE_RE.match(identity_type):
+        raise InvalidField(
+            "identity.type must be account, contact, deal, lead or a custom type of lowercase "
+            "letters, digits and underscores (at most 64 characters)"
+        )
+    if not isinstance(identity_id, str) or len(identity_id) > MAX_IDENTITY_ID_LENGTH:
+        raise InvalidField(
+            f"identity.id must be a string of at most {MAX_IDENTITY_ID_LENGTH} characters"
+        )
+    data = payload.get("data")
+    if data is None:
+        data = {}
+    elif not isinstance(data, dict):
+        raise InvalidField("data must be a JSON object")
+    timestamp = _parse_timestamp(payload.get("timestamp"))
+    reference = _optional_string(payload, "reference", MAX_REFERENCE_LENGTH)
+    body_key = _optional_string(payload, "idempotency_key", MAX_IDEMPOTENCY_KEY_LENGTH)
+    header_key = idempotency_header.strip() if idempotency_header else None
+    if header_key is not None and (not header_key or len(header_key) > MAX_IDEMPOTENCY_KEY_LENGTH):
+        raise InvalidField(
+            f"Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    if header_key and body_key and header_key != body_key:
+        raise InvalidField("Idempotency-Key header and idempotency_key field differ")
+    if body_key is not None and not body_key.strip():
+        raise InvalidField("idempotency_key must not be empty")
+
+    return EventRequest(
+        signal=signal,
+        version=version,
+        identity_type=identity_type,
+        identity_id=identity_id,
+        data=data,
+        timestamp=timestamp,
+        reference=reference,
+        idempotency_key=header_key or body_key,
+    )

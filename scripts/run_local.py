@@ -1,0 +1,56 @@
+"""Start the web server and a Celery worker together; Ctrl-C (or either one dying) stops both."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", default="8000")
+    args = parser.parse_args()
+    python = sys.executable
+    commands = {
+        "web": [python, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"],
+        "worker": [
+            python, "-m", "celery", "-A", "bigmind", "worker",
+            "-Q", "events.process,default", "--loglevel", "INFO", "--concurrency", "2",
+            # mingle/gossip broadcast between workers; the filesystem broker has one worker.
+            "--without-mingle", "--without-gossip",
+        ],
+    }
+    procs = {name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()}  # noqa: S603
+    print(f"web on http://{args.host}:{args.port}/ and a Celery worker are running; Ctrl-C stops both.")
+
+    def stop(*_: object) -> None:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+    try:
+        while all(proc.poll() is None for proc in procs.values()):
+            time.sleep(0.5)
+        dead = [name for name, proc in procs.items() if proc.poll() is not None]
+        print(f"{', '.join(dead)} exited; stopping the rest", file=sys.stderr)
+        stop()
+        return 1
+    except KeyboardInterrupt:
+        stop()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class Organization(models.Model):
+    """A tenant: everything else belongs to exactly one organization."""
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class SignalType(models.TextChoices):
+    EVENT = "event", "Event"
+    METRIC = "metric", "Metric"
+    STATE = "state", "State"
+
+
+class Aggregation(models.TextChoices):
+    SUM = "sum", "Sum"
+    COUNT = "count", "Count"
+    AVG = "avg", "Average"
+    MIN = "min", "Minimum"
+    MAX = "max", "Maximum"
+
+
+class Period(models.TextChoices):
+    HOUR = "hour", "Hour"
+    DAY = "day", "Day"
+    WEEK = "week", "Week"
+    MONTH = "month", "Month"
+
+
+class Compatibility(models.TextChoices):
+    NONE = "none", "None"
+    BACKWARD = "backward", "Backward"
+    FORWARD = "forward", "Forward"
+    FULL = "full", "Full"
+
+
+class Signal(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="signals")
+    # `sig_` + 8 base62 characters; what the API shows as `signal_id`.
+    public_id = models.CharField(max_length=12, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100)
+    type = models.CharField(max_length=10, choices=SignalType.choices)
+    description = models.TextField(blank=True)
+    ai_instructions = models.TextField(
+        blank=True, help_text="Free text telling the AI how to read this signal."
+    )
+    active = models.BooleanField(default=True)
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Overrides the type's default budget (event 100, metric 1000, state 30).",
+    )
+    compatibility = models.CharField(
+        max_length=10, choices=Compatibility.choices, default=Compatibility.NONE
+    )
+    # Metric signals only.
+    aggregation = models.CharField(max_length=10, choices=Aggregation.choices, blank=True)
+    period = models.CharField(max_length=10, choices=Period.choices, blank=True)
+    value_field = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["organization", "slug"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "slug"], name="signal_slug_unique_in_org"),
+            models.CheckConstraint(
+                condition=Q(type__in=SignalType.values), name="signal_type_valid"
+            ),
+            models.CheckConstraint(
+                condition=~Q(type=SignalType.METRIC)
+                | (Q(aggregation__in=Aggregation.values) & Q(period__in=Period.values)),
+                name="signal_metric_has_aggregation_and_period",
+            ),
+            models.CheckConstraint(
+                condition=Q(rate_limit_per_minute__isnull=True) | Q(rate_limit_per_minute__gt=0),
+                name="signal_rate_limit_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization.slug}/{self.slug}" if self.organization_id else self.slug
+
+
+class SchemaVersion(models.Model):
+    """A JSON Schema (draft 2020-12) for a signal's `data`. Immutable once created."""
+
+    signal = models.ForeignKey(Signal, on_delete=models.CASCADE, related_name="schema_versions")
+    version = models.PositiveIntegerField()
+    schema = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["signal", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["signal", "version"], name="schema_version_unique"),
+            models.CheckConstraint(condition=Q(version__gte=1), name="schema_version_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.signal.slug} v{self.version}"
+
+
+class ApiKey(models.Model):
+    """An `sk_` key. Only its SHA-256 is stored, with a short prefix to recognise it by."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200, blank=True)
+    prefix = models.CharField(max_length=16, db_index=True, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def __str__(self) -> str:
+        label = f"{self.prefix}…"
+        return f"{label} ({self.name})" if self.name else label

@@ -1,0 +1,73 @@
+"""JSON Schema checks: what a schema version must be before it is saved, and the compiled
+validators the ingest path uses (one per schema version per process; versions are immutable,
+so a compiled validator never goes stale)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from bigmind.errors import BadRequest
+
+DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
+# Cap on the details list of one rejected event: enough to fix a payload, bounded in size.
+MAX_VIOLATIONS = 50
+
+
+class SchemaInvalid(BadRequest):
+    code = "schema_invalid"
+
+
+def _refs(node: Any) -> list[str]:
+    found: list[str] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                    found.append(value)
+                else:
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def schema_check(schema: Any) -> None:
+    """Refuse anything that is not a usable draft 2020-12 schema, with a message naming why."""
+    if not isinstance(schema, dict):
+        raise SchemaInvalid("A schema must be a JSON object")
+    declared = schema.get("$schema")
+    if declared is not None and declared.rstrip("#") != DRAFT_2020_12:
+        raise SchemaInvalid(f"Only JSON Schema draft 2020-12 is supported ($schema is {declared!r})")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+        raise SchemaInvalid(
+            f"Not a valid JSON Schema (draft 2020-12) at ${path}: {exc.message}"
+        ) from exc
+    # Remote references would be fetched (or fail) at validation time, on the ingest path.
+    remote = [ref for ref in _refs(schema) if not ref.startswith("#")]
+    if remote:
+        raise SchemaInvalid(
+            f"Only local references ('#/...') are supported; found {remote[0]!r}"
+        )
+
+
+def schema_compile(schema: dict[str, Any]) -> Draft202012Validator:
+    """A validator for a checked schema; formats (date-time, email...) are asserted, not just
+    annotated, because that is what a client validating its payload expects."""
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def schema_violations(validator: Draft202012Validator, data: Any) -> list[dict[str, str]]:
+    """Each violation with the JSON path of the offending value, in document order."""
+    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.path)), e.message))
+    return [
+        {"path": error.json_path, "message": error.message, "keyword": str(error.validator)}
+        for error in errors[:MAX_VIOLATIONS]
+    ]

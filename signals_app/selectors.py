@@ -1,0 +1,139 @@
+"""Reads of the control plane, including the cached lookups on the ingest path.
+
+Cache entries are small frozen dataclasses. Every write through `signals_app.services`
+invalidates the entries it affects; `BIGMIND_LOOKUP_CACHE_SECONDS` only bounds the damage of a
+write that bypasses the services (a raw SQL fix, a shell session).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models import Max
+
+from signals_app.models import ApiKey, SchemaVersion, Signal
+from signals_app.schemas import schema_compile
+
+_MISSING = object()
+# Unknown keys and slugs are cached too (so garbage cannot hammer the database), but briefly.
+_NEGATIVE_TTL = 60
+
+
+@dataclass(frozen=True)
+class SignalRef:
+    id: int
+    public_id: str
+    slug: str
+    type: str
+    organization_id: int
+    rate_limit_per_minute: int | None
+    latest_version: int | None
+
+
+@dataclass(frozen=True)
+class ApiKeyRef:
+    id: int
+    organization_id: int
+    revoked: bool
+    last_used_at: datetime | None
+
+
+def _signal_cache_key(organization_id: int, slug: str) -> str:
+    # Hashed: a slug from a request may hold characters a cache key must not.
+    digest = hashlib.sha1(slug.encode("utf-8", "surrogatepass")).hexdigest()  # noqa: S324
+    return f"signal:{organization_id}:{digest}"
+
+
+def _api_key_cache_key(key_hash: str) -> str:
+    return f"apikey:{key_hash}"
+
+
+def signal_cache_invalidate(*, organization_id: int, slug: str) -> None:
+    cache.delete(_signal_cache_key(organization_id, slug))
+
+
+def api_key_cache_invalidate(*, key_hash: str) -> None:
+    cache.delete(_api_key_cache_key(key_hash))
+
+
+def api_key_cache_store(*, key_hash: str, ref: ApiKeyRef) -> None:
+    cache.set(_api_key_cache_key(key_hash), ref, settings.BIGMIND_LOOKUP_CACHE_SECONDS)
+
+
+def signal_get_active_ref(*, organization_id: int, slug: str) -> SignalRef | None:
+    """The active signal with this slug in this organization, or None."""
+    key = _signal_cache_key(organization_id, slug)
+    hit: Any = cache.get(key, _MISSING)
+    if hit is not _MISSING:
+        return hit  # type: ignore[no-any-return]
+    signal = (
+        Signal.objects.filter(organization_id=organization_id, slug=slug, active=True)
+        .annotate(latest=Max("schema_versions__version"))
+        .first()
+    )
+    if signal is None:
+        cache.set(key, None, _NEGATIVE_TTL)
+        return None
+    ref = SignalRef(
+        id=signal.pk,
+        public_id=signal.public_id,
+        slug=signal.slug,
+        type=signal.type,
+        organization_id=signal.organization_id,
+        rate_limit_per_minute=signal.rate_limit_per_minute,
+        latest_version=signal.latest,  # type: ignore[attr-defined]
+    )
+    cache.set(key, ref, settings.BIGMIND_LOOKUP_CACHE_SECONDS)
+    return ref
+
+
+def api_key_get_ref(*, key_hash: str) -> ApiKeyRef | None:
+    key = _api_key_cache_key(key_hash)
+    hit: Any = cache.get(key, _MISSING)
+    if hit is not _MISSING:
+        return hit  # type: ignore[no-any-return]
+    row = (
+        ApiKey.objects.filter(key_hash=key_hash)
+        .values("id", "organization_id", "revoked_at", "last_used_at")
+        .first()
+    )
+    if row is None:
+        cache.set(key, None, _NEGATIVE_TTL)
+        return None
+    ref = ApiKeyRef(
+        id=row["id"],
+        organization_id=row["organization_id"],
+        revoked=row["revoked_at"] is not None,
+        last_used_at=row["last_used_at"],
+    )
+    api_key_cache_store(key_hash=key_hash, ref=ref)
+    return ref
+
+
+# Schema versions are immutable, so a found version is kept in process memory for good;
+# a missing one is looked up again next time (it may have been added since).
+# Keyed by the signal's random public id, not its primary key: SQLite may reuse a deleted
+# row's integer id, a public id is never reused.
+_schema_versions: dict[tuple[str, int], tuple[int, Any]] = {}
+
+
+def schema_version_validator(signal: SignalRef, version: int) -> Any | None:
+    """The compiled validator of `version` of the signal, or None if that version does not exist."""
+    found = _schema_versions.get((signal.public_id, version))
+    if found is None:
+        row = (
+            SchemaVersion.objects.filter(signal_id=signal.id, version=version)
+            .values_list("id", "schema")
+            .first()
+        )
+        if row is None:
+            return None
+        schema_version_id, schema = row
+        found = (schema_version_id, schema_compile(schema))
+        _schema_versions[(signal.public_id, version)] = found
+    return found[1]

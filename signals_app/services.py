@@ -1,0 +1,353 @@
+"""Writes of the control plane: organizations, signals, schema versions, API keys.
+
+Every write that changes what the ingest path sees invalidates the cached lookups after its
+transaction commits (so a concurrent request cannot re-cache the old row before the commit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+from django.utils.text import slugify
+
+from bigmind.errors import BadRequest, Conflict, NotFound
+from signals_app.models import (
+    Aggregation,
+    ApiKey,
+    Compatibility,
+    Organization,
+    Period,
+    SchemaVersion,
+    Signal,
+    SignalType,
+)
+from signals_app.schemas import schema_check
+from signals_app.selectors import api_key_cache_invalidate, signal_cache_invalidate
+
+_BASE62 = string.ascii_letters + string.digits
+API_KEY_PREFIX = "sk_"
+# Characters of the secret kept in clear as the key's recognisable prefix (`sk_` + 8).
+_VISIBLE_SECRET_CHARS = 8
+SLUG_MAX_LENGTH = 100
+
+
+# --- Organizations ----------------------------------------------------------------------------
+def organization_get_or_create(*, slug: str, name: str | None = None) -> tuple[Organization, bool]:
+    clean = slugify(slug)
+    if not clean or clean != slug:
+        raise BadRequest(f"Organization slug must be lowercase letters, digits and hyphens: {slug!r}")
+    organization, created = Organization.objects.get_or_create(
+        slug=slug, defaults={"name": name or slug}
+    )
+    if not created and name and organization.name != name:
+        organization.name = name
+        organization.save(update_fields=["name"])
+    return organization, created
+
+
+# --- API keys ---------------------------------------------------------------------------------
+def api_key_hash(raw_key: str) -> str:
+    # Keys carry 256 bits of randomness, so a fast unsalted hash is enough: nobody can
+    # brute-force the preimage, and lookups stay one indexed equality match.
+    return hashlib.sha256(raw_key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def api_key_prefix(raw_key: str) -> str:
+    return raw_key[: len(API_KEY_PREFIX) + _VISIBLE_SECRET_CHARS]
+
+
+def api_key_create(
+    *, organization: Organization, name: str = "", raw_key: str | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with the full secret, which is never available again.
+
+    `raw_key` lets `bootstrap_demo` install its fixed, documented local key; everything else
+    gets 256 random bits.
+    """
+    raw = raw_key or API_KEY_PREFIX + secrets.token_urlsafe(32)
+    if not raw.startswith(API_KEY_PREFIX) or len(raw) < 24:
+        raise BadRequest("An API key must start with 'sk_' and be at least 24 characters long")
+    key_hash = api_key_hash(raw)
+    try:
+        with transaction.atomic():
+            api_key = ApiKey.objects.create(
+                organization=organization, name=name, prefix=api_key_prefix(raw), key_hash=key_hash
+            )
+    except IntegrityError as exc:
+        raise Conflict("That API key exists already") from exc
+    # An unknown key may have been cached as such by a request that tried it before.
+    transaction.on_commit(lambda: api_key_cache_invalidate(key_hash=key_hash))
+    return api_key, raw
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    if api_key.revoked_at is None:
+        ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        api_key.refresh_from_db(fields=["revoked_at"])
+    key_hash = api_key.key_hash
+    transaction.on_commit(lambda: api_key_cache_invalidate(key_hash=key_hash))
+    return api_key
+
+
+def api_key_find(*, prefix_or_key: str) -> ApiKey:
+    """The key named by its full secret or by the non-secret prefix the admin shows."""
+    if len(prefix_or_key) > len(API_KEY_PREFIX) + _VISIBLE_SECRET_CHARS:
+        found = ApiKey.objects.filter(key_hash=api_key_hash(prefix_or_key)).first()
+        if found is None:
+            raise NotFound("No API key matches that key")
+        return found
+    matches = list(ApiKey.objects.filter(prefix=prefix_or_key)[:2])
+    if not matches:
+        raise NotFound(f"No API key has the prefix {prefix_or_key!r}")
+    if len(matches) > 1:
+        raise Conflict(f"Several API keys have the prefix {prefix_or_key!r}; give the full key")
+    return matches[0]
+
+
+# --- Signals ----------------------------------------------------------------------------------
+def _public_id() -> str:
+    return "sig_" + "".join(secrets.choice(_BASE62) for _ in range(8))
+
+
+def signal_slug_check(slug: str) -> str:
+    if not slug or slugify(slug) != slug or len(slug) > SLUG_MAX_LENGTH:
+        raise BadRequest(
+            f"Signal slug must be lowercase letters, digits, hyphens and underscores "
+            f"(at most {SLUG_MAX_LENGTH} characters): {slug!r}"
+        )
+    return slug
+
+
+def _signal_fields_check(fields: dict[str, Any]) -> dict[str, Any]:
+    """Normalise and check the settings of a signal; type-specific fields only where they apply."""
+    signal_type = fields.get("type")
+    if signal_type not in SignalType.values:
+        raise BadRequest(f"Signal type must be one of {', '.join(SignalType.values)}: {signal_type!r}")
+    if fields.get("compatibility", Compatibility.NONE) not in Compatibility.values:
+        raise BadRequest(
+            f"compatibility must be one of {', '.join(Compatibility.values)}: "
+            f"{fields.get('compatibility')!r}"
+        )
+    limit = fields.get("rate_limit_per_minute")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise BadRequest(f"rate_limit_per_minute must be a positive integer: {limit!r}")
+    if signal_type == SignalType.METRIC:
+        if fields.get("aggregation") not in Aggregation.values:
+            raise BadRequest(
+                f"A metric signal needs aggregation, one of {', '.join(Aggregation.values)}"
+            )
+        if fields.get("period") not in Period.values:
+            raise BadRequest(f"A metric signal needs period, one of {', '.join(Period.values)}")
+        fields["value_field"] = fields.get("value_field") or "value"
+    else:
+        for metric_only in ("aggregation", "period", "value_field"):
+            if fields.get(metric_only):
+                raise BadRequest(f"{metric_only} applies to metric signals only")
+            fields[metric_only] = ""
+    return fields
+
+
+_SIGNAL_FIELDS = (
+    "name",
+    "type",
+    "description",
+    "ai_instructions",
+    "active",
+    "rate_limit_per_minute",
+    "compatibility",
+    "aggregation",
+    "period",
+    "value_field",
+)
+
+
+def _unique_slug(organization: Organization, name: str) -> str:
+    base = slugify(name)[: SLUG_MAX_LENGTH - 4] or "signal"
+    taken = set(
+        Signal.objects.filter(organization=organization, slug__startswith=base).values_list(
+            "slug", flat=True
+        )
+    )
+    slug, n = base, 2
+    while slug in taken:
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+def signal_create(
+    *, organization: Organization, name: str, type: str, slug: str | None = None, **settings: Any
+) -> Signal:
+    """Create a signal; the slug is made from the name unless given."""
+    unknown = set(settings) - set(_SIGNAL_FIELDS)
+    if unknown:
+        raise BadRequest(f"Unknown signal settings: {', '.join(sorted(unknown))}")
+    if not name or not name.strip():
+        raise BadRequest("A signal needs a name")
+    fields = _signal_fields_check({"name": name, "type": type, **settings})
+    slug = signal_slug_check(slug) if slug else _unique_slug(organization, name)
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                signal = Signal.objects.create(
+                    organization=organization, slug=slug, public_id=_public_id(), **fields
+                )
+            break
+        except IntegrityError as exc:
+            if Signal.objects.filter(organization=organization, slug=slug).exists():
+                raise Conflict(f"A signal with slug {slug!r} exists already") from exc
+            # Otherwise a public id collided (1 in 62^8): draw another.
+    else:  # pragma: no cover - three collisions in a row
+        raise Conflict("Could not allocate a signal id")
+    # A request may have cached "no such signal" for this slug.
+    org_id = organization.pk
+    transaction.on_commit(lambda: signal_cache_invalidate(organization_id=org_id, slug=slug))
+    return signal
+
+
+def signal_update(*, signal: Signal, **changes: Any) -> Signal:
+    unknown = set(changes) - {*_SIGNAL_FIELDS, "slug"}
+    if unknown:
+        raise BadRequest(f"Unknown signal settings: {', '.join(sorted(unknown))}")
+    old_slug = signal.slug
+    merged = {name: getattr(signal, name) for name in _SIGNAL_FIELDS} | changes
+    if "type" in changes and changes["type"] != signal.type:
+        for metric_only in ("aggregation", "period", "value_field"):
+            merged.setdefault(metric_only, "")
+    fields = _signal_fields_check(merged)
+    if "slug" in changes:
+        fields["slug"] = signal_slug_check(changes["slug"])
+    for name, value in fields.items():
+        setattr(signal, name, value)
+    try:
+        with transaction.atomic():
+            signal.save()
+    except IntegrityError as exc:
+        raise Conflict(f"A signal with slug {signal.slug!r} exists already") from exc
+    org_id, new_slug = signal.organization_id, signal.slug
+
+    def invalidate() -> None:
+        signal_cache_invalidate(organization_id=org_id, slug=old_slug)
+        signal_cache_invalidate(organization_id=org_id, slug=new_slug)
+
+    transaction.on_commit(invalidate)
+    return signal
+
+
+def schema_version_create(*, signal: Signal, schema: Any) -> SchemaVersion:
+    """Add the next version of the signal's schema (versions are never edited)."""
+    schema_check(schema)
+    with transaction.atomic():
+        # Serialise version numbering per signal (a no-op lock on SQLite, whose writes are
+        # serialised anyway); the unique constraint is the backstop.
+        Signal.objects.select_for_update().filter(pk=signal.pk).first()
+        latest = signal.schema_versions.aggregate(n=Max("version"))["n"] or 0
+        version = SchemaVersion.objects.create(signal=signal, version=latest + 1, schema=schema)
+    org_id, slug = signal.organization_id, signal.slug
+    transaction.on_commit(lambda: signal_cache_invalidate(organization_id=org_id, slug=slug))
+    return version
+
+
+# --- Signals as code --------------------------------------------------------------------------
+@dataclass
+class SyncReport:
+    organization_created: bool = False
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    versions_added: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.organization_created:
+            out.append("organization created")
+        out += [f"created {slug}" for slug in self.created]
+        out += [f"updated {slug}" for slug in self.updated]
+        out += [f"unchanged {slug}" for slug in self.unchanged]
+        out += [f"added schema {item}" for item in self.versions_added]
+        return out
+
+
+def _sync_item_check(index: int, item: Any) -> dict[str, Any]:
+    where = f"signals[{index}]"
+    if not isinstance(item, dict):
+        raise BadRequest(f"{where} must be a mapping")
+    allowed = {*_SIGNAL_FIELDS, "slug", "schemas"}
+    unknown = set(item) - allowed
+    if unknown:
+        raise BadRequest(f"{where}: unknown fields {', '.join(sorted(unknown))}")
+    if not isinstance(item.get("slug"), str):
+        raise BadRequest(f"{where}: slug is required")
+    schemas = item.get("schemas") or []
+    if not isinstance(schemas, list):
+        raise BadRequest(f"{where}: schemas must be a list")
+    for n, entry in enumerate(schemas, start=1):
+        if not isinstance(entry, dict) or set(entry) != {"version", "schema"}:
+            raise BadRequest(f"{where}.schemas[{n - 1}] must have exactly version and schema")
+        if entry["version"] != n:
+            raise BadRequest(
+                f"{where}.schemas must be numbered 1, 2, 3... in order; found version "
+                f"{entry['version']!r} at position {n}"
+            )
+    return item
+
+
+def signals_sync(*, document: Any) -> SyncReport:
+    """Apply a signals-as-code document: all of it, or (on any error) nothing."""
+    if not isinstance(document, dict) or not isinstance(document.get("organization"), str):
+        raise BadRequest("The document needs 'organization' (a slug) and 'signals' (a list)")
+    items = document.get("signals") or []
+    if not isinstance(items, list):
+        raise BadRequest("'signals' must be a list")
+    unknown = set(document) - {"organization", "signals"}
+    if unknown:
+        raise BadRequest(f"Unknown top-level fields: {', '.join(sorted(unknown))}")
+    checked = [_sync_item_check(i, item) for i, item in enumerate(items)]
+    slugs = [item["slug"] for item in checked]
+    if len(set(slugs)) != len(slugs):
+        raise BadRequest("A slug appears twice in the document")
+
+    report = SyncReport()
+    with transaction.atomic():
+        organization, report.organization_created = organization_get_or_create(
+            slug=document["organization"]
+        )
+        for item in checked:
+            slug = signal_slug_check(item["slug"])
+            settings = {k: v for k, v in item.items() if k in _SIGNAL_FIELDS}
+            settings.setdefault("name", slug)
+            existing = Signal.objects.filter(organization=organization, slug=slug).first()
+            if existing is None:
+                signal = signal_create(organization=organization, slug=slug, **settings)
+                report.created.append(slug)
+            else:
+                before = {name: getattr(existing, name) for name in _SIGNAL_FIELDS}
+                signal = signal_update(signal=existing, **settings)
+                after = {name: getattr(signal, name) for name in _SIGNAL_FIELDS}
+                (report.updated if before != after else report.unchanged).append(slug)
+            stored = {v.version: v.schema for v in signal.schema_versions.all()}
+            for entry in item.get("schemas") or []:
+                number, schema = entry["version"], entry["schema"]
+                if number in stored:
+                    if stored[number] != schema:
+                        raise Conflict(
+                            f"{slug} schema version {number} exists with different content; "
+                            f"versions are immutable, add a new version instead"
+                        )
+                    continue
+                created = schema_version_create(signal=signal, schema=schema)
+                if created.version != number:
+                    raise Conflict(
+                        f"{slug}: the file adds version {number} but the next version is "
+                        f"{created.version}"
+                    )
+                report.versions_added.append(f"{slug} v{number}")
+    return report
