@@ -11,12 +11,14 @@ pickled.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import sqlite3
 import threading
 import time
 from typing import Any
 
+from django.core.cache import cache
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
 _SCHEMA = """
@@ -129,3 +131,32 @@ class SQLiteCache(BaseCache):
     def purge_expired(self) -> int:
         cur = self._conn().execute("DELETE FROM cache WHERE expires <= ?", (time.time(),))
         return cur.rowcount
+
+
+# --- Fail-soft access for lookups -------------------------------------------------------------
+# The lookup caches only save database round trips. When the cache store is down, a lookup
+# falls through to the database instead of failing the request; the outage is logged.
+_log = logging.getLogger("bigmind.cache")
+
+
+def cache_get(key: str, default: Any = None) -> Any:
+    try:
+        return cache.get(key, default)
+    except Exception:
+        _log.warning("cache unreachable on get; using the database", exc_info=True)
+        return default
+
+
+def cache_set(key: str, value: Any, timeout: int) -> None:
+    try:
+        cache.set(key, value, timeout)
+    except Exception:
+        _log.warning("cache unreachable on set", exc_info=True)
+
+
+def cache_delete(key: str) -> None:
+    try:
+        cache.delete(key)
+    except Exception:
+        # The entry may outlive its row for up to BIGMIND_LOOKUP_CACHE_SECONDS.
+        _log.error("cache unreachable on delete of %s; stale until it expires", key, exc_info=True)

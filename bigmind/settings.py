@@ -199,6 +199,8 @@ BIGMIND_RATE_LIMITS = {
 # How long key and signal lookups stay cached; every change through the services
 # invalidates them at once, this is only the safety net for writes that bypass them.
 BIGMIND_LOOKUP_CACHE_SECONDS = env.int("BIGMIND_LOOKUP_CACHE_SECONDS", default=300)
+# Adds the bare baseline view at /bench/bare (bigmind/bench.py) for scripts/bench_ingest.py.
+BIGMIND_BENCHMARK_ENDPOINTS = env.bool("BIGMIND_BENCHMARK_ENDPOINTS", default=False)
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
@@ -9,6 +10,11 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("events_app.api.urls")),
 ]
+
+if settings.BIGMIND_BENCHMARK_ENDPOINTS:  # scripts/bench_ingest.py only; off by default
+    from bigmind.bench import bare_ingest
+
+    urlpatterns.append(path("bench/bare", bare_ingest))
 
 handler400 = "bigmind.errors.handler400"
 handler404 = "bigmind.errors.handler404"
