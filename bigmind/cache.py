@@ -48,7 +48,7 @@ class SQLiteCache(BaseCache):
             self._local.conn = conn
         return conn
 
-    def _expiry(self, timeout: float | None | object) -> float:
+    def _expiry(self, timeout: float | object | None) -> float:
         seconds = self.get_backend_timeout(timeout)
         return _FOREVER if seconds is None else time.time() + seconds
 
@@ -64,7 +64,9 @@ class SQLiteCache(BaseCache):
             return raw
         return pickle.loads(raw)  # noqa: S301 - only this process family writes the file
 
-    def add(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
+    def add(
+        self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
         key = self.make_and_validate_key(key, version=version)
         now = time.time()
         # Replaces an expired row, never a live one: one statement, atomic under the write lock.
@@ -78,12 +80,16 @@ class SQLiteCache(BaseCache):
 
     def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
         key = self.make_and_validate_key(key, version=version)
-        row = self._conn().execute(
-            "SELECT value FROM cache WHERE key = ? AND expires > ?", (key, time.time())
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT value FROM cache WHERE key = ? AND expires > ?", (key, time.time()))
+            .fetchone()
+        )
         return default if row is None else self._decode(row[0])
 
-    def set(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> None:
+    def set(
+        self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> None:
         key = self.make_and_validate_key(key, version=version)
         self._conn().execute(
             "INSERT OR REPLACE INTO cache (key, value, expires) VALUES (?, ?, ?)",
@@ -105,18 +111,24 @@ class SQLiteCache(BaseCache):
 
     def has_key(self, key: str, version: int | None = None) -> bool:
         key = self.make_and_validate_key(key, version=version)
-        row = self._conn().execute(
-            "SELECT 1 FROM cache WHERE key = ? AND expires > ?", (key, time.time())
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT 1 FROM cache WHERE key = ? AND expires > ?", (key, time.time()))
+            .fetchone()
+        )
         return row is not None
 
     def incr(self, key: str, delta: int = 1, version: int | None = None) -> int:
         key = self.make_and_validate_key(key, version=version)
-        row = self._conn().execute(
-            "UPDATE cache SET value = value + ? "
-            "WHERE key = ? AND expires > ? AND typeof(value) = 'integer' RETURNING value",
-            (delta, key, time.time()),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "UPDATE cache SET value = value + ? "
+                "WHERE key = ? AND expires > ? AND typeof(value) = 'integer' RETURNING value",
+                (delta, key, time.time()),
+            )
+            .fetchone()
+        )
         if row is None:
             raise ValueError(f"Key '{key}' not found or not an integer")
         return int(row[0])

@@ -126,15 +126,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
 # Django-level handlers, so even a URL that matches no view answers in the envelope.
 def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return JsonResponse(
-        error_envelope(f"Not found: {request.path}", code="not_found"), status=404
-    )
+    return JsonResponse(error_envelope(f"Not found: {request.path}", code="not_found"), status=404)
 
 
 def handler500(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(
-        error_envelope("Internal server error", code="internal_error"), status=500
-    )
+    return JsonResponse(error_envelope("Internal server error", code="internal_error"), status=500)
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

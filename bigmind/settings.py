@@ -101,7 +101,10 @@ CACHE_SOCKET_TIMEOUT = env.float("CACHE_SOCKET_TIMEOUT", default=0.25)
 if env("CACHE_URL", default=""):
     _default_cache = env.cache("CACHE_URL")
 elif REDIS_URL:
-    _default_cache = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    _default_cache = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+    }
 else:
     _default_cache = {
         "BACKEND": "bigmind.cache.SQLiteCache",

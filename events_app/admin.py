@@ -22,7 +22,15 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
-    list_display = ("id", "signal", "identity_type", "identity_id", "status", "received_at", "reference")
+    list_display = (
+        "id",
+        "signal",
+        "identity_type",
+        "identity_id",
+        "status",
+        "received_at",
+        "reference",
+    )
     list_filter = ("status", "signal__type", "organization", "received_at")
     search_fields = ("=id", "=reference", "=identity_id", "=idempotency_key")
     list_select_related = ("signal", "signal__organization")

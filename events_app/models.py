@@ -47,8 +47,10 @@ class Event(models.Model):
     data = models.JSONField(default=dict)
     timestamp = models.DateTimeField(help_text="When it happened (client's `timestamp`).")
     received_at = models.DateTimeField()
-    reference = models.CharField(max_length=255, null=True, blank=True)
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # NULL, not "", means "not sent": the API echoes null, and the partial unique index below
+    # must skip events without a key.
+    reference = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     # SHA-256 of the canonical request; an idempotent replay must match it.
     request_hash = models.CharField(max_length=64)
     status = models.CharField(

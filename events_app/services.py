@@ -19,8 +19,8 @@ from events_app.ids import uuid7
 from events_app.models import CrmRecord, Event, EventStatus
 from events_app.ratelimits import RateLimitStatus, rate_limit_consume, rate_limit_peek
 from events_app.validation import EventRequest, event_request_parse, json_body_parse
-from signals_app.selectors import SignalRef, schema_version_validator, signal_get_active_ref
 from signals_app.schemas import schema_violations
+from signals_app.selectors import SignalRef, schema_version_validator, signal_get_active_ref
 from signals_app.services import signal_slug_check
 
 logger = logging.getLogger(__name__)

@@ -19,14 +19,28 @@ def main() -> int:
     commands = {
         "web": [python, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"],
         "worker": [
-            python, "-m", "celery", "-A", "bigmind", "worker",
-            "-Q", "events.process,default", "--loglevel", "INFO", "--concurrency", "2",
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "bigmind",
+            "worker",
+            "-Q",
+            "events.process,default",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            "2",
             # mingle/gossip broadcast between workers; the filesystem broker has one worker.
-            "--without-mingle", "--without-gossip",
+            "--without-mingle",
+            "--without-gossip",
         ],
     }
-    procs = {name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()}  # noqa: S603
-    print(f"web on http://{args.host}:{args.port}/ and a Celery worker are running; Ctrl-C stops both.")
+    procs = {name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()}
+    print(
+        f"web on http://{args.host}:{args.port}/ and a Celery worker are running; "
+        "Ctrl-C stops both."
+    )
 
     def stop(*_: object) -> None:
         for proc in procs.values():

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
@@ -133,7 +132,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
         # a message or a log.
         request._bigmind_new_key = raw  # type: ignore[attr-defined]
 
-    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: Any = None) -> HttpResponse:
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: Any = None
+    ) -> HttpResponse:
         raw = getattr(request, "_bigmind_new_key", None)
         if raw is None:
             return super().response_add(request, obj, post_url_continue)
@@ -158,5 +159,3 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # revoke instead, so last_used and history stay
-
-

@@ -76,7 +76,9 @@ class Signal(models.Model):
     class Meta:
         ordering = ["organization", "slug"]
         constraints = [
-            models.UniqueConstraint(fields=["organization", "slug"], name="signal_slug_unique_in_org"),
+            models.UniqueConstraint(
+                fields=["organization", "slug"], name="signal_slug_unique_in_org"
+            ),
             models.CheckConstraint(
                 condition=Q(type__in=SignalType.values), name="signal_type_valid"
             ),
@@ -117,7 +119,9 @@ class SchemaVersion(models.Model):
 class ApiKey(models.Model):
     """An `sk_` key. Only its SHA-256 is stored, with a short prefix to recognise it by."""
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="api_keys"
+    )
     name = models.CharField(max_length=200, blank=True)
     prefix = models.CharField(max_length=16, db_index=True, editable=False)
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
@@ -129,10 +133,10 @@ class ApiKey(models.Model):
         ordering = ["-created_at"]
         verbose_name = "API key"
 
-    @property
-    def revoked(self) -> bool:
-        return self.revoked_at is not None
-
     def __str__(self) -> str:
         label = f"{self.prefix}…"
         return f"{label} ({self.name})" if self.name else label
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None

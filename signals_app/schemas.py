@@ -42,7 +42,9 @@ def schema_check(schema: Any) -> None:
         raise SchemaInvalid("A schema must be a JSON object")
     declared = schema.get("$schema")
     if declared is not None and declared.rstrip("#") != DRAFT_2020_12:
-        raise SchemaInvalid(f"Only JSON Schema draft 2020-12 is supported ($schema is {declared!r})")
+        raise SchemaInvalid(
+            f"Only JSON Schema draft 2020-12 is supported ($schema is {declared!r})"
+        )
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
@@ -53,9 +55,7 @@ def schema_check(schema: Any) -> None:
     # Remote references would be fetched (or fail) at validation time, on the ingest path.
     remote = [ref for ref in _refs(schema) if not ref.startswith("#")]
     if remote:
-        raise SchemaInvalid(
-            f"Only local references ('#/...') are supported; found {remote[0]!r}"
-        )
+        raise SchemaInvalid(f"Only local references ('#/...') are supported; found {remote[0]!r}")
 
 
 def schema_compile(schema: dict[str, Any]) -> Draft202012Validator:

@@ -42,7 +42,9 @@ SLUG_MAX_LENGTH = 100
 def organization_get_or_create(*, slug: str, name: str | None = None) -> tuple[Organization, bool]:
     clean = slugify(slug)
     if not clean or clean != slug:
-        raise BadRequest(f"Organization slug must be lowercase letters, digits and hyphens: {slug!r}")
+        raise BadRequest(
+            f"Organization slug must be lowercase letters, digits and hyphens: {slug!r}"
+        )
     organization, created = Organization.objects.get_or_create(
         slug=slug, defaults={"name": name or slug}
     )
@@ -131,7 +133,9 @@ def _signal_fields_check(fields: dict[str, Any]) -> dict[str, Any]:
     """Normalise and check the settings of a signal; type-specific fields only where they apply."""
     signal_type = fields.get("type")
     if signal_type not in SignalType.values:
-        raise BadRequest(f"Signal type must be one of {', '.join(SignalType.values)}: {signal_type!r}")
+        raise BadRequest(
+            f"Signal type must be one of {', '.join(SignalType.values)}: {signal_type!r}"
+        )
     if fields.get("compatibility", Compatibility.NONE) not in Compatibility.values:
         raise BadRequest(
             f"compatibility must be one of {', '.join(Compatibility.values)}: "

@@ -37,13 +37,18 @@ class Tenant:
     api_key: ApiKey
     raw_key: str
 
-    def signal(self, slug: str, type: str = "event", schema: dict | None = None, **settings: Any) -> Signal:
+    def signal(
+        self, slug: str, type: str = "event", schema: dict | None = None, **settings: Any
+    ) -> Signal:
         if type == "metric":
             settings.setdefault("aggregation", "sum")
             settings.setdefault("period", "day")
         signal = signal_create(
-            organization=self.organization, name=slug.replace("-", " ").title(), slug=slug,
-            type=type, **settings,
+            organization=self.organization,
+            name=slug.replace("-", " ").title(),
+            slug=slug,
+            type=type,
+            **settings,
         )
         if schema is not None:
             schema_version_create(signal=signal, schema=schema)
@@ -72,7 +77,9 @@ class ApiClient:
         self.client = Client()
         self.raw_key = raw_key
 
-    def post_raw(self, path: str, body: bytes | str, content_type: str = "application/json", **headers: str) -> Any:
+    def post_raw(
+        self, path: str, body: bytes | str, content_type: str = "application/json", **headers: str
+    ) -> Any:
         if self.raw_key is not None:
             headers.setdefault("Authorization", f"Bearer {self.raw_key}")
         return self.client.generic("POST", path, body, content_type=content_type, headers=headers)

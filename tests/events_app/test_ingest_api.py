@@ -46,7 +46,9 @@ def docs_signal(tenant: Tenant) -> Signal:
 
 
 # --- The seed page's example ------------------------------------------------------------------
-def test_the_seed_example_is_accepted_with_the_documented_response(api: ApiClient, docs_signal: Signal) -> None:
+def test_the_seed_example_is_accepted_with_the_documented_response(
+    api: ApiClient, docs_signal: Signal
+) -> None:
     response = api.post(URL, SEED_REQUEST)
 
     assert response.status_code == 202
@@ -100,12 +102,16 @@ def test_a_timestamp_without_offset_is_taken_as_utc(api: ApiClient, docs_signal:
 
 
 def test_version_and_data_are_optional(api: ApiClient, docs_signal: Signal) -> None:
-    response = api.post(URL, {"signal": "visited-documentation-page", "identity": {"type": "lead", "id": "L1"}})
+    response = api.post(
+        URL, {"signal": "visited-documentation-page", "identity": {"type": "lead", "id": "L1"}}
+    )
     assert response.status_code == 202
     assert Event.objects.get(pk=response.json()["data"]["id"]).data == {}
 
 
-def test_every_response_carries_a_request_id(api: ApiClient, anon: ApiClient, docs_signal: Signal) -> None:
+def test_every_response_carries_a_request_id(
+    api: ApiClient, anon: ApiClient, docs_signal: Signal
+) -> None:
     assert api.post(URL, SEED_REQUEST)["X-Request-ID"]
     assert anon.post(URL, SEED_REQUEST)["X-Request-ID"]
     assert api.post_raw(URL, "nope")["X-Request-ID"]
@@ -116,7 +122,9 @@ def test_every_response_carries_a_request_id(api: ApiClient, anon: ApiClient, do
 
 
 # --- CRM records ------------------------------------------------------------------------------
-def test_the_crm_record_is_created_on_first_sight_and_reused_after(api: ApiClient, tenant: Tenant, docs_signal: Signal) -> None:
+def test_the_crm_record_is_created_on_first_sight_and_reused_after(
+    api: ApiClient, tenant: Tenant, docs_signal: Signal
+) -> None:
     first = Event.objects.get(pk=api.post(URL, event()).json()["data"]["id"])
     second = Event.objects.get(pk=api.post(URL, event(reference="evt-002")).json()["data"]["id"])
     api.post(URL, event(identity={"type": "contact", "id": "001ABC000000123"}))
@@ -124,7 +132,10 @@ def test_the_crm_record_is_created_on_first_sight_and_reused_after(api: ApiClien
     assert first.crm_record_id == second.crm_record_id
     record = CrmRecord.objects.get(pk=first.crm_record_id)
     assert (record.organization_id, record.type, record.external_id) == (
-        tenant.organization.pk, "account", "001ABC000000123")
+        tenant.organization.pk,
+        "account",
+        "001ABC000000123",
+    )
     assert record.first_seen_at == first.received_at
     assert record.last_seen_at == second.received_at
     assert CrmRecord.objects.count() == 2
@@ -150,7 +161,10 @@ def test_custom_object_types_are_accepted(api: ApiClient, docs_signal: Signal) -
         (b'{"signal": "a\xed\xa0\x80"}', "Request body is not valid UTF-8"),
         (b'{"signal": NaN}', "Request body is not valid JSON"),
         (b'{"signal": 1e999}', "Request body is not valid JSON"),
-        (b'{"signal": "a", "signal": "b"}', "Request body is not valid JSON: duplicate key 'signal'"),
+        (
+            b'{"signal": "a", "signal": "b"}',
+            "Request body is not valid JSON: duplicate key 'signal'",
+        ),
         (b'{"signal": "a\\u0000"}', "Request body contains a NUL character"),
         (b'{"data": {"k": "\\ud800"}}', "Request body contains an unpaired UTF-16 surrogate"),
         (b'{"data": ' + b"[" * 100 + b"]" * 100 + b"}", "Request body is nested deeper than"),
@@ -168,7 +182,9 @@ def test_a_body_that_is_not_a_json_object_is_a_400_naming_the_problem(
     assert Event.objects.count() == 0
 
 
-def test_the_content_type_does_not_matter_for_a_json_body(api: ApiClient, docs_signal: Signal) -> None:
+def test_the_content_type_does_not_matter_for_a_json_body(
+    api: ApiClient, docs_signal: Signal
+) -> None:
     response = api.post_raw(URL, json.dumps(SEED_REQUEST), content_type="text/plain")
     assert response.status_code == 202
 
@@ -181,7 +197,11 @@ def test_a_missing_or_empty_signal_is_refused(api: ApiClient, signal: object) ->
         del body["signal"]
     response = api.post(URL, body)
     assert response.status_code == 400
-    assert response.json() == {"success": False, "error": "signal is required", "code": "signal_required"}
+    assert response.json() == {
+        "success": False,
+        "error": "signal is required",
+        "code": "signal_required",
+    }
 
 
 def test_signal_is_checked_before_identity(api: ApiClient) -> None:
@@ -192,10 +212,22 @@ def test_signal_is_checked_before_identity(api: ApiClient) -> None:
 # --- Row 3: identity --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "identity",
-    ["missing", None, {}, "", {"type": "account"}, {"id": "1"}, {"type": "", "id": "1"},
-     {"type": "account", "id": ""}, {"type": "account", "id": None}, {"type": " ", "id": "1"}],
+    [
+        "missing",
+        None,
+        {},
+        "",
+        {"type": "account"},
+        {"id": "1"},
+        {"type": "", "id": "1"},
+        {"type": "account", "id": ""},
+        {"type": "account", "id": None},
+        {"type": " ", "id": "1"},
+    ],
 )
-def test_missing_or_empty_identity_parts_are_refused(api: ApiClient, docs_signal: Signal, identity: object) -> None:
+def test_missing_or_empty_identity_parts_are_refused(
+    api: ApiClient, docs_signal: Signal, identity: object
+) -> None:
     body = event(identity=identity)
     if identity == "missing":
         del body["identity"]
@@ -249,7 +281,9 @@ def test_a_field_of_the_wrong_type_or_form_is_a_400_naming_the_field(
     assert Event.objects.count() == 0
 
 
-def test_a_timestamp_more_than_a_day_in_the_future_is_refused(api: ApiClient, docs_signal: Signal) -> None:
+def test_a_timestamp_more_than_a_day_in_the_future_is_refused(
+    api: ApiClient, docs_signal: Signal
+) -> None:
     soon = (timezone.now() + timedelta(hours=23)).isoformat()
     late = (timezone.now() + timedelta(hours=25)).isoformat()
     assert api.post(URL, event(timestamp=soon)).status_code == 202
@@ -265,7 +299,9 @@ def test_version_accepts_latest_an_integer_or_nothing(api: ApiClient, tenant: Te
         assert api.post(URL, body).status_code == 202, version
 
 
-def test_form_errors_still_carry_rate_limit_headers_when_the_signal_is_known(api: ApiClient, docs_signal: Signal) -> None:
+def test_form_errors_still_carry_rate_limit_headers_when_the_signal_is_known(
+    api: ApiClient, docs_signal: Signal
+) -> None:
     response = api.post(URL, event(data="text"))
     assert response.status_code == 400
     assert response["X-RateLimit-Limit"] == "100"
@@ -274,11 +310,16 @@ def test_form_errors_still_carry_rate_limit_headers_when_the_signal_is_known(api
 
 
 # --- Row 5: unknown signal --------------------------------------------------------------------
-def test_an_unknown_signal_is_a_404_with_the_seed_message(api: ApiClient, docs_signal: Signal) -> None:
+def test_an_unknown_signal_is_a_404_with_the_seed_message(
+    api: ApiClient, docs_signal: Signal
+) -> None:
     response = api.post(URL, event(signal="my-signal-slug"))
     assert response.status_code == 404
     assert response.json() == {
-        "success": False, "error": "Signal not found: my-signal-slug", "code": "signal_not_found"}
+        "success": False,
+        "error": "Signal not found: my-signal-slug",
+        "code": "signal_not_found",
+    }
     assert "X-RateLimit-Limit" not in response
 
 
@@ -288,7 +329,9 @@ def test_a_slug_that_cannot_exist_is_not_found_either(api: ApiClient, docs_signa
     assert error_of(response) == "Signal not found: Not A Slug/../x"
 
 
-def test_an_inactive_signal_is_not_found(api: ApiClient, docs_signal: Signal, django_capture_on_commit_callbacks) -> None:
+def test_an_inactive_signal_is_not_found(
+    api: ApiClient, docs_signal: Signal, django_capture_on_commit_callbacks
+) -> None:
     assert api.post(URL, event()).status_code == 202
     with django_capture_on_commit_callbacks(execute=True):
         signal_update(signal=docs_signal, active=False)
@@ -310,16 +353,26 @@ def test_the_budget_counts_down_and_then_answers_429(api: ApiClient, tenant: Ten
 
     refused = api.post(URL, event(signal="limited"))
     assert refused.status_code == 429
-    assert refused.json() == {"success": False, "error": "Rate limit exceeded", "code": "rate_limited"}
+    assert refused.json() == {
+        "success": False,
+        "error": "Rate limit exceeded",
+        "code": "rate_limited",
+    }
     assert refused["X-RateLimit-Remaining"] == "0"
     assert 1 <= int(refused["Retry-After"]) <= 60
-    reset = datetime.strptime(refused["X-RateLimit-Reset"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    reset = datetime.strptime(refused["X-RateLimit-Reset"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC
+    )
     assert timezone.now() - timedelta(seconds=1) <= reset <= timezone.now() + timedelta(seconds=61)
     assert Event.objects.count() == 3
 
 
 def test_default_budgets_follow_the_signal_type(api: ApiClient, tenant: Tenant) -> None:
-    for slug, type_, limit in (("e", "event", "100"), ("m", "metric", "1000"), ("s", "state", "30")):
+    for slug, type_, limit in (
+        ("e", "event", "100"),
+        ("m", "metric", "1000"),
+        ("s", "state", "30"),
+    ):
         tenant.signal(slug, type=type_)
         data = {"value": 1} if type_ == "metric" else {}
         response = api.post(URL, event(signal=slug, data=data))
@@ -327,7 +380,9 @@ def test_default_budgets_follow_the_signal_type(api: ApiClient, tenant: Tenant) 
         assert response["X-RateLimit-Limit"] == limit
 
 
-def test_budgets_are_per_signal_and_per_organization(make_tenant, tenant: Tenant, api: ApiClient) -> None:
+def test_budgets_are_per_signal_and_per_organization(
+    make_tenant, tenant: Tenant, api: ApiClient
+) -> None:
     other = make_tenant("globex")
     other_api = ApiClient(other.raw_key)
     tenant.signal("limited", rate_limit_per_minute=1)
@@ -347,9 +402,16 @@ def test_the_rate_limit_comes_before_schema_checks(api: ApiClient, tenant: Tenan
     assert api.post(URL, event(signal="limited", data={})).status_code == 429
 
 
-def test_an_unreachable_rate_limit_store_accepts_the_event(api: ApiClient, docs_signal: Signal, settings, caplog) -> None:
+def test_an_unreachable_rate_limit_store_accepts_the_event(
+    api: ApiClient, docs_signal: Signal, settings, caplog
+) -> None:
     # A cache file that cannot be opened: every cache call fails, lookups fall back to the DB.
-    settings.CACHES = {"default": {"BACKEND": "bigmind.cache.SQLiteCache", "LOCATION": "/proc/no/such/dir/c.sqlite3"}}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "bigmind.cache.SQLiteCache",
+            "LOCATION": "/proc/no/such/dir/c.sqlite3",
+        }
+    }
     response = api.post(URL, event())
     assert response.status_code == 202
     assert response["X-RateLimit-Limit"] == "100"
@@ -357,7 +419,9 @@ def test_an_unreachable_rate_limit_store_accepts_the_event(api: ApiClient, docs_
 
 
 # --- Row 7: unknown schema version ------------------------------------------------------------
-def test_a_requested_version_that_does_not_exist_is_a_404_naming_it(api: ApiClient, tenant: Tenant) -> None:
+def test_a_requested_version_that_does_not_exist_is_a_404_naming_it(
+    api: ApiClient, tenant: Tenant
+) -> None:
     tenant.signal("page", schema=PAGE_SCHEMA)
     response = api.post(URL, event(signal="page", version=2))
     assert response.status_code == 404
@@ -365,7 +429,9 @@ def test_a_requested_version_that_does_not_exist_is_a_404_naming_it(api: ApiClie
     assert response["X-RateLimit-Limit"] == "100"
 
 
-def test_an_explicit_version_of_a_signal_without_schemas_is_a_404(api: ApiClient, docs_signal: Signal) -> None:
+def test_an_explicit_version_of_a_signal_without_schemas_is_a_404(
+    api: ApiClient, docs_signal: Signal
+) -> None:
     response = api.post(URL, event(version=1))
     assert response.status_code == 404
     assert error_of(response) == "Schema version 1 not found for signal visited-documentation-page"
@@ -404,14 +470,19 @@ def test_an_older_version_can_be_chosen_explicitly(api: ApiClient, tenant: Tenan
 
 
 def test_formats_are_asserted(api: ApiClient, tenant: Tenant) -> None:
-    tenant.signal("dated", schema={"type": "object", "properties": {"at": {"type": "string", "format": "date-time"}}})
+    tenant.signal(
+        "dated",
+        schema={"type": "object", "properties": {"at": {"type": "string", "format": "date-time"}}},
+    )
     response = api.post(URL, event(signal="dated", data={"at": "not a date"}))
     assert response.status_code == 400
     assert response.json()["details"][0]["path"] == "$.at"
 
 
 # --- Row 9: idempotency -----------------------------------------------------------------------
-def test_a_replay_with_the_same_key_answers_200_with_the_original_event(api: ApiClient, docs_signal: Signal) -> None:
+def test_a_replay_with_the_same_key_answers_200_with_the_original_event(
+    api: ApiClient, docs_signal: Signal
+) -> None:
     first = api.post(URL, event(), **{"Idempotency-Key": "k-1"})
     again = api.post(URL, event(), **{"Idempotency-Key": "k-1"})
 
@@ -432,7 +503,9 @@ def test_the_key_may_come_in_the_body(api: ApiClient, docs_signal: Signal) -> No
     assert Event.objects.get().idempotency_key == "k-2"
 
 
-def test_the_same_key_with_a_different_request_is_a_409(api: ApiClient, docs_signal: Signal) -> None:
+def test_the_same_key_with_a_different_request_is_a_409(
+    api: ApiClient, docs_signal: Signal
+) -> None:
     assert api.post(URL, event(), **{"Idempotency-Key": "k-3"}).status_code == 202
     response = api.post(URL, event(data={"page": "/other"}), **{"Idempotency-Key": "k-3"})
     assert response.status_code == 409
@@ -454,17 +527,24 @@ def test_header_and_body_keys_must_agree(api: ApiClient, docs_signal: Signal) ->
     assert error_of(response) == "Idempotency-Key header and idempotency_key field differ"
 
 
-def test_idempotency_keys_are_scoped_to_the_organization(make_tenant, tenant: Tenant, api: ApiClient) -> None:
+def test_idempotency_keys_are_scoped_to_the_organization(
+    make_tenant, tenant: Tenant, api: ApiClient
+) -> None:
     other = make_tenant("globex")
     tenant.signal("visited-documentation-page")
     other.signal("visited-documentation-page")
     assert api.post(URL, event(), **{"Idempotency-Key": "shared"}).status_code == 202
-    assert ApiClient(other.raw_key).post(URL, event(), **{"Idempotency-Key": "shared"}).status_code == 202
+    assert (
+        ApiClient(other.raw_key).post(URL, event(), **{"Idempotency-Key": "shared"}).status_code
+        == 202
+    )
     assert Event.objects.count() == 2
 
 
 # --- Row 10: body size ------------------------------------------------------------------------
-def test_a_body_over_the_limit_is_a_413_stating_the_limit(api: ApiClient, docs_signal: Signal, settings) -> None:
+def test_a_body_over_the_limit_is_a_413_stating_the_limit(
+    api: ApiClient, docs_signal: Signal, settings
+) -> None:
     settings.BIGMIND_EVENT_MAX_BODY_BYTES = 1000
     ok = event(data={"pad": "x" * 500})
     assert api.post(URL, ok).status_code == 202
@@ -490,7 +570,11 @@ def test_other_methods_answer_405_in_the_envelope(api: ApiClient) -> None:
 def test_unknown_api_paths_answer_404_in_the_envelope(api: ApiClient) -> None:
     response = api.client.get("/v1/nothing-here")
     assert response.status_code == 404
-    assert response.json() == {"success": False, "error": "Not found: /v1/nothing-here", "code": "not_found"}
+    assert response.json() == {
+        "success": False,
+        "error": "Not found: /v1/nothing-here",
+        "code": "not_found",
+    }
 
 
 # --- Authentication and tenancy ---------------------------------------------------------------
@@ -518,7 +602,9 @@ def test_requests_without_a_valid_key_get_401_with_www_authenticate(
     assert Event.objects.count() == 0
 
 
-def test_a_revoked_key_is_refused(api: ApiClient, tenant: Tenant, docs_signal: Signal, django_capture_on_commit_callbacks) -> None:
+def test_a_revoked_key_is_refused(
+    api: ApiClient, tenant: Tenant, docs_signal: Signal, django_capture_on_commit_callbacks
+) -> None:
     assert api.post(URL, SEED_REQUEST).status_code == 202  # cached as valid now
     with django_capture_on_commit_callbacks(execute=True):
         api_key_revoke(api_key=tenant.api_key)
@@ -537,7 +623,9 @@ def test_auth_comes_before_anything_about_the_body(anon: ApiClient) -> None:
     assert anon.post_raw(URL, b"{bad").status_code == 401
 
 
-def test_a_key_only_reaches_its_own_organizations_signals(make_tenant, tenant: Tenant, api: ApiClient) -> None:
+def test_a_key_only_reaches_its_own_organizations_signals(
+    make_tenant, tenant: Tenant, api: ApiClient
+) -> None:
     other = make_tenant("globex")
     other.signal("secret-signal")
     response = api.post(URL, event(signal="secret-signal"))
@@ -547,7 +635,9 @@ def test_a_key_only_reaches_its_own_organizations_signals(make_tenant, tenant: T
     assert Event.objects.count() == 0
 
 
-def test_events_and_records_belong_to_the_keys_organization(make_tenant, tenant: Tenant, api: ApiClient) -> None:
+def test_events_and_records_belong_to_the_keys_organization(
+    make_tenant, tenant: Tenant, api: ApiClient
+) -> None:
     other = make_tenant("globex")
     tenant.signal("visited-documentation-page")
     other.signal("visited-documentation-page")

@@ -13,7 +13,7 @@ from signals_app.services import api_key_create, api_key_hash, signals_sync
 
 # Fixed so that the README's curl works as printed. Local demo only: the command refuses to
 # run with DEBUG off unless told otherwise.
-DEMO_API_KEY = "sk_demo_local_only_not_for_production_000000"  # noqa: S105
+DEMO_API_KEY = "sk_demo_local_only_not_for_production_000000"
 DEMO_ADMIN_USER = "admin"
 DEMO_ADMIN_PASSWORD = "admin"  # noqa: S105
 
@@ -80,7 +80,9 @@ class Command(BaseCommand):
             action="store_true",
             help="run even with DEBUG off (it creates a well-known key and admin password)",
         )
-        parser.add_argument("--base-url", default=os.environ.get("BIGMIND_BASE_URL", "http://127.0.0.1:8000"))
+        parser.add_argument(
+            "--base-url", default=os.environ.get("BIGMIND_BASE_URL", "http://127.0.0.1:8000")
+        )
 
     def handle(self, *args: Any, allow_production: bool, base_url: str, **options: Any) -> None:
         if not settings.DEBUG and not allow_production:

@@ -29,11 +29,8 @@ class Command(BaseCommand):
         except (OSError, UnicodeDecodeError) as exc:
             raise CommandError(f"Cannot read {file}: {exc}") from exc
         try:
-            if file.endswith(".json"):
-                document = json.loads(text)
-            else:
-                # YAML is a superset of JSON, so stdin may be either.
-                document = yaml.safe_load(text)
+            # YAML is a superset of JSON, so stdin and .yaml files may be either.
+            document = json.loads(text) if file.endswith(".json") else yaml.safe_load(text)
         except (ValueError, yaml.YAMLError) as exc:
             raise CommandError(f"{file} is not valid YAML/JSON: {exc}") from exc
         report = run_service(signals_sync, document=document)
