@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import logging
+
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
+
+
+logger = logging.getLogger(__name__)
 
 
 class ApplicationError(Exception):
@@ -103,6 +109,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     from rest_framework.views import exception_handler as drf_exception_handler
     from rest_framework.views import set_rollback
 
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is down or refusing connections: an outage, not a bug. Say so in the
+        # envelope with a hint to retry, instead of a bare 500.
+        logger.error("database unavailable", exc_info=exc)
+        exc = ServiceUnavailable(
+            "Service temporarily unavailable: the database cannot be reached",
+            headers={"Retry-After": "5"},
+        )
     if isinstance(exc, ApplicationError):
         set_rollback()
         headers = dict(exc.headers)

@@ -99,3 +99,21 @@ def test_a_broker_outage_at_commit_keeps_the_event_and_answers_202(
     stored = Event.objects.get(pk=response.json()["data"]["id"])
     assert stored.status == "pending"  # left for the pending sweep to re-queue
     assert "broker down" in caplog.text
+
+
+def test_a_database_outage_is_a_503_in_the_envelope(api: ApiClient, signal) -> None:
+    from django.db import OperationalError as DbOperationalError
+
+    with mock.patch(
+        "events_app.services.crm_record_touch",
+        side_effect=DbOperationalError("connection refused"),
+    ):
+        response = api.post(URL, SEED_REQUEST)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json() == {
+        "success": False,
+        "error": "Service temporarily unavailable: the database cannot be reached",
+        "code": "service_unavailable",
+    }
+    assert Event.objects.count() == 0
