@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import random
 import sqlite3
 import threading
 import time
@@ -29,6 +30,7 @@ CREATE TABLE IF NOT EXISTS cache (
 ) WITHOUT ROWID
 """
 _FOREVER = 1e18
+_PURGE_PROBABILITY = 1 / 1000
 
 
 class SQLiteCache(BaseCache):
@@ -49,8 +51,15 @@ class SQLiteCache(BaseCache):
         return conn
 
     def _expiry(self, timeout: float | object | None) -> float:
-        seconds = self.get_backend_timeout(timeout)
-        return _FOREVER if seconds is None else time.time() + seconds
+        # get_backend_timeout() already returns an absolute Unix time (or None: never).
+        expires = self.get_backend_timeout(timeout)
+        return _FOREVER if expires is None else expires
+
+    def _maybe_purge(self) -> None:
+        # Expired rows are invisible but still take space; sweep them now and then
+        # (rate-limit counters create one row per signal per minute).
+        if random.random() < _PURGE_PROBABILITY:
+            self.purge_expired()
 
     @staticmethod
     def _encode(value: Any) -> Any:
@@ -76,6 +85,7 @@ class SQLiteCache(BaseCache):
             "WHERE cache.expires <= ?",
             (key, self._encode(value), self._expiry(timeout), now),
         )
+        self._maybe_purge()
         return cur.rowcount == 1
 
     def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
@@ -95,6 +105,7 @@ class SQLiteCache(BaseCache):
             "INSERT OR REPLACE INTO cache (key, value, expires) VALUES (?, ?, ?)",
             (key, self._encode(value), self._expiry(timeout)),
         )
+        self._maybe_purge()
 
     def touch(self, key: str, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         key = self.make_and_validate_key(key, version=version)

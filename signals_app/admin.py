@@ -12,6 +12,7 @@ from bigmind.errors import ApplicationError
 from signals_app import services
 from signals_app.models import ApiKey, Organization, SchemaVersion, Signal
 from signals_app.schemas import schema_check
+from signals_app.services import SIGNAL_SETTINGS
 
 
 @admin.register(Organization)
@@ -48,20 +49,22 @@ class SignalForm(forms.ModelForm):
 
     class Meta:
         model = Signal
-        fields = (
-            "organization",
-            "name",
-            "slug",
-            "type",
-            "description",
-            "ai_instructions",
-            "active",
-            "rate_limit_per_minute",
-            "compatibility",
-            "aggregation",
-            "period",
-            "value_field",
-        )
+        fields = ("organization", "slug", *SIGNAL_SETTINGS)
+
+    def clean(self) -> dict[str, Any]:
+        # The services' own checks, run here so that a problem is a form error next to the
+        # form rather than an exception at save time.
+        cleaned = super().clean()
+        settings = {name: cleaned.get(name) for name in SIGNAL_SETTINGS if name in cleaned}
+        if "type" not in settings:
+            return cleaned  # the field's own error is shown already
+        try:
+            services.signal_settings_check(settings)
+            if cleaned.get("slug"):
+                services.signal_slug_check(cleaned["slug"])
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message) from exc
+        return cleaned
 
     def clean_new_schema(self) -> Any:
         schema = self.cleaned_data.get("new_schema")
@@ -89,8 +92,7 @@ class SignalAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Signal, form: Any, change: bool) -> None:
         # All writes go through the services, which check the settings and invalidate caches.
-        data = {k: v for k, v in form.cleaned_data.items() if k in form.Meta.fields}
-        data.pop("organization", None)
+        data = {k: v for k, v in form.cleaned_data.items() if k in (*SIGNAL_SETTINGS, "slug")}
         try:
             if change:
                 saved = services.signal_update(signal=obj, **data)

@@ -129,8 +129,10 @@ def signal_slug_check(slug: str) -> str:
     return slug
 
 
-def _signal_fields_check(fields: dict[str, Any]) -> dict[str, Any]:
-    """Normalise and check the settings of a signal; type-specific fields only where they apply."""
+def signal_settings_check(fields: dict[str, Any]) -> dict[str, Any]:
+    """Normalise and check the settings of a signal; type-specific fields only where they apply.
+
+    Pure (no I/O), so forms can show the same errors the services would raise."""
     signal_type = fields.get("type")
     if signal_type not in SignalType.values:
         raise BadRequest(
@@ -160,7 +162,7 @@ def _signal_fields_check(fields: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-_SIGNAL_FIELDS = (
+SIGNAL_SETTINGS = (
     "name",
     "type",
     "description",
@@ -191,12 +193,12 @@ def signal_create(
     *, organization: Organization, name: str, type: str, slug: str | None = None, **settings: Any
 ) -> Signal:
     """Create a signal; the slug is made from the name unless given."""
-    unknown = set(settings) - set(_SIGNAL_FIELDS)
+    unknown = set(settings) - set(SIGNAL_SETTINGS)
     if unknown:
         raise BadRequest(f"Unknown signal settings: {', '.join(sorted(unknown))}")
     if not name or not name.strip():
         raise BadRequest("A signal needs a name")
-    fields = _signal_fields_check({"name": name, "type": type, **settings})
+    fields = signal_settings_check({"name": name, "type": type, **settings})
     slug = signal_slug_check(slug) if slug else _unique_slug(organization, name)
     for _ in range(3):
         try:
@@ -218,15 +220,15 @@ def signal_create(
 
 
 def signal_update(*, signal: Signal, **changes: Any) -> Signal:
-    unknown = set(changes) - {*_SIGNAL_FIELDS, "slug"}
+    unknown = set(changes) - {*SIGNAL_SETTINGS, "slug"}
     if unknown:
         raise BadRequest(f"Unknown signal settings: {', '.join(sorted(unknown))}")
     old_slug = signal.slug
-    merged = {name: getattr(signal, name) for name in _SIGNAL_FIELDS} | changes
+    merged = {name: getattr(signal, name) for name in SIGNAL_SETTINGS} | changes
     if "type" in changes and changes["type"] != signal.type:
         for metric_only in ("aggregation", "period", "value_field"):
             merged.setdefault(metric_only, "")
-    fields = _signal_fields_check(merged)
+    fields = signal_settings_check(merged)
     if "slug" in changes:
         fields["slug"] = signal_slug_check(changes["slug"])
     for name, value in fields.items():
@@ -284,7 +286,7 @@ def _sync_item_check(index: int, item: Any) -> dict[str, Any]:
     where = f"signals[{index}]"
     if not isinstance(item, dict):
         raise BadRequest(f"{where} must be a mapping")
-    allowed = {*_SIGNAL_FIELDS, "slug", "schemas"}
+    allowed = {*SIGNAL_SETTINGS, "slug", "schemas"}
     unknown = set(item) - allowed
     if unknown:
         raise BadRequest(f"{where}: unknown fields {', '.join(sorted(unknown))}")
@@ -326,16 +328,16 @@ def signals_sync(*, document: Any) -> SyncReport:
         )
         for item in checked:
             slug = signal_slug_check(item["slug"])
-            settings = {k: v for k, v in item.items() if k in _SIGNAL_FIELDS}
+            settings = {k: v for k, v in item.items() if k in SIGNAL_SETTINGS}
             settings.setdefault("name", slug)
             existing = Signal.objects.filter(organization=organization, slug=slug).first()
             if existing is None:
                 signal = signal_create(organization=organization, slug=slug, **settings)
                 report.created.append(slug)
             else:
-                before = {name: getattr(existing, name) for name in _SIGNAL_FIELDS}
+                before = {name: getattr(existing, name) for name in SIGNAL_SETTINGS}
                 signal = signal_update(signal=existing, **settings)
-                after = {name: getattr(signal, name) for name in _SIGNAL_FIELDS}
+                after = {name: getattr(signal, name) for name in SIGNAL_SETTINGS}
                 (report.updated if before != after else report.unchanged).append(slug)
             stored = {v.version: v.schema for v in signal.schema_versions.all()}
             for entry in item.get("schemas") or []:

@@ -1,0 +1,161 @@
+"""The admin through Django's test client: signals with schema versions, keys shown once."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from events_app.auth import api_key_authenticate
+from signals_app.models import ApiKey, Organization, SchemaVersion, Signal
+from signals_app.services import api_key_hash
+
+
+@pytest.fixture
+def staff(db) -> Client:
+    user = get_user_model().objects.create_superuser("staff", "staff@example.com", "pw-123456")
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def org(db) -> Organization:
+    return Organization.objects.create(slug="acme", name="Acme")
+
+
+def signal_form(org: Organization, **overrides: object) -> dict:
+    form = {
+        "organization": org.pk,
+        "name": "Visited documentation page",
+        "slug": "",
+        "type": "event",
+        "description": "",
+        "ai_instructions": "",
+        "active": "on",
+        "rate_limit_per_minute": "",
+        "compatibility": "none",
+        "aggregation": "",
+        "period": "",
+        "value_field": "",
+        "new_schema": "",
+        "schema_versions-TOTAL_FORMS": "0",
+        "schema_versions-INITIAL_FORMS": "0",
+    }
+    form.update(overrides)
+    return form
+
+
+def test_the_admin_requires_staff(db) -> None:
+    assert Client().get("/admin/signals_app/signal/").status_code == 302
+    user = get_user_model().objects.create_user("plain", password="pw-123456")
+    client = Client()
+    client.force_login(user)
+    assert client.get("/admin/signals_app/signal/").status_code == 302
+
+
+def test_staff_create_a_signal_with_a_slug_made_from_the_name_and_a_first_schema(
+    staff: Client, org: Organization
+) -> None:
+    schema = {"type": "object", "required": ["page"]}
+    response = staff.post(
+        "/admin/signals_app/signal/add/", signal_form(org, new_schema=json.dumps(schema))
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+
+    signal = Signal.objects.get()
+    assert signal.slug == "visited-documentation-page"
+    assert re.fullmatch(r"sig_[A-Za-z0-9]{8}", signal.public_id)
+    assert list(SchemaVersion.objects.values_list("version", "schema")) == [(1, schema)]
+
+
+def test_a_new_schema_on_edit_becomes_the_next_version(staff: Client, org: Organization) -> None:
+    staff.post("/admin/signals_app/signal/add/", signal_form(org, new_schema='{"type": "object"}'))
+    signal = Signal.objects.get()
+    form = signal_form(org, slug=signal.slug, new_schema='{"type": "object", "required": ["a"]}')
+    form["schema_versions-TOTAL_FORMS"] = form["schema_versions-INITIAL_FORMS"] = "1"
+    form["schema_versions-0-id"] = str(signal.schema_versions.get().pk)
+    form["schema_versions-0-signal"] = str(signal.pk)
+    response = staff.post(f"/admin/signals_app/signal/{signal.pk}/change/", form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert list(signal.schema_versions.order_by("version").values_list("version", flat=True)) == [
+        1,
+        2,
+    ]
+    assert signal.schema_versions.get(version=1).schema == {"type": "object"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"new_schema": "{not json"}, "Enter a valid JSON"),
+        ({"new_schema": '{"type": "strange"}'}, "Not a valid JSON Schema"),
+        ({"new_schema": '{"$ref": "https://example.com/s.json"}'}, "Only local references"),
+        ({"slug": "Has Spaces"}, "slug"),
+        ({"type": "metric"}, "A metric signal needs aggregation"),
+        ({"aggregation": "sum"}, "aggregation applies to metric signals only"),
+        ({"rate_limit_per_minute": "0"}, "rate_limit_per_minute must be a positive integer"),
+    ],
+)
+def test_bad_input_is_a_form_error_and_saves_nothing(
+    staff: Client, org: Organization, overrides: dict, message: str
+) -> None:
+    response = staff.post("/admin/signals_app/signal/add/", signal_form(org, **overrides))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert Signal.objects.count() == 0
+    assert SchemaVersion.objects.count() == 0
+
+
+def test_a_duplicate_slug_in_the_organization_is_a_form_error(
+    staff: Client, org: Organization
+) -> None:
+    staff.post("/admin/signals_app/signal/add/", signal_form(org, slug="docs"))
+    response = staff.post("/admin/signals_app/signal/add/", signal_form(org, slug="docs"))
+    assert response.status_code == 200
+    assert Signal.objects.count() == 1
+
+
+def test_a_new_api_key_is_shown_once_and_only_its_hash_is_stored(
+    staff: Client, org: Organization
+) -> None:
+    response = staff.post(
+        "/admin/signals_app/apikey/add/", {"organization": org.pk, "name": "backend"}
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    raw = re.search(r'value="(sk_[A-Za-z0-9_\-]+)"', page).group(1)
+    assert "shown only once" in page
+    assert "no-store" in response["Cache-Control"]
+
+    key = ApiKey.objects.get()
+    assert key.key_hash == api_key_hash(raw)
+    assert raw not in json.dumps(list(ApiKey.objects.values()), default=str)
+    assert api_key_authenticate(raw_key=raw).organization_id == org.pk
+    # The list and change pages never show it again.
+    assert raw not in staff.get("/admin/signals_app/apikey/").content.decode()
+    assert raw not in staff.get(f"/admin/signals_app/apikey/{key.pk}/change/").content.decode()
+
+
+def test_the_revoke_action_revokes_and_the_key_stops_working(
+    staff: Client, org: Organization, django_capture_on_commit_callbacks
+) -> None:
+    staff.post("/admin/signals_app/apikey/add/", {"organization": org.pk, "name": "backend"})
+    key = ApiKey.objects.get()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(
+            "/admin/signals_app/apikey/",
+            {"action": "revoke_keys", "_selected_action": [key.pk]},
+        )
+    assert response.status_code == 302
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+
+
+def test_event_pages_render(staff: Client, org: Organization) -> None:
+    assert staff.get("/admin/events_app/event/").status_code == 200
+    assert staff.get("/admin/events_app/crmrecord/").status_code == 200
+    assert staff.get("/admin/").status_code == 200
