@@ -8,6 +8,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from bigmind.errors import BadRequest
 
@@ -41,7 +44,9 @@ def schema_check(schema: Any) -> None:
     if not isinstance(schema, dict):
         raise SchemaInvalid("A schema must be a JSON object")
     declared = schema.get("$schema")
-    if declared is not None and declared.rstrip("#") != DRAFT_2020_12:
+    if declared is not None and (
+        not isinstance(declared, str) or declared.rstrip("#") != DRAFT_2020_12
+    ):
         raise SchemaInvalid(
             f"Only JSON Schema draft 2020-12 is supported ($schema is {declared!r})"
         )
@@ -53,9 +58,17 @@ def schema_check(schema: Any) -> None:
             f"Not a valid JSON Schema (draft 2020-12) at ${path}: {exc.message}"
         ) from exc
     # Remote references would be fetched (or fail) at validation time, on the ingest path.
-    remote = [ref for ref in _refs(schema) if not ref.startswith("#")]
+    refs = _refs(schema)
+    remote = [ref for ref in refs if not ref.startswith("#")]
     if remote:
         raise SchemaInvalid(f"Only local references ('#/...') are supported; found {remote[0]!r}")
+    # A local reference to nothing would only fail when an event reaches it.
+    resolver = Registry().with_resource("", DRAFT202012.create_resource(schema)).resolver()
+    for ref in refs:
+        try:
+            resolver.lookup(ref)
+        except Unresolvable as exc:
+            raise SchemaInvalid(f"The reference {ref!r} points to nothing in the schema") from exc
 
 
 def schema_compile(schema: dict[str, Any]) -> Draft202012Validator:

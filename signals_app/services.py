@@ -100,6 +100,16 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     return api_key
 
 
+def api_key_reinstate(*, api_key: ApiKey) -> ApiKey:
+    """Undo a revocation (bootstrap_demo keeps its well-known key usable)."""
+    if api_key.revoked_at is not None:
+        ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=None)
+        api_key.revoked_at = None
+        key_hash = api_key.key_hash
+        transaction.on_commit(lambda: api_key_cache_invalidate(key_hash=key_hash))
+    return api_key
+
+
 def api_key_find(*, prefix_or_key: str) -> ApiKey:
     """The key named by its full secret or by the non-secret prefix the admin shows."""
     if len(prefix_or_key) > len(API_KEY_PREFIX) + _VISIBLE_SECRET_CHARS:
@@ -226,8 +236,9 @@ def signal_update(*, signal: Signal, **changes: Any) -> Signal:
     old_slug = signal.slug
     merged = {name: getattr(signal, name) for name in SIGNAL_SETTINGS} | changes
     if "type" in changes and changes["type"] != signal.type:
+        # Leaving the metric type drops the metric settings unless the caller sets them.
         for metric_only in ("aggregation", "period", "value_field"):
-            merged.setdefault(metric_only, "")
+            merged[metric_only] = changes.get(metric_only, "")
     fields = signal_settings_check(merged)
     if "slug" in changes:
         fields["slug"] = signal_slug_check(changes["slug"])
@@ -282,6 +293,19 @@ class SyncReport:
         return out
 
 
+# What a signals-as-code entry means by leaving a setting out.
+SYNC_DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "ai_instructions": "",
+    "active": True,
+    "rate_limit_per_minute": None,
+    "compatibility": Compatibility.NONE,
+    "aggregation": "",
+    "period": "",
+    "value_field": "",
+}
+
+
 def _sync_item_check(index: int, item: Any) -> dict[str, Any]:
     where = f"signals[{index}]"
     if not isinstance(item, dict):
@@ -328,17 +352,21 @@ def signals_sync(*, document: Any) -> SyncReport:
         )
         for item in checked:
             slug = signal_slug_check(item["slug"])
-            settings = {k: v for k, v in item.items() if k in SIGNAL_SETTINGS}
-            settings.setdefault("name", slug)
+            # The file is the source of truth: a setting it leaves out takes its default.
+            settings = signal_settings_check(
+                {**SYNC_DEFAULTS, "name": slug}
+                | {k: v for k, v in item.items() if k in SIGNAL_SETTINGS}
+            )
             existing = Signal.objects.filter(organization=organization, slug=slug).first()
             if existing is None:
                 signal = signal_create(organization=organization, slug=slug, **settings)
                 report.created.append(slug)
-            else:
-                before = {name: getattr(existing, name) for name in SIGNAL_SETTINGS}
+            elif any(getattr(existing, name) != value for name, value in settings.items()):
                 signal = signal_update(signal=existing, **settings)
-                after = {name: getattr(signal, name) for name in SIGNAL_SETTINGS}
-                (report.updated if before != after else report.unchanged).append(slug)
+                report.updated.append(slug)
+            else:
+                signal = existing
+                report.unchanged.append(slug)
             stored = {v.version: v.schema for v in signal.schema_versions.all()}
             for entry in item.get("schemas") or []:
                 number, schema = entry["version"], entry["schema"]

@@ -9,7 +9,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from signals_app.models import ApiKey
-from signals_app.services import api_key_create, api_key_hash, signals_sync
+from signals_app.services import (
+    api_key_create,
+    api_key_hash,
+    api_key_reinstate,
+    signals_sync,
+)
 
 # Fixed so that the README's curl works as printed. Local demo only: the command refuses to
 # run with DEBUG off unless told otherwise.
@@ -97,7 +102,7 @@ class Command(BaseCommand):
             organization = Organization.objects.get(slug="demo")
             if not ApiKey.objects.filter(key_hash=api_key_hash(DEMO_API_KEY)).exists():
                 api_key_create(organization=organization, name="demo", raw_key=DEMO_API_KEY)
-            ApiKey.objects.filter(key_hash=api_key_hash(DEMO_API_KEY)).update(revoked_at=None)
+            api_key_reinstate(api_key=ApiKey.objects.get(key_hash=api_key_hash(DEMO_API_KEY)))
             user_model = get_user_model()
             user, _ = user_model.objects.get_or_create(username=DEMO_ADMIN_USER)
             user.is_staff = user.is_superuser = True
