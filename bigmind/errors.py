@@ -7,15 +7,13 @@ envelope `{"success": false, "error": ..., "code": ..., "details": [...]}`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
+from typing import Any
 
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
-
 
 logger = logging.getLogger(__name__)
 
