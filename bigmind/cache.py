@@ -50,7 +50,7 @@ class SQLiteCache(BaseCache):
             self._local.conn = conn
         return conn
 
-    def _expiry(self, timeout: float | object | None) -> float:
+    def _expiry(self, timeout: Any) -> float:
         # get_backend_timeout() already returns an absolute Unix time (or None: never).
         expires = self.get_backend_timeout(timeout)
         return _FOREVER if expires is None else expires

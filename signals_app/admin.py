@@ -54,7 +54,7 @@ class SignalForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         # The services' own checks, run here so that a problem is a form error next to the
         # form rather than an exception at save time.
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         settings = {name: cleaned.get(name) for name in SIGNAL_SETTINGS if name in cleaned}
         if "type" not in settings:
             return cleaned  # the field's own error is shown already
