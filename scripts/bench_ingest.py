@@ -1,0 +1,1017 @@
+#!/usr/bin/env python3
+"""Benchmark POST /v1/events against a bare Django view, under gunicorn, on PostgreSQL + Redis.
+
+One command (`make bench`, i.e. `.venv/bin/python scripts/bench_ingest.py`):
+
+  1. creates the benchmark database if it is missing, migrates it and runs
+     `bootstrap_demo --allow-production` (demo organization, signals and API key);
+  2. starts gunicorn (sync workers) on a free port of 127.0.0.1 with the bare baseline view
+     enabled (BIGMIND_BENCHMARK_ENDPOINTS=true) and the per-signal rate limits raised to
+     100,000,000/min, so that the benchmark measures the ingest work, not 429 answers;
+  3. sends one request to each endpoint and stops if any does not answer 202;
+  4. warms every endpoint up, then loads them in turn, several rounds each, in the same run
+     (the order rotates every round so no endpoint always follows the same neighbour);
+  5. prints a markdown table (requests/s, p50, p99, errors, ratio to the bare view), the
+     per-round numbers, where the CPU went, and checks that every accepted event was stored
+     and published to the broker;
+  6. stops gunicorn, also on Ctrl-C or an error.
+
+Endpoints:
+  bare           POST /bench/bare (bigmind/bench.py): Django + json.loads + 202, nothing else
+  ingest         POST /v1/events, signal `visited-documentation-page` (type event, no schema)
+  ingest-schema  POST /v1/events, signal `api-calls` (type metric, JSON Schema version 1)
+
+Every request body is unique (a per-run, per-thread, per-request `reference`), no
+Idempotency-Key is sent, so nothing is an idempotent replay; identities cycle through a pool
+(--identities) so the CRM upsert mostly updates existing records, as in production. Any
+non-2xx answer and any socket error counts as an error.
+
+The load generator is wrk with a generated Lua script when wrk is installed (apt-get install
+wrk), otherwise a Python one (processes x threads, http.client). Its own CPU use is reported,
+and its throughput against the bare view is the ceiling of what this machine can measure.
+
+Only stdlib, psycopg and redis (both in requirements.txt) are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_API_KEY = "sk_demo_local_only_not_for_production_000000"
+HUGE_RATE_LIMIT = 100_000_000  # per minute: never reached, so no request is a 429
+BROKER_QUEUE = "events.process"  # CELERY_TASK_ROUTES sends process_event here
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    path: str
+    signal: str
+    data_template: str  # a JSON object; {n} becomes the request's sequence number
+    auth: bool
+    note: str
+
+
+ENDPOINTS = [
+    Endpoint(
+        "bare",
+        "/bench/bare",
+        "visited-documentation-page",
+        '{{"page":"/docs/quickstart","duration_seconds":{n}}}',
+        auth=False,
+        note="bigmind/bench.py: read body, json.loads, 202",
+    ),
+    Endpoint(
+        "ingest",
+        "/v1/events",
+        "visited-documentation-page",
+        '{{"page":"/docs/quickstart","duration_seconds":{n}}}',
+        auth=True,
+        note="signal without schema",
+    ),
+    Endpoint(
+        "ingest-schema",
+        "/v1/events",
+        "api-calls",
+        '{{"value":{n}}}',
+        auth=True,
+        note="signal with JSON Schema v1 (required number `value`)",
+    ),
+]
+ENDPOINTS_BY_NAME = {e.name: e for e in ENDPOINTS}
+
+
+# --- small helpers ---------------------------------------------------------------------------
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def body_for(endpoint: Endpoint, reference: str, identity: str, n: int) -> bytes:
+    data = endpoint.data_template.format(n=n)
+    return (
+        f'{{"signal":"{endpoint.signal}","version":"latest",'
+        f'"identity":{{"type":"account","id":"{identity}"}},'
+        f'"data":{data},"reference":"{reference}"}}'
+    ).encode()
+
+
+def headers_for(endpoint: Endpoint) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if endpoint.auth:
+        headers["Authorization"] = f"Bearer {DEMO_API_KEY}"
+    return headers
+
+
+def post_once(port: int, endpoint: Endpoint, reference: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(
+            "POST",
+            endpoint.path,
+            body_for(endpoint, reference, "acct-check", 1),
+            headers_for(endpoint),
+        )
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+# --- CPU accounting from /proc ---------------------------------------------------------------
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: str) -> tuple[str, int, float] | None:
+    """(comm, ppid, cpu seconds) of one process, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    # fields[0] is state (field 3); utime/stime are fields 14/15 of the file.
+    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_snapshot(gunicorn_pid: int | None) -> dict[str, float]:
+    """CPU seconds so far of gunicorn (master + workers), PostgreSQL, Redis, and the machine."""
+    totals = {"gunicorn": 0.0, "postgres": 0.0, "redis": 0.0}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        stat = _proc_stat(pid)
+        if stat is None:
+            continue
+        comm, ppid, seconds = stat
+        if gunicorn_pid is not None and (int(pid) == gunicorn_pid or ppid == gunicorn_pid):
+            totals["gunicorn"] += seconds
+        elif comm.startswith("postgres"):
+            totals["postgres"] += seconds
+        elif comm.startswith("redis-server"):
+            totals["redis"] += seconds
+    with open("/proc/stat") as fh:
+        parts = fh.readline().split()[1:]
+    values = [int(v) for v in parts]
+    # user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
+    values = (values + [0] * 8)[:8]
+    totals["machine_busy"] = (sum(values) - values[3] - values[4] - values[7]) / CLK_TCK
+    totals["steal"] = values[7] / CLK_TCK  # a noisy host taking the vCPU away
+    totals["wall"] = time.monotonic()
+    return totals
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- results ---------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    endpoint: str
+    round: int
+    duration: float
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    loadgen_cpu: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+    first_error: str = ""
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration if self.duration else 0.0
+
+    @property
+    def ok(self) -> int:
+        return self.requests - self.errors
+
+
+# --- load generator: wrk ---------------------------------------------------------------------
+WRK_LUA = r"""
+-- generated by scripts/bench_ingest.py
+local path = "%(path)s"
+local signal_slug = "%(signal)s"
+local run_id = "%(run_id)s"
+local identities = %(identities)d
+local auth = %(auth)s
+local counter = 0
+local non2xx = 0
+local first_error = ""
+local threads = {}
+local next_tid = 0
+
+local headers = { ["Content-Type"] = "application/json" }
+if auth then headers["Authorization"] = "Bearer %(api_key)s" end
+
+function setup(thread)
+  next_tid = next_tid + 1
+  thread:set("tid", next_tid)
+  table.insert(threads, thread)
+end
+
+function request()
+  counter = counter + 1
+  local reference = string.format("%%s-%%d-%%d", run_id, tid, counter)
+  local identity = string.format("acct-%%06d", (tid * 7919 + counter) %% identities)
+  local data = string.format('%(data_lua)s', counter)
+  local body = string.format(
+    '{"signal":"%%s","version":"latest","identity":{"type":"account","id":"%%s"},"data":%%s,"reference":"%%s"}',
+    signal_slug, identity, data, reference)
+  return wrk.format("POST", path, headers, body)
+end
+
+function response(status, hdrs, body)
+  if status < 200 or status > 299 then
+    non2xx = non2xx + 1
+    if first_error == "" then first_error = status .. " " .. string.sub(body or "", 1, 300) end
+  end
+end
+
+function done(summary, latency, requests)
+  local bad, sample = 0, ""
+  for _, t in ipairs(threads) do
+    bad = bad + (t:get("non2xx") or 0)
+    local e = t:get("first_error")
+    if sample == "" and e and e ~= "" then sample = e end
+  end
+  sample = string.gsub(sample, '[%%c"\\]', " ")  -- safe inside a JSON string
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%%d,"duration_us":%%d,"non2xx":%%d,"connect":%%d,"read":%%d,' ..
+    '"write":%%d,"timeout":%%d,"p50_us":%%d,"p99_us":%%d,"first_error":"%%s"}\n',
+    summary.requests, summary.duration, bad, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99), sample))
+end
+"""
+
+
+def wrk_script(endpoint: Endpoint, run_id: str, identities: int, directory: Path) -> Path:
+    data_lua = endpoint.data_template.replace("{{", "{").replace("}}", "}").replace("{n}", "%d")
+    script = WRK_LUA % {
+        "path": endpoint.path,
+        "signal": endpoint.signal,
+        "run_id": run_id,
+        "identities": identities,
+        "auth": "true" if endpoint.auth else "false",
+        "api_key": DEMO_API_KEY,
+        "data_lua": data_lua,
+    }
+    target = directory / f"{endpoint.name}-{run_id}.lua"
+    target.write_text(script)
+    return target
+
+
+def run_wrk(
+    args: argparse.Namespace,
+    port: int,
+    endpoint: Endpoint,
+    seconds: float,
+    run_id: str,
+    workdir: Path,
+    procs: list[subprocess.Popen[str]],
+) -> RunResult:
+    script = wrk_script(endpoint, run_id, args.identities, workdir)
+    threads = min(args.threads, args.concurrency)
+    command = [
+        args.wrk,
+        "-t",
+        str(threads),
+        "-c",
+        str(args.concurrency),
+        "-d",
+        f"{seconds:g}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}{endpoint.path}",
+    ]
+    before = children_cpu()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs.append(proc)
+    out, err = proc.communicate()  # on Ctrl-C, main() still finds and stops it in `procs`
+    procs.remove(proc)
+    loadgen_cpu = children_cpu() - before
+    line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed (exit {proc.returncode}):\n{out}\n{err}")
+    data = json.loads(line[len("BENCH_JSON ") :])
+    socket_errors = data["connect"] + data["read"] + data["write"] + data["timeout"]
+    first_error = data["first_error"]
+    if socket_errors and not first_error:
+        first_error = (
+            f"socket errors: connect {data['connect']}, read {data['read']}, "
+            f"write {data['write']}, timeout {data['timeout']}"
+        )
+    return RunResult(
+        endpoint=endpoint.name,
+        round=0,
+        duration=data["duration_us"] / 1e6,
+        requests=data["requests"],
+        errors=data["non2xx"] + socket_errors,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        loadgen_cpu=loadgen_cpu,
+        first_error=first_error,
+    )
+
+
+# --- load generator: Python (fallback) -------------------------------------------------------
+def _py_worker(
+    port: int,
+    endpoint_name: str,
+    seconds: float,
+    run_id: str,
+    identities: int,
+    threads: int,
+    proc_index: int,
+    queue: Any,
+) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)  # the parent stops us; no tracebacks
+    endpoint = ENDPOINTS_BY_NAME[endpoint_name]
+    headers = headers_for(endpoint)
+    deadline = time.monotonic() + seconds
+    latencies: list[float] = []
+    counts = {"requests": 0, "errors": 0}
+    first_error: list[str] = []
+    lock = threading.Lock()
+
+    def loop(tid: int) -> None:
+        local_lat: list[float] = []
+        requests = errors = n = 0
+        conn: http.client.HTTPConnection | None = None
+        while time.monotonic() < deadline:
+            n += 1
+            reference = f"{run_id}-{proc_index}.{tid}-{n}"
+            identity = f"acct-{(tid * 7919 + proc_index * 104729 + n) % identities:06d}"
+            body = body_for(endpoint, reference, identity, n)
+            started = time.perf_counter()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("POST", endpoint.path, body, headers)
+                response = conn.getresponse()
+                payload = response.read()
+                status = response.status
+                if response.will_close:  # gunicorn's sync workers close after every response
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                status, payload = 0, repr(exc).encode()
+                if conn is not None:
+                    conn.close()
+                conn = None
+            local_lat.append(time.perf_counter() - started)
+            requests += 1
+            if not 200 <= status <= 299:
+                errors += 1
+                if not first_error:
+                    first_error.append(f"{status} {payload[:300].decode(errors='replace')}")
+        if conn is not None:
+            conn.close()
+        with lock:
+            latencies.extend(local_lat)
+            counts["requests"] += requests
+            counts["errors"] += errors
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    queue.put(
+        {
+            "latencies": latencies,
+            **counts,
+            "first_error": first_error[0] if first_error else "",
+            "cpu": usage.ru_utime + usage.ru_stime,
+        }
+    )
+
+
+def run_python(
+    args: argparse.Namespace, port: int, endpoint: Endpoint, seconds: float, run_id: str
+) -> RunResult:
+    procs_n = max(1, min(args.threads, args.concurrency))
+    per_proc = [
+        args.concurrency // procs_n + (1 if i < args.concurrency % procs_n else 0)
+        for i in range(procs_n)
+    ]
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_py_worker,
+            args=(port, endpoint.name, seconds, run_id, args.identities, per_proc[i], i, queue),
+        )
+        for i in range(procs_n)
+    ]
+    started = time.monotonic()
+    for proc in procs:
+        proc.daemon = True  # never outlive the benchmark
+        proc.start()
+    try:
+        parts = [queue.get() for _ in procs]
+        for proc in procs:
+            proc.join()
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+    duration = time.monotonic() - started
+    latencies = sorted(x for part in parts for x in part["latencies"])
+
+    def pct(p: float) -> float:
+        if not latencies:
+            return 0.0
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
+
+    return RunResult(
+        endpoint=endpoint.name,
+        round=0,
+        duration=duration,
+        requests=sum(p["requests"] for p in parts),
+        errors=sum(p["errors"] for p in parts),
+        p50_ms=pct(50),
+        p99_ms=pct(99),
+        loadgen_cpu=sum(p["cpu"] for p in parts),
+        first_error=next((p["first_error"] for p in parts if p["first_error"]), ""),
+    )
+
+
+# --- setup -----------------------------------------------------------------------------------
+def bench_env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "bigmind.settings",
+            "DJANGO_DEBUG": "false",  # DEBUG keeps every SQL query in memory: never benchmark it
+            "DJANGO_SECRET_KEY": "bench-only-secret-key-not-for-production-0123456789abcdef",
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "DATABASE_URL": args.database_url,
+            "REDIS_URL": args.redis_url,
+            "CELERY_BROKER_URL": args.broker_url,
+            "BIGMIND_BENCHMARK_ENDPOINTS": "true",
+            "BIGMIND_RATE_LIMIT_EVENT": str(HUGE_RATE_LIMIT),
+            "BIGMIND_RATE_LIMIT_METRIC": str(HUGE_RATE_LIMIT),
+            "BIGMIND_RATE_LIMIT_STATE": str(HUGE_RATE_LIMIT),
+            "BIGMIND_VAR_DIR": str(ROOT / "var" / "bench"),
+            "LOG_LEVEL": "WARNING",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
+    env.pop("CACHE_URL", None)  # REDIS_URL must be the cache
+    return env
+
+
+def database_prepare(args: argparse.Namespace) -> None:
+    import psycopg
+    from psycopg import sql
+
+    url = urlsplit(args.database_url)
+    name = unquote(url.path.lstrip("/"))
+    if not name:
+        raise SystemExit("--database-url must name a database")
+    conninfo: dict[str, Any] = {
+        "host": url.hostname or "127.0.0.1",
+        "port": url.port or 5432,
+        "user": unquote(url.username or "postgres"),
+        "dbname": "postgres",
+    }
+    if url.password:
+        conninfo["password"] = unquote(url.password)
+    with psycopg.connect(**conninfo, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists and args.reset:
+            if "bench" not in name:
+                raise SystemExit(f"--reset drops the database; refusing for {name!r} (no 'bench')")
+            log(f"dropping database {name} (--reset)")
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+            exists = None
+        if not exists:
+            log(f"creating database {name}")
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def manage(env: dict[str, str], *command: str) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", *command],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def db_counts(args: argparse.Namespace) -> int:
+    import psycopg
+
+    with psycopg.connect(args.database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM events_app_event").fetchone()
+        return int(row[0]) if row else 0
+
+
+def broker_client(args: argparse.Namespace) -> Any:
+    import redis
+
+    return redis.Redis.from_url(args.broker_url)
+
+
+def broker_depth(client: Any) -> int:
+    return sum(int(client.llen(key)) for key in client.scan_iter(f"{BROKER_QUEUE}*"))
+
+
+def start_gunicorn(
+    args: argparse.Namespace, env: dict[str, str], port: int, logfile: Path
+) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        args.app,
+        "--worker-class",
+        "sync",
+        "--workers",
+        str(args.workers),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--backlog",
+        "2048",
+        "--timeout",
+        "60",
+        "--graceful-timeout",
+        "5",
+        "--log-level",
+        "warning",
+        "--error-logfile",
+        str(logfile),
+    ]
+    log(f"starting gunicorn: {args.workers} sync workers on 127.0.0.1:{port}")
+    handle = open(logfile, "ab")  # noqa: SIM115 (kept open for the server's lifetime)
+    # A session of its own: Ctrl-C in the terminal reaches only us, and we stop it in order.
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=handle, stderr=handle, start_new_session=True
+    )
+
+
+def stop_gunicorn(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    log(f"stopping gunicorn (pid {proc.pid})")
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, logfile: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = logfile.read_text()[-3000:]
+            raise RuntimeError(f"gunicorn exited ({proc.returncode}):\n{tail}")
+        try:
+            status, _ = post_once(port, ENDPOINTS_BY_NAME["bare"], "ready")
+            if status == 202:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"gunicorn did not answer within 30 s:\n{logfile.read_text()[-3000:]}")
+
+
+def machine_description() -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.1f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": f"{os.cpu_count()} CPU ({model})",
+        "memory": mem,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def versions(args: argparse.Namespace) -> dict[str, str]:
+    found: dict[str, str] = {}
+    try:
+        import django
+        import gunicorn
+
+        found["django"] = django.get_version()
+        found["gunicorn"] = gunicorn.__version__
+    except ImportError:
+        pass
+    try:
+        import psycopg
+
+        with psycopg.connect(args.database_url) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            found["postgresql"] = str(row[0]) if row else "?"
+    except Exception as exc:  # informational only
+        log(f"PostgreSQL version unknown: {exc}")
+    try:
+        import redis
+
+        found["redis"] = str(redis.Redis.from_url(args.redis_url).info("server")["redis_version"])
+    except Exception as exc:
+        log(f"Redis version unknown: {exc}")
+    if args.loadgen == "wrk":
+        out = subprocess.run([args.wrk, "--version"], capture_output=True, text=True)
+        found["wrk"] = (out.stdout or out.stderr).split("\n")[0].split(" Copyright")[0]
+    return found
+
+
+# --- report ----------------------------------------------------------------------------------
+def summarize(results: list[RunResult], names: list[str]) -> dict[str, dict[str, float]]:
+    summary: dict[str, dict[str, float]] = {}
+    for name in names:
+        runs = [r for r in results if r.endpoint == name]
+        if not runs:
+            continue
+        summary[name] = {
+            "rps": statistics.median(r.rps for r in runs),
+            "rps_min": min(r.rps for r in runs),
+            "rps_max": max(r.rps for r in runs),
+            "p50": statistics.median(r.p50_ms for r in runs),
+            "p99": statistics.median(r.p99_ms for r in runs),
+            "errors": sum(r.errors for r in runs),
+            "requests": sum(r.requests for r in runs),
+        }
+    return summary
+
+
+def print_report(
+    args: argparse.Namespace,
+    results: list[RunResult],
+    names: list[str],
+    machine: dict[str, str],
+    found: dict[str, str],
+    checks: list[str],
+) -> float | None:
+    summary = summarize(results, names)
+    bare = summary.get("bare", {}).get("rps")
+    out: list[str] = []
+    out.append(
+        f"## Ingest benchmark ({args.rounds} rounds x {args.duration:g} s per endpoint, "
+        f"concurrency {args.concurrency}, {args.workers} gunicorn sync workers, "
+        f"load generator: {args.loadgen})"
+    )
+    out.append("")
+    out.append(
+        f"Machine: {machine['cpu']}, {machine['memory']}, {machine['os']}, "
+        f"Python {machine['python']}, load average at start {machine['load']}"
+    )
+    out.append("Software: " + ", ".join(f"{k} {v}" for k, v in found.items()))
+    out.append("")
+    out.append(
+        "| endpoint | requests/s (median, min-max) | p50 ms | p99 ms | errors | ingest/bare |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|")
+    for name in names:
+        s = summary.get(name)
+        if s is None:
+            continue
+        ratio = f"{s['rps'] / bare:.2f}" if bare and name != "bare" else "-"
+        out.append(
+            f"| {name} | {s['rps']:.0f} ({s['rps_min']:.0f}-{s['rps_max']:.0f}) | {s['p50']:.1f} "
+            f"| {s['p99']:.1f} | {s['errors']:.0f} / {s['requests']:.0f} | {ratio} |"
+        )
+    out.append("")
+    out.append("Per round (requests/s, ratio to the bare round of the same round):")
+    out.append("")
+    out.append("| round | " + " | ".join(names) + " |")
+    out.append("|---|" + "---:|" * len(names))
+    for rnd in sorted({r.round for r in results}):
+        row = {r.endpoint: r for r in results if r.round == rnd}
+        base = row.get("bare")
+        cells = []
+        for name in names:
+            r = row.get(name)
+            if r is None:
+                cells.append("-")
+            elif name == "bare" or base is None or not base.rps:
+                cells.append(f"{r.rps:.0f}")
+            else:
+                cells.append(f"{r.rps:.0f} ({r.rps / base.rps:.2f})")
+        out.append(f"| {rnd} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append(
+        "CPU per request, ms (all rounds; the machine has "
+        f"{os.cpu_count()} cores shared by everything below):"
+    )
+    out.append("")
+    out.append(
+        "| endpoint | gunicorn | postgres | redis | load generator | other | "
+        "machine busy % | steal % |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in names:
+        runs = [r for r in results if r.endpoint == name]
+        if not runs:
+            continue
+        n = sum(r.requests for r in runs) or 1
+        wall = sum(r.cpu.get("wall", 0) for r in runs) or 1
+        busy = sum(r.cpu.get("machine_busy", 0) for r in runs)
+
+        def per(key: str, runs: list[RunResult] = runs, n: int = n) -> str:
+            return f"{sum(r.cpu.get(key, 0) for r in runs) / n * 1000:.2f}"
+
+        def total(key: str, runs: list[RunResult] = runs) -> float:
+            return sum(r.cpu.get(key, 0) for r in runs)
+
+        lg = sum(r.loadgen_cpu for r in runs)
+        other = busy - total("gunicorn") - total("postgres") - total("redis") - lg
+        cores = os.cpu_count() or 1
+        out.append(
+            f"| {name} | {per('gunicorn')} | {per('postgres')} | {per('redis')} "
+            f"| {lg / n * 1000:.2f} | {max(other, 0) / n * 1000:.2f} "
+            f"| {busy / wall / cores * 100:.0f} | {total('steal') / wall / cores * 100:.0f} |"
+        )
+    out.append("")
+    bare_runs = [r for r in results if r.endpoint == "bare"]
+    if bare_runs:
+        seconds = sum(r.duration for r in bare_runs)
+        lg_share = sum(r.loadgen_cpu for r in bare_runs) / seconds
+        gunicorn_share = sum(r.cpu.get("gunicorn", 0) for r in bare_runs) / seconds
+        busy_share = sum(r.cpu.get("machine_busy", 0) for r in bare_runs) / seconds
+        out.append(
+            f"Load generator against the bare view: {summary['bare']['rps']:.0f} requests/s, "
+            f"using {lg_share:.2f} cores while gunicorn used {gunicorn_share:.2f} and the "
+            f"machine {busy_share:.2f} of its {os.cpu_count()}: the bare number is bounded by "
+            "the CPU left to the server, not by the load generator."
+        )
+    for line in checks:
+        out.append(line)
+    errors = [r for r in results if r.first_error]
+    for r in errors[:3]:
+        out.append(f"First error of {r.endpoint} round {r.round}: {r.first_error}")
+    print("\n".join(out), flush=True)
+    ingest = summary.get("ingest", {}).get("rps")
+    return ingest / bare if ingest and bare else None
+
+
+# --- main ------------------------------------------------------------------------------------
+def parse_args() -> argparse.Namespace:
+    cores = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],  # type: ignore[union-attr]
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/bench")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/2", help="the cache")
+    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/3", help="Celery broker")
+    parser.add_argument("--workers", type=int, default=2 * cores, help="gunicorn sync workers")
+    parser.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=4 * cores,
+        help="open connections of the load generator",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=min(2, cores),
+        help="load generator threads (wrk -t) or processes (Python)",
+    )
+    parser.add_argument("--duration", "-d", type=float, default=10.0, help="seconds per run")
+    parser.add_argument("--rounds", "-r", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds per endpoint")
+    parser.add_argument(
+        "--endpoints",
+        default=",".join(e.name for e in ENDPOINTS),
+        help="comma-separated subset of: " + ", ".join(ENDPOINTS_BY_NAME),
+    )
+    parser.add_argument(
+        "--identities",
+        type=int,
+        default=10_000,
+        help="distinct identity ids the requests cycle through",
+    )
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--app",
+        default="bigmind.wsgi:application",
+        help="WSGI application gunicorn serves (another one only for what-if "
+        "experiments, importable from the project root or PYTHONPATH)",
+    )
+    parser.add_argument(
+        "--reset", action="store_true", help="drop and recreate the benchmark database first"
+    )
+    parser.add_argument(
+        "--keep-queue",
+        action="store_true",
+        help=f"keep the published messages in the broker's {BROKER_QUEUE} queue "
+        "(by default they are deleted at the end: no worker consumes them)",
+    )
+    parser.add_argument("--skip-setup", action="store_true", help="skip create/migrate/bootstrap")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.endpoints.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ENDPOINTS_BY_NAME]
+    if unknown:
+        parser.error(f"unknown endpoints: {', '.join(unknown)}")
+    if "bare" not in names:
+        names.insert(0, "bare")  # the baseline every ratio needs
+    args.names = names
+    args.wrk = shutil.which("wrk")
+    if args.loadgen == "auto":
+        args.loadgen = "wrk" if args.wrk else "python"
+    elif args.loadgen == "wrk" and not args.wrk:
+        parser.error("wrk is not installed (apt-get install wrk), use --loadgen python")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    os.chdir(ROOT)
+    env = bench_env(args)
+    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")})
+    machine = machine_description()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # Also when started from a non-interactive shell, which ignores SIGINT in background jobs.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+
+    gunicorn: subprocess.Popen[bytes] | None = None
+    loadgens: list[subprocess.Popen[str]] = []
+    broker = broker_client(args)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    logfile = workdir / "gunicorn.log"
+    try:
+        if not args.skip_setup:
+            database_prepare(args)
+            log("migrating")
+            manage(env, "migrate", "--noinput")
+            log("bootstrap_demo --allow-production")
+            manage(env, "bootstrap_demo", "--allow-production")
+        found = versions(args)
+        port = args.port or free_port()
+        gunicorn = start_gunicorn(args, env, port, logfile)
+        wait_ready(gunicorn, port, logfile)
+
+        run_id = uuid.uuid4().hex[:10]
+        for name in args.names:
+            endpoint = ENDPOINTS_BY_NAME[name]
+            status, body = post_once(port, endpoint, f"{run_id}-check-{name}")
+            if status != 202:
+                raise RuntimeError(f"{name}: {endpoint.path} answered {status}: {body[:500]!r}")
+        log("all endpoints answer 202")
+
+        events_before = db_counts(args)
+        queue_before = broker_depth(broker)
+
+        def one_run(name: str, seconds: float, tag: str) -> RunResult:
+            endpoint = ENDPOINTS_BY_NAME[name]
+            rid = f"{run_id}-{tag}"
+            before_cpu = cpu_snapshot(gunicorn.pid if gunicorn else None)
+            if args.loadgen == "wrk":
+                result = run_wrk(args, port, endpoint, seconds, rid, workdir, loadgens)
+            else:
+                before_self = self_cpu()
+                result = run_python(args, port, endpoint, seconds, rid)
+                result.loadgen_cpu += self_cpu() - before_self
+            after_cpu = cpu_snapshot(gunicorn.pid if gunicorn else None)
+            result.cpu = {k: after_cpu[k] - before_cpu[k] for k in after_cpu}
+            if gunicorn and gunicorn.poll() is not None:
+                raise RuntimeError(f"gunicorn died:\n{logfile.read_text()[-3000:]}")
+            return result
+
+        warm: list[RunResult] = []
+        if args.warmup > 0:
+            log(f"warming up {args.warmup:g} s per endpoint")
+            warm = [one_run(name, args.warmup, f"warm-{name}") for name in args.names]
+        results: list[RunResult] = []
+        for rnd in range(1, args.rounds + 1):
+            shift = (rnd - 1) % len(args.names)
+            order = args.names[shift:] + args.names[:shift]
+            for name in order:
+                log(f"round {rnd}/{args.rounds}: {name} for {args.duration:g} s")
+                result = one_run(name, args.duration, f"r{rnd}-{name}")
+                result.round = rnd
+                log(
+                    f"  {result.rps:.0f} req/s, p50 {result.p50_ms:.1f} ms, "
+                    f"p99 {result.p99_ms:.1f} ms, errors {result.errors}"
+                )
+                results.append(result)
+
+        # Integrity: every accepted ingest request stored one event and published one message.
+        time.sleep(0.5)
+        accepted = sum(r.ok for r in warm + results if r.endpoint != "bare")
+        stored = db_counts(args) - events_before
+        published = broker_depth(broker) - queue_before
+        checks = [
+            f"Integrity: {accepted} ingest requests answered 2xx; {stored} events stored; "
+            f"{published} messages published to {BROKER_QUEUE} (no worker consumed them; "
+            "stored may exceed answered by the requests in flight when a run stops)."
+        ]
+        # wrk stops counting at the deadline, but the requests in flight then (at most one per
+        # connection and run) are still served and stored.
+        in_flight = args.concurrency * sum(1 for r in warm + results if r.endpoint != "bare")
+        if stored != published or not accepted <= stored <= accepted + in_flight:
+            checks.append(
+                "WARNING: stored events, published messages and accepted requests "
+                f"disagree beyond the {in_flight} requests that can be in flight when "
+                f"runs end; see the gunicorn log {logfile} (a failed publish is logged, "
+                "not answered as an error)."
+            )
+        log_errors = [
+            ln
+            for ln in logfile.read_text(errors="replace").splitlines()
+            if " ERROR " in ln or "Traceback" in ln
+        ]
+        if log_errors:
+            checks.append(
+                f"gunicorn log has {len(log_errors)} error lines, first: "
+                f"{log_errors[0][:200]} (log: {logfile})"
+            )
+        ratio = print_report(args, results, args.names, machine, found, checks)
+        if ratio is not None:
+            verdict = "meets" if ratio >= 0.5 else "does NOT meet"
+            print(f"\nIngest/bare ratio {ratio:.2f}: {verdict} the target of >= 0.50.")
+        return 0
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        for proc in list(loadgens):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        stop_gunicorn(gunicorn)
+        if not args.keep_queue:
+            try:
+                keys = list(broker.scan_iter(f"{BROKER_QUEUE}*"))
+                if keys:
+                    broker.delete(*keys)
+                    log(f"deleted the benchmark's messages from {args.broker_url} {BROKER_QUEUE}")
+            except Exception as exc:
+                log(f"could not empty the broker queue: {exc}")
+        log_text = logfile.read_text(errors="replace") if logfile.exists() else ""
+        if "Traceback" in log_text or " ERROR " in log_text:
+            log(f"kept the gunicorn log: {logfile}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
