@@ -101,16 +101,15 @@ CACHE_SOCKET_TIMEOUT = env.float("CACHE_SOCKET_TIMEOUT", default=0.25)
 if env("CACHE_URL", default=""):
     _default_cache = env.cache("CACHE_URL")
 elif REDIS_URL:
-    _default_cache = {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": REDIS_URL,
-    }
+    _default_cache = {"BACKEND": "bigmind.redis.RedisCache", "LOCATION": REDIS_URL}
 else:
     _default_cache = {
         "BACKEND": "bigmind.cache.SQLiteCache",
         "LOCATION": str(VAR_DIR / "cache.sqlite3"),
     }
 if _default_cache["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    _default_cache["BACKEND"] = "bigmind.redis.RedisCache"  # same, with reused clients
+if _default_cache["BACKEND"] == "bigmind.redis.RedisCache":
     _default_cache.setdefault("OPTIONS", {}).update(
         socket_connect_timeout=CACHE_SOCKET_TIMEOUT,
         socket_timeout=CACHE_SOCKET_TIMEOUT,
@@ -143,6 +142,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 else:
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        # kombu's Redis transport, reusing one client per channel (bigmind/redis.py).
+        CELERY_BROKER_TRANSPORT = "bigmind.redis:RedisTransport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "socket_connect_timeout": 2,
         "socket_timeout": 5,

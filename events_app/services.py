@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from bigmind.errors import ApplicationError, BadRequest, Conflict, NotFound, RateLimited
 from events_app.auth import ApiClient
 from events_app.ids import uuid7
-from events_app.models import CrmRecord, Event, EventStatus
+from events_app.models import Event, EventStatus
 from events_app.ratelimits import RateLimitStatus, rate_limit_consume, rate_limit_peek
+from events_app.store import event_insert
 from events_app.validation import EventRequest, event_request_parse, json_body_parse
 from signals_app.schemas import schema_violations
 from signals_app.selectors import SignalRef, schema_version_validator, signal_get_active_ref
@@ -40,26 +40,6 @@ def _signal_lookup(organization_id: int, slug: str) -> SignalRef | None:
     except BadRequest:
         return None  # cannot be a slug, so cannot name a signal: no lookup needed
     return signal_get_active_ref(organization_id=organization_id, slug=slug)
-
-
-def crm_record_touch(
-    *, organization_id: int, identity_type: str, identity_id: str, seen_at: datetime
-) -> CrmRecord:
-    """Create the record on first sight, or move its last_seen_at; one upsert either way."""
-    record = CrmRecord(
-        organization_id=organization_id,
-        type=identity_type,
-        external_id=identity_id,
-        first_seen_at=seen_at,
-        last_seen_at=seen_at,
-    )
-    CrmRecord.objects.bulk_create(
-        [record],
-        update_conflicts=True,
-        unique_fields=["organization", "type", "external_id"],
-        update_fields=["last_seen_at"],
-    )
-    return record
 
 
 def event_enqueue(*, event_id: UUID) -> None:
@@ -95,51 +75,43 @@ def _event_store(
 ) -> tuple[Event, bool]:
     now = timezone.now()
     fingerprint = request.fingerprint()
-    try:
-        with transaction.atomic():
-            record = crm_record_touch(
-                organization_id=client.organization_id,
-                identity_type=request.identity_type,
-                identity_id=request.identity_id,
-                seen_at=now,
-            )
-            event = Event.objects.create(
-                id=uuid7(),
-                organization_id=client.organization_id,
-                signal_id=signal.id,
-                schema_version=schema_version,
-                crm_record_id=record.pk,
-                identity_type=request.identity_type,
-                identity_id=request.identity_id,
-                data=request.data,
-                timestamp=request.timestamp or now,
-                received_at=now,
-                reference=request.reference,
-                idempotency_key=request.idempotency_key,
-                request_hash=fingerprint,
-                status=EventStatus.PENDING,
-            )
-            event_id = event.id
-            # robust: a broker outage must not turn a stored event into an error response;
-            # the event stays `pending` and is picked up again (see docs/operations.md).
-            transaction.on_commit(lambda: event_enqueue(event_id=event_id), robust=True)
-    except IntegrityError:
-        if request.idempotency_key is None:
-            raise
-        # The unique (organization, idempotency_key) index decided: someone stored it first.
-        # On PostgreSQL a concurrent twin waits on that index until the first commits.
-        existing = Event.objects.filter(
-            organization_id=client.organization_id, idempotency_key=request.idempotency_key
-        ).first()
-        if existing is None:
-            raise
-        if existing.request_hash != fingerprint:
-            raise Conflict(
-                "Idempotency key was already used for a different request",
-                code="idempotency_conflict",
-            ) from None
-        return existing, True
-    return event, False
+    event = Event(
+        id=uuid7(),
+        organization_id=client.organization_id,
+        signal_id=signal.id,
+        schema_version=schema_version,
+        identity_type=request.identity_type,
+        identity_id=request.identity_id,
+        data=request.data,
+        timestamp=request.timestamp or now,
+        received_at=now,
+        reference=request.reference,
+        idempotency_key=request.idempotency_key,
+        request_hash=fingerprint,
+        status=EventStatus.PENDING,
+        attempts=0,
+        last_error="",
+    )
+    if event_insert(event):
+        event_id = event.id
+        # After commit (at once in autocommit, at the end of an enclosing transaction).
+        # robust: a broker outage must not turn a stored event into an error response;
+        # the event stays `pending` and is picked up again (see docs/operations.md).
+        transaction.on_commit(lambda: event_enqueue(event_id=event_id), robust=True)
+        return event, False
+
+    # The unique (organization, idempotency_key) index decided: someone stored it first.
+    existing = Event.objects.filter(
+        organization_id=client.organization_id, idempotency_key=request.idempotency_key
+    ).first()
+    if existing is None:  # pragma: no cover - the index said it exists
+        raise Conflict("Idempotency key is in use by a request still in progress; retry")
+    if existing.request_hash != fingerprint:
+        raise Conflict(
+            "Idempotency key was already used for a different request",
+            code="idempotency_conflict",
+        )
+    return existing, True
 
 
 def event_ingest(
