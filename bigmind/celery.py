@@ -8,7 +8,7 @@ from kombu import Exchange, Queue
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bigmind.settings")
 
 app = Celery("bigmind")
-app.config_from_object("django.conf:settings", namespace="CELERY")
+app.config_from_object("bigmind.celery_config", namespace="CELERY")
 # Queues are declared explicitly so operators can run dedicated workers per queue
 # (`celery -A bigmind worker -Q events.process`).
 app.conf.task_queues = (

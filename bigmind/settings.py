@@ -185,6 +185,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_THROTTLE_CLASSES": [],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "bigmind.negotiation.JsonOnlyNegotiation",
     "EXCEPTION_HANDLER": "bigmind.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
