@@ -38,10 +38,16 @@ class EventStatus(models.TextChoices):
 class Event(models.Model):
     # UUIDv7: time-ordered, so inserts append to the primary-key index instead of scattering.
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="events")
+    # No single-column indexes on these two: they are the leading columns of
+    # event_org_received and event_record_timestamp, and every index costs each insert.
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     signal = models.ForeignKey(Signal, on_delete=models.PROTECT, related_name="events")
     schema_version = models.PositiveIntegerField(null=True, blank=True)
-    crm_record = models.ForeignKey(CrmRecord, on_delete=models.PROTECT, related_name="events")
+    crm_record = models.ForeignKey(
+        CrmRecord, on_delete=models.PROTECT, related_name="events", db_index=False
+    )
     identity_type = models.CharField(max_length=64)
     identity_id = models.CharField(max_length=255)
     data = models.JSONField(default=dict)
