@@ -205,6 +205,9 @@ BIGMIND_RATE_LIMITS = {
 # How long key and signal lookups stay cached; every change through the services
 # invalidates them at once, this is only the safety net for writes that bypass them.
 BIGMIND_LOOKUP_CACHE_SECONDS = env.int("BIGMIND_LOOKUP_CACHE_SECONDS", default=300)
+# Process-local level in front of that cache (bigmind.cache.LookupCache): a change made in
+# another process is seen here within this many seconds. 0 turns the local level off.
+BIGMIND_LOCAL_CACHE_SECONDS = env.float("BIGMIND_LOCAL_CACHE_SECONDS", default=2.0)
 # Adds the bare baseline view at /bench/bare (bigmind/bench.py) for scripts/bench_ingest.py.
 BIGMIND_BENCHMARK_ENDPOINTS = env.bool("BIGMIND_BENCHMARK_ENDPOINTS", default=False)
 

@@ -15,11 +15,11 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Max
 
-from bigmind.cache import cache_delete, cache_get, cache_set
+from bigmind.cache import MISSING, LookupCache
 from signals_app.models import ApiKey, SchemaVersion, Signal
 from signals_app.schemas import schema_compile
 
-_MISSING = object()
+lookups = LookupCache()
 # Unknown keys and slugs are cached too (so garbage cannot hammer the database), but briefly.
 _NEGATIVE_TTL = 60
 
@@ -54,22 +54,22 @@ def _api_key_cache_key(key_hash: str) -> str:
 
 
 def signal_cache_invalidate(*, organization_id: int, slug: str) -> None:
-    cache_delete(_signal_cache_key(organization_id, slug))
+    lookups.delete(_signal_cache_key(organization_id, slug))
 
 
 def api_key_cache_invalidate(*, key_hash: str) -> None:
-    cache_delete(_api_key_cache_key(key_hash))
+    lookups.delete(_api_key_cache_key(key_hash))
 
 
 def api_key_cache_store(*, key_hash: str, ref: ApiKeyRef) -> None:
-    cache_set(_api_key_cache_key(key_hash), ref, settings.BIGMIND_LOOKUP_CACHE_SECONDS)
+    lookups.set(_api_key_cache_key(key_hash), ref, settings.BIGMIND_LOOKUP_CACHE_SECONDS)
 
 
 def signal_get_active_ref(*, organization_id: int, slug: str) -> SignalRef | None:
     """The active signal with this slug in this organization, or None."""
     key = _signal_cache_key(organization_id, slug)
-    hit: Any = cache_get(key, _MISSING)
-    if hit is not _MISSING:
+    hit: Any = lookups.get(key)
+    if hit is not MISSING:
         return hit  # type: ignore[no-any-return]
     signal = (
         Signal.objects.filter(organization_id=organization_id, slug=slug, active=True)
@@ -77,7 +77,7 @@ def signal_get_active_ref(*, organization_id: int, slug: str) -> SignalRef | Non
         .first()
     )
     if signal is None:
-        cache_set(key, None, _NEGATIVE_TTL)
+        lookups.set(key, None, _NEGATIVE_TTL)
         return None
     ref = SignalRef(
         id=signal.pk,
@@ -88,14 +88,14 @@ def signal_get_active_ref(*, organization_id: int, slug: str) -> SignalRef | Non
         rate_limit_per_minute=signal.rate_limit_per_minute,
         latest_version=signal.latest,  # type: ignore[attr-defined]
     )
-    cache_set(key, ref, settings.BIGMIND_LOOKUP_CACHE_SECONDS)
+    lookups.set(key, ref, settings.BIGMIND_LOOKUP_CACHE_SECONDS)
     return ref
 
 
 def api_key_get_ref(*, key_hash: str) -> ApiKeyRef | None:
     key = _api_key_cache_key(key_hash)
-    hit: Any = cache_get(key, _MISSING)
-    if hit is not _MISSING:
+    hit: Any = lookups.get(key)
+    if hit is not MISSING:
         return hit  # type: ignore[no-any-return]
     row = (
         ApiKey.objects.filter(key_hash=key_hash)
@@ -103,7 +103,7 @@ def api_key_get_ref(*, key_hash: str) -> ApiKeyRef | None:
         .first()
     )
     if row is None:
-        cache_set(key, None, _NEGATIVE_TTL)
+        lookups.set(key, None, _NEGATIVE_TTL)
         return None
     ref = ApiKeyRef(
         id=row["id"],

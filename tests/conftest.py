@@ -11,6 +11,7 @@ from django.db import connection
 from django.test import Client
 
 from signals_app.models import ApiKey, Organization, Signal
+from signals_app.selectors import lookups
 from signals_app.services import (
     api_key_create,
     organization_get_or_create,
@@ -27,8 +28,10 @@ def on_postgres() -> bool:
 def _clear_cache() -> Iterator[None]:
     # SQLite reuses row ids after a rolled-back test, so cached lookups must not leak across.
     cache.clear()
+    lookups.clear_local()
     yield
     cache.clear()
+    lookups.clear_local()
 
 
 @dataclass
