@@ -175,6 +175,7 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=90)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "events.process_event": {"queue": "events.process"},
+    "events.process_events": {"queue": "events.process"},
 }
 CELERY_TIMEZONE = "UTC"
 
@@ -192,8 +193,13 @@ REST_FRAMEWORK = {
 
 # Largest accepted body of POST /v1/events; larger bodies get 413 without being read.
 BIGMIND_EVENT_MAX_BODY_BYTES = env.int("BIGMIND_EVENT_MAX_BODY_BYTES", default=1024 * 1024)
+# Largest accepted body of POST /v1/events/batch (each item must also fit the event limit).
+BIGMIND_BATCH_MAX_BODY_BYTES = env.int("BIGMIND_BATCH_MAX_BODY_BYTES", default=5 * 1024 * 1024)
+BIGMIND_BATCH_MAX_EVENTS = 100
 # Django refuses larger bodies itself; keep it above every endpoint's own limit.
-DATA_UPLOAD_MAX_MEMORY_SIZE = BIGMIND_EVENT_MAX_BODY_BYTES + 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = (
+    max(BIGMIND_EVENT_MAX_BODY_BYTES, BIGMIND_BATCH_MAX_BODY_BYTES) + 1024
+)
 # Deepest nesting of JSON accepted in a request body (objects and arrays).
 BIGMIND_JSON_MAX_DEPTH = env.int("BIGMIND_JSON_MAX_DEPTH", default=32)
 # Per-minute budgets by signal type, unless the signal sets its own.

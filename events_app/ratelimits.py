@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django_ratelimit.core import get_usage
+from django.core.cache import cache
+from django_ratelimit.core import _get_window, _make_cache_key, get_usage
 
 from signals_app.selectors import SignalRef
 
@@ -50,8 +51,26 @@ def rate_limit_for(signal: SignalRef) -> int:
     return signal.rate_limit_per_minute or settings.BIGMIND_RATE_LIMITS[signal.type]
 
 
+_KEY_VALUE = "signal"
+
+
 def _signal_key(group: str, request: object) -> str:
-    return "signal"
+    return _KEY_VALUE
+
+
+def _group(signal: SignalRef) -> str:
+    return f"ingest:{signal.organization_id}:{signal.public_id}"
+
+
+def _degraded(limit: int) -> RateLimitStatus:
+    now = int(time.time())
+    return RateLimitStatus(
+        limit=limit,
+        remaining=limit,
+        reset_epoch=now - now % WINDOW_SECONDS + WINDOW_SECONDS,
+        exceeded=False,
+        degraded=True,
+    )
 
 
 def _usage(signal: SignalRef, *, increment: bool) -> RateLimitStatus:
@@ -59,7 +78,7 @@ def _usage(signal: SignalRef, *, increment: bool) -> RateLimitStatus:
     try:
         usage = get_usage(
             None,
-            group=f"ingest:{signal.organization_id}:{signal.public_id}",
+            group=_group(signal),
             key=_signal_key,
             rate=(limit, WINDOW_SECONDS),
             increment=increment,
@@ -69,15 +88,9 @@ def _usage(signal: SignalRef, *, increment: bool) -> RateLimitStatus:
         # store means the same thing here.
         usage = None
         logger.warning("rate-limit store unreachable; accepting without limit", exc_info=True)
-    now = int(time.time())
     if usage is None:  # store failed (RATELIMIT_FAIL_OPEN makes django-ratelimit say None)
-        return RateLimitStatus(
-            limit=limit,
-            remaining=limit,
-            reset_epoch=now - now % WINDOW_SECONDS + WINDOW_SECONDS,
-            exceeded=False,
-            degraded=True,
-        )
+        return _degraded(limit)
+    now = int(time.time())
     return RateLimitStatus(
         limit=limit,
         remaining=max(0, limit - usage["count"]),
@@ -94,3 +107,39 @@ def rate_limit_consume(signal: SignalRef) -> RateLimitStatus:
 def rate_limit_peek(signal: SignalRef) -> RateLimitStatus:
     """The current state of the budget without spending from it (for headers on early errors)."""
     return _usage(signal, increment=False)
+
+
+def rate_limit_consume_many(signal: SignalRef, units: int) -> list[RateLimitStatus]:
+    """Spend `units` of the signal's budget at once (a batch): one status per unit, in order.
+
+    django-ratelimit counts one unit per call. For the rest of the units this adds to the very
+    counter it just used, with its own key helpers (pinned: django-ratelimit < 5), so a batch
+    costs two or three cache calls per signal instead of two per item.
+    """
+    first = _usage(signal, increment=True)
+    if units == 1 or first.degraded:
+        return [first] + [first] * (units - 1)
+    limit = rate_limit_for(signal)
+    rate = (limit, WINDOW_SECONDS)
+    key = _make_cache_key(
+        _group(signal), _get_window(_KEY_VALUE, WINDOW_SECONDS), rate, _KEY_VALUE, get_usage.ALL
+    )
+    try:
+        last = cache.incr(key, units - 1)
+    except ValueError:
+        # The window turned between the two calls: count the rest one by one.
+        return [first] + [_usage(signal, increment=True) for _ in range(units - 1)]
+    except Exception:
+        logger.warning("rate-limit store unreachable; accepting without limit", exc_info=True)
+        return [first] + [_degraded(limit)] * (units - 1)
+    statuses = [first]
+    for count in range(last - units + 2, last + 1):
+        statuses.append(
+            RateLimitStatus(
+                limit=limit,
+                remaining=max(0, limit - count),
+                reset_epoch=first.reset_epoch,
+                exceeded=count > limit,
+            )
+        )
+    return statuses

@@ -49,7 +49,7 @@ def event_enqueue(*, event_id: UUID) -> None:
     process_event_task.delay(str(event_id))
 
 
-def _schema_check(signal: SignalRef, request: EventRequest) -> int | None:
+def event_schema_check(signal: SignalRef, request: EventRequest) -> int | None:
     """The schema version used, after checking `data` against it; None if the signal has none."""
     number = request.version if request.version is not None else signal.latest_version
     if number is None:
@@ -114,12 +114,11 @@ def _event_store(
     return existing, True
 
 
-def event_ingest(
-    *, client: ApiClient, raw_body: bytes, idempotency_header: str | None = None
-) -> IngestResult:
-    payload: Any = None
+def event_request_resolve(
+    client: ApiClient, payload: Any, idempotency_header: str | None
+) -> tuple[EventRequest, SignalRef]:
+    """The checks that need no budget: the request's fields, then its signal."""
     try:
-        payload = json_body_parse(raw_body)
         request = event_request_parse(payload, idempotency_header=idempotency_header)
     except ApplicationError as exc:
         # The contract puts rate-limit headers on every response that named a known signal.
@@ -129,16 +128,22 @@ def event_ingest(
             if known is not None:
                 exc.headers.update(rate_limit_peek(known).headers())
         raise
-
     signal = _signal_lookup(client.organization_id, request.signal)
     if signal is None:
         raise NotFound(f"Signal not found: {request.signal}", code="signal_not_found")
+    return request, signal
 
+
+def event_ingest(
+    *, client: ApiClient, raw_body: bytes, idempotency_header: str | None = None
+) -> IngestResult:
+    payload = json_body_parse(raw_body)
+    request, signal = event_request_resolve(client, payload, idempotency_header)
     rate = rate_limit_consume(signal)
     try:
         if rate.exceeded:
             raise RateLimited("Rate limit exceeded")
-        schema_version = _schema_check(signal, request)
+        schema_version = event_schema_check(signal, request)
         event, replayed = _event_store(
             client=client, signal=signal, request=request, schema_version=schema_version
         )
@@ -146,3 +151,43 @@ def event_ingest(
         exc.headers.update(rate.headers())
         raise
     return IngestResult(event=event, signal=signal, replayed=replayed, rate=rate)
+
+
+@dataclass(frozen=True)
+class ValidateResult:
+    signal: SignalRef
+    schema_version: int | None
+    rate: RateLimitStatus
+
+
+def _idempotency_conflict_check(client: ApiClient, request: EventRequest) -> None:
+    if request.idempotency_key is None:
+        return
+    stored = (
+        Event.objects.filter(
+            organization_id=client.organization_id, idempotency_key=request.idempotency_key
+        )
+        .values_list("request_hash", flat=True)
+        .first()
+    )
+    if stored is not None and stored != request.fingerprint():
+        raise Conflict(
+            "Idempotency key was already used for a different request",
+            code="idempotency_conflict",
+        )
+
+
+def event_validate(
+    *, client: ApiClient, raw_body: bytes, idempotency_header: str | None = None
+) -> ValidateResult:
+    """Every check of `event_ingest` but storing and spending rate budget."""
+    payload = json_body_parse(raw_body)
+    request, signal = event_request_resolve(client, payload, idempotency_header)
+    rate = rate_limit_peek(signal)
+    try:
+        schema_version = event_schema_check(signal, request)
+        _idempotency_conflict_check(client, request)
+    except ApplicationError as exc:
+        exc.headers.update(rate.headers())
+        raise
+    return ValidateResult(signal=signal, schema_version=schema_version, rate=rate)

@@ -129,3 +129,32 @@ def event_insert(event: Event) -> bool:
     if connection.vendor == "postgresql":
         return _insert_postgres(event)
     return _insert_orm(event)
+
+
+def events_insert_many(events: list[Event]) -> None:
+    """Store several events and touch their CRM records in one transaction, one bulk statement
+    each (callers have already settled idempotency keys; a race on one raises IntegrityError
+    and stores nothing)."""
+    with transaction.atomic():
+        records: dict[tuple[int, str, str], CrmRecord] = {}
+        for event in events:
+            identity = (event.organization_id, event.identity_type, event.identity_id)
+            if identity not in records:
+                # One row per record: ON CONFLICT DO UPDATE may not touch a row twice.
+                records[identity] = CrmRecord(
+                    organization_id=event.organization_id,
+                    type=event.identity_type,
+                    external_id=event.identity_id,
+                    first_seen_at=event.received_at,
+                    last_seen_at=event.received_at,
+                )
+        CrmRecord.objects.bulk_create(
+            list(records.values()),
+            update_conflicts=True,
+            unique_fields=["organization", "type", "external_id"],
+            update_fields=["last_seen_at"],
+        )
+        for event in events:
+            record = records[(event.organization_id, event.identity_type, event.identity_id)]
+            event.crm_record_id = record.pk
+        Event.objects.bulk_create(events)

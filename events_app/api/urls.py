@@ -3,11 +3,30 @@ from __future__ import annotations
 from django.urls import path, re_path
 
 from bigmind.errors import handler404
-from events_app.api.views import EventIngestApi
+from events_app.api.read_views import (
+    CrmRecordDetailApi,
+    EventCollectionApi,
+    EventDetailApi,
+    SchemaVersionDetailApi,
+    SignalDetailApi,
+    SignalListApi,
+)
 
 urlpatterns = [
-    path("events", EventIngestApi.as_view(), name="event-ingest"),
+    path("events", EventCollectionApi.as_view(), name="event-ingest"),
     # --- write routes (batch, validate) above; read routes below ---
+    # `path`, not `str` or `uuid`: a malformed id such as "../x" must reach the view and get
+    # the event's own 404, not the catch-all's.
+    path("events/<path:event_id>", EventDetailApi.as_view(), name="event-detail"),
+    path("signals", SignalListApi.as_view(), name="signal-list"),
+    path("signals/<str:slug>", SignalDetailApi.as_view(), name="signal-detail"),
+    path(
+        "signals/<str:slug>/schemas/<str:version>",
+        SchemaVersionDetailApi.as_view(),
+        name="schema-version-detail",
+    ),
+    # A CRM id is the customer's string and may contain '/': it takes the rest of the path.
+    path("records/<str:record_type>/<path:record_id>", CrmRecordDetailApi.as_view(), name="record-detail"),
     # Unknown /v1 paths answer in the envelope even with DEBUG on (Django's debug 404 is HTML).
     re_path(r"^.*$", handler404),
 ]

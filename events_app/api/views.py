@@ -8,8 +8,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from bigmind.errors import PayloadTooLarge
+from events_app.batch import events_ingest_batch
 from events_app.models import Event
-from events_app.services import event_ingest
+from events_app.services import event_ingest, event_validate
 
 
 def request_body_read(request: Request, *, limit: int) -> bytes:
@@ -66,4 +67,62 @@ class EventIngestApi(APIView):
             },
             status=200 if result.replayed else 202,
             headers=headers,
+        )
+
+
+def _batch_slot(item: Any) -> dict[str, Any]:
+    if item.error is None:
+        data = event_public_data(item.event, signal_public_id=item.signal.public_id)
+        data["index"] = item.index
+        if item.replayed:
+            data["replayed"] = True
+        return data
+    reference = item.payload.get("reference") if isinstance(item.payload, dict) else None
+    slot: dict[str, Any] = {
+        "status": "rejected",
+        "index": item.index,
+        "reference": reference if isinstance(reference, str) else None,
+        "error": item.error.message,
+        "code": item.error.code,
+        "status_code": item.error.status_code,
+    }
+    if item.error.details is not None:
+        slot["details"] = item.error.details
+    return slot
+
+
+class EventBatchApi(APIView):
+    """POST /v1/events/batch: up to 100 events; each item succeeds or fails on its own."""
+
+    def post(self, request: Request) -> Response:
+        raw = request_body_read(request, limit=settings.BIGMIND_BATCH_MAX_BODY_BYTES)
+        result = events_ingest_batch(client=request.user, raw_body=raw)
+        all_accepted = result.all_accepted
+        return Response(
+            {"success": all_accepted, "data": [_batch_slot(item) for item in result.items]},
+            status=202 if all_accepted else 207,
+            headers=result.rate.headers() if result.rate else None,
+        )
+
+
+class EventValidateApi(APIView):
+    """POST /v1/events/validate: every check of ingest, nothing stored, no budget spent."""
+
+    def post(self, request: Request) -> Response:
+        raw = request_body_read(request, limit=settings.BIGMIND_EVENT_MAX_BODY_BYTES)
+        result = event_validate(
+            client=request.user,
+            raw_body=raw,
+            idempotency_header=request.headers.get("Idempotency-Key"),
+        )
+        return Response(
+            {
+                "success": True,
+                "data": {
+                    "valid": True,
+                    "signal_id": result.signal.public_id,
+                    "schema_version": result.schema_version,
+                },
+            },
+            headers=result.rate.headers(),
         )

@@ -656,7 +656,9 @@ def test_last_used_is_recorded(api: ApiClient, tenant: Tenant, docs_signal: Sign
     assert tenant.api_key.last_used_at is not None
 
 
-def test_the_answer_is_json_whatever_the_accept_header_asks(api: ApiClient, docs_signal: Signal) -> None:
+def test_the_answer_is_json_whatever_the_accept_header_asks(
+    api: ApiClient, docs_signal: Signal
+) -> None:
     response = api.post(URL, SEED_REQUEST, Accept="text/html")
     assert response.status_code == 202
     assert response["Content-Type"] == "application/json"

@@ -69,3 +69,29 @@ def test_concurrent_different_requests_with_one_key_store_one_and_refuse_the_res
     statuses = sorted(status for status, _ in results)
     assert statuses == [202] + [409] * (THREADS - 1)
     assert Event.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_batches_sharing_keys_store_each_key_once(pg_only, make_tenant) -> None:
+    tenant = make_tenant("acme")
+    tenant.signal("visited-documentation-page", rate_limit_per_minute=1000)
+    batch = {"events": [{**SEED_REQUEST, "idempotency_key": f"k{i}"} for i in range(20)]}
+    barrier = threading.Barrier(4)
+    results: list[int] = []
+
+    def send() -> None:
+        client = ApiClient(tenant.raw_key)
+        try:
+            barrier.wait()
+            results.append(client.post("/v1/events/batch", batch).status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert results == [202] * 4
+    assert Event.objects.count() == 20

@@ -131,3 +131,29 @@ def test_arbitrary_authorization_and_idempotency_headers_never_produce_a_5xx(
     except (ValueError, UnicodeEncodeError):
         return  # the test client itself refuses header values no HTTP client could send
     _assert_clean(response)
+
+
+@FUZZ
+@given(events=st.lists(bodies, min_size=0, max_size=8) | json_values)
+def test_generated_batches_never_produce_a_5xx(fuzz_tenant: Tenant, events: object) -> None:
+    response = ApiClient(fuzz_tenant.raw_key).post_raw(
+        "/v1/events/batch", json.dumps({"events": events})
+    )
+    assert response.status_code < 500, response.content[:300]
+    body = response.json()
+    assert body["success"] is (response.status_code == 202)
+
+
+@FUZZ
+@given(body=bodies)
+def test_generated_bodies_never_make_validate_produce_a_5xx(
+    fuzz_tenant: Tenant, body: object
+) -> None:
+    _assert_clean_validate(
+        ApiClient(fuzz_tenant.raw_key).post_raw("/v1/events/validate", json.dumps(body))
+    )
+
+
+def _assert_clean_validate(response) -> None:
+    assert response.status_code < 500, response.content[:300]
+    assert response.json()["success"] is (response.status_code == 200)

@@ -1,0 +1,175 @@
+"""Reads of the data plane: one event, a filtered page of events, a CRM record's profile.
+
+Every selector takes the caller's organization and never returns another organization's rows:
+a foreign object is answered exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.core import signing
+from django.db.models import Count, Max, Q
+
+from bigmind.errors import BadRequest, NotFound
+from events_app.models import CrmRecord, Event
+
+# Canonical (8-4-4-4-12) or bare 32-digit hex, any case. `uuid.UUID` alone is looser: it takes
+# braces, "urn:uuid:", underscores and non-ASCII digits, none of which is an id we hand out.
+_UUID_TEXT = re.compile(r"^[0-9a-fA-F]{8}-?(?:[0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+
+
+def event_get(*, organization_id: int, event_id: str) -> Event:
+    """The organization's event with this id; anything else (foreign, unknown, malformed) is 404."""
+    not_found = NotFound(f"Event not found: {event_id}", code="event_not_found")
+    if not _UUID_TEXT.match(event_id):
+        raise not_found
+    event = (
+        Event.objects.select_related("signal")
+        .filter(organization_id=organization_id, pk=uuid.UUID(event_id))
+        .first()
+    )
+    if event is None:
+        raise not_found
+    return event
+
+
+# --- Listing ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EventFilters:
+    signal: str | None = None
+    identity_type: str | None = None
+    identity_id: str | None = None
+    status: str | None = None
+    reference: str | None = None
+    since: datetime | None = None  # inclusive, on received_at
+    until: datetime | None = None  # exclusive, on received_at
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: list[Event]
+    next_cursor: str | None
+
+
+# Signed, so a client cannot forge a position it was never given, nor make us parse arbitrary
+# input; the position itself is no secret. A rotated SECRET_KEY (without a fallback) makes the
+# cursors handed out before it invalid, which costs a client a restart from the first page.
+_CURSOR_SALT = "events_app.selectors.event_list.cursor"
+# Our cursors are about 90 characters; anything much longer is not one of ours.
+_CURSOR_MAX_LENGTH = 512
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _cursor_encode(event: Event) -> str:
+    # Integer microseconds: exact (both databases keep microseconds) and short.
+    position = [(event.received_at - _EPOCH) // _MICROSECOND, event.id.hex]
+    return signing.Signer(salt=_CURSOR_SALT).sign_object(position)
+
+
+def _cursor_decode(cursor: str) -> tuple[datetime, uuid.UUID]:
+    invalid = BadRequest("cursor is invalid", code="invalid_cursor")
+    if len(cursor) > _CURSOR_MAX_LENGTH:
+        raise invalid
+    try:
+        micros, id_hex = signing.Signer(salt=_CURSOR_SALT).unsign_object(cursor)
+        received_at = _EPOCH + micros * _MICROSECOND
+        event_id = uuid.UUID(hex=id_hex)
+    except (signing.BadSignature, TypeError, ValueError, OverflowError) as exc:
+        raise invalid from exc
+    return received_at, event_id
+
+
+def event_list(
+    *, organization_id: int, filters: EventFilters, limit: int, cursor: str | None = None
+) -> EventPage:
+    """A page of the organization's events, newest first by (received_at, id).
+
+    Keyset pagination: the cursor is the last row's position and the next page is everything
+    strictly after it in that order. Since (received_at, id) is unique and never changes, rows
+    that existed when the first page was read are neither repeated nor skipped by later pages,
+    however many events arrive in between (new ones sort before the first page).
+    """
+    events = Event.objects.select_related("signal").filter(organization_id=organization_id)
+    if filters.signal is not None:
+        events = events.filter(signal__slug=filters.signal)
+    if filters.identity_type is not None:
+        events = events.filter(identity_type=filters.identity_type)
+    if filters.identity_id is not None:
+        events = events.filter(identity_id=filters.identity_id)
+    if filters.status is not None:
+        events = events.filter(status=filters.status)
+    if filters.reference is not None:
+        events = events.filter(reference=filters.reference)
+    if filters.since is not None:
+        events = events.filter(received_at__gte=filters.since)
+    if filters.until is not None:
+        events = events.filter(received_at__lt=filters.until)
+    if cursor is not None:
+        received_at, event_id = _cursor_decode(cursor)
+        # The redundant `received_at <= X` gives the (organization, -received_at) index a range
+        # to scan; the OR alone would leave the planner a filter, not an index condition.
+        events = events.filter(
+            Q(received_at__lt=received_at) | Q(received_at=received_at, id__lt=event_id),
+            received_at__lte=received_at,
+        )
+    # One row more than asked tells whether there is a next page without a second query.
+    rows = list(events.order_by("-received_at", "-id")[: limit + 1])
+    if len(rows) <= limit:
+        return EventPage(events=rows, next_cursor=None)
+    page = rows[:limit]
+    return EventPage(events=page, next_cursor=_cursor_encode(page[-1]))
+
+
+# --- CRM records ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SignalEventCount:
+    signal: str
+    signal_id: str
+    count: int
+    last_event_at: datetime
+
+
+@dataclass(frozen=True)
+class CrmRecordProfile:
+    record: CrmRecord
+    event_count: int
+    events_by_signal: list[SignalEventCount]
+
+
+def crm_record_profile(*, organization_id: int, type: str, external_id: str) -> CrmRecordProfile:
+    """The record's profile as far as ingest knows it: when it was seen, events per signal."""
+    not_found = NotFound(f"Record not found: {type}/{external_id}", code="record_not_found")
+    if "\x00" in type or "\x00" in external_id:
+        # Never stored (ingest refuses NUL), and PostgreSQL refuses it even as a parameter.
+        raise not_found
+    record = CrmRecord.objects.filter(
+        organization_id=organization_id, type=type, external_id=external_id
+    ).first()
+    if record is None:
+        raise not_found
+    rows: list[dict[str, Any]] = list(
+        Event.objects.filter(crm_record=record)
+        .values("signal__slug", "signal__public_id")
+        .annotate(count=Count("id"), last_event_at=Max("timestamp"))
+        .order_by("signal__slug")
+    )
+    counts = [
+        SignalEventCount(
+            signal=row["signal__slug"],
+            signal_id=row["signal__public_id"],
+            count=row["count"],
+            last_event_at=row["last_event_at"],
+        )
+        for row in rows
+    ]
+    return CrmRecordProfile(
+        record=record,
+        event_count=sum(item.count for item in counts),
+        events_by_signal=counts,
+    )
