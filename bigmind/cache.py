@@ -177,6 +177,13 @@ def cache_set(key: str, value: Any, timeout: int) -> None:
         _log.warning("cache unreachable on set", exc_info=True)
 
 
+def cache_add(key: str, value: Any, timeout: int) -> None:
+    try:
+        cache.add(key, value, timeout)
+    except Exception:
+        _log.warning("cache unreachable on add", exc_info=True)
+
+
 def cache_delete(key: str) -> None:
     try:
         cache.delete(key)
@@ -187,6 +194,9 @@ def cache_delete(key: str) -> None:
 
 # --- Two levels for the hot-path lookups ------------------------------------------------------
 MISSING: Any = object()
+# Left by an invalidation so that a slower reader cannot re-cache the old row (see `fill`).
+_TOMBSTONE = "__invalidated__"
+_TOMBSTONE_SECONDS = 30
 # Bound on the process-local level; it is cleared whole when full (entries are tiny and cheap
 # to refetch, and a simple clear cannot leak).
 _LOCAL_MAX_ENTRIES = 10_000
@@ -211,17 +221,23 @@ class LookupCache:
         if entry is not None and entry[0] > time.monotonic():
             return entry[1]
         value = cache_get(key, MISSING)
-        if value is not MISSING:
-            self._remember(key, value, None)
+        if value is MISSING or value == _TOMBSTONE:
+            return MISSING
+        self._remember(key, value, None)
         return value
 
-    def set(self, key: str, value: Any, timeout: int) -> None:
-        cache_set(key, value, timeout)
+    def fill(self, key: str, value: Any, timeout: int) -> None:
+        """Store what a miss read from the database, unless an invalidation came since.
+
+        `add`, not `set`: a request that read the row just before a change committed must not
+        put the old row back after the change's invalidation (which leaves a tombstone).
+        """
+        cache_add(key, value, timeout)
         self._remember(key, value, timeout)
 
-    def delete(self, key: str) -> None:
+    def invalidate(self, key: str) -> None:
         self._local.pop(key, None)
-        cache_delete(key)
+        cache_set(key, _TOMBSTONE, _TOMBSTONE_SECONDS)
 
     def clear_local(self) -> None:
         self._local.clear()

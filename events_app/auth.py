@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from datetime import timedelta
+import time
+from dataclasses import dataclass
 
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication
@@ -11,11 +11,12 @@ from rest_framework.request import Request
 
 from bigmind.errors import Unauthorized
 from signals_app.models import ApiKey
-from signals_app.selectors import api_key_cache_store, api_key_get_ref
+from signals_app.selectors import api_key_cache_invalidate, api_key_get_ref
 from signals_app.services import api_key_hash
 
-# last_used_at is written at most this often per key, so a busy key costs no extra write.
-LAST_USED_RESOLUTION = timedelta(seconds=60)
+# last_used_at is written at most this often per key and process: a busy key costs no
+# extra write per request.
+LAST_USED_RESOLUTION_SECONDS = 60
 _MAX_KEY_LENGTH = 200
 
 
@@ -26,6 +27,10 @@ class ApiClient:
     api_key_id: int
     organization_id: int
     is_authenticated: bool = True
+
+
+# When this process last wrote last_used_at, per key id (monotonic seconds).
+_last_used_written: dict[int, float] = {}
 
 
 def api_key_authenticate(*, raw_key: str) -> ApiClient:
@@ -39,13 +44,16 @@ def api_key_authenticate(*, raw_key: str) -> ApiClient:
         raise Unauthorized("Invalid API key", code="invalid_api_key")
     if ref.revoked:
         raise Unauthorized("API key has been revoked", code="revoked_api_key")
-    now = timezone.now()
-    if ref.last_used_at is None or now - ref.last_used_at >= LAST_USED_RESOLUTION:
-        ApiKey.objects.filter(pk=ref.id).update(last_used_at=now)
-        api_key_cache_store(
-            key_hash=key_hash,
-            ref=replace(ref, last_used_at=now),
+    clock = time.monotonic()
+    if clock - _last_used_written.get(ref.id, -1e9) >= LAST_USED_RESOLUTION_SECONDS:
+        _last_used_written[ref.id] = clock
+        # Conditional: a key revoked since it was cached is caught here too.
+        touched = ApiKey.objects.filter(pk=ref.id, revoked_at__isnull=True).update(
+            last_used_at=timezone.now()
         )
+        if not touched:
+            api_key_cache_invalidate(key_hash=key_hash)
+            raise Unauthorized("API key has been revoked", code="revoked_api_key")
     return ApiClient(api_key_id=ref.id, organization_id=ref.organization_id)
 
 

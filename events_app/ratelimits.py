@@ -9,6 +9,7 @@ customer events that the database could store; the limit protects capacity, not 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,13 +39,11 @@ class RateLimitStatus:
             "X-RateLimit-Remaining": str(self.remaining),
             "X-RateLimit-Reset": reset.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
-        if self.exceeded:
-            headers["Retry-After"] = str(self.retry_after)
         return headers
 
     @property
     def retry_after(self) -> int:
-        return max(1, self.reset_epoch - int(time.time()))
+        return max(1, math.ceil(self.reset_epoch - time.time()))
 
 
 def rate_limit_for(signal: SignalRef) -> int:
@@ -94,7 +93,9 @@ def _usage(signal: SignalRef, *, increment: bool) -> RateLimitStatus:
     return RateLimitStatus(
         limit=limit,
         remaining=max(0, limit - usage["count"]),
-        reset_epoch=now + usage["time_left"],
+        # django-ratelimit's window value is the window's last second: the next budget
+        # starts one second later.
+        reset_epoch=now + usage["time_left"] + 1,
         exceeded=usage["should_limit"],
     )
 

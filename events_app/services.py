@@ -142,7 +142,7 @@ def event_ingest(
     rate = rate_limit_consume(signal)
     try:
         if rate.exceeded:
-            raise RateLimited("Rate limit exceeded")
+            raise RateLimited("Rate limit exceeded", headers={"Retry-After": str(rate.retry_after)})
         schema_version = event_schema_check(signal, request)
         event, replayed = _event_store(
             client=client, signal=signal, request=request, schema_version=schema_version

@@ -69,7 +69,11 @@ def _postgres_sql() -> str:
         WITH record AS (
             INSERT INTO "{record}" ("organization_id", "type", "external_id",
                                     "first_seen_at", "last_seen_at")
-            VALUES (%s, %s, %s, %s, %s)
+            SELECT %s, %s, %s, %s, %s
+            -- A replay or a conflicting reuse of a key must not touch records either.
+            WHERE NOT EXISTS (
+                SELECT 1 FROM "{event}" WHERE "organization_id" = %s AND "idempotency_key" = %s
+            )
             ON CONFLICT ("organization_id", "type", "external_id")
             DO UPDATE SET "last_seen_at" = EXCLUDED."last_seen_at"
             RETURNING "id"
@@ -89,6 +93,8 @@ def _insert_postgres(event: Event) -> bool:
         event.identity_id,
         event.received_at,
         event.received_at,
+        event.organization_id,
+        event.idempotency_key,
     ]
     params += [
         Jsonb(event.data) if name == "data" else getattr(event, name) for name in _EVENT_COLUMNS

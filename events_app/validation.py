@@ -20,7 +20,8 @@ from django.utils import timezone
 
 from bigmind.errors import BadRequest
 
-IDENTITY_TYPE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+IDENTITY_TYPE_RE = re.compile(r"[a-z0-9_]{1,64}")
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e\x80-\uffff][\x20-\x7e\x80-\uffff]{0,254}")
 MAX_SIGNAL_LENGTH = 100
 MAX_IDENTITY_ID_LENGTH = 255
 MAX_REFERENCE_LENGTH = 255
@@ -217,7 +218,7 @@ def event_request_parse(payload: Any, *, idempotency_header: str | None = None) 
     if not isinstance(identity, dict):
         raise InvalidField("identity must be an object with type and id")
     identity_type, identity_id = identity["type"], identity["id"]
-    if not isinstance(identity_type, str) or not IDENTITY_TYPE_RE.match(identity_type):
+    if not isinstance(identity_type, str) or not IDENTITY_TYPE_RE.fullmatch(identity_type):
         raise InvalidField(
             "identity.type must be account, contact, deal, lead or a custom type of lowercase "
             "letters, digits and underscores (at most 64 characters)"
@@ -234,10 +235,10 @@ def event_request_parse(payload: Any, *, idempotency_header: str | None = None) 
     timestamp = _parse_timestamp(payload.get("timestamp"))
     reference = _optional_string(payload, "reference", MAX_REFERENCE_LENGTH)
     body_key = _optional_string(payload, "idempotency_key", MAX_IDEMPOTENCY_KEY_LENGTH)
-    header_key = idempotency_header.strip() if idempotency_header else None
-    if header_key is not None and (not header_key or len(header_key) > MAX_IDEMPOTENCY_KEY_LENGTH):
+    header_key = idempotency_header.strip() if idempotency_header is not None else None
+    if header_key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(header_key):
         raise InvalidField(
-            f"Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+            f"Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters"
         )
     if header_key and body_key and header_key != body_key:
         raise InvalidField("Idempotency-Key header and idempotency_key field differ")

@@ -64,6 +64,20 @@ class SignalForm(forms.ModelForm):
                 services.signal_slug_check(cleaned["slug"])
         except ApplicationError as exc:
             raise forms.ValidationError(exc.message) from exc
+        slug = cleaned.get("slug")
+        if self.instance.pk and not slug:
+            self.add_error("slug", "A signal's slug cannot be emptied; clients send it.")
+        # On the change form the organization is read-only, so Django's own unique check
+        # does not run: check the slug against the instance's organization here.
+        organization = (
+            self.instance.organization if self.instance.pk else cleaned.get("organization")
+        )
+        if slug and organization is not None:
+            taken = Signal.objects.filter(organization=organization, slug=slug).exclude(
+                pk=self.instance.pk
+            )
+            if taken.exists():
+                self.add_error("slug", f"A signal with slug {slug!r} exists already")
         return cleaned
 
     def clean_new_schema(self) -> Any:
@@ -85,6 +99,10 @@ class SignalAdmin(admin.ModelAdmin):
     search_fields = ("slug", "name", "public_id")
     readonly_fields = ("public_id", "created_at", "updated_at")
     inlines = (SchemaVersionInline,)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Events keep their signal; deactivate a signal instead (clients then get 404).
+        return False
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         # Moving a signal to another organization would hand its events to another tenant.

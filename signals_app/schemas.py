@@ -39,6 +39,21 @@ def _refs(node: Any) -> list[str]:
     return found
 
 
+def _has_nested_id(schema: dict[str, Any]) -> bool:
+    # A nested $id changes the base that references resolve against; with local references
+    # only, it can only break them (and would be found out by an event, not here).
+    stack: list[Any] = [value for key, value in schema.items() if key != "$id"]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "$id" in item:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def schema_check(schema: Any) -> None:
     """Refuse anything that is not a usable draft 2020-12 schema, with a message naming why."""
     if not isinstance(schema, dict):
@@ -58,6 +73,8 @@ def schema_check(schema: Any) -> None:
             f"Not a valid JSON Schema (draft 2020-12) at ${path}: {exc.message}"
         ) from exc
     # Remote references would be fetched (or fail) at validation time, on the ingest path.
+    if _has_nested_id(schema):
+        raise SchemaInvalid("'$id' is only supported at the top of a schema")
     refs = _refs(schema)
     remote = [ref for ref in refs if not ref.startswith("#")]
     if remote:
@@ -77,9 +94,24 @@ def schema_compile(schema: dict[str, Any]) -> Draft202012Validator:
     return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
+class SchemaUnusable(BadRequest):
+    code = "schema_validation_failed"
+
+
 def schema_violations(validator: Draft202012Validator, data: Any) -> list[dict[str, str]]:
     """Each violation with the JSON path of the offending value, in document order."""
-    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.path)), e.message))
+    try:
+        errors = sorted(
+            validator.iter_errors(data), key=lambda e: (list(map(str, e.path)), e.message)
+        )
+    except (OverflowError, RecursionError, ValueError, Unresolvable) as exc:
+        # The data drove the schema somewhere it cannot go: a number too large for a float
+        # (`multipleOf`), a pathological `format: regex` value, a reference that resolves to
+        # nothing from where it was reached. That is a refusal of this data, not a crash.
+        raise SchemaUnusable(
+            "data could not be checked against the schema",
+            details=[{"path": "$", "message": f"{type(exc).__name__}: {exc}"[:300], "keyword": ""}],
+        ) from exc
     return [
         {"path": error.json_path, "message": error.message, "keyword": str(error.validator)}
         for error in errors[:MAX_VIOLATIONS]

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Max
+from django.db.models import Max, Prefetch, QuerySet
 
 from bigmind.cache import MISSING, LookupCache
+from bigmind.errors import NotFound
 from signals_app.models import ApiKey, SchemaVersion, Signal
 from signals_app.schemas import schema_compile
 
@@ -40,7 +40,6 @@ class ApiKeyRef:
     id: int
     organization_id: int
     revoked: bool
-    last_used_at: datetime | None
 
 
 def _signal_cache_key(organization_id: int, slug: str) -> str:
@@ -54,15 +53,11 @@ def _api_key_cache_key(key_hash: str) -> str:
 
 
 def signal_cache_invalidate(*, organization_id: int, slug: str) -> None:
-    lookups.delete(_signal_cache_key(organization_id, slug))
+    lookups.invalidate(_signal_cache_key(organization_id, slug))
 
 
 def api_key_cache_invalidate(*, key_hash: str) -> None:
-    lookups.delete(_api_key_cache_key(key_hash))
-
-
-def api_key_cache_store(*, key_hash: str, ref: ApiKeyRef) -> None:
-    lookups.set(_api_key_cache_key(key_hash), ref, settings.BIGMIND_LOOKUP_CACHE_SECONDS)
+    lookups.invalidate(_api_key_cache_key(key_hash))
 
 
 def signal_get_active_ref(*, organization_id: int, slug: str) -> SignalRef | None:
@@ -77,7 +72,7 @@ def signal_get_active_ref(*, organization_id: int, slug: str) -> SignalRef | Non
         .first()
     )
     if signal is None:
-        lookups.set(key, None, _NEGATIVE_TTL)
+        lookups.fill(key, None, _NEGATIVE_TTL)
         return None
     ref = SignalRef(
         id=signal.pk,
@@ -88,7 +83,7 @@ def signal_get_active_ref(*, organization_id: int, slug: str) -> SignalRef | Non
         rate_limit_per_minute=signal.rate_limit_per_minute,
         latest_version=signal.latest,  # type: ignore[attr-defined]
     )
-    lookups.set(key, ref, settings.BIGMIND_LOOKUP_CACHE_SECONDS)
+    lookups.fill(key, ref, settings.BIGMIND_LOOKUP_CACHE_SECONDS)
     return ref
 
 
@@ -99,19 +94,18 @@ def api_key_get_ref(*, key_hash: str) -> ApiKeyRef | None:
         return hit  # type: ignore[no-any-return]
     row = (
         ApiKey.objects.filter(key_hash=key_hash)
-        .values("id", "organization_id", "revoked_at", "last_used_at")
+        .values("id", "organization_id", "revoked_at")
         .first()
     )
     if row is None:
-        lookups.set(key, None, _NEGATIVE_TTL)
+        lookups.fill(key, None, _NEGATIVE_TTL)
         return None
     ref = ApiKeyRef(
         id=row["id"],
         organization_id=row["organization_id"],
         revoked=row["revoked_at"] is not None,
-        last_used_at=row["last_used_at"],
     )
-    api_key_cache_store(key_hash=key_hash, ref=ref)
+    lookups.fill(key, ref, settings.BIGMIND_LOOKUP_CACHE_SECONDS)
     return ref
 
 
@@ -137,3 +131,68 @@ def schema_version_validator(signal: SignalRef, version: int) -> Any | None:
         found = (schema_version_id, schema_compile(schema))
         _schema_versions[(signal.public_id, version)] = found
     return found[1]
+
+
+# --- The read API (GET /v1/signals...) --------------------------------------------------------
+# Version numbers are PostgreSQL integers; a longer number cannot exist and would overflow
+# SQLite's 64-bit parameters, so it is answered without a query.
+_MAX_VERSION = 2**31 - 1
+
+
+def _signals_with_versions(organization_id: int) -> QuerySet[Signal]:
+    # Only the numbers and dates of the versions: the schemas themselves can be large.
+    versions = SchemaVersion.objects.only("id", "signal_id", "version", "created_at").order_by(
+        "version"
+    )
+    return Signal.objects.filter(organization_id=organization_id).prefetch_related(
+        Prefetch("schema_versions", queryset=versions)
+    )
+
+
+def signal_list(*, organization_id: int) -> list[Signal]:
+    """Every signal of the organization, active or not, by slug; versions prefetched."""
+    return list(_signals_with_versions(organization_id).order_by("slug"))
+
+
+def _signal_not_found(slug: str) -> NotFound:
+    return NotFound(f"Signal not found: {slug}", code="signal_not_found")
+
+
+def signal_get(*, organization_id: int, slug: str) -> Signal:
+    """The organization's signal with this slug, inactive ones included; versions prefetched."""
+    if "\x00" in slug:  # never a slug, and PostgreSQL refuses NUL even as a parameter
+        raise _signal_not_found(slug)
+    signal = _signals_with_versions(organization_id).filter(slug=slug).first()
+    if signal is None:
+        raise _signal_not_found(slug)
+    return signal
+
+
+def signal_rate_limit(*, signal: Signal) -> tuple[int, bool]:
+    """The signal's budget per minute and whether it is the signal's own (not its type's)."""
+    if signal.rate_limit_per_minute is not None:
+        return signal.rate_limit_per_minute, True
+    return settings.BIGMIND_RATE_LIMITS[signal.type], False
+
+
+def schema_version_get(*, organization_id: int, slug: str, version: str) -> SchemaVersion:
+    """Version `version` ("latest" or a number) of the signal's schema, signal selected."""
+    if "\x00" in slug:
+        raise _signal_not_found(slug)
+    signal = Signal.objects.filter(organization_id=organization_id, slug=slug).first()
+    if signal is None:
+        raise _signal_not_found(slug)
+    not_found = NotFound(
+        f"Schema version {version} not found for signal {slug}", code="schema_version_not_found"
+    )
+    versions = SchemaVersion.objects.filter(signal=signal)
+    if version == "latest":
+        found = versions.order_by("-version").first()
+    elif version.isascii() and version.isdigit() and int(version) <= _MAX_VERSION:
+        found = versions.filter(version=int(version)).first()
+    else:
+        raise not_found
+    if found is None:
+        raise not_found
+    found.signal = signal
+    return found

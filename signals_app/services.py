@@ -153,6 +153,13 @@ def signal_settings_check(fields: dict[str, Any]) -> dict[str, Any]:
             f"compatibility must be one of {', '.join(Compatibility.values)}: "
             f"{fields.get('compatibility')!r}"
         )
+    for text in ("name", "description", "ai_instructions", "value_field"):
+        if fields.get(text) is None:
+            fields[text] = ""
+        if not isinstance(fields[text], str):
+            raise BadRequest(f"{text} must be a string")
+    if not isinstance(fields.get("active", True), bool):
+        raise BadRequest("active must be true or false")
     limit = fields.get("rate_limit_per_minute")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise BadRequest(f"rate_limit_per_minute must be a positive integer: {limit!r}")
@@ -230,33 +237,36 @@ def signal_create(
 
 
 def signal_update(*, signal: Signal, **changes: Any) -> Signal:
+    """Change a signal's settings. Compares against the stored row, not `signal`'s attributes
+    (a ModelForm has already written the new values onto its instance)."""
     unknown = set(changes) - {*SIGNAL_SETTINGS, "slug"}
     if unknown:
         raise BadRequest(f"Unknown signal settings: {', '.join(sorted(unknown))}")
-    old_slug = signal.slug
-    merged = {name: getattr(signal, name) for name in SIGNAL_SETTINGS} | changes
-    if "type" in changes and changes["type"] != signal.type:
-        # Leaving the metric type drops the metric settings unless the caller sets them.
-        for metric_only in ("aggregation", "period", "value_field"):
-            merged[metric_only] = changes.get(metric_only, "")
-    fields = signal_settings_check(merged)
-    if "slug" in changes:
-        fields["slug"] = signal_slug_check(changes["slug"])
-    for name, value in fields.items():
-        setattr(signal, name, value)
     try:
         with transaction.atomic():
-            signal.save()
+            stored = Signal.objects.select_for_update().get(pk=signal.pk)
+            old_slug = stored.slug
+            merged = {name: getattr(stored, name) for name in SIGNAL_SETTINGS} | changes
+            if "type" in changes and changes["type"] != stored.type:
+                # Leaving the metric type drops the metric settings unless they are given.
+                for metric_only in ("aggregation", "period", "value_field"):
+                    merged[metric_only] = changes.get(metric_only, "")
+            fields = signal_settings_check(merged)
+            if "slug" in changes:
+                fields["slug"] = signal_slug_check(changes["slug"])
+            for name, value in fields.items():
+                setattr(stored, name, value)
+            stored.save()
     except IntegrityError as exc:
-        raise Conflict(f"A signal with slug {signal.slug!r} exists already") from exc
-    org_id, new_slug = signal.organization_id, signal.slug
+        raise Conflict(f"A signal with slug {changes.get('slug')!r} exists already") from exc
+    org_id, new_slug = stored.organization_id, stored.slug
 
     def invalidate() -> None:
         signal_cache_invalidate(organization_id=org_id, slug=old_slug)
         signal_cache_invalidate(organization_id=org_id, slug=new_slug)
 
     transaction.on_commit(invalidate)
-    return signal
+    return stored
 
 
 def schema_version_create(*, signal: Signal, schema: Any) -> SchemaVersion:

@@ -10,6 +10,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 
+from events_app.auth import _last_used_written
 from signals_app.models import ApiKey, Organization, Signal
 from signals_app.selectors import lookups
 from signals_app.services import (
@@ -29,6 +30,7 @@ def _clear_cache() -> Iterator[None]:
     # SQLite reuses row ids after a rolled-back test, so cached lookups must not leak across.
     cache.clear()
     lookups.clear_local()
+    _last_used_written.clear()
     yield
     cache.clear()
     lookups.clear_local()

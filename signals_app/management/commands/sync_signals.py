@@ -33,6 +33,14 @@ class Command(BaseCommand):
             document = json.loads(text) if file.endswith(".json") else yaml.safe_load(text)
         except (ValueError, yaml.YAMLError) as exc:
             raise CommandError(f"{file} is not valid YAML/JSON: {exc}") from exc
+        try:
+            # What is stored is JSON: YAML-only values (dates, integer keys) are refused or
+            # normalised now, so that a second run compares equal to what the first stored.
+            document = json.loads(json.dumps(document))
+        except (TypeError, ValueError) as exc:
+            raise CommandError(
+                f"{file} holds a value JSON cannot represent (quote dates in YAML): {exc}"
+            ) from exc
         report = run_service(signals_sync, document=document)
         for line in report.lines():
             self.stdout.write(line)
