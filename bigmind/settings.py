@@ -197,9 +197,7 @@ BIGMIND_EVENT_MAX_BODY_BYTES = env.int("BIGMIND_EVENT_MAX_BODY_BYTES", default=1
 BIGMIND_BATCH_MAX_BODY_BYTES = env.int("BIGMIND_BATCH_MAX_BODY_BYTES", default=5 * 1024 * 1024)
 BIGMIND_BATCH_MAX_EVENTS = 100
 # Django refuses larger bodies itself; keep it above every endpoint's own limit.
-DATA_UPLOAD_MAX_MEMORY_SIZE = (
-    max(BIGMIND_EVENT_MAX_BODY_BYTES, BIGMIND_BATCH_MAX_BODY_BYTES) + 1024
-)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(BIGMIND_EVENT_MAX_BODY_BYTES, BIGMIND_BATCH_MAX_BODY_BYTES) + 1024
 # Deepest nesting of JSON accepted in a request body (objects and arrays).
 BIGMIND_JSON_MAX_DEPTH = env.int("BIGMIND_JSON_MAX_DEPTH", default=32)
 # Per-minute budgets by signal type, unless the signal sets its own.
