@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -172,7 +173,7 @@ def _store(client: ApiClient, items: list[_Item]) -> None:
             continue
         ids = [item.event.id for item in to_insert if item.event]
         if ids:
-            transaction.on_commit(lambda ids=ids: events_enqueue(event_ids=ids), robust=True)
+            transaction.on_commit(partial(events_enqueue, event_ids=ids), robust=True)
         for item in items:
             if item.replay_of is not None:
                 item.event = item.replay_of.event

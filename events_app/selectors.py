@@ -10,7 +10,6 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from django.core import signing
 from django.db.models import Count, Max, Q
@@ -153,7 +152,7 @@ def crm_record_profile(*, organization_id: int, type: str, external_id: str) -> 
     ).first()
     if record is None:
         raise not_found
-    rows: list[dict[str, Any]] = list(
+    rows = (
         Event.objects.filter(crm_record=record)
         .values("signal__slug", "signal__public_id")
         .annotate(count=Count("id"), last_event_at=Max("timestamp"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from psycopg.types.json import Jsonb
@@ -87,7 +88,7 @@ def _postgres_sql() -> str:
 
 
 def _insert_postgres(event: Event) -> bool:
-    params = [
+    params: list[Any] = [
         event.organization_id,
         event.identity_type,
         event.identity_id,

@@ -103,7 +103,7 @@ def _query_datetime(request: Request, name: str) -> datetime | None:
 
 def _query_limit(request: Request) -> int:
     value = request.query_params.get("limit")
-    if value is None:
+    if not value:
         return EVENT_LIST_DEFAULT_LIMIT
     message = f"limit must be an integer from 1 to {EVENT_LIST_MAX_LIMIT}"
     if not (value.isascii() and value.isdigit()) or len(value) > 3:
@@ -186,8 +186,7 @@ def signal_data(signal: Signal) -> dict[str, Any]:
         data["value_field"] = signal.value_field
     data["latest_version"] = versions[-1].version if versions else None
     data["versions"] = [
-        {"version": version.version, "created_at": _iso(version.created_at)}
-        for version in versions
+        {"version": version.version, "created_at": _iso(version.created_at)} for version in versions
     ]
     return data
 

@@ -11,9 +11,12 @@ from events_app.api.read_views import (
     SignalDetailApi,
     SignalListApi,
 )
+from events_app.api.views import EventBatchApi, EventValidateApi
 
 urlpatterns = [
     path("events", EventCollectionApi.as_view(), name="event-ingest"),
+    path("events/batch", EventBatchApi.as_view(), name="event-batch"),
+    path("events/validate", EventValidateApi.as_view(), name="event-validate"),
     # --- write routes (batch, validate) above; read routes below ---
     # `path`, not `str` or `uuid`: a malformed id such as "../x" must reach the view and get
     # the event's own 404, not the catch-all's.
@@ -26,7 +29,11 @@ urlpatterns = [
         name="schema-version-detail",
     ),
     # A CRM id is the customer's string and may contain '/': it takes the rest of the path.
-    path("records/<str:record_type>/<path:record_id>", CrmRecordDetailApi.as_view(), name="record-detail"),
+    path(
+        "records/<str:record_type>/<path:record_id>",
+        CrmRecordDetailApi.as_view(),
+        name="record-detail",
+    ),
     # Unknown /v1 paths answer in the envelope even with DEBUG on (Django's debug 404 is HTML).
     re_path(r"^.*$", handler404),
 ]
