@@ -21,12 +21,16 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bigmind.errors import ApplicationError, BadRequest, Conflict, PayloadTooLarge, RateLimited
+from bigmind.errors import ApplicationError, BadRequest, PayloadTooLarge, RateLimited
 from events_app.auth import ApiClient
-from events_app.ids import uuid7
-from events_app.models import Event, EventStatus
+from events_app.models import Event
 from events_app.ratelimits import RateLimitStatus, rate_limit_consume_many
-from events_app.services import event_request_resolve, event_schema_check
+from events_app.services import (
+    event_build,
+    event_request_resolve,
+    event_schema_check,
+    idempotency_conflict,
+)
 from events_app.store import events_insert_many
 from events_app.validation import EventRequest, json_body_parse
 from signals_app.selectors import SignalRef
@@ -99,9 +103,7 @@ def _settle_idempotency(client: ApiClient, items: list[_Item]) -> list[_Item]:
     }
     first_in_batch: dict[str, _Item] = {}
     to_insert: list[_Item] = []
-    conflict = Conflict(
-        "Idempotency key was already used for a different request", code="idempotency_conflict"
-    )
+    conflict = idempotency_conflict()
     for item in items:
         assert item.request is not None
         key = item.request.idempotency_key
@@ -127,28 +129,6 @@ def _settle_idempotency(client: ApiClient, items: list[_Item]) -> list[_Item]:
     return to_insert
 
 
-def _build_event(client: ApiClient, item: _Item, now: Any) -> Event:
-    request, signal = item.request, item.signal
-    assert request is not None and signal is not None
-    return Event(
-        id=uuid7(),
-        organization_id=client.organization_id,
-        signal_id=signal.id,
-        schema_version=item.schema_version,
-        identity_type=request.identity_type,
-        identity_id=request.identity_id,
-        data=request.data,
-        timestamp=request.timestamp or now,
-        received_at=now,
-        reference=request.reference,
-        idempotency_key=request.idempotency_key,
-        request_hash=request.fingerprint(),
-        status=EventStatus.PENDING,
-        attempts=0,
-        last_error="",
-    )
-
-
 def events_enqueue(*, event_ids: list[UUID]) -> None:
     from events_app.tasks import process_events_task
 
@@ -162,7 +142,14 @@ def _store(client: ApiClient, items: list[_Item]) -> None:
         to_insert = _settle_idempotency(client, items)
         now = timezone.now()
         for item in to_insert:
-            item.event = _build_event(client, item, now)
+            assert item.signal is not None and item.request is not None
+            item.event = event_build(
+                organization_id=client.organization_id,
+                signal=item.signal,
+                request=item.request,
+                schema_version=item.schema_version,
+                received_at=now,
+            )
         try:
             events_insert_many([item.event for item in to_insert if item.event])
         except IntegrityError:

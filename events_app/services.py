@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -70,27 +71,49 @@ def event_schema_check(signal: SignalRef, request: EventRequest) -> int | None:
     return number
 
 
-def _event_store(
-    *, client: ApiClient, signal: SignalRef, request: EventRequest, schema_version: int | None
-) -> tuple[Event, bool]:
-    now = timezone.now()
-    fingerprint = request.fingerprint()
-    event = Event(
+def idempotency_conflict() -> Conflict:
+    return Conflict(
+        "Idempotency key was already used for a different request", code="idempotency_conflict"
+    )
+
+
+def event_build(
+    *,
+    organization_id: int,
+    signal: SignalRef,
+    request: EventRequest,
+    schema_version: int | None,
+    received_at: datetime,
+) -> Event:
+    """The Event row for a checked request (not saved)."""
+    return Event(
         id=uuid7(),
-        organization_id=client.organization_id,
+        organization_id=organization_id,
         signal_id=signal.id,
         schema_version=schema_version,
         identity_type=request.identity_type,
         identity_id=request.identity_id,
         data=request.data,
-        timestamp=request.timestamp or now,
-        received_at=now,
+        timestamp=request.timestamp or received_at,
+        received_at=received_at,
         reference=request.reference,
         idempotency_key=request.idempotency_key,
-        request_hash=fingerprint,
+        request_hash=request.fingerprint(),
         status=EventStatus.PENDING,
         attempts=0,
         last_error="",
+    )
+
+
+def _event_store(
+    *, client: ApiClient, signal: SignalRef, request: EventRequest, schema_version: int | None
+) -> tuple[Event, bool]:
+    event = event_build(
+        organization_id=client.organization_id,
+        signal=signal,
+        request=request,
+        schema_version=schema_version,
+        received_at=timezone.now(),
     )
     if event_insert(event):
         event_id = event.id
@@ -106,11 +129,8 @@ def _event_store(
     ).first()
     if existing is None:  # pragma: no cover - the index said it exists
         raise Conflict("Idempotency key is in use by a request still in progress; retry")
-    if existing.request_hash != fingerprint:
-        raise Conflict(
-            "Idempotency key was already used for a different request",
-            code="idempotency_conflict",
-        )
+    if existing.request_hash != event.request_hash:
+        raise idempotency_conflict()
     return existing, True
 
 
@@ -171,10 +191,7 @@ def _idempotency_conflict_check(client: ApiClient, request: EventRequest) -> Non
         .first()
     )
     if stored is not None and stored != request.fingerprint():
-        raise Conflict(
-            "Idempotency key was already used for a different request",
-            code="idempotency_conflict",
-        )
+        raise idempotency_conflict()
 
 
 def event_validate(
