@@ -93,12 +93,13 @@ def _most_constrained(statuses: list[RateLimitStatus]) -> RateLimitStatus | None
 
 def _settle_idempotency(client: ApiClient, items: list[_Item]) -> list[_Item]:
     """Decide replays and conflicts for keyed items; return the items to insert."""
-    keyed = [item for item in items if item.request and item.request.idempotency_key]
+    keys = {item.request.idempotency_key for item in items if item.request} - {None}
+    if not keys:
+        return list(items)
     stored = {
         event.idempotency_key: event
         for event in Event.objects.filter(
-            organization_id=client.organization_id,
-            idempotency_key__in={item.request.idempotency_key for item in keyed if item.request},
+            organization_id=client.organization_id, idempotency_key__in=keys
         )
     }
     first_in_batch: dict[str, _Item] = {}
