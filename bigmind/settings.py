@@ -40,8 +40,13 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Before staticfiles: runserver then serves static files through WhiteNoise too, as
+    # gunicorn does.
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's JS/CSS, served by the app (no CDN)
     "django_ratelimit",
     "signals_app",
     "events_app",
@@ -50,6 +55,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "bigmind.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin, the /v1/docs page's assets) without a separate web server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -188,7 +195,38 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": [],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "bigmind.negotiation.JsonOnlyNegotiation",
     "EXCEPTION_HANDLER": "bigmind.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+}
+
+# The OpenAPI document (/v1/openapi.json) and the docs page (/v1/docs); the shapes are in
+# events_app/api/schema.py.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Bigmind Signals API",
+    "VERSION": "1.0.0",
+    "DESCRIPTION": (
+        "Send signal events about your customers, follow each one to its outcome, and read "
+        "your signals, their JSON Schemas and CRM record profiles. Every answer is JSON in an "
+        'envelope: `{"success": true, "data": ...}` or `{"success": false, "error": "...", '
+        '"code": "..."}`. Authenticate with `Authorization: Bearer sk_...`. The prose '
+        "reference is docs/api.md."
+    ),
+    "TAGS": [
+        {"name": "events", "description": "Send, check and read events."},
+        {"name": "signals", "description": "Signals and their JSON Schemas."},
+        {"name": "records", "description": "CRM record profiles."},
+    ],
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PUBLIC": True,
+    # The document and the docs page need no API key.
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # validatorUrl null: Swagger UI would otherwise send the document to an outside validator.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    "POSTPROCESSING_HOOKS": ["events_app.api.schema.postprocess"],
 }
 
 # Largest accepted body of POST /v1/events; larger bodies get 413 without being read.
@@ -225,6 +263,10 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns at start-up when it is missing
+# WhiteNoise finds the apps' static files itself (scanned once at start-up), so no
+# collectstatic step is needed for the docs page and the admin to work with DEBUG off.
+WHITENOISE_USE_FINDERS = True
 
 LOGGING = {
     "version": 1,

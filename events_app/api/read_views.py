@@ -9,11 +9,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from bigmind.errors import BadRequest
+from events_app.api import schema
 from events_app.api.views import EventIngestApi
 from events_app.models import Event, EventStatus
 from events_app.selectors import (
@@ -132,6 +134,7 @@ def _event_filters(request: Request) -> EventFilters:
 class EventDetailApi(APIView):
     """GET /v1/events/<id>: one event of the key's organization, in full."""
 
+    @extend_schema(**schema.EVENT_GET)
     def get(self, request: Request, event_id: str) -> Response:
         event = event_get(organization_id=request.user.organization_id, event_id=event_id)
         return Response({"success": True, "data": event_full_data(event)})
@@ -140,6 +143,7 @@ class EventDetailApi(APIView):
 class EventListApi(APIView):
     """GET /v1/events: the key's organization's events, filtered, newest first, by cursor."""
 
+    @extend_schema(**schema.EVENT_LIST)
     def get(self, request: Request) -> Response:
         filters = _event_filters(request)
         limit = _query_limit(request)
@@ -204,6 +208,7 @@ def schema_version_data(version: SchemaVersion) -> dict[str, Any]:
 class SignalListApi(APIView):
     """GET /v1/signals: every signal of the key's organization, inactive ones included."""
 
+    @extend_schema(**schema.SIGNAL_LIST)
     def get(self, request: Request) -> Response:
         signals = signal_list(organization_id=request.user.organization_id)
         return Response({"success": True, "data": [signal_data(signal) for signal in signals]})
@@ -212,6 +217,7 @@ class SignalListApi(APIView):
 class SignalDetailApi(APIView):
     """GET /v1/signals/<slug>: one signal, inactive or not."""
 
+    @extend_schema(**schema.SIGNAL_GET)
     def get(self, request: Request, slug: str) -> Response:
         signal = signal_get(organization_id=request.user.organization_id, slug=slug)
         return Response({"success": True, "data": signal_data(signal)})
@@ -220,6 +226,7 @@ class SignalDetailApi(APIView):
 class SchemaVersionDetailApi(APIView):
     """GET /v1/signals/<slug>/schemas/<n|latest>: the JSON Schema itself."""
 
+    @extend_schema(**schema.SCHEMA_VERSION_GET)
     def get(self, request: Request, slug: str, version: str) -> Response:
         found = schema_version_get(
             organization_id=request.user.organization_id, slug=slug, version=version
@@ -257,6 +264,7 @@ def crm_record_data(profile: CrmRecordProfile) -> dict[str, Any]:
 class CrmRecordDetailApi(APIView):
     """GET /v1/records/<type>/<id>: a CRM record's profile; the id may contain '/'."""
 
+    @extend_schema(**schema.CRM_RECORD_GET)
     def get(self, request: Request, record_type: str, record_id: str) -> Response:
         profile = crm_record_profile(
             organization_id=request.user.organization_id, type=record_type, external_id=record_id

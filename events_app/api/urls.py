@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 from django.urls import path, re_path
+from drf_spectacular.views import (
+    SpectacularJSONAPIView,
+    SpectacularSwaggerView,
+    SpectacularYAMLAPIView,
+)
 
 from bigmind.errors import handler404
 from events_app.api.read_views import (
@@ -34,6 +39,10 @@ urlpatterns = [
         CrmRecordDetailApi.as_view(),
         name="record-detail",
     ),
+    # The OpenAPI document and its docs page: no API key needed (SPECTACULAR_SETTINGS).
+    path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi-json"),
+    path("openapi.yaml", SpectacularYAMLAPIView.as_view(), name="openapi-yaml"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="openapi-json"), name="api-docs"),
     # Unknown /v1 paths answer in the envelope even with DEBUG on (Django's debug 404 is HTML).
     re_path(r"^.*$", handler404),
 ]

@@ -3,11 +3,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from bigmind.errors import PayloadTooLarge
+from events_app.api import schema
 from events_app.batch import events_ingest_batch
 from events_app.models import Event
 from events_app.services import event_ingest, event_validate
@@ -49,6 +51,7 @@ def event_public_data(event: Event, *, signal_public_id: str) -> dict[str, Any]:
 class EventIngestApi(APIView):
     """POST /v1/events: ingest one signal event."""
 
+    @extend_schema(**schema.EVENT_INGEST)
     def post(self, request: Request) -> Response:
         raw = request_body_read(request, limit=settings.BIGMIND_EVENT_MAX_BODY_BYTES)
         result = event_ingest(
@@ -94,6 +97,7 @@ def _batch_slot(item: Any) -> dict[str, Any]:
 class EventBatchApi(APIView):
     """POST /v1/events/batch: up to 100 events; each item succeeds or fails on its own."""
 
+    @extend_schema(**schema.EVENT_BATCH)
     def post(self, request: Request) -> Response:
         raw = request_body_read(request, limit=settings.BIGMIND_BATCH_MAX_BODY_BYTES)
         result = events_ingest_batch(client=request.user, raw_body=raw)
@@ -108,6 +112,7 @@ class EventBatchApi(APIView):
 class EventValidateApi(APIView):
     """POST /v1/events/validate: every check of ingest, nothing stored, no budget spent."""
 
+    @extend_schema(**schema.EVENT_VALIDATE)
     def post(self, request: Request) -> Response:
         raw = request_body_read(request, limit=settings.BIGMIND_EVENT_MAX_BODY_BYTES)
         result = event_validate(

@@ -29,9 +29,17 @@ def event(**overrides: object) -> dict:
 
 
 # --- Schemas that data can drive into a corner -------------------------------------------------
-def test_a_huge_integer_against_multiple_of_is_a_400_not_a_crash(api: ApiClient, tenant: Tenant) -> None:
-    tenant.signal("money", schema={"properties": {"amount": {"type": "number", "multipleOf": 0.01}}})
-    body = '{"signal": "money", "identity": {"type": "account", "id": "1"}, "data": {"amount": 1' + "0" * 400 + "}}"
+def test_a_huge_integer_against_multiple_of_is_a_400_not_a_crash(
+    api: ApiClient, tenant: Tenant
+) -> None:
+    tenant.signal(
+        "money", schema={"properties": {"amount": {"type": "number", "multipleOf": 0.01}}}
+    )
+    body = (
+        '{"signal": "money", "identity": {"type": "account", "id": "1"}, "data": {"amount": 1'
+        + "0" * 400
+        + "}}"
+    )
     response = api.post_raw(URL, body)
     assert response.status_code == 400
     assert response.json()["code"] == "schema_validation_failed"
@@ -48,7 +56,10 @@ def test_a_pathological_regex_value_is_a_400_not_a_crash(api: ApiClient, tenant:
 def test_a_schema_with_a_nested_id_is_refused(tenant: Tenant) -> None:
     signal = tenant.signal("nested")
     schema = {
-        "$defs": {"top": {"type": "string"}, "a": {"$id": "http://x.example/a", "properties": {"b": {"$ref": "#/$defs/top"}}}},
+        "$defs": {
+            "top": {"type": "string"},
+            "a": {"$id": "http://x.example/a", "properties": {"b": {"$ref": "#/$defs/top"}}},
+        },
         "properties": {"p": {"$ref": "#/$defs/a"}},
     }
     with pytest.raises(SchemaInvalid, match=r"'\$id' is only supported at the top"):
@@ -71,7 +82,9 @@ def test_a_key_revoked_behind_the_caches_back_is_refused_at_its_next_use_write(
 
     tenant.signal("visited-documentation-page")
     assert api.post(URL, SEED_REQUEST).status_code == 202  # cached as valid
-    ApiKey.objects.filter(pk=tenant.api_key.pk).update(revoked_at=datetime.now(UTC))  # no invalidation
+    ApiKey.objects.filter(pk=tenant.api_key.pk).update(
+        revoked_at=datetime.now(UTC)
+    )  # no invalidation
     monkeypatch.setattr(auth, "_last_used_written", {})  # the per-minute write is due
     response = api.post(URL, SEED_REQUEST)
     assert response.status_code == 401
@@ -89,10 +102,20 @@ def staff(db: None) -> Client:
 
 def _change_form(signal: Signal, **overrides: object) -> dict:
     form = {
-        "name": signal.name, "slug": signal.slug, "type": signal.type, "description": "",
-        "ai_instructions": "", "active": "on", "rate_limit_per_minute": "", "compatibility": "none",
-        "aggregation": "", "period": "", "value_field": "", "new_schema": "",
-        "schema_versions-TOTAL_FORMS": "0", "schema_versions-INITIAL_FORMS": "0",
+        "name": signal.name,
+        "slug": signal.slug,
+        "type": signal.type,
+        "description": "",
+        "ai_instructions": "",
+        "active": "on",
+        "rate_limit_per_minute": "",
+        "compatibility": "none",
+        "aggregation": "",
+        "period": "",
+        "value_field": "",
+        "new_schema": "",
+        "schema_versions-TOTAL_FORMS": "0",
+        "schema_versions-INITIAL_FORMS": "0",
     }
     form.update(overrides)
     return form
@@ -104,18 +127,24 @@ def test_renaming_a_slug_in_the_admin_retires_the_old_slug_at_once(
     signal = tenant.signal("old-slug")
     assert api.post(URL, event(signal="old-slug")).status_code == 202
     with django_capture_on_commit_callbacks(execute=True):
-        response = staff.post(f"/admin/signals_app/signal/{signal.pk}/change/", _change_form(signal, slug="new-slug"))
+        response = staff.post(
+            f"/admin/signals_app/signal/{signal.pk}/change/", _change_form(signal, slug="new-slug")
+        )
     assert response.status_code == 302
     lookups.clear_local()
     assert api.post(URL, event(signal="old-slug")).status_code == 404
     assert api.post(URL, event(signal="new-slug")).status_code == 202
 
 
-def test_renaming_to_a_taken_slug_or_emptying_it_is_a_form_error(staff: Client, tenant: Tenant) -> None:
+def test_renaming_to_a_taken_slug_or_emptying_it_is_a_form_error(
+    staff: Client, tenant: Tenant
+) -> None:
     signal = tenant.signal("one")
     tenant.signal("two")
     for slug, message in (("two", "exists already"), ("", "cannot be emptied")):
-        response = staff.post(f"/admin/signals_app/signal/{signal.pk}/change/", _change_form(signal, slug=slug))
+        response = staff.post(
+            f"/admin/signals_app/signal/{signal.pk}/change/", _change_form(signal, slug=slug)
+        )
         assert response.status_code == 200
         assert message in response.content.decode()
     assert Signal.objects.get(pk=signal.pk).slug == "one"
@@ -126,7 +155,9 @@ def test_signals_cannot_be_deleted_in_the_admin(staff: Client, tenant: Tenant) -
     assert staff.get(f"/admin/signals_app/signal/{signal.pk}/delete/").status_code == 403
 
 
-def test_changing_a_metric_to_an_event_in_the_admin_drops_the_metric_settings(staff: Client, tenant: Tenant) -> None:
+def test_changing_a_metric_to_an_event_in_the_admin_drops_the_metric_settings(
+    staff: Client, tenant: Tenant
+) -> None:
     signal = tenant.signal("calls", type="metric")
     response = staff.post(
         f"/admin/signals_app/signal/{signal.pk}/change/",
@@ -134,11 +165,18 @@ def test_changing_a_metric_to_an_event_in_the_admin_drops_the_metric_settings(st
     )
     assert response.status_code == 302, response.content.decode()[:1500]
     signal.refresh_from_db()
-    assert (signal.type, signal.aggregation, signal.period, signal.value_field) == ("event", "", "", "")
+    assert (signal.type, signal.aggregation, signal.period, signal.value_field) == (
+        "event",
+        "",
+        "",
+        "",
+    )
 
 
 # --- Idempotency leaves records alone -------------------------------------------------------------
-def test_a_conflicting_or_replayed_key_touches_no_crm_record(api: ApiClient, tenant: Tenant) -> None:
+def test_a_conflicting_or_replayed_key_touches_no_crm_record(
+    api: ApiClient, tenant: Tenant
+) -> None:
     tenant.signal("visited-documentation-page")
     a = event(identity={"type": "account", "id": "A"})
     assert api.post(URL, a, **{"Idempotency-Key": "k1"}).status_code == 202
@@ -152,12 +190,16 @@ def test_a_conflicting_or_replayed_key_touches_no_crm_record(api: ApiClient, ten
 
 
 # --- Rate-limit headers ---------------------------------------------------------------------------
-def test_retry_after_points_at_the_first_second_of_the_next_window(api: ApiClient, tenant: Tenant) -> None:
+def test_retry_after_points_at_the_first_second_of_the_next_window(
+    api: ApiClient, tenant: Tenant
+) -> None:
     tenant.signal("one-a-minute", rate_limit_per_minute=1)
     assert api.post(URL, event(signal="one-a-minute")).status_code == 202
     refused = api.post(URL, event(signal="one-a-minute"))
     assert refused.status_code == 429
-    reset = datetime.strptime(refused["X-RateLimit-Reset"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    reset = datetime.strptime(refused["X-RateLimit-Reset"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC
+    )
     # The counter's window includes its last second; Reset names the second after it.
     window_end = int(time.time()) + int(refused["Retry-After"]) - 1
     assert abs(reset.timestamp() - (window_end + 1)) <= 1
@@ -182,7 +224,9 @@ def test_a_trailing_newline_in_identity_type_is_refused(api: ApiClient, tenant: 
 
 
 @pytest.mark.parametrize("key", ["", "   ", "a\x01b", "k" * 256])
-def test_a_malformed_idempotency_key_header_is_refused(api: ApiClient, tenant: Tenant, key: str) -> None:
+def test_a_malformed_idempotency_key_header_is_refused(
+    api: ApiClient, tenant: Tenant, key: str
+) -> None:
     tenant.signal("visited-documentation-page")
     response = api.post(URL, SEED_REQUEST, **{"Idempotency-Key": key})
     assert response.status_code == 400
@@ -220,5 +264,8 @@ def test_sync_with_integer_keys_is_stable_on_a_second_run(db, tmp_path: Path) ->
 
 
 def test_sync_takes_a_null_description_as_empty(db, tmp_path: Path) -> None:
-    _sync(tmp_path, "organization: acme\nsignals:\n  - slug: s\n    type: event\n    description: null\n")
+    _sync(
+        tmp_path,
+        "organization: acme\nsignals:\n  - slug: s\n    type: event\n    description: null\n",
+    )
     assert Signal.objects.get(slug="s").description == ""
