@@ -95,20 +95,16 @@ def event_list(
     however many events arrive in between (new ones sort before the first page).
     """
     events = Event.objects.select_related("signal").filter(organization_id=organization_id)
-    if filters.signal is not None:
-        events = events.filter(signal__slug=filters.signal)
-    if filters.identity_type is not None:
-        events = events.filter(identity_type=filters.identity_type)
-    if filters.identity_id is not None:
-        events = events.filter(identity_id=filters.identity_id)
-    if filters.status is not None:
-        events = events.filter(status=filters.status)
-    if filters.reference is not None:
-        events = events.filter(reference=filters.reference)
-    if filters.since is not None:
-        events = events.filter(received_at__gte=filters.since)
-    if filters.until is not None:
-        events = events.filter(received_at__lt=filters.until)
+    lookups = {
+        "signal__slug": filters.signal,
+        "identity_type": filters.identity_type,
+        "identity_id": filters.identity_id,
+        "status": filters.status,
+        "reference": filters.reference,
+        "received_at__gte": filters.since,
+        "received_at__lt": filters.until,
+    }
+    events = events.filter(**{name: value for name, value in lookups.items() if value is not None})
     if cursor is not None:
         received_at, event_id = _cursor_decode(cursor)
         # The redundant `received_at <= X` gives the (organization, -received_at) index a range

@@ -114,3 +114,37 @@ SEED_REQUEST = {
     },
     "reference": "evt-001",
 }
+
+
+@pytest.fixture
+def staff(db: None) -> Client:
+    """A logged-in superuser for the admin."""
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_superuser("staff", "staff@example.com", "pw-123456")
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def signal_form(organization: Organization, **overrides: object) -> dict:
+    """The admin's signal form as a browser posts it (no schema versions shown)."""
+    form = {
+        "organization": organization.pk,
+        "name": "Visited documentation page",
+        "slug": "",
+        "type": "event",
+        "description": "",
+        "ai_instructions": "",
+        "active": "on",
+        "rate_limit_per_minute": "",
+        "compatibility": "none",
+        "aggregation": "",
+        "period": "",
+        "value_field": "",
+        "new_schema": "",
+        "schema_versions-TOTAL_FORMS": "0",
+        "schema_versions-INITIAL_FORMS": "0",
+    }
+    form.update(overrides)
+    return form

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
@@ -19,7 +18,7 @@ from signals_app.models import ApiKey, Signal
 from signals_app.schemas import SchemaInvalid
 from signals_app.selectors import lookups
 from signals_app.services import schema_version_create
-from tests.conftest import SEED_REQUEST, ApiClient, Tenant
+from tests.conftest import SEED_REQUEST, ApiClient, Tenant, signal_form
 
 URL = "/v1/events"
 
@@ -92,33 +91,9 @@ def test_a_key_revoked_behind_the_caches_back_is_refused_at_its_next_use_write(
 
 
 # --- Admin --------------------------------------------------------------------------------------
-@pytest.fixture
-def staff(db: None) -> Client:
-    user = get_user_model().objects.create_superuser("staff", "s@example.com", "pw-123456")
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def _change_form(signal: Signal, **overrides: object) -> dict:
-    form = {
-        "name": signal.name,
-        "slug": signal.slug,
-        "type": signal.type,
-        "description": "",
-        "ai_instructions": "",
-        "active": "on",
-        "rate_limit_per_minute": "",
-        "compatibility": "none",
-        "aggregation": "",
-        "period": "",
-        "value_field": "",
-        "new_schema": "",
-        "schema_versions-TOTAL_FORMS": "0",
-        "schema_versions-INITIAL_FORMS": "0",
-    }
-    form.update(overrides)
-    return form
+    current = {"name": signal.name, "slug": signal.slug, "type": signal.type}
+    return signal_form(signal.organization, **(current | overrides))
 
 
 def test_renaming_a_slug_in_the_admin_retires_the_old_slug_at_once(

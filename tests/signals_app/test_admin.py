@@ -12,41 +12,12 @@ from django.test import Client
 from events_app.auth import api_key_authenticate
 from signals_app.models import ApiKey, Organization, SchemaVersion, Signal
 from signals_app.services import api_key_hash
-
-
-@pytest.fixture
-def staff(db) -> Client:
-    user = get_user_model().objects.create_superuser("staff", "staff@example.com", "pw-123456")
-    client = Client()
-    client.force_login(user)
-    return client
+from tests.conftest import signal_form
 
 
 @pytest.fixture
 def org(db) -> Organization:
     return Organization.objects.create(slug="acme", name="Acme")
-
-
-def signal_form(org: Organization, **overrides: object) -> dict:
-    form = {
-        "organization": org.pk,
-        "name": "Visited documentation page",
-        "slug": "",
-        "type": "event",
-        "description": "",
-        "ai_instructions": "",
-        "active": "on",
-        "rate_limit_per_minute": "",
-        "compatibility": "none",
-        "aggregation": "",
-        "period": "",
-        "value_field": "",
-        "new_schema": "",
-        "schema_versions-TOTAL_FORMS": "0",
-        "schema_versions-INITIAL_FORMS": "0",
-    }
-    form.update(overrides)
-    return form
 
 
 def test_the_admin_requires_staff(db) -> None:
