@@ -185,6 +185,41 @@ CELERY_TASK_ROUTES = {
     "events.process_events": {"queue": "events.process"},
 }
 CELERY_TIMEZONE = "UTC"
+BIGMIND_SWEEP_INTERVAL_SECONDS = env.float("BIGMIND_SWEEP_INTERVAL_SECONDS", default=30.0)
+CELERY_BEAT_SCHEDULE = {
+    "events-sweep": {
+        "task": "events.sweep",
+        "schedule": BIGMIND_SWEEP_INTERVAL_SECONDS,
+        # A sweep that could not run in time is useless once the next one is due.
+        "options": {"expires": BIGMIND_SWEEP_INTERVAL_SECONDS},
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# --- Processing pipeline (events_app/pipeline) -----------------------------------------------
+# "local" (deterministic, no network), "openai" (an OpenAI-compatible chat-completions
+# endpoint), or the dotted path of a class implementing events_app.pipeline.processors.Processor.
+BIGMIND_PROCESSOR = env("BIGMIND_PROCESSOR", default="local")
+BIGMIND_AI_BASE_URL = env("BIGMIND_AI_BASE_URL", default="https://api.openai.com/v1")
+BIGMIND_AI_API_KEY = env("BIGMIND_AI_API_KEY", default="")
+BIGMIND_AI_MODEL = env("BIGMIND_AI_MODEL", default="gpt-4o-mini")
+BIGMIND_AI_TIMEOUT_SECONDS = env.float("BIGMIND_AI_TIMEOUT_SECONDS", default=20.0)
+# Tries per event (the first included) before it is `failed`; transient errors only.
+BIGMIND_PROCESSING_MAX_ATTEMPTS = env.int("BIGMIND_PROCESSING_MAX_ATTEMPTS", default=5)
+# Retry n waits a random time in [0, min(max, base * 2^(n-1))] ("full jitter").
+BIGMIND_RETRY_BACKOFF_SECONDS = env.float("BIGMIND_RETRY_BACKOFF_SECONDS", default=2.0)
+BIGMIND_RETRY_BACKOFF_MAX_SECONDS = env.float("BIGMIND_RETRY_BACKOFF_MAX_SECONDS", default=300.0)
+# The sweep queues a `pending` event again once it has waited this long without being claimed
+# (its publish was lost, or the broker was down at commit) ...
+BIGMIND_SWEEP_PENDING_AFTER_SECONDS = env.float(
+    "BIGMIND_SWEEP_PENDING_AFTER_SECONDS", default=120.0
+)
+# ... and returns a `processing` event to `pending` once its claim is older than the task's hard
+# time limit plus this margin (its worker died without finishing).
+BIGMIND_SWEEP_STUCK_MARGIN_SECONDS = env.float("BIGMIND_SWEEP_STUCK_MARGIN_SECONDS", default=30.0)
+BIGMIND_SWEEP_BATCH_SIZE = env.int("BIGMIND_SWEEP_BATCH_SIZE", default=500)
+# Engagement score: each event's weight halves every this many days.
+BIGMIND_ENGAGEMENT_HALF_LIFE_DAYS = env.float("BIGMIND_ENGAGEMENT_HALF_LIFE_DAYS", default=14.0)
 
 # --- API ------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -15,7 +15,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
-from uuid import UUID
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -24,6 +23,7 @@ from django.utils import timezone
 from bigmind.errors import ApplicationError, BadRequest, PayloadTooLarge, RateLimited
 from events_app.auth import ApiClient
 from events_app.models import Event
+from events_app.pipeline.queue import events_enqueue
 from events_app.ratelimits import RateLimitStatus, rate_limit_consume_many
 from events_app.services import (
     event_build,
@@ -128,12 +128,6 @@ def _settle_idempotency(client: ApiClient, items: list[_Item]) -> list[_Item]:
             first_in_batch[key] = item
             to_insert.append(item)
     return to_insert
-
-
-def events_enqueue(*, event_ids: list[UUID]) -> None:
-    from events_app.tasks import process_events_task
-
-    process_events_task.delay([str(event_id) for event_id in event_ids])
 
 
 def _store(client: ApiClient, items: list[_Item]) -> None:

@@ -15,6 +15,12 @@ class CrmRecord(models.Model):
     external_id = models.CharField(max_length=255)
     first_seen_at = models.DateTimeField()
     last_seen_at = models.DateTimeField()
+    # Time-decayed engagement, kept as a sum that needs no read-modify-write: each event adds
+    # relevance * 2^((timestamp - ENGAGEMENT_EPOCH) / half_life), and a reader scales the sum
+    # down to its own time. Addition commutes, so concurrent workers and out-of-order events
+    # give the same total (events_app/pipeline/engagement.py). db_default: ingest's raw INSERT
+    # does not name it.
+    engagement_mass = models.FloatField(default=0.0, db_default=0.0)
 
     class Meta:
         verbose_name = "CRM record"
@@ -66,6 +72,16 @@ class Event(models.Model):
     last_error = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # When the current claim was taken; the sweep returns a `processing` event whose claim is
+    # older than the task time limit (its worker died) to `pending`.
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    # For a `pending` event: not before this time may the sweep queue it again (set by retry
+    # backoff and by the sweep itself, so a long backlog is not queued over and over).
+    due_at = models.DateTimeField(null=True, blank=True)
+    # What the first successful processing added to the CRM record's rollups (metric bucket
+    # and value, state change, engagement weight). Written in the same transaction as the
+    # rollups; reprocessing reuses it and never applies the rollups again.
+    rollup = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-received_at"]
@@ -87,3 +103,101 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return str(self.id)
+
+
+class MetricAggregate(models.Model):
+    """One period bucket of a metric signal for one CRM record.
+
+    All four statistics are kept whatever the signal's aggregation, so `avg` is sum/count and a
+    change of aggregation in the admin needs no recomputation. Updated only by one atomic
+    upsert per event (events_app/pipeline/rollups.py), never read-modify-write.
+    """
+
+    crm_record = models.ForeignKey(CrmRecord, on_delete=models.CASCADE, related_name="aggregates")
+    signal = models.ForeignKey(Signal, on_delete=models.CASCADE, related_name="aggregates")
+    period = models.CharField(max_length=10)
+    bucket_start = models.DateTimeField(help_text="Start of the period, UTC.")
+    count = models.BigIntegerField()
+    sum = models.FloatField()
+    min = models.FloatField()
+    max = models.FloatField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["crm_record", "signal", "period", "bucket_start"],
+                name="metric_aggregate_unique_bucket",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        start = f"{self.bucket_start:%Y-%m-%d %H:%M}"
+        return f"{self.crm_record_id}/{self.signal_id}/{self.period}/{start}"
+
+
+class RecordState(models.Model):
+    """The current state of one state signal for one CRM record: the newest event's data.
+
+    "Newest" is by the event's own timestamp, ties broken by event id (UUIDv7), so the outcome
+    does not depend on the order in which workers see the events.
+    """
+
+    crm_record = models.ForeignKey(CrmRecord, on_delete=models.CASCADE, related_name="states")
+    signal = models.ForeignKey(Signal, on_delete=models.CASCADE, related_name="states")
+    value = models.JSONField()
+    timestamp = models.DateTimeField()
+    # Not a foreign key: events may be purged by retention while the state stays.
+    event_id = models.UUIDField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["crm_record", "signal"], name="record_state_unique_signal"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.crm_record_id}/{self.signal_id}"
+
+
+class InsightKind(models.TextChoices):
+    EVENT = "event", "Event"
+    METRIC_UNUSUAL = "metric_unusual", "Unusual metric value"
+    STATE_CHANGE = "state_change", "State change"
+
+
+class Insight(models.Model):
+    """What processing one event concluded for the sales team; at most one per event."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="insights", db_index=False
+    )
+    crm_record = models.ForeignKey(CrmRecord, on_delete=models.CASCADE, related_name="insights")
+    signal = models.ForeignKey(Signal, on_delete=models.CASCADE, related_name="insights")
+    # Unique: reprocessing replaces the insight instead of adding a second one. Not a foreign
+    # key, so purging old events (retention) keeps their insights.
+    event_id = models.UUIDField(unique=True)
+    kind = models.CharField(max_length=20, choices=InsightKind.choices)
+    summary = models.CharField(max_length=500)
+    score = models.PositiveSmallIntegerField()
+    next_action = models.CharField(max_length=500)
+    reasons = models.JSONField(default=list)
+    processor = models.CharField(max_length=100)
+    processor_version = models.CharField(max_length=50)
+    occurred_at = models.DateTimeField(help_text="The event's timestamp.")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(score__gte=0) & Q(score__lte=100), name="insight_score_0_100"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["crm_record", "-occurred_at"], name="insight_record_occurred"),
+        ]
+
+    def __str__(self) -> str:
+        return self.summary

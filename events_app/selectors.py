@@ -13,9 +13,12 @@ from datetime import UTC, datetime, timedelta
 
 from django.core import signing
 from django.db.models import Count, Max, Q
+from django.utils import timezone
 
 from bigmind.errors import BadRequest, NotFound
-from events_app.models import CrmRecord, Event
+from events_app.models import CrmRecord, Event, Insight, MetricAggregate, RecordState
+from events_app.pipeline.engagement import engagement_score
+from signals_app.models import Signal
 
 # Canonical (8-4-4-4-12) or bare 32-digit hex, any case. `uuid.UUID` alone is looser: it takes
 # braces, "urn:uuid:", underscores and non-ASCII digits, none of which is an id we hand out.
@@ -131,14 +134,46 @@ class SignalEventCount:
 
 
 @dataclass(frozen=True)
+class MetricSeries:
+    signal: Signal
+    buckets: list[MetricAggregate]  # newest first
+
+
+@dataclass(frozen=True)
 class CrmRecordProfile:
     record: CrmRecord
     event_count: int
     events_by_signal: list[SignalEventCount]
+    states: list[RecordState]
+    aggregates: list[MetricSeries]
+    engagement_score: float
+    insights: list[Insight]
+
+
+PROFILE_BUCKETS = 12
+PROFILE_INSIGHTS = 10
+
+
+def _metric_series(record: CrmRecord) -> list[MetricSeries]:
+    """The latest PROFILE_BUCKETS buckets of each metric signal, in the signal's current period."""
+    signals = Signal.objects.filter(
+        pk__in=MetricAggregate.objects.filter(crm_record=record).values("signal_id")
+    ).order_by("slug")
+    return [
+        MetricSeries(
+            signal=signal,
+            buckets=list(
+                MetricAggregate.objects.filter(
+                    crm_record=record, signal=signal, period=signal.period
+                ).order_by("-bucket_start")[:PROFILE_BUCKETS]
+            ),
+        )
+        for signal in signals
+    ]
 
 
 def crm_record_profile(*, organization_id: int, type: str, external_id: str) -> CrmRecordProfile:
-    """The record's profile as far as ingest knows it: when it was seen, events per signal."""
+    """The record's profile: when it was seen, events per signal, what processing made of it."""
     not_found = NotFound(f"Record not found: {type}/{external_id}", code="record_not_found")
     if "\x00" in type or "\x00" in external_id:
         # Never stored (ingest refuses NUL), and PostgreSQL refuses it even as a parameter.
@@ -167,4 +202,16 @@ def crm_record_profile(*, organization_id: int, type: str, external_id: str) -> 
         record=record,
         event_count=sum(item.count for item in counts),
         events_by_signal=counts,
+        states=list(
+            RecordState.objects.filter(crm_record=record)
+            .select_related("signal")
+            .order_by("signal__slug")
+        ),
+        aggregates=_metric_series(record),
+        engagement_score=engagement_score(mass=record.engagement_mass, at=timezone.now()),
+        insights=list(
+            Insight.objects.filter(crm_record=record)
+            .select_related("signal")
+            .order_by("-occurred_at", "-event_id")[:PROFILE_INSIGHTS]
+        ),
     )

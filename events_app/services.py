@@ -8,7 +8,6 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 from django.db import transaction
 from django.utils import timezone
@@ -17,6 +16,7 @@ from bigmind.errors import ApplicationError, BadRequest, Conflict, NotFound, Rat
 from events_app.auth import ApiClient
 from events_app.ids import uuid7
 from events_app.models import Event, EventStatus
+from events_app.pipeline.queue import event_enqueue
 from events_app.ratelimits import RateLimitStatus, rate_limit_consume, rate_limit_peek
 from events_app.store import event_insert
 from events_app.validation import EventRequest, event_request_parse, json_body_parse
@@ -41,13 +41,6 @@ def _signal_lookup(organization_id: int, slug: str) -> SignalRef | None:
     except BadRequest:
         return None  # cannot be a slug, so cannot name a signal: no lookup needed
     return signal_get_active_ref(organization_id=organization_id, slug=slug)
-
-
-def event_enqueue(*, event_id: UUID) -> None:
-    # Imported here: tasks import services, and the task module pulls in Celery's machinery.
-    from events_app.tasks import process_event_task
-
-    process_event_task.delay(str(event_id))
 
 
 def event_schema_check(signal: SignalRef, request: EventRequest) -> int | None:

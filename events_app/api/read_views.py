@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from bigmind.errors import BadRequest
 from events_app.api import schema
 from events_app.api.views import EventIngestApi
-from events_app.models import Event, EventStatus
+from events_app.models import Event, EventStatus, Insight, MetricAggregate
 from events_app.selectors import (
     CrmRecordProfile,
     EventFilters,
@@ -252,12 +252,65 @@ def crm_record_data(profile: CrmRecordProfile) -> dict[str, Any]:
             }
             for item in profile.events_by_signal
         ],
-        # Filled in by the processing pipeline (issue #4); present now so clients can rely on
-        # the shape.
-        "states": [],
-        "aggregates": [],
-        "engagement_score": None,
-        "insights": [],
+        "states": [
+            {
+                "signal": state.signal.slug,
+                "signal_id": state.signal.public_id,
+                "value": state.value,
+                "timestamp": _iso(state.timestamp),
+                "event_id": str(state.event_id),
+                "updated_at": _iso(state.updated_at),
+            }
+            for state in profile.states
+        ],
+        "aggregates": [
+            {
+                "signal": series.signal.slug,
+                "signal_id": series.signal.public_id,
+                "aggregation": series.signal.aggregation,
+                "period": series.signal.period,
+                "buckets": [
+                    _bucket_data(bucket, series.signal.aggregation) for bucket in series.buckets
+                ],
+            }
+            for series in profile.aggregates
+        ],
+        "engagement_score": profile.engagement_score,
+        "insights": [insight_data(insight) for insight in profile.insights],
+    }
+
+
+def _bucket_data(bucket: MetricAggregate, aggregation: str) -> dict[str, Any]:
+    values = {
+        "sum": bucket.sum,
+        "count": bucket.count,
+        "avg": bucket.sum / bucket.count if bucket.count else None,
+        "min": bucket.min,
+        "max": bucket.max,
+    }
+    return {
+        "start": _iso(bucket.bucket_start),
+        "value": values.get(aggregation),
+        "count": bucket.count,
+        "sum": bucket.sum,
+        "min": bucket.min,
+        "max": bucket.max,
+    }
+
+
+def insight_data(insight: Insight) -> dict[str, Any]:
+    return {
+        "event_id": str(insight.event_id),
+        "signal": insight.signal.slug,
+        "signal_id": insight.signal.public_id,
+        "kind": insight.kind,
+        "summary": insight.summary,
+        "score": insight.score,
+        "next_action": insight.next_action,
+        "reasons": insight.reasons,
+        "processor": {"name": insight.processor, "version": insight.processor_version},
+        "occurred_at": _iso(insight.occurred_at),
+        "created_at": _iso(insight.created_at),
     }
 
 

@@ -1,0 +1,451 @@
+"""Processing events: claim, work out facts, ask the processor, complete in one transaction.
+
+The life of one claim:
+1. `events_claim`: pending -> processing by one conditional UPDATE; the rows it returns are ours.
+   The claim time is the fencing token: every later write of this attempt requires
+   `status = 'processing' AND claimed_at = <our claim time>`, so a worker that lost its claim
+   (the sweep gave the event to another after a time-out) can never write anything.
+2. Outside any transaction: the facts (metric value and its earlier range, the state it would
+   replace) and, if an insight is due, the processor's answer. A slow AI call holds no lock.
+3. One transaction: the fenced UPDATE to `completed` with the result, the rollups (metric
+   bucket, state, engagement) and the insight. Rollups are applied only the first time an
+   event completes: `Event.rollup` records what was added, in that same transaction, so a
+   reprocessed or redelivered event never counts twice.
+
+A transient failure puts the event back to `pending` with a backoff; a permanent one (or the
+last try) leaves it `failed` with its error. Anything unexpected is a permanent failure with
+the exception named: retrying a bug only hides it (CONVENTIONS.md, "retry only errors known to
+be transient"); reprocess the event once the cause is fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
+
+from events_app.models import Event, EventStatus, Insight, InsightKind
+from events_app.pipeline import facts as F
+from events_app.pipeline.engagement import engagement_add
+from events_app.pipeline.processors import (
+    EventInfo,
+    InsightDraft,
+    PermanentProcessingError,
+    ProcessingError,
+    ProcessingInput,
+    Processor,
+    SignalInfo,
+    TransientProcessingError,
+    processor_get,
+)
+from events_app.pipeline.rollups import metric_aggregate_add, record_state_apply
+from signals_app.models import Signal, SignalType
+
+logger = logging.getLogger(__name__)
+
+# Share of the task's soft time limit a batch may use before it hands its remaining events to
+# a new message rather than risk the limit mid-way.
+_BATCH_TIME_SHARE = 0.7
+
+
+class _ClaimLost(Exception):
+    """Our claim is no longer the event's (the sweep gave it to another worker)."""
+
+
+class _StaleFacts(TransientProcessingError):
+    """The state moved between reading the facts and the transaction; work them out again."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    event_id: UUID
+    claimed_at: datetime
+    attempt: int
+
+
+def _db(field: str, value: Any) -> Any:
+    return Event._meta.get_field(field).get_db_prep_value(value, connection)
+
+
+def events_claim(*, event_ids: Iterable[UUID], now: datetime | None = None) -> list[Claim]:
+    """pending -> processing for those of `event_ids` still pending; one statement.
+
+    The row count (here, the returned rows) decides: an event another worker claimed, or that
+    is already completed, is simply not returned.
+    """
+    ids = list(dict.fromkeys(event_ids))
+    if not ids:
+        return []
+    now = now or timezone.now()
+    table = Event._meta.db_table
+    placeholders = ", ".join(["%s"] * len(ids))
+    # Both PostgreSQL and SQLite (3.35+) return the updated rows.
+    sql = f"""
+        UPDATE "{table}" SET "status" = %s, "attempts" = "attempts" + 1,
+                             "claimed_at" = %s, "due_at" = NULL
+        WHERE "id" IN ({placeholders}) AND "status" = %s
+        RETURNING "id", "attempts"
+    """  # noqa: S608
+    params = [EventStatus.PROCESSING, _db("claimed_at", now)]
+    params += [_db("id", event_id) for event_id in ids] + [EventStatus.PENDING]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return [Claim(event_id=UUID(str(row[0])), claimed_at=now, attempt=row[1]) for row in rows]
+
+
+def _fenced(claim: Claim) -> Any:
+    return Event.objects.filter(
+        pk=claim.event_id, status=EventStatus.PROCESSING, claimed_at=claim.claimed_at
+    )
+
+
+def retry_delay(attempt: int) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped."""
+    ceiling = min(
+        settings.BIGMIND_RETRY_BACKOFF_MAX_SECONDS,
+        settings.BIGMIND_RETRY_BACKOFF_SECONDS * 2 ** max(0, attempt - 1),
+    )
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _signal_info(signal: Signal) -> SignalInfo:
+    return SignalInfo(
+        slug=signal.slug,
+        name=signal.name,
+        type=signal.type,
+        description=signal.description,
+        ai_instructions=signal.ai_instructions,
+        aggregation=signal.aggregation,
+        period=signal.period,
+        value_field=signal.value_field or ("value" if signal.type == SignalType.METRIC else ""),
+    )
+
+
+def _event_info(event: Event) -> EventInfo:
+    return EventInfo(
+        id=str(event.id),
+        identity_type=event.identity_type,
+        identity_id=event.identity_id,
+        data=event.data,
+        timestamp=event.timestamp,
+    )
+
+
+@dataclass
+class _Plan:
+    """What completing the event will write."""
+
+    kind: str
+    rollup: dict[str, Any]  # what the rollups add (kept on the event)
+    facts: dict[str, Any]  # what the processor is told
+    insight_due: bool
+    # For a first state processing: what the facts assumed, checked again under the row lock.
+    state_newer: bool | None = None
+
+
+def _plan(event: Event, signal: Signal) -> _Plan:
+    """The facts, from the frozen rollup of an earlier success when there is one."""
+    frozen = event.rollup
+    if signal.type == SignalType.METRIC:
+        value = F.metric_value(data=event.data, value_field=signal.value_field)
+        if frozen and "metric" in frozen:
+            metric = frozen["metric"]
+        else:
+            bucket = F.bucket_start(event.timestamp, signal.period)
+            history = F.metric_history(
+                crm_record_id=event.crm_record_id,
+                signal_id=signal.pk,
+                period=signal.period,
+                before=bucket,
+            )
+            metric = {
+                "period": signal.period,
+                "bucket_start": bucket.isoformat(),
+                "value": value,
+                "unusual": F.metric_unusual(value=value, history=history),
+            }
+        unusual = metric["unusual"]
+        return _Plan(
+            kind=InsightKind.METRIC_UNUSUAL,
+            rollup={"metric": metric},
+            facts=unusual or {},
+            insight_due=unusual is not None,
+        )
+    if signal.type == SignalType.STATE:
+        if frozen and "state" in frozen:
+            state = frozen["state"]
+            newer = None
+        else:
+            current = F.record_state_current(crm_record_id=event.crm_record_id, signal_id=signal.pk)
+            newer = F.state_is_newer(event=event, state=current)
+            previous = current.value if current is not None else None
+            state = {
+                "newer": newer,
+                "changed": newer and previous != event.data,
+                "previous": previous,
+            }
+        return _Plan(
+            kind=InsightKind.STATE_CHANGE,
+            rollup={"state": state},
+            facts={"previous": state["previous"], "current": event.data},
+            insight_due=state["changed"],
+            state_newer=newer,
+        )
+    return _Plan(kind=InsightKind.EVENT, rollup={}, facts={}, insight_due=True)
+
+
+def _apply_rollups(event: Event, signal: Signal, plan: _Plan) -> None:
+    """Inside the completing transaction, the first time the event completes only."""
+    now = timezone.now()
+    if signal.type == SignalType.METRIC:
+        metric = plan.rollup["metric"]
+        metric_aggregate_add(
+            crm_record_id=event.crm_record_id,
+            signal_id=signal.pk,
+            period=metric["period"],
+            bucket=datetime.fromisoformat(metric["bucket_start"]),
+            value=metric["value"],
+            now=now,
+        )
+    elif signal.type == SignalType.STATE:
+        outcome = record_state_apply(
+            crm_record_id=event.crm_record_id,
+            signal_id=signal.pk,
+            event_id=event.id,
+            timestamp=event.timestamp,
+            value=event.data,
+            now=now,
+        )
+        state = plan.rollup["state"]
+        if outcome.newer != state["newer"] or outcome.previous != state["previous"]:
+            # Another worker moved the state after our facts were read: the insight we hold may
+            # be wrong. Roll back and work it out again.
+            raise _StaleFacts("The record's state changed while this event was processed")
+
+
+def _engagement_delta(
+    event: Event, signal: Signal, plan: _Plan, draft: InsightDraft | None
+) -> float:
+    """An `event` event adds its weight; reprocessed, it swaps its old weight for the new one."""
+    if signal.type != SignalType.EVENT:
+        return 0.0
+    old = (event.rollup or {}).get("engagement", {}).get("weight", 0.0)
+    new = draft.score / 100 if draft is not None else 0.0
+    plan.rollup["engagement"] = {"weight": new}
+    return new - old
+
+
+def _insight_data(kind: str, draft: InsightDraft | None) -> dict[str, Any] | None:
+    if draft is None:
+        return None
+    return {
+        "kind": kind,
+        "summary": draft.summary,
+        "score": draft.score,
+        "next_action": draft.next_action,
+        "reasons": draft.reasons,
+    }
+
+
+def _complete(
+    claim: Claim,
+    event: Event,
+    signal: Signal,
+    plan: _Plan,
+    processor: Processor,
+    draft: InsightDraft | None,
+) -> None:
+    now = timezone.now()
+    engagement_delta = _engagement_delta(event, signal, plan, draft)
+    with transaction.atomic():
+        result = {
+            "processor": {"name": processor.name, "version": processor.version},
+            "signal_type": signal.type,
+            "insight": _insight_data(plan.kind, draft),
+            "rollup": plan.rollup,
+        }
+        # The fenced update decides whether this attempt may write at all, and holds the event
+        # row's lock until commit.
+        completed = _fenced(claim).update(
+            status=EventStatus.COMPLETED,
+            result=result,
+            rollup=plan.rollup,
+            processed_at=now,
+            last_error="",
+            claimed_at=None,
+            due_at=None,
+        )
+        if not completed:
+            raise _ClaimLost
+        if event.rollup is None:
+            _apply_rollups(event, signal, plan)
+        if draft is not None:
+            Insight.objects.update_or_create(
+                event_id=event.id,
+                defaults={
+                    "organization_id": event.organization_id,
+                    "crm_record_id": event.crm_record_id,
+                    "signal_id": signal.pk,
+                    "kind": plan.kind,
+                    "summary": draft.summary,
+                    "score": draft.score,
+                    "next_action": draft.next_action,
+                    "reasons": draft.reasons,
+                    "processor": processor.name,
+                    "processor_version": processor.version,
+                    "occurred_at": event.timestamp,
+                    "created_at": now,
+                },
+            )
+        # Last: ingest locks the same record row for every event it stores, so hold it briefly.
+        engagement_add(
+            crm_record_id=event.crm_record_id, weight=engagement_delta, timestamp=event.timestamp
+        )
+
+
+def _settle_failure(claim: Claim, error: str, *, transient: bool) -> float | None:
+    """Back to `pending` with a backoff (returns the delay), or `failed` for good (None)."""
+    now = timezone.now()
+    error = error[:2000]
+    if transient and claim.attempt < settings.BIGMIND_PROCESSING_MAX_ATTEMPTS:
+        delay = retry_delay(claim.attempt)
+        moved = _fenced(claim).update(
+            status=EventStatus.PENDING,
+            last_error=error,
+            claimed_at=None,
+            due_at=now + timedelta(seconds=delay),
+        )
+        return delay if moved else None
+    if transient:
+        error = f"{error} (gave up after {claim.attempt} attempts)"
+    _fenced(claim).update(
+        status=EventStatus.FAILED,
+        last_error=error,
+        processed_at=now,
+        claimed_at=None,
+        due_at=None,
+    )
+    return None
+
+
+def _process_one(claim: Claim, event: Event, processor: Processor) -> float | None:
+    """Process one claimed event; returns a retry delay when it must be tried again."""
+    signal = event.signal
+    try:
+        plan = _plan(event, signal)
+        draft = None
+        if plan.insight_due:
+            job = ProcessingInput(
+                kind=plan.kind,
+                signal=_signal_info(signal),
+                event=_event_info(event),
+                context=F.record_context(
+                    event=event, signal=signal, full=getattr(processor, "wants_context", True)
+                ),
+                facts=plan.facts,
+            )
+            draft = processor.insight(job)
+        _complete(claim, event, signal, plan, processor, draft)
+    except _ClaimLost:
+        logger.warning("process_event: event %s: claim lost, result discarded", event.id)
+        return None
+    except ProcessingError as error:
+        logger.info(
+            "process_event: event %s attempt %d: %s error: %s",
+            event.id,
+            claim.attempt,
+            "transient" if error.transient else "permanent",
+            error,
+        )
+        return _settle_failure(claim, str(error), transient=error.transient)
+    except SoftTimeLimitExceeded:
+        return _settle_failure(claim, "Processing took longer than the time limit", transient=True)
+    except DatabaseError as error:
+        # Possibly a lost connection: the settle write may fail too, and then the sweep returns
+        # the event to `pending` once its claim is stale.
+        logger.warning("process_event: event %s: database error: %s", event.id, error)
+        return _settle_failure(claim, f"Database error: {error}", transient=True)
+    except Exception as error:
+        logger.exception("process_event: event %s: unexpected error", event.id)
+        return _settle_failure(
+            claim, f"Internal error: {type(error).__name__}: {error}", transient=False
+        )
+    logger.info("process_event: event %s completed (attempt %d)", event.id, claim.attempt)
+    return None
+
+
+def events_release(*, claims: list[Claim]) -> list[UUID]:
+    """Give claims back untouched (pending again, the attempt not counted)."""
+    released = []
+    for claim in claims:
+        if _fenced(claim).update(
+            status=EventStatus.PENDING,
+            attempts=max(0, claim.attempt - 1),
+            claimed_at=None,
+        ):
+            released.append(claim.event_id)
+    return released
+
+
+def events_process(*, event_ids: Iterable[str | UUID], time_budget: float | None = None) -> None:
+    """Claim and process these events; the rest of the work is queued again.
+
+    One claim statement for the whole list (a batch message carries up to 100 ids). If
+    `time_budget` seconds run out first, the unprocessed claims are released and queued as a new
+    message, so a slow processor cannot push a batch past the task's time limit.
+    """
+    from events_app.pipeline.queue import event_enqueue_later, events_enqueue
+
+    ids: list[UUID] = []
+    for raw in event_ids:
+        try:
+            ids.append(raw if isinstance(raw, UUID) else UUID(str(raw)))
+        except ValueError:
+            logger.warning("process_event: ignoring malformed event id %r", raw)
+    claims = events_claim(event_ids=ids)
+    if not claims:
+        return
+    started = time.monotonic()
+    processor = processor_get()
+    events = {
+        event.id: event
+        for event in Event.objects.filter(pk__in=[c.event_id for c in claims]).select_related(
+            "signal"
+        )
+    }
+    for index, claim in enumerate(claims):
+        if time_budget is not None and time.monotonic() - started > time_budget:
+            released = events_release(claims=claims[index:])
+            logger.info("process_events: time budget spent, %d event(s) requeued", len(released))
+            events_enqueue(event_ids=released)
+            return
+        delay = _process_one(claim, events[claim.event_id], processor)
+        if delay is not None:
+            event_enqueue_later(event_id=claim.event_id, countdown=delay)
+
+
+def batch_time_budget() -> float | None:
+    soft = settings.CELERY_TASK_SOFT_TIME_LIMIT
+    return soft * _BATCH_TIME_SHARE if soft else None
+
+
+__all__ = [
+    "Claim",
+    "PermanentProcessingError",
+    "batch_time_budget",
+    "events_claim",
+    "events_process",
+    "events_release",
+    "retry_delay",
+]
