@@ -19,8 +19,8 @@ $(STAMP): requirements.txt | $(BIN)/python
 
 install: $(STAMP)
 
-# Web server and Celery worker on the embedded defaults (SQLite, filesystem broker, SQLite
-# cache); Ctrl-C stops both. Environment variables (DATABASE_URL, REDIS_URL...) still apply.
+# Web server, Celery worker and Celery beat on the embedded defaults (SQLite, filesystem
+# broker, SQLite cache); Ctrl-C stops them all. Environment variables (DATABASE_URL, REDIS_URL...) still apply.
 run: export DJANGO_DEBUG ?= true
 run: install
 	$(BIN)/python manage.py migrate --noinput

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from events_app.models import CrmRecord, Event
+from events_app.models import CrmRecord, Event, Insight, MetricAggregate, RecordState
+from events_app.pipeline.reprocess import REPROCESSABLE, events_reprocess
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -38,6 +40,17 @@ class EventAdmin(ReadOnlyAdmin):
     # No COUNT(*) over the whole table on every list page.
     show_full_result_count = False
     raw_id_fields = ("crm_record",)
+    actions = ("reprocess",)
+
+    @admin.action(description="Reprocess selected events (rollups are never counted twice)")
+    def reprocess(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
+        # Same service as `manage.py reprocess_events`; events in progress are left alone.
+        queued = events_reprocess(events=queryset.filter(status__in=REPROCESSABLE))
+        skipped = queryset.count() - queued
+        message = f"{queued} event(s) queued for reprocessing."
+        if skipped:
+            message += f" {skipped} skipped: being processed right now."
+        self.message_user(request, message, messages.SUCCESS if queued else messages.WARNING)
 
 
 @admin.register(CrmRecord)
@@ -45,4 +58,31 @@ class CrmRecordAdmin(ReadOnlyAdmin):
     list_display = ("type", "external_id", "organization", "first_seen_at", "last_seen_at")
     list_filter = ("type", "organization")
     search_fields = ("=external_id",)
+    show_full_result_count = False
+
+
+@admin.register(Insight)
+class InsightAdmin(ReadOnlyAdmin):
+    list_display = ("summary", "score", "kind", "signal", "crm_record", "occurred_at", "processor")
+    list_filter = ("kind", "signal__type", "organization")
+    list_select_related = ("signal", "crm_record")
+    search_fields = ("=event_id",)
+    raw_id_fields = ("crm_record",)
+    show_full_result_count = False
+
+
+@admin.register(MetricAggregate)
+class MetricAggregateAdmin(ReadOnlyAdmin):
+    list_display = ("crm_record", "signal", "period", "bucket_start", "count", "sum", "min", "max")
+    list_filter = ("period",)
+    list_select_related = ("signal", "crm_record")
+    raw_id_fields = ("crm_record",)
+    show_full_result_count = False
+
+
+@admin.register(RecordState)
+class RecordStateAdmin(ReadOnlyAdmin):
+    list_display = ("crm_record", "signal", "value", "timestamp", "updated_at")
+    list_select_related = ("signal", "crm_record")
+    raw_id_fields = ("crm_record",)
     show_full_result_count = False

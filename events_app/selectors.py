@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.core import signing
-from django.db.models import Count, Max, Q
+from django.db import models
+from django.db.models import Count, Max, Q, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from bigmind.errors import BadRequest, NotFound
@@ -155,21 +157,24 @@ PROFILE_INSIGHTS = 10
 
 
 def _metric_series(record: CrmRecord) -> list[MetricSeries]:
-    """The latest PROFILE_BUCKETS buckets of each metric signal, in the signal's current period."""
-    signals = Signal.objects.filter(
-        pk__in=MetricAggregate.objects.filter(crm_record=record).values("signal_id")
-    ).order_by("slug")
-    return [
-        MetricSeries(
-            signal=signal,
-            buckets=list(
-                MetricAggregate.objects.filter(
-                    crm_record=record, signal=signal, period=signal.period
-                ).order_by("-bucket_start")[:PROFILE_BUCKETS]
-            ),
+    """The latest PROFILE_BUCKETS buckets of each metric signal, in the signal's current period.
+
+    One query however many signals: a window function numbers each signal's buckets.
+    """
+    rows = (
+        MetricAggregate.objects.filter(crm_record=record, period=models.F("signal__period"))
+        .select_related("signal")
+        .annotate(
+            rank=Window(RowNumber(), partition_by=[models.F("signal_id")], order_by="-bucket_start")
         )
-        for signal in signals
-    ]
+        .filter(rank__lte=PROFILE_BUCKETS)
+        .order_by("signal__slug", "-bucket_start")
+    )
+    series: dict[int, MetricSeries] = {}
+    for bucket in rows:
+        series.setdefault(bucket.signal_id, MetricSeries(signal=bucket.signal, buckets=[]))
+        series[bucket.signal_id].buckets.append(bucket)
+    return list(series.values())
 
 
 def crm_record_profile(*, organization_id: int, type: str, external_id: str) -> CrmRecordProfile:

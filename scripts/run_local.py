@@ -1,4 +1,5 @@
-"""Start the web server and a Celery worker together; Ctrl-C (or either one dying) stops both."""
+"""Start the web server, a Celery worker and Celery beat together; Ctrl-C (or any of them
+dying) stops all three."""
 
 from __future__ import annotations
 
@@ -35,11 +36,13 @@ def main() -> int:
             "--without-mingle",
             "--without-gossip",
         ],
+        # The periodic sweep (events.sweep) that re-queues events whose publish was lost.
+        "beat": [python, "-m", "celery", "-A", "bigmind", "beat", "--loglevel", "INFO"],
     }
     procs = {name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()}
     print(
-        f"web on http://{args.host}:{args.port}/ and a Celery worker are running; "
-        "Ctrl-C stops both."
+        f"web on http://{args.host}:{args.port}/, a Celery worker and Celery beat are running; "
+        "Ctrl-C stops them."
     )
 
     def stop(*_: object) -> None:

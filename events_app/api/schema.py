@@ -242,7 +242,16 @@ COMPONENTS: dict[str, Schema] = {
             "status": _string(enum=_EVENT_STATUSES),
             "attempts": {"type": "integer", "minimum": 0},
             "last_error": _nullable(_string("The error of the last failed attempt.")),
-            "result": _nullable({**_FREE_OBJECT, "description": "Null until processed."}),
+            "result": _nullable(
+                {
+                    **_FREE_OBJECT,
+                    "description": (
+                        "Null until completed: `processor` {name, version}, `signal_type`, "
+                        "`insight` (null or {kind, summary, score, next_action, reasons}) and "
+                        "`rollup` (what the event added to its record)."
+                    ),
+                }
+            ),
             "processed_at": _nullable(_DATE_TIME),
         },
     },
@@ -333,22 +342,96 @@ COMPONENTS: dict[str, Schema] = {
             "events_by_signal": {"type": "array", "items": ref("SignalEventCount")},
             "states": {
                 "type": "array",
-                "items": _FREE_OBJECT,
-                "description": "Empty until the processing pipeline fills it.",
+                "items": ref("RecordState"),
+                "description": "The current state per state signal (newest event by timestamp).",
             },
             "aggregates": {
                 "type": "array",
-                "items": _FREE_OBJECT,
-                "description": "Empty until the processing pipeline fills it.",
+                "items": ref("MetricSeries"),
+                "description": "Per metric signal, its latest 12 period buckets, newest first.",
             },
-            "engagement_score": _nullable(
-                {"type": "number", "description": "Null until the processing pipeline sets it."}
-            ),
+            "engagement_score": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 100,
+                "description": (
+                    "Time-decayed engagement from `event` signals, 0-100, as of the request "
+                    "(docs/operations.md explains the formula)."
+                ),
+            },
             "insights": {
                 "type": "array",
-                "items": _FREE_OBJECT,
-                "description": "Empty until the processing pipeline fills it.",
+                "items": ref("Insight"),
+                "description": "The latest 10 insights, newest event first.",
             },
+        },
+    },
+    "RecordState": {
+        "type": "object",
+        "required": ["signal", "signal_id", "value", "timestamp", "event_id", "updated_at"],
+        "properties": {
+            "signal": _string("The signal's slug."),
+            "signal_id": _string(),
+            "value": {**_FREE_OBJECT, "description": "The `data` of the newest event."},
+            "timestamp": {**_DATE_TIME, "description": "That event's `timestamp`."},
+            "event_id": _string(format="uuid"),
+            "updated_at": _DATE_TIME,
+        },
+    },
+    "MetricBucket": {
+        "type": "object",
+        "required": ["start", "value", "count", "sum", "min", "max"],
+        "properties": {
+            "start": {**_DATE_TIME, "description": "Start of the period, UTC."},
+            "value": {"type": "number", "description": "The signal's aggregation of the bucket."},
+            "count": {"type": "integer", "minimum": 1},
+            "sum": {"type": "number"},
+            "min": {"type": "number"},
+            "max": {"type": "number"},
+        },
+    },
+    "MetricSeries": {
+        "type": "object",
+        "required": ["signal", "signal_id", "aggregation", "period", "buckets"],
+        "properties": {
+            "signal": _string("The signal's slug."),
+            "signal_id": _string(),
+            "aggregation": _string(enum=["sum", "count", "avg", "min", "max"]),
+            "period": _string(enum=["hour", "day", "week", "month"]),
+            "buckets": {"type": "array", "items": ref("MetricBucket")},
+        },
+    },
+    "Insight": {
+        "type": "object",
+        "required": [
+            "event_id",
+            "signal",
+            "signal_id",
+            "kind",
+            "summary",
+            "score",
+            "next_action",
+            "reasons",
+            "processor",
+            "occurred_at",
+            "created_at",
+        ],
+        "properties": {
+            "event_id": _string(format="uuid"),
+            "signal": _string("The signal's slug."),
+            "signal_id": _string(),
+            "kind": _string(enum=["event", "metric_unusual", "state_change"]),
+            "summary": _string("One line."),
+            "score": {"type": "integer", "minimum": 0, "maximum": 100},
+            "next_action": _string(),
+            "reasons": {"type": "array", "items": _string()},
+            "processor": {
+                "type": "object",
+                "required": ["name", "version"],
+                "properties": {"name": _string(), "version": _string()},
+            },
+            "occurred_at": {**_DATE_TIME, "description": "The event's `timestamp`."},
+            "created_at": _DATE_TIME,
         },
     },
 }
@@ -864,8 +947,8 @@ CRM_RECORD_GET: dict[str, Any] = {
     "summary": "Get a CRM record's profile",
     "description": (
         "The record events are about (`identity.type` + `identity.id`): first and last seen, "
-        "event counts per signal; states, aggregates, score and insights once processing fills "
-        "them."
+        "event counts per signal; current states, metric aggregates per period, engagement "
+        "score and latest insights, as the processing pipeline has built them."
     ),
     "tags": ["records"],
     "parameters": [

@@ -626,9 +626,10 @@ def test_a_record_profile_counts_events_per_signal(api: ApiClient, tenant: Tenan
                 "last_event_at": "2026-03-16T11:00:00Z",
             },
         ],
+        # Nothing processed yet.
         "states": [],
         "aggregates": [],
-        "engagement_score": None,
+        "engagement_score": 0.0,
         "insights": [],
     }
     assert record.first_seen_at < record.last_seen_at
@@ -705,18 +706,31 @@ def test_a_record_counts_only_its_own_organizations_events(
     assert [item["signal_id"] for item in data["events_by_signal"]] == [docs_signal.public_id]
 
 
-def test_a_record_profile_costs_two_queries_however_many_signals(
+def test_a_record_profile_costs_five_queries_however_many_signals(
     api: ApiClient, tenant: Tenant, django_assert_max_num_queries: Any
 ) -> None:
-    signals = [tenant.signal(f"signal-{n}") for n in range(6)]
-    for i in range(18):
-        store_event(tenant, signals[i % 6], received_at=T0 + timedelta(seconds=i))
+    from events_app.pipeline.processing import events_process
+
+    signals = [tenant.signal(f"signal-{n}") for n in range(2)]
+    signals += [tenant.signal(f"metric-{n}", type="metric") for n in range(2)]
+    signals += [tenant.signal(f"state-{n}", type="state") for n in range(2)]
+    events = [
+        store_event(
+            tenant, signals[i % 6], received_at=T0 + timedelta(seconds=i), data={"value": i}
+        )
+        for i in range(18)
+    ]
+    events_process(event_ids=[event.id for event in events])
     get(api, "/v1/records/account/A1")  # warm the key lookup
 
-    with django_assert_max_num_queries(2):
+    # The record, counts per signal, states, aggregates (one windowed query), insights.
+    with django_assert_max_num_queries(5):
         data = get(api, "/v1/records/account/A1").json()["data"]
     assert data["event_count"] == 18
     assert [item["count"] for item in data["events_by_signal"]] == [3] * 6
+    assert len(data["states"]) == 2 and len(data["aggregates"]) == 2
+    assert [len(series["buckets"]) for series in data["aggregates"]] == [1, 1]
+    assert len(data["insights"]) == 10  # of 12: 6 events, 6 state changes
 
 
 def test_reading_a_record_needs_a_key(anon: ApiClient) -> None:
