@@ -31,7 +31,7 @@ from uuid import UUID
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, models, transaction
 from django.utils import timezone
 
 from events_app.models import Event, EventStatus, Insight, InsightKind
@@ -73,8 +73,10 @@ class Claim:
     attempt: int
 
 
-def _db(field: str, value: Any) -> Any:
-    return Event._meta.get_field(field).get_db_prep_value(value, connection)
+def _db(name: str, value: Any) -> Any:
+    field = Event._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field.get_db_prep_value(value, connection)
 
 
 def events_claim(*, event_ids: Iterable[UUID], now: datetime | None = None) -> list[Claim]:
@@ -302,8 +304,9 @@ def _complete(
                     "score": draft.score,
                     "next_action": draft.next_action,
                     "reasons": draft.reasons,
-                    "processor": processor.name,
-                    "processor_version": processor.version,
+                    # Cut to the columns: a custom processor's long name must not fail events.
+                    "processor": processor.name[:100],
+                    "processor_version": processor.version[:50],
                     "occurred_at": event.timestamp,
                     "created_at": now,
                 },
@@ -371,9 +374,10 @@ def _process_one(claim: Claim, event: Event, processor: Processor) -> float | No
         return _settle_failure(claim, str(error), transient=error.transient)
     except SoftTimeLimitExceeded:
         return _settle_failure(claim, "Processing took longer than the time limit", transient=True)
-    except DatabaseError as error:
-        # Possibly a lost connection: the settle write may fail too, and then the sweep returns
-        # the event to `pending` once its claim is stale.
+    except (OperationalError, InterfaceError) as error:
+        # A lost connection or a database restart: the settle write may fail too, and then the
+        # sweep returns the event to `pending` once its claim is stale. (Other database errors,
+        # such as a DataError, would fail the same way on every try: permanent, below.)
         logger.warning("process_event: event %s: database error: %s", event.id, error)
         return _settle_failure(claim, f"Database error: {error}", transient=True)
     except Exception as error:
@@ -413,11 +417,13 @@ def events_process(*, event_ids: Iterable[str | UUID], time_budget: float | None
             ids.append(raw if isinstance(raw, UUID) else UUID(str(raw)))
         except ValueError:
             logger.warning("process_event: ignoring malformed event id %r", raw)
+    # Built before claiming: a processor that cannot be built (a wrong dotted path) must fail
+    # the task with that error, not leave claimed events waiting for the sweep.
+    processor = processor_get()
     claims = events_claim(event_ids=ids)
     if not claims:
         return
     started = time.monotonic()
-    processor = processor_get()
     events = {
         event.id: event
         for event in Event.objects.filter(pk__in=[c.event_id for c in claims]).select_related(

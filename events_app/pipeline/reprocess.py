@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from functools import partial
 from uuid import UUID
 
 from django.db import transaction
@@ -78,7 +79,7 @@ def events_reprocess(
                 claimed_at=None,
                 due_at=timezone.now(),
             )
-            transaction.on_commit(lambda moved=moved: events_enqueue(event_ids=moved))
+            transaction.on_commit(partial(events_enqueue, event_ids=moved))
         queued += len(moved)
         if progress is not None:
             progress(len(ids))

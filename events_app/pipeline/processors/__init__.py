@@ -90,7 +90,7 @@ class InsightDraft:
 
 
 # The shape every processor answers with; the OpenAI-compatible one validates the model's JSON
-# against it, and it is documented in docs/operations.md.
+# against it, and it is documented in docs/processors.md.
 INSIGHT_JSON_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["summary", "score", "next_action", "reasons"],
