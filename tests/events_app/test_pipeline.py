@@ -715,3 +715,52 @@ def test_staff_reprocess_events_from_the_admin_without_double_counting(
     assert staff.get(f"/admin/events_app/insight/?q={ids[1]}").status_code == 200
     assert staff.get("/admin/events_app/metricaggregate/").status_code == 200
     assert staff.get("/admin/events_app/recordstate/").status_code == 200
+
+
+def test_a_processor_that_cannot_be_built_claims_nothing(api: ApiClient, signals, settings) -> None:
+    settings.BIGMIND_PROCESSOR = "no.such.Processor"
+    event_id = ingest(api, "visit", {})
+    with pytest.raises(ImportError):
+        events_process(event_ids=[event_id])
+    event = Event.objects.get(pk=event_id)
+    assert (event.status, event.attempts) == ("pending", 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_workers_add_every_metric_value_exactly_once(
+    api: ApiClient, signals, settings
+) -> None:
+    """Threads with their own connections process events of one bucket at the same time."""
+    import threading
+
+    from django.db import connection as default_connection
+
+    if default_connection.vendor != "postgresql":
+        pytest.skip("SQLite serialises writers; the race needs PostgreSQL")
+    values = [n * 1.5 for n in range(1, 61)]
+    ids = [ingest(api, "calls", {"value": v}) for v in values]
+    chunks = [ids[i::4] for i in range(4)]
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def work(chunk: list[str]) -> None:
+        from django.db import connection
+
+        try:
+            barrier.wait()
+            for event_id in chunk:
+                events_process(event_ids=[event_id])
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(chunk,)) for chunk in chunks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert set(Event.objects.values_list("status", flat=True)) == {"completed"}
+    bucket = MetricAggregate.objects.get()
+    assert (bucket.count, bucket.sum, bucket.min, bucket.max) == (60, sum(values), 1.5, 90.0)
