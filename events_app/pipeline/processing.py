@@ -436,7 +436,10 @@ def events_process(*, event_ids: Iterable[str | UUID], time_budget: float | None
             logger.info("process_events: time budget spent, %d event(s) requeued", len(released))
             events_enqueue(event_ids=released)
             return
-        delay = _process_one(claim, events[claim.event_id], processor)
+        event = events.get(claim.event_id)
+        if event is None:  # deleted since the claim (an organization removed): nothing to do
+            continue
+        delay = _process_one(claim, event, processor)
         if delay is not None:
             event_enqueue_later(event_id=claim.event_id, countdown=delay)
 
