@@ -206,7 +206,7 @@ BIGMIND_AI_MODEL = env("BIGMIND_AI_MODEL", default="gpt-4o-mini")
 BIGMIND_AI_TIMEOUT_SECONDS = env.float("BIGMIND_AI_TIMEOUT_SECONDS", default=20.0)
 # Tries per event (the first included) before it is `failed`; transient errors only.
 BIGMIND_PROCESSING_MAX_ATTEMPTS = env.int("BIGMIND_PROCESSING_MAX_ATTEMPTS", default=5)
-# Retry n waits a random time in [0, min(max, base * 2^(n-1))] ("full jitter").
+# Retry n waits between half and all of min(max, base * 2^(n-1)) ("equal jitter").
 BIGMIND_RETRY_BACKOFF_SECONDS = env.float("BIGMIND_RETRY_BACKOFF_SECONDS", default=2.0)
 BIGMIND_RETRY_BACKOFF_MAX_SECONDS = env.float("BIGMIND_RETRY_BACKOFF_MAX_SECONDS", default=300.0)
 # The sweep queues a `pending` event again once it has waited this long without being claimed

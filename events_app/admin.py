@@ -45,8 +45,9 @@ class EventAdmin(ReadOnlyAdmin):
     @admin.action(description="Reprocess selected events (rollups are never counted twice)")
     def reprocess(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
         # Same service as `manage.py reprocess_events`; events in progress are left alone.
+        selected = queryset.count()  # before: reprocessing moves them out of a status filter
         queued = events_reprocess(events=queryset.filter(status__in=REPROCESSABLE))
-        skipped = queryset.count() - queued
+        skipped = selected - queued
         message = f"{queued} event(s) queued for reprocessing."
         if skipped:
             message += f" {skipped} skipped: being processed right now."

@@ -19,6 +19,9 @@ HISTORY_MIN_PERIODS = 3
 # How far outside the earlier range, in widths of that range, a value must lie to be unusual.
 UNUSUAL_MARGIN = 0.5
 RECENT_INSIGHTS = 5
+# Metric values beyond this magnitude fail: sums of float64 integers stay exact up to 2^53
+# (about 9e15), and no bucket can overflow to infinity.
+METRIC_VALUE_LIMIT = 1e15
 
 
 def bucket_start(timestamp: datetime, period: str) -> datetime:
@@ -50,8 +53,11 @@ def metric_value(*, data: dict[str, Any], value_field: str) -> float:
         value = float(raw)
     except OverflowError:
         value = math.inf
-    if not math.isfinite(value):
-        raise PermanentProcessingError(f"Metric value field '{field}' is out of range")
+    if not math.isfinite(value) or abs(value) > METRIC_VALUE_LIMIT:
+        raise PermanentProcessingError(
+            f"Metric value field '{field}' is out of range (at most {METRIC_VALUE_LIMIT:g} "
+            "in magnitude)"
+        )
     return value
 
 
@@ -113,7 +119,10 @@ def state_is_newer(*, event: Event, state: RecordState | None) -> bool:
 
 def record_context(*, event: Event, signal: Signal, full: bool) -> RecordContext:
     """The record as it was before this event; `full` adds states and recent insights."""
-    since = event.timestamp - timedelta(days=7)
+    try:
+        since = event.timestamp - timedelta(days=7)
+    except OverflowError:  # a timestamp in the first week of year 1
+        since = datetime.min.replace(tzinfo=UTC)
     counts = dict(
         Event.objects.filter(
             crm_record_id=event.crm_record_id,

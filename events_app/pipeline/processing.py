@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -79,11 +79,15 @@ def _db(name: str, value: Any) -> Any:
     return field.get_db_prep_value(value, connection)
 
 
-def events_claim(*, event_ids: Iterable[UUID], now: datetime | None = None) -> list[Claim]:
+def events_claim(
+    *, event_ids: Iterable[UUID], now: datetime | None = None, count_attempt: bool = True
+) -> list[Claim]:
     """pending -> processing for those of `event_ids` still pending; one statement.
 
     The row count (here, the returned rows) decides: an event another worker claimed, or that
-    is already completed, is simply not returned.
+    is already completed, is simply not returned. A batch claims without counting an attempt;
+    each event's attempt is counted by `_start` when its own processing begins, so a worker that
+    dies mid-batch charges only the event it was working on, not the neighbours it never reached.
     """
     ids = list(dict.fromkeys(event_ids))
     if not ids:
@@ -91,9 +95,10 @@ def events_claim(*, event_ids: Iterable[UUID], now: datetime | None = None) -> l
     now = now or timezone.now()
     table = Event._meta.db_table
     placeholders = ", ".join(["%s"] * len(ids))
+    increment = 1 if count_attempt else 0
     # Both PostgreSQL and SQLite (3.35+) return the updated rows.
     sql = f"""
-        UPDATE "{table}" SET "status" = %s, "attempts" = "attempts" + 1,
+        UPDATE "{table}" SET "status" = %s, "attempts" = "attempts" + {increment},
                              "claimed_at" = %s, "due_at" = NULL
         WHERE "id" IN ({placeholders}) AND "status" = %s
         RETURNING "id", "attempts"
@@ -104,6 +109,13 @@ def events_claim(*, event_ids: Iterable[UUID], now: datetime | None = None) -> l
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     return [Claim(event_id=UUID(str(row[0])), claimed_at=now, attempt=row[1]) for row in rows]
+
+
+def _start(claim: Claim) -> Claim | None:
+    """Count the attempt of a batch-claimed event as its processing begins."""
+    if not _fenced(claim).update(attempts=models.F("attempts") + 1):
+        return None
+    return replace(claim, attempt=claim.attempt + 1)
 
 
 def _fenced(claim: Claim) -> Any:
@@ -149,21 +161,31 @@ class _Plan:
     """What completing the event will write."""
 
     kind: str
-    rollup: dict[str, Any]  # what the rollups add (kept on the event)
+    # What the event has added to its record: the rollups of earlier successes, kept as they
+    # were, plus this one's (written on the event in the completing transaction).
+    rollup: dict[str, Any]
     facts: dict[str, Any]  # what the processor is told
     insight_due: bool
-    # For a first state processing: what the facts assumed, checked again under the row lock.
-    state_newer: bool | None = None
+    # The rollup this completion applies for the first time ("metric" or "state"), if any.
+    fresh: str | None = None
 
 
 def _plan(event: Event, signal: Signal) -> _Plan:
-    """The facts, from the frozen rollup of an earlier success when there is one."""
-    frozen = event.rollup
+    """The facts; for a rollup this event already applied, the facts recorded then.
+
+    Per kind, not per event: an event reprocessed after its signal changed type applies the
+    new type's rollup once and keeps what the old type added (an engagement weight stays
+    recorded, so switching back swaps it instead of adding it again).
+    """
+    applied: dict[str, Any] = event.rollup or {}
+    rollup = dict(applied)
     if signal.type == SignalType.METRIC:
         value = F.metric_value(data=event.data, value_field=signal.value_field)
-        if frozen and "metric" in frozen:
-            metric = frozen["metric"]
+        fresh = None
+        if "metric" in applied:
+            metric = applied["metric"]
         else:
+            fresh = "metric"
             bucket = F.bucket_start(event.timestamp, signal.period)
             history = F.metric_history(
                 crm_record_id=event.crm_record_id,
@@ -177,18 +199,21 @@ def _plan(event: Event, signal: Signal) -> _Plan:
                 "value": value,
                 "unusual": F.metric_unusual(value=value, history=history),
             }
+        rollup["metric"] = metric
         unusual = metric["unusual"]
         return _Plan(
             kind=InsightKind.METRIC_UNUSUAL,
-            rollup={"metric": metric},
+            rollup=rollup,
             facts=unusual or {},
             insight_due=unusual is not None,
+            fresh=fresh,
         )
     if signal.type == SignalType.STATE:
-        if frozen and "state" in frozen:
-            state = frozen["state"]
-            newer = None
+        fresh = None
+        if "state" in applied:
+            state = applied["state"]
         else:
+            fresh = "state"
             current = F.record_state_current(crm_record_id=event.crm_record_id, signal_id=signal.pk)
             newer = F.state_is_newer(event=event, state=current)
             previous = current.value if current is not None else None
@@ -197,20 +222,21 @@ def _plan(event: Event, signal: Signal) -> _Plan:
                 "changed": newer and previous != event.data,
                 "previous": previous,
             }
+        rollup["state"] = state
         return _Plan(
             kind=InsightKind.STATE_CHANGE,
-            rollup={"state": state},
+            rollup=rollup,
             facts={"previous": state["previous"], "current": event.data},
             insight_due=state["changed"],
-            state_newer=newer,
+            fresh=fresh,
         )
-    return _Plan(kind=InsightKind.EVENT, rollup={}, facts={}, insight_due=True)
+    return _Plan(kind=InsightKind.EVENT, rollup=rollup, facts={}, insight_due=True)
 
 
 def _apply_rollups(event: Event, signal: Signal, plan: _Plan) -> None:
-    """Inside the completing transaction, the first time the event completes only."""
+    """Inside the completing transaction: the rollup this event has not applied before."""
     now = timezone.now()
-    if signal.type == SignalType.METRIC:
+    if plan.fresh == "metric":
         metric = plan.rollup["metric"]
         metric_aggregate_add(
             crm_record_id=event.crm_record_id,
@@ -220,7 +246,8 @@ def _apply_rollups(event: Event, signal: Signal, plan: _Plan) -> None:
             value=metric["value"],
             now=now,
         )
-    elif signal.type == SignalType.STATE:
+    elif plan.fresh == "state":
+        state = plan.rollup["state"]
         outcome = record_state_apply(
             crm_record_id=event.crm_record_id,
             signal_id=signal.pk,
@@ -229,10 +256,10 @@ def _apply_rollups(event: Event, signal: Signal, plan: _Plan) -> None:
             value=event.data,
             now=now,
         )
-        state = plan.rollup["state"]
-        if outcome.newer != state["newer"] or outcome.previous != state["previous"]:
-            # Another worker moved the state after our facts were read: the insight we hold may
-            # be wrong. Roll back and work it out again.
+        # States only move forward, so an event that was not newer still is not, and nothing
+        # it concluded can be wrong. One that was newer may have been overtaken, or the state
+        # it replaces may have moved: then its insight may be wrong, so work it out again.
+        if state["newer"] and (not outcome.newer or outcome.previous != state["previous"]):
             raise _StaleFacts("The record's state changed while this event was processed")
 
 
@@ -242,7 +269,7 @@ def _engagement_delta(
     """An `event` event adds its weight; reprocessed, it swaps its old weight for the new one."""
     if signal.type != SignalType.EVENT:
         return 0.0
-    old = (event.rollup or {}).get("engagement", {}).get("weight", 0.0)
+    old = (event.rollup or {}).get("engagement", {}).get("weight", 0.0)  # as first recorded
     new = draft.score / 100 if draft is not None else 0.0
     plan.rollup["engagement"] = {"weight": new}
     return new - old
@@ -290,8 +317,7 @@ def _complete(
         )
         if not completed:
             raise _ClaimLost
-        if event.rollup is None:
-            _apply_rollups(event, signal, plan)
+        _apply_rollups(event, signal, plan)
         if draft is not None:
             Insight.objects.update_or_create(
                 event_id=event.id,
@@ -342,10 +368,13 @@ def _settle_failure(claim: Claim, error: str, *, transient: bool) -> float | Non
     return None
 
 
-def _process_one(claim: Claim, event: Event, processor: Processor) -> float | None:
-    """Process one claimed event; returns a retry delay when it must be tried again."""
-    signal = event.signal
-    try:
+# Times a state event works its facts out again within one attempt when another worker moved
+# the state meanwhile, before that counts as a (transient) failed attempt.
+_STALE_FACTS_TRIES = 3
+
+
+def _attempt(claim: Claim, event: Event, signal: Signal, processor: Processor) -> None:
+    for try_number in range(1, _STALE_FACTS_TRIES + 1):
         plan = _plan(event, signal)
         draft = None
         if plan.insight_due:
@@ -359,7 +388,19 @@ def _process_one(claim: Claim, event: Event, processor: Processor) -> float | No
                 facts=plan.facts,
             )
             draft = processor.insight(job)
-        _complete(claim, event, signal, plan, processor, draft)
+        try:
+            _complete(claim, event, signal, plan, processor, draft)
+            return
+        except _StaleFacts:
+            if try_number == _STALE_FACTS_TRIES:
+                raise
+            logger.info("process_event: event %s: state moved meanwhile, again", event.id)
+
+
+def _process_one(claim: Claim, event: Event, processor: Processor) -> float | None:
+    """Process one claimed event; returns a retry delay when it must be tried again."""
+    try:
+        _attempt(claim, event, event.signal, processor)
     except _ClaimLost:
         logger.warning("process_event: event %s: claim lost, result discarded", event.id)
         return None
@@ -390,14 +431,10 @@ def _process_one(claim: Claim, event: Event, processor: Processor) -> float | No
 
 
 def events_release(*, claims: list[Claim]) -> list[UUID]:
-    """Give claims back untouched (pending again, the attempt not counted)."""
+    """Give back claims whose processing never started (pending again, no attempt counted)."""
     released = []
     for claim in claims:
-        if _fenced(claim).update(
-            status=EventStatus.PENDING,
-            attempts=max(0, claim.attempt - 1),
-            claimed_at=None,
-        ):
+        if _fenced(claim).update(status=EventStatus.PENDING, claimed_at=None):
             released.append(claim.event_id)
     return released
 
@@ -420,7 +457,8 @@ def events_process(*, event_ids: Iterable[str | UUID], time_budget: float | None
     # Built before claiming: a processor that cannot be built (a wrong dotted path) must fail
     # the task with that error, not leave claimed events waiting for the sweep.
     processor = processor_get()
-    claims = events_claim(event_ids=ids)
+    batch = len(ids) > 1
+    claims = events_claim(event_ids=ids, count_attempt=not batch)
     if not claims:
         return
     started = time.monotonic()
@@ -439,6 +477,11 @@ def events_process(*, event_ids: Iterable[str | UUID], time_budget: float | None
         event = events.get(claim.event_id)
         if event is None:  # deleted since the claim (an organization removed): nothing to do
             continue
+        if batch:
+            started_claim = _start(claim)
+            if started_claim is None:
+                continue
+            claim = started_claim
         delay = _process_one(claim, event, processor)
         if delay is not None:
             event_enqueue_later(event_id=claim.event_id, countdown=delay)

@@ -81,7 +81,10 @@ def events_sweep(*, now: datetime | None = None) -> SweepResult:
     published = events_enqueue(event_ids=ids) if ids else 0
     if published:
         # Not queued again for another PENDING_AFTER seconds, however long the queue is.
-        Event.objects.filter(pk__in=ids[:published], status=EventStatus.PENDING).update(due_at=now)
+        # Not an event that meanwhile failed a try and is waiting out its backoff.
+        Event.objects.filter(pk__in=ids[:published], status=EventStatus.PENDING).filter(
+            Q(due_at__isnull=True) | Q(due_at__lt=cutoff)
+        ).update(due_at=now)
     if published or unstuck or failed:
         logger.info(
             "sweep: %d pending event(s) queued again, %d stuck returned, %d failed",

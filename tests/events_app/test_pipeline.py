@@ -356,23 +356,67 @@ def test_a_state_moved_by_another_worker_meanwhile_is_worked_out_again(
     process(ingest(api, "health", {"state": "green"}, at=T0))
     event_id = ingest(api, "health", {"state": "red"}, at=T0 + timedelta(hours=2))
     original = processing.F.record_state_current
+    moves = iter([True])
 
     def read_then_move(**kwargs: Any) -> Any:
         current = original(**kwargs)
-        # Another worker lands a newer-than-stored but older-than-ours state in between.
-        RecordState.objects.update(value={"state": "yellow"}, timestamp=T0 + timedelta(hours=1))
+        if next(moves, False):
+            # Another worker lands a state newer than the stored one, older than ours.
+            RecordState.objects.update(value={"state": "yellow"}, timestamp=T0 + timedelta(hours=1))
         return current
 
     with mock.patch.object(processing.F, "record_state_current", side_effect=read_then_move):
         [event] = process(event_id)
-    assert event.status == "pending"  # rolled back and rescheduled, nothing written
+    # Worked out again within the same attempt, against the state that was really replaced.
+    assert (event.status, event.attempts) == ("completed", 1)
+    assert event.result["insight"]["summary"].endswith("from yellow to red")
+    assert event.rollup["state"]["previous"] == {"state": "yellow"}
+    assert RecordState.objects.get().value == {"state": "red"}
+
+
+def test_a_state_that_keeps_moving_is_retried_as_a_transient_failure(
+    api: ApiClient, signals
+) -> None:
+    process(ingest(api, "health", {"state": "green"}, at=T0))
+    event_id = ingest(api, "health", {"state": "red"}, at=T0 + timedelta(hours=2))
+    original = processing.F.record_state_current
+    minutes = iter(range(1, 100))
+
+    def read_then_move(**kwargs: Any) -> Any:
+        current = original(**kwargs)
+        minute = next(minutes)
+        RecordState.objects.update(
+            value={"state": f"v{minute}"}, timestamp=T0 + timedelta(minutes=minute)
+        )
+        return current
+
+    with mock.patch.object(processing.F, "record_state_current", side_effect=read_then_move):
+        [event] = process(event_id)
+    assert (event.status, event.attempts) == ("pending", 1)
     assert "state changed while" in event.last_error
-    assert RecordState.objects.get().value == {"state": "yellow"}
 
     Event.objects.filter(pk=event_id).update(due_at=None)
     [event] = process(event_id)
     assert event.status == "completed"
-    assert event.result["insight"]["summary"].endswith("from yellow to red")
+    assert RecordState.objects.get().value == {"state": "red"}
+
+
+def test_an_older_state_is_not_retried_when_the_state_moves_meanwhile(
+    api: ApiClient, signals
+) -> None:
+    process(ingest(api, "health", {"state": "green"}, at=T0 + timedelta(hours=5)))
+    event_id = ingest(api, "health", {"state": "red"}, at=T0)
+    original = processing.F.record_state_current
+
+    def read_then_move(**kwargs: Any) -> Any:
+        current = original(**kwargs)
+        RecordState.objects.update(timestamp=T0 + timedelta(hours=6))
+        return current
+
+    with mock.patch.object(processing.F, "record_state_current", side_effect=read_then_move):
+        [event] = process(event_id)
+    assert (event.status, event.attempts) == ("completed", 1)
+    assert event.result["insight"] is None
 
 
 # --- delivery ---------------------------------------------------------------------------------
@@ -764,3 +808,111 @@ def test_concurrent_workers_add_every_metric_value_exactly_once(
     assert set(Event.objects.values_list("status", flat=True)) == {"completed"}
     bucket = MetricAggregate.objects.get()
     assert (bucket.count, bucket.sum, bucket.min, bucket.max) == (60, sum(values), 1.5, 90.0)
+
+
+# --- review regressions -------------------------------------------------------------------
+def test_a_worker_dying_mid_batch_charges_only_the_event_it_was_working_on(
+    api: ApiClient, signals, settings, _no_publish
+) -> None:
+    settings.BIGMIND_PROCESSING_MAX_ATTEMPTS = 2
+    ids = [ingest(api, "visit", {"n": n}) for n in range(5)]
+    for _ in range(3):
+        # A batch claim, then the worker starts the first event and dies.
+        claims = events_claim(event_ids=ids, count_attempt=False)
+        for claim in claims:
+            if str(claim.event_id) == ids[0]:
+                processing._start(claim)
+        events_sweep(now=timezone.now() + timedelta(hours=1))
+    assert Event.objects.get(pk=ids[0]).status == "failed"
+    assert [Event.objects.get(pk=i).attempts for i in ids[1:]] == [0, 0, 0, 0]
+    assert set(Event.objects.filter(pk__in=ids[1:]).values_list("status", flat=True)) == {"pending"}
+
+
+def test_a_batch_counts_one_attempt_per_event_it_processes(api: ApiClient, signals) -> None:
+    ids = [ingest(api, "visit", {"n": n}) for n in range(3)]
+    events = process(*ids)
+    assert [(e.status, e.attempts) for e in events] == [("completed", 1)] * 3
+
+
+def test_reprocessing_after_a_signal_changes_type_applies_each_rollup_once(
+    api: ApiClient, signals
+) -> None:
+    from signals_app.models import Signal
+
+    event_id = ingest(api, "visit", {"state": "red"})
+    process(event_id)
+    record = Event.objects.get(pk=event_id).crm_record
+    mass = type(record).objects.get(pk=record.pk).engagement_mass
+
+    for new_type in ("state", "event", "state", "event"):
+        Signal.objects.filter(pk=signals["visit"].pk).update(type=new_type)
+        events_reprocess(events=Event.objects.filter(pk=event_id))
+        [event] = process(event_id)
+        assert event.status == "completed"
+
+    assert RecordState.objects.get().value == {"state": "red"}
+    assert type(record).objects.get(pk=record.pk).engagement_mass == pytest.approx(mass)
+    assert set(event.rollup) == {"engagement", "state"}
+
+
+def test_a_metric_value_too_large_to_sum_exactly_fails_with_a_clear_error(
+    api: ApiClient, signals
+) -> None:
+    [event] = process(ingest(api, "calls", {"value": 1e308}))
+    assert event.status == "failed"
+    assert event.last_error == (
+        "Metric value field 'value' is out of range (at most 1e+15 in magnitude)"
+    )
+    [ok] = process(ingest(api, "calls", {"value": -1e15}))
+    assert ok.status == "completed"
+
+
+def test_an_event_from_the_first_week_of_year_one_is_processed(api: ApiClient, signals) -> None:
+    first_week = datetime(1, 1, 3, tzinfo=UTC)
+    events = process(
+        ingest(api, "visit", {}, at=first_week),
+        ingest(api, "health", {"state": "red"}, at=first_week),
+        ingest(api, "calls", {"value": 1}, at=first_week),
+    )
+    assert [e.status for e in events] == ["completed"] * 3
+
+
+def test_an_empty_state_label_is_not_read_as_named_in_the_instructions(
+    api: ApiClient, signals
+) -> None:
+    [event] = process(ingest(api, "health", {"state": ""}))
+    assert not any("instructions mention" in r for r in event.result["insight"]["reasons"])
+    [event] = process(ingest(api, "health", {"state": "Red"}, at=T0 + timedelta(hours=1)))
+    assert any("instructions mention 'Red'" in r for r in event.result["insight"]["reasons"])
+
+
+def test_the_admin_counts_skipped_events_before_reprocessing_moves_them(
+    api: ApiClient, signals, staff: Client, _no_publish
+) -> None:
+    ids = [ingest(api, "visit", {"n": n}) for n in range(2)]
+    process(*ids)
+    response = staff.post(
+        "/admin/events_app/event/?status__exact=completed",
+        {"action": "reprocess", "_selected_action": ids},
+        follow=True,
+    )
+    text = response.content.decode()
+    assert "2 event(s) queued for reprocessing." in text and "skipped" not in text
+
+
+def test_the_sweep_leaves_the_backoff_of_an_event_that_failed_meanwhile(
+    api: ApiClient, signals, settings, _no_publish
+) -> None:
+    settings.BIGMIND_SWEEP_PENDING_AFTER_SECONDS = 60
+    event_id = ingest(api, "visit", {})
+    now = timezone.now()
+    Event.objects.filter(pk=event_id).update(received_at=now - timedelta(minutes=5))
+    backoff_until = now + timedelta(minutes=4)
+
+    def fail_meanwhile(*, event_ids: list) -> int:
+        Event.objects.filter(pk=event_id).update(due_at=backoff_until)
+        return len(event_ids)
+
+    with mock.patch("events_app.pipeline.sweep.events_enqueue", side_effect=fail_meanwhile):
+        assert events_sweep(now=now).requeued == 1
+    assert Event.objects.get(pk=event_id).due_at == backoff_until

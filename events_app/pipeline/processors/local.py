@@ -7,6 +7,7 @@ usual range, and whether a state moved to a value that reads as bad.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from events_app.pipeline.processors import InsightDraft, ProcessingInput
@@ -62,6 +63,13 @@ def _state_label(data: Any) -> str:
                 return str(data[key])[:60]
         return _describe(data) or "{}"
     return str(data)[:60]
+
+
+def _mentions(text: str, label: str) -> bool:
+    """Whether `text` names `label` as a word (a short or empty label names nothing)."""
+    if len(label.strip()) < 2:
+        return False
+    return re.search(rf"(?<!\w){re.escape(label)}(?!\w)", text, re.IGNORECASE) is not None
 
 
 def _tone(label: str) -> int:
@@ -162,7 +170,7 @@ class LocalProcessor:
         elif tone > 0:
             score -= 10 if previous is None else 0
             reasons.append(f"'{current}' reads as good news.")
-        if current.lower() in signal.ai_instructions.lower():
+        if _mentions(signal.ai_instructions, current):
             score += 15
             reasons.append(f"The signal's instructions mention '{current}'.")
         final = _clamp(score)
