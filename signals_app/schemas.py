@@ -4,8 +4,11 @@ so a compiled validator never goes stale)."""
 
 from __future__ import annotations
 
+import difflib
+import json
 from typing import Any
 
+from django.conf import settings
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from referencing import Registry
@@ -13,6 +16,7 @@ from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from bigmind.errors import BadRequest
+from events_app.validation import InvalidJson, json_body_parse
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 # Cap on the details list of one rejected event: enough to fix a payload, bounded in size.
@@ -116,3 +120,53 @@ def schema_violations(validator: Draft202012Validator, data: Any) -> list[dict[s
         {"path": error.json_path, "message": error.message, "keyword": str(error.validator)}
         for error in errors[:MAX_VIOLATIONS]
     ]
+
+
+# --- For the admin: a version's diff, a sample payload tried against a version -------------
+def _schema_lines(schema: Any) -> list[str]:
+    text = json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False)
+    return [line + "\n" for line in text.splitlines()]
+
+
+def schema_diff(
+    *, old: dict[str, Any] | None, new: dict[str, Any], old_label: str = "", new_label: str = ""
+) -> str:
+    """A unified diff from `old` to `new`, both as pretty JSON with sorted keys (so moving a
+    key is no change). The caller labels the sides ("version 2", "version 3"); `old` None is
+    the first version, shown as all added. An empty string when they are the same."""
+    before = _schema_lines(old) if old is not None else []
+    return "".join(
+        difflib.unified_diff(
+            before,
+            _schema_lines(new),
+            fromfile=old_label or ("(none)" if old is None else "old"),
+            tofile=new_label or "new",
+        )
+    )
+
+
+def payload_try(*, schema: dict[str, Any], payload_text: str) -> tuple[bool, list[dict[str, str]]]:
+    """Check sample `data` (JSON text) against a schema exactly as POST /v1/events would:
+    the same strict JSON parsing, `data` must be an object, then the same violations with the
+    same paths and messages. Returns (valid, violations); text that is not acceptable JSON is
+    one violation at `$`."""
+    size = len(payload_text.encode("utf-8", "surrogatepass"))
+    limit = settings.BIGMIND_EVENT_MAX_BODY_BYTES
+    if size > limit:
+        return False, [_sample_problem(f"The sample is {size} bytes; at most {limit} are accepted")]
+    try:
+        data = json_body_parse(payload_text.encode("utf-8", "surrogatepass"))
+    except InvalidJson as exc:
+        # The ingest messages speak of the request body; here the text is the data alone.
+        return False, [_sample_problem(exc.message.replace("Request body", "The sample", 1))]
+    if not isinstance(data, dict):
+        return False, [_sample_problem("data must be a JSON object")]  # as ingest says it
+    try:
+        violations = schema_violations(schema_compile(schema), data)
+    except SchemaUnusable as exc:
+        return False, list(exc.details or [])
+    return not violations, violations
+
+
+def _sample_problem(message: str) -> dict[str, str]:
+    return {"path": "$", "message": message, "keyword": ""}

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Max
 from django.utils import timezone
 from django.utils.text import slugify
 
 from bigmind.errors import BadRequest, Conflict, NotFound
+from signals_app.compatibility import SchemaIncompatible, schema_compatibility_check
 from signals_app.models import (
     Aggregation,
     ApiKey,
@@ -269,15 +269,60 @@ def signal_update(*, signal: Signal, **changes: Any) -> Signal:
     return stored
 
 
+def _schema_version_compatibility_raise(
+    *, signal: Signal, schema: Any, mode: str, latest: SchemaVersion | None
+) -> None:
+    if mode == Compatibility.NONE or latest is None:
+        return
+    problems = schema_compatibility_check(
+        old=latest.schema, new=schema, mode=mode, old_version=latest.version
+    )
+    if problems:
+        how = "fully (backward and forward)" if mode == Compatibility.FULL else mode
+        raise SchemaIncompatible(
+            f"Schema version {latest.version + 1} of signal {signal.slug} is not {how} "
+            f"compatible with version {latest.version}",
+            details=[problem.as_detail() for problem in problems],
+        )
+
+
+def schema_version_compatibility_check(
+    *, signal: Signal, schema: Any, compatibility: str | None = None
+) -> None:
+    """Refuse `schema` as the signal's next version if it breaks the compatibility mode
+    (`compatibility`, or the signal's own) against the latest version.
+
+    Like Confluent's non-transitive modes, only the latest version is compared. For forms
+    that want the error before saving; `schema_version_create` checks again under its lock."""
+    latest = signal.schema_versions.order_by("-version").first() if signal.pk else None
+    _schema_version_compatibility_raise(
+        signal=signal,
+        schema=schema,
+        mode=compatibility or signal.compatibility,
+        latest=latest,
+    )
+
+
 def schema_version_create(*, signal: Signal, schema: Any) -> SchemaVersion:
-    """Add the next version of the signal's schema (versions are never edited)."""
+    """Add the next version of the signal's schema (versions are never edited).
+
+    Refused (saving nothing) when the schema is not a usable draft 2020-12 schema, or when it
+    breaks the signal's compatibility mode against the latest version."""
     schema_check(schema)
     with transaction.atomic():
         # Serialise version numbering per signal (a no-op lock on SQLite, whose writes are
-        # serialised anyway); the unique constraint is the backstop.
-        Signal.objects.select_for_update().filter(pk=signal.pk).first()
-        latest = signal.schema_versions.aggregate(n=Max("version"))["n"] or 0
-        version = SchemaVersion.objects.create(signal=signal, version=latest + 1, schema=schema)
+        # serialised anyway); the unique constraint is the backstop. The stored mode is read
+        # under the lock too, so a concurrent change of mode cannot slip a version past it.
+        locked = Signal.objects.select_for_update().filter(pk=signal.pk).first()
+        latest = signal.schema_versions.order_by("-version").first()
+        _schema_version_compatibility_raise(
+            signal=signal,
+            schema=schema,
+            mode=locked.compatibility if locked is not None else signal.compatibility,
+            latest=latest,
+        )
+        number = latest.version + 1 if latest is not None else 1
+        version = SchemaVersion.objects.create(signal=signal, version=number, schema=schema)
     org_id, slug = signal.organization_id, signal.slug
     transaction.on_commit(lambda: signal_cache_invalidate(organization_id=org_id, slug=slug))
     return version

@@ -204,10 +204,12 @@ signals:
 """
 
 V1 = {"type": "object", "required": ["value"], "properties": {"value": {"type": "number"}}}
+# A backward-compatible step (api-calls is `backward`). Adding a constrained property to this
+# open schema would not be: old data may already hold anything under that name.
 V2 = {
     "type": "object",
     "required": ["value"],
-    "properties": {"value": {"type": "number"}, "region": {"type": "string"}},
+    "properties": {"value": {"type": "number", "description": "Calls in the period"}},
 }
 
 

@@ -296,11 +296,6 @@ def test_it_refuses_a_local_reference_that_points_nowhere(tenant: Tenant) -> Non
     pytest.fail("a schema with a dangling $ref was saved")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NOT BUILT YET (issue #5): the signal's compatibility mode is stored but not enforced "
-    "when a version is added",
-)
 def test_it_refuses_a_backward_incompatible_version_when_compatibility_is_backward(
     tenant: Tenant,
 ) -> None:

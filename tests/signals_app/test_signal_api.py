@@ -28,7 +28,8 @@ SIGNAL_KEYS = {
 }
 METRIC_KEYS = {"aggregation", "period", "value_field"}
 V1 = {"type": "object", "properties": {"page": {"type": "string"}}}
-V2 = {"type": "object", "required": ["page"], "properties": {"page": {"type": "string"}}}
+# A backward-compatible step (the fixture's signal is `backward`): page may now also be null.
+V2 = {"type": "object", "properties": {"page": {"type": ["string", "null"]}}}
 
 
 def get(client: ApiClient, path: str, **params: Any) -> Any:

@@ -15,4 +15,12 @@ def run_service(call: Callable[..., T], /, **kwargs: Any) -> T:
     try:
         return call(**kwargs)
     except ApplicationError as exc:
-        raise CommandError(exc.message) from exc
+        # The details (schema violations, compatibility reasons) are what the operator needs.
+        lines = [exc.message]
+        for item in exc.details or []:
+            if isinstance(item, dict) and "message" in item:
+                path = item.get("path")
+                lines.append(f"  {path}: {item['message']}" if path else f"  {item['message']}")
+            else:
+                lines.append(f"  {item}")
+        raise CommandError("\n".join(lines)) from exc
