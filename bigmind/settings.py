@@ -186,12 +186,24 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_TIMEZONE = "UTC"
 BIGMIND_SWEEP_INTERVAL_SECONDS = env.float("BIGMIND_SWEEP_INTERVAL_SECONDS", default=30.0)
+# Rejected events (events_app/rejections.py, docs/operations.md "Rejected events"): how long
+# they are kept and how often, and in what chunks, the purge deletes older ones.
+BIGMIND_REJECTION_RETENTION_DAYS = env.int("BIGMIND_REJECTION_RETENTION_DAYS", default=14)
+BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS = env.float(
+    "BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS", default=3600.0
+)
+BIGMIND_REJECTION_PURGE_CHUNK_SIZE = env.int("BIGMIND_REJECTION_PURGE_CHUNK_SIZE", default=1000)
 CELERY_BEAT_SCHEDULE = {
     "events-sweep": {
         "task": "events.sweep",
         "schedule": BIGMIND_SWEEP_INTERVAL_SECONDS,
         # A sweep that could not run in time is useless once the next one is due.
         "options": {"expires": BIGMIND_SWEEP_INTERVAL_SECONDS},
+    },
+    "events-purge-rejections": {
+        "task": "events.purge_rejections",
+        "schedule": BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS,
+        "options": {"expires": BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS},
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
@@ -273,6 +285,11 @@ BIGMIND_BATCH_MAX_EVENTS = 100
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(BIGMIND_EVENT_MAX_BODY_BYTES, BIGMIND_BATCH_MAX_BODY_BYTES) + 1024
 # Deepest nesting of JSON accepted in a request body (objects and arrays).
 BIGMIND_JSON_MAX_DEPTH = env.int("BIGMIND_JSON_MAX_DEPTH", default=32)
+# Rejected events: the stored body is cut to this many bytes (at a UTF-8 boundary; a cut body
+# cannot be replayed), and at most this many are stored per organization and minute (the
+# rest are counted only). Retention: BIGMIND_REJECTION_RETENTION_DAYS above.
+BIGMIND_REJECTION_BODY_MAX_BYTES = env.int("BIGMIND_REJECTION_BODY_MAX_BYTES", default=16 * 1024)
+BIGMIND_REJECTIONS_PER_MINUTE = env.int("BIGMIND_REJECTIONS_PER_MINUTE", default=60)
 # Per-minute budgets by signal type, unless the signal sets its own.
 BIGMIND_RATE_LIMITS = {
     "event": env.int("BIGMIND_RATE_LIMIT_EVENT", default=100),

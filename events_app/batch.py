@@ -25,6 +25,7 @@ from events_app.auth import ApiClient
 from events_app.models import Event
 from events_app.pipeline.queue import events_enqueue
 from events_app.ratelimits import RateLimitStatus, rate_limit_consume_many
+from events_app.rejections import Refusal, rejections_record
 from events_app.services import (
     event_build,
     event_request_resolve,
@@ -207,4 +208,9 @@ def events_ingest_batch(*, client: ApiClient, raw_body: bytes) -> BatchResult:
     accepted = [item for item in items if item.error is None]
     if accepted:
         _store(client, accepted)
+
+    # 5. Keep the unknown-signal and schema refusals, after (and outside) the store; never raises.
+    refused = [Refusal(item.error, item.payload) for item in items if item.error is not None]
+    if refused:
+        rejections_record(client=client, refusals=refused)
     return BatchResult(items=items, rate=_most_constrained(last_statuses))

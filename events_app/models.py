@@ -49,7 +49,10 @@ class Event(models.Model):
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="events", db_index=False
     )
-    signal = models.ForeignKey(Signal, on_delete=models.PROTECT, related_name="events")
+    # No single-column index: event_signal_received below leads with it.
+    signal = models.ForeignKey(
+        Signal, on_delete=models.PROTECT, related_name="events", db_index=False
+    )
     schema_version = models.PositiveIntegerField(null=True, blank=True)
     crm_record = models.ForeignKey(
         CrmRecord, on_delete=models.PROTECT, related_name="events", db_index=False
@@ -99,6 +102,8 @@ class Event(models.Model):
             models.Index(fields=["organization", "-received_at"], name="event_org_received"),
             models.Index(fields=["status", "received_at"], name="event_status_received"),
             models.Index(fields=["crm_record", "-timestamp"], name="event_record_timestamp"),
+            # The admin's per-signal "events in the last 24 h" and "last event" columns.
+            models.Index(fields=["signal", "-received_at"], name="event_signal_received"),
         ]
 
     def __str__(self) -> str:
@@ -201,3 +206,117 @@ class Insight(models.Model):
 
     def __str__(self) -> str:
         return self.summary
+
+
+class RejectionReason(models.TextChoices):
+    """The stable `code` of the API error the client got."""
+
+    SCHEMA_VALIDATION_FAILED = "schema_validation_failed", "Schema violation"
+    SIGNAL_NOT_FOUND = "signal_not_found", "Unknown signal"
+
+
+class RejectedEvent(models.Model):
+    """A request refused for a schema violation or an unknown signal, kept so the client can see
+    what it sent wrong and staff can replay it after a fix (events_app/rejections.py).
+
+    At most BIGMIND_REJECTIONS_PER_MINUTE rows per organization and minute (the rest are only
+    counted, in RejectionOverflow); rows older than BIGMIND_REJECTION_RETENTION_DAYS are purged.
+    """
+
+    # UUIDv7: time-ordered, so the purge walks the primary-key index by age and the list's
+    # cursor uses the same (received_at, id) keyset as events.
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    # Leading column of rejected_event_org_received: no index of its own.
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="rejected_events", db_index=False
+    )
+    # Which key sent it. Not a cascade: keys are revoked, not deleted, but a row must not block it.
+    api_key = models.ForeignKey(
+        "signals_app.ApiKey",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+    )
+    # The slug as sent; an unknown signal has no row to point to.
+    signal_slug = models.CharField(max_length=100)
+    reason = models.CharField(max_length=32, choices=RejectionReason.choices)
+    message = models.TextField(help_text="The exact `error` the client got.")
+    violations = models.JSONField(
+        default=list, blank=True, help_text="The `details` the client got (schema violations)."
+    )
+    body = models.TextField(
+        blank=True, help_text="The request body (one batch item), cut at a UTF-8 boundary."
+    )
+    body_truncated = models.BooleanField(default=False)
+    body_bytes = models.PositiveIntegerField(help_text="Size of the original body in bytes.")
+    identity_type = models.CharField(max_length=64, blank=True)
+    identity_id = models.CharField(max_length=255, blank=True)
+    received_at = models.DateTimeField()
+    # Not a foreign key: the event may be purged by retention while the rejection is kept.
+    replayed_event_id = models.UUIDField(null=True, blank=True)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(reason__in=RejectionReason.values), name="rejected_event_reason_valid"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["organization", "-received_at"], name="rejected_event_org_received"
+            ),
+            # The retention purge's range scan (rows are capped, so the extra index is cheap).
+            models.Index(fields=["received_at"], name="rejected_event_received"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reason} {self.signal_slug} at {self.received_at:%Y-%m-%d %H:%M:%S}"
+
+
+class RejectionOverflow(models.Model):
+    """Rejections over the per-minute cap: counted per organization and minute, not stored."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    minute = models.DateTimeField(help_text="Start of the minute, UTC.")
+    # Only ever changed by an F() increment (events_app/rejections.py).
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "minute"], name="rejection_overflow_unique_minute"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.minute:%Y-%m-%d %H:%M}: {self.count}"
+
+
+class EventTransition(models.Model):
+    """One step of an event's status history (the admin's event page shows them in order).
+
+    Written by the pipeline in the same statement group as the change it records: the claim,
+    completion, a retry, a failure, the sweep's return of a stuck event and reprocessing.
+    Arrival (`pending` at received_at) is not written: the event row already says it.
+    """
+
+    event = models.ForeignKey(
+        Event, on_delete=models.CASCADE, related_name="transitions", db_index=False
+    )
+    status = models.CharField(max_length=12, choices=EventStatus.choices)
+    attempt = models.PositiveIntegerField(default=0)
+    at = models.DateTimeField()
+    note = models.TextField(blank=True, help_text="The error or the reason, if any.")
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["event", "at"], name="event_transition_event_at")]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.status} at {self.at:%Y-%m-%d %H:%M:%S}"

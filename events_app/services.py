@@ -18,6 +18,7 @@ from events_app.ids import uuid7
 from events_app.models import Event, EventStatus
 from events_app.pipeline.queue import event_enqueue
 from events_app.ratelimits import RateLimitStatus, rate_limit_consume, rate_limit_peek
+from events_app.rejections import Refusal, rejections_record
 from events_app.store import event_insert
 from events_app.validation import EventRequest, event_request_parse, json_body_parse
 from signals_app.schemas import schema_violations
@@ -148,10 +149,21 @@ def event_request_resolve(
 
 
 def event_ingest(
-    *, client: ApiClient, raw_body: bytes, idempotency_header: str | None = None
+    *,
+    client: ApiClient,
+    raw_body: bytes,
+    idempotency_header: str | None = None,
+    record_rejection: bool = True,
 ) -> IngestResult:
+    """`record_rejection`: keep an unknown-signal or schema refusal (events_app/rejections.py);
+    off for a replay of one, which must not record another."""
     payload = json_body_parse(raw_body)
-    request, signal = event_request_resolve(client, payload, idempotency_header)
+    try:
+        request, signal = event_request_resolve(client, payload, idempotency_header)
+    except ApplicationError as exc:
+        if record_rejection:
+            rejections_record(client=client, refusals=[Refusal(exc, payload, raw_body)])
+        raise
     rate = rate_limit_consume(signal)
     try:
         if rate.exceeded:
@@ -162,6 +174,8 @@ def event_ingest(
         )
     except ApplicationError as exc:
         exc.headers.update(rate.headers())
+        if record_rejection:
+            rejections_record(client=client, refusals=[Refusal(exc, payload, raw_body)])
         raise
     return IngestResult(event=event, signal=signal, replayed=replayed, rate=rate)
 

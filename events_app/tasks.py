@@ -12,6 +12,7 @@ from celery import shared_task
 
 from events_app.pipeline.processing import batch_time_budget, events_process
 from events_app.pipeline.sweep import events_sweep
+from events_app.rejections import rejections_purge
 
 TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
 
@@ -30,3 +31,9 @@ def process_events_task(event_ids: list[str]) -> None:
 @shared_task(name="events.sweep", **TASK_OPTIONS)
 def sweep_task() -> None:
     events_sweep()
+
+
+@shared_task(name="events.purge_rejections", **TASK_OPTIONS)
+def purge_rejections_task() -> None:
+    """Retention of rejected events (Celery beat); deletes in chunks, so it holds no long lock."""
+    rejections_purge()

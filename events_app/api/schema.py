@@ -975,6 +975,114 @@ CRM_RECORD_GET: dict[str, Any] = {
 }
 
 
+# --- Rejections -------------------------------------------------------------------------------
+_REJECTION_REASONS = ["schema_validation_failed", "signal_not_found"]
+COMPONENTS["Rejection"] = {
+    "type": "object",
+    "description": (
+        "A request refused for a schema violation or an unknown signal (one batch item counts "
+        "as one request), as the API answered it."
+    ),
+    "required": [
+        "id",
+        "signal",
+        "reason",
+        "error",
+        "details",
+        "body",
+        "body_truncated",
+        "body_bytes",
+        "identity",
+        "received_at",
+        "replayed_event_id",
+        "replayed_at",
+    ],
+    "properties": {
+        "id": _string(format="uuid"),
+        "signal": _string("The `signal` as sent (empty when it was not a string)."),
+        "reason": _string("The `code` the API answered with.", enum=_REJECTION_REASONS),
+        "error": _string(
+            "The exact `error` the API answered with.",
+            example="Signal not found: no-such-signal",
+        ),
+        "details": {
+            "type": "array",
+            "items": ref("SchemaViolation"),
+            "description": "The violations (`schema_validation_failed`); empty otherwise.",
+        },
+        "body": _string(
+            "The request body as sent (a batch item: the item, re-encoded as compact JSON), "
+            "cut to `BIGMIND_REJECTION_BODY_MAX_BYTES` (16 KiB by default) at a UTF-8 "
+            "character boundary."
+        ),
+        "body_truncated": {"type": "boolean", "description": "Whether `body` was cut."},
+        "body_bytes": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Size of the body as sent, in bytes.",
+        },
+        # Inline, not a $ref: OpenAPI 3.0 ignores `nullable` beside a `$ref`.
+        "identity": _nullable(
+            {**COMPONENTS["Identity"], "description": "The event's identity, when it had one."}
+        ),
+        "received_at": {**_DATE_TIME, "description": "When the API refused it, UTC."},
+        "replayed_event_id": _nullable(
+            _string("The event stored when staff replayed it after a fix.", format="uuid")
+        ),
+        "replayed_at": _nullable(_DATE_TIME),
+    },
+}
+
+REJECTION_LIST: dict[str, Any] = {
+    "operation_id": "rejection_list",
+    "summary": "List rejected events",
+    "description": (
+        "Requests of the key's organization refused for a schema violation "
+        "(`schema_validation_failed`) or an unknown signal (`signal_not_found`), by "
+        "`POST /v1/events` or per item by `POST /v1/events/batch`: what was sent and what the "
+        "API answered. Newest first (`received_at`, then `id`), a page at a time, like "
+        "`GET /v1/events`. At most 60 are kept per organization and minute (the rest are "
+        "counted only) and for 14 days (both configurable, docs/operations.md)."
+    ),
+    "tags": ["events"],
+    "parameters": [
+        _query("signal", _string(maxLength=100), "Exact match on the `signal` sent."),
+        _query("reason", _string(enum=_REJECTION_REASONS), "The refusal's `code`."),
+        _query(
+            "since",
+            _DATE_TIME,
+            "Refused at or after it. ISO 8601 (a date alone is midnight UTC; no offset means "
+            "UTC; percent-encode `+` as `%2B`).",
+        ),
+        _query("until", _DATE_TIME, "Refused before it (exclusive). Same forms."),
+        _query("limit", {**_INT, "minimum": 1, "maximum": 100, "default": 50}, "Page size."),
+        _query("cursor", _string(maxLength=200), "The `next_cursor` of the previous page."),
+        *_common_headers([200, 400, 401, 503]),
+    ],
+    "responses": {
+        200: OpenApiResponse(
+            response=envelope(
+                {"type": "array", "items": ref("Rejection")},
+                next_cursor=_nullable(_string("Null on the last page.")),
+            ),
+            description="One page of rejections.",
+        ),
+        400: _error(
+            "A parameter is wrong (`invalid_parameter`) or the cursor is not one this API "
+            "handed out for this list (`invalid_cursor`).",
+            (
+                400,
+                "reason must be one of schema_validation_failed, signal_not_found",
+                "invalid_parameter",
+            ),
+        ),
+        401: _unauthorized(),
+        503: _unavailable(),
+        URI_TOO_LONG: _uri_too_long(),
+    },
+}
+
+
 # --- Authentication and finishing touches -----------------------------------------------------
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     """`Authorization: Bearer sk_...` as the document's one security scheme."""

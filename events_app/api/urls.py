@@ -16,6 +16,7 @@ from events_app.api.read_views import (
     SignalDetailApi,
     SignalListApi,
 )
+from events_app.api.rejection_views import RejectionListApi
 from events_app.api.views import EventBatchApi, EventValidateApi
 
 urlpatterns = [
@@ -26,6 +27,7 @@ urlpatterns = [
     # `path`, not `str` or `uuid`: a malformed id such as "../x" must reach the view and get
     # the event's own 404, not the catch-all's.
     path("events/<path:event_id>", EventDetailApi.as_view(), name="event-detail"),
+    path("rejections", RejectionListApi.as_view(), name="rejection-list"),
     path("signals", SignalListApi.as_view(), name="signal-list"),
     path("signals/<str:slug>", SignalDetailApi.as_view(), name="signal-detail"),
     path(

@@ -1,0 +1,354 @@
+"""Rejected events: requests refused for a schema violation or an unknown signal, kept so the
+client can see what it sent wrong (GET /v1/rejections) and staff can replay them after a fix.
+
+Writes and reads in one module: recording (called by ingest on its error path), the list
+selector, replay and the retention purge.
+
+- **Recorded**: `signal_not_found` and `schema_validation_failed` refusals of POST /v1/events
+  and of each item of POST /v1/events/batch. Not authentication, rate limits, malformed bodies,
+  idempotency conflicts, nor POST /v1/events/validate (nothing was sent for real).
+- **Never in the way**: recording runs after ingest decided, outside its transaction, costs
+  nothing to an accepted request, and any failure of its own is logged and swallowed, so the
+  client always gets the answer ingest gave.
+- **Bounded**: at most BIGMIND_REJECTIONS_PER_MINUTE rows per organization and minute, decided
+  by an atomic counter in the shared cache (one INCRBY). The rest are only counted, per
+  organization and minute, in RejectionOverflow (an F() increment). If the cache is down the
+  cap is checked against the database instead (a COUNT on the organization's index): rows are
+  still kept, and concurrent requests can overshoot the cap by at most their own number.
+- **Kept** BIGMIND_REJECTION_RETENTION_DAYS; the purge deletes in chunks, each its own short
+  transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from django.conf import settings
+from django.core import signing
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from bigmind.errors import ApplicationError, BadRequest, Conflict
+from events_app.auth import ApiClient
+from events_app.models import RejectedEvent, RejectionOverflow, RejectionReason
+
+logger = logging.getLogger(__name__)
+
+RECORDED_CODES = frozenset(RejectionReason.values)
+# The per-minute counter outlives its minute a little, for requests that straddle the turn.
+_COUNTER_SECONDS = 120
+_MAX_SLUG = 100
+_MAX_IDENTITY_TYPE = 64
+_MAX_IDENTITY_ID = 255
+
+
+# --- Recording --------------------------------------------------------------------------------
+class Refusal(NamedTuple):
+    """What ingest refused: the error the client got and what it had sent."""
+
+    error: ApplicationError
+    payload: Any  # the decoded body (one batch item)
+    raw_body: bytes | None = None  # the bytes as sent; None for a batch item (re-encoded)
+
+
+def rejection_body_cut(raw: bytes, limit: int) -> tuple[str, bool]:
+    """`raw` as text, cut to at most `limit` bytes without splitting a UTF-8 character."""
+    if len(raw) <= limit:
+        return raw.decode("utf-8", errors="replace"), False
+    cut = limit
+    # raw[cut] is the first byte left out; a continuation byte (10xxxxxx) there means the
+    # character it belongs to started before the cut: leave that whole character out.
+    while cut > 0 and raw[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return raw[:cut].decode("utf-8", errors="replace"), True
+
+
+def _minute_count_cache(organization_id: int, minute: datetime, n: int) -> int | None:
+    """The organization's rejections this minute including these `n`; None: cache down."""
+    key = f"rejections:{organization_id}:{int(minute.timestamp())}"
+    try:
+        try:
+            return int(cache.incr(key, n))  # one round trip once the minute's key exists
+        except ValueError:
+            pass  # first of the minute (or the key just expired)
+        if cache.add(key, n, _COUNTER_SECONDS):
+            return n
+        return int(cache.incr(key, n))  # another process added it first
+    except Exception:
+        logger.warning(
+            "rejection counter unreachable; checking the cap in the database", exc_info=True
+        )
+        return None
+
+
+def _minute_count_db(organization_id: int, minute: datetime, n: int) -> int:
+    stored = RejectedEvent.objects.filter(
+        organization_id=organization_id, received_at__gte=minute
+    ).count()
+    return stored + n
+
+
+def _overflow_add(organization_id: int, minute: datetime, n: int) -> None:
+    """Count `n` rejections over the cap: an upsert whose increment is F(), never read+write."""
+    row = RejectionOverflow.objects.filter(organization_id=organization_id, minute=minute)
+    if row.update(count=F("count") + n):
+        return
+    try:
+        with transaction.atomic():
+            RejectionOverflow.objects.create(
+                organization_id=organization_id, minute=minute, count=n
+            )
+    except IntegrityError:
+        row.update(count=F("count") + n)  # a concurrent request created it first
+
+
+def _text(value: Any, max_length: int) -> str:
+    return value[:max_length] if isinstance(value, str) else ""
+
+
+def _row(client: ApiClient, refusal: Refusal, received_at: datetime) -> RejectedEvent:
+    payload = refusal.payload if isinstance(refusal.payload, dict) else {}
+    raw = refusal.raw_body
+    if raw is None:
+        raw = json.dumps(refusal.payload, ensure_ascii=False, separators=(",", ":")).encode()
+    body, truncated = rejection_body_cut(raw, settings.BIGMIND_REJECTION_BODY_MAX_BYTES)
+    identity = payload.get("identity")
+    identity = identity if isinstance(identity, dict) else {}
+    return RejectedEvent(
+        organization_id=client.organization_id,
+        api_key_id=client.api_key_id or None,
+        signal_slug=_text(payload.get("signal"), _MAX_SLUG),
+        reason=refusal.error.code,
+        message=refusal.error.message,
+        violations=refusal.error.details or [],
+        body=body,
+        body_truncated=truncated,
+        body_bytes=len(raw),
+        identity_type=_text(identity.get("type"), _MAX_IDENTITY_TYPE),
+        identity_id=_text(identity.get("id"), _MAX_IDENTITY_ID),
+        received_at=received_at,
+    )
+
+
+def _record(client: ApiClient, refusals: list[Refusal]) -> int:
+    now = timezone.now()
+    minute = now.replace(second=0, microsecond=0)
+    n = len(refusals)
+    count = _minute_count_cache(client.organization_id, minute, n)
+    # A savepoint when a caller has a transaction open: a failure here must not break it.
+    with transaction.atomic():
+        if count is None:
+            count = _minute_count_db(client.organization_id, minute, n)
+        # `count` includes these n: the first (cap - earlier) of them are kept, the rest counted.
+        kept = max(0, min(n, settings.BIGMIND_REJECTIONS_PER_MINUTE - (count - n)))
+        rows = [_row(client, refusal, now) for refusal in refusals[:kept]]
+        if rows:
+            RejectedEvent.objects.bulk_create(rows)
+        if kept < n:
+            _overflow_add(client.organization_id, minute, n - kept)
+    return kept
+
+
+def rejections_record(*, client: ApiClient, refusals: Sequence[Refusal]) -> int:
+    """Keep the refusals that are schema violations or unknown signals; how many were stored.
+
+    Never raises: the client must get ingest's answer whatever happens here.
+    """
+    recordable = [refusal for refusal in refusals if refusal.error.code in RECORDED_CODES]
+    if not recordable:
+        return 0
+    try:
+        return _record(client, recordable)
+    except Exception:
+        logger.error(
+            "could not record %d rejection(s) of organization %s",
+            len(recordable),
+            client.organization_id,
+            exc_info=True,
+        )
+        return 0
+
+
+# --- Listing ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RejectionFilters:
+    signal: str | None = None
+    reason: str | None = None
+    since: datetime | None = None  # inclusive, on received_at
+    until: datetime | None = None  # exclusive, on received_at
+
+
+@dataclass(frozen=True)
+class RejectionPage:
+    rejections: list[RejectedEvent]
+    next_cursor: str | None
+
+
+# Signed keyset cursors as in events_app.selectors.event_list, with a salt of their own so an
+# event cursor is not a rejection cursor.
+_CURSOR_SALT = "events_app.rejections.rejection_list.cursor"
+_CURSOR_MAX_LENGTH = 512
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _cursor_encode(rejection: RejectedEvent) -> str:
+    position = [(rejection.received_at - _EPOCH) // _MICROSECOND, rejection.id.hex]
+    return signing.Signer(salt=_CURSOR_SALT).sign_object(position)
+
+
+def _cursor_decode(cursor: str) -> tuple[datetime, uuid.UUID]:
+    invalid = BadRequest("cursor is invalid", code="invalid_cursor")
+    if len(cursor) > _CURSOR_MAX_LENGTH:
+        raise invalid
+    try:
+        micros, id_hex = signing.Signer(salt=_CURSOR_SALT).unsign_object(cursor)
+        received_at = _EPOCH + micros * _MICROSECOND
+        rejection_id = uuid.UUID(hex=id_hex)
+    except (signing.BadSignature, TypeError, ValueError, OverflowError) as exc:
+        raise invalid from exc
+    return received_at, rejection_id
+
+
+def rejection_list(
+    *, organization_id: int, filters: RejectionFilters, limit: int, cursor: str | None = None
+) -> RejectionPage:
+    """A page of the organization's rejections, newest first by (received_at, id)."""
+    rows = RejectedEvent.objects.filter(organization_id=organization_id)
+    lookups = {
+        "signal_slug": filters.signal,
+        "reason": filters.reason,
+        "received_at__gte": filters.since,
+        "received_at__lt": filters.until,
+    }
+    rows = rows.filter(**{name: value for name, value in lookups.items() if value is not None})
+    if cursor is not None:
+        received_at, rejection_id = _cursor_decode(cursor)
+        # `received_at <= X` gives the (organization, -received_at) index a range to scan.
+        rows = rows.filter(
+            Q(received_at__lt=received_at) | Q(received_at=received_at, id__lt=rejection_id),
+            received_at__lte=received_at,
+        )
+    found = list(rows.order_by("-received_at", "-id")[: limit + 1])
+    if len(found) <= limit:
+        return RejectionPage(rejections=found, next_cursor=None)
+    page = found[:limit]
+    return RejectionPage(rejections=page, next_cursor=_cursor_encode(page[-1]))
+
+
+def rejection_overflow_total(*, organization_id: int | None = None) -> int:
+    """Rejections counted over the cap and not stored, within retention."""
+    rows = RejectionOverflow.objects.all()
+    if organization_id is not None:
+        rows = rows.filter(organization_id=organization_id)
+    return int(rows.aggregate(total=Sum("count"))["total"] or 0)
+
+
+# --- Replay -----------------------------------------------------------------------------------
+class RejectionNotReplayable(Conflict):
+    code = "rejection_not_replayable"
+
+
+@dataclass(frozen=True)
+class RejectionReplayResult:
+    rejection: RejectedEvent
+    event_id: uuid.UUID | None  # the event ingest stored (or an idempotent replay's event)
+    error: ApplicationError | None  # what ingest answered when it refused the body again
+
+    @property
+    def accepted(self) -> bool:
+        return self.error is None
+
+
+def rejection_replay(*, rejection: RejectedEvent) -> RejectionReplayResult:
+    """Run ingest again on the stored body, for the rejection's organization.
+
+    Accepted: the rejection links the event and the time. Refused again: the new error is
+    returned and nothing is stored (no second rejection row: a replay is not a client request).
+    Raises RejectionNotReplayable for a truncated body or a rejection already replayed.
+    """
+    # Imported here: services imports this module to record its refusals.
+    from events_app.services import event_ingest
+
+    if rejection.body_truncated:
+        raise RejectionNotReplayable(
+            f"The stored body was truncated ({rejection.body_bytes} bytes sent, "
+            f"{settings.BIGMIND_REJECTION_BODY_MAX_BYTES} kept), so it cannot be replayed; "
+            "the client must send the event again"
+        )
+    with transaction.atomic():
+        # Locked until the outcome is written: two staff replaying together make one event.
+        locked = RejectedEvent.objects.select_for_update().filter(pk=rejection.pk).first()
+        if locked is None:
+            raise RejectionNotReplayable("The rejection no longer exists (retention purge)")
+        if locked.replayed_event_id is not None:
+            raise RejectionNotReplayable(
+                f"The rejection was already replayed as event {locked.replayed_event_id}"
+            )
+        client = ApiClient(
+            api_key_id=locked.api_key_id or 0, organization_id=locked.organization_id
+        )
+        try:
+            result = event_ingest(
+                client=client, raw_body=locked.body.encode(), record_rejection=False
+            )
+        except ApplicationError as exc:
+            return RejectionReplayResult(rejection=locked, event_id=None, error=exc)
+        locked.replayed_event_id = result.event.id
+        locked.replayed_at = timezone.now()
+        locked.save(update_fields=["replayed_event_id", "replayed_at"])
+    return RejectionReplayResult(rejection=locked, event_id=result.event.id, error=None)
+
+
+# --- Retention --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RejectionPurgeResult:
+    rejections: int
+    overflow_rows: int
+    chunks: int
+
+
+def _purge_chunks(rows: Any, order: str, chunk_size: int) -> tuple[int, int]:
+    deleted = chunks = 0
+    while True:
+        # Each chunk is its own statement in autocommit: short transactions, short locks.
+        pks = list(rows.order_by(order).values_list("pk", flat=True)[:chunk_size])
+        if not pks:
+            break
+        count, _ = rows.model.objects.filter(pk__in=pks).delete()
+        deleted += count
+        chunks += 1
+        if len(pks) < chunk_size:
+            break
+    return deleted, chunks
+
+
+def rejections_purge(*, now: datetime | None = None) -> RejectionPurgeResult:
+    """Delete rejections (and overflow counts) older than the retention, chunk by chunk."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.BIGMIND_REJECTION_RETENTION_DAYS)
+    chunk_size = settings.BIGMIND_REJECTION_PURGE_CHUNK_SIZE
+    rejections, chunks = _purge_chunks(
+        RejectedEvent.objects.filter(received_at__lt=cutoff), "received_at", chunk_size
+    )
+    overflow_rows, overflow_chunks = _purge_chunks(
+        RejectionOverflow.objects.filter(minute__lt=cutoff), "pk", chunk_size
+    )
+    if rejections or overflow_rows:
+        logger.info(
+            "rejections purge: %d rejection(s) and %d overflow count(s) older than %s deleted",
+            rejections,
+            overflow_rows,
+            cutoff.isoformat(),
+        )
+    return RejectionPurgeResult(
+        rejections=rejections, overflow_rows=overflow_rows, chunks=chunks + overflow_chunks
+    )
