@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, models, transaction
 from django.utils import timezone
 
-from events_app.models import Event, EventStatus, Insight, InsightKind
+from events_app.models import Event, EventStatus, EventTransition, Insight, InsightKind
 from events_app.pipeline import facts as F
 from events_app.pipeline.engagement import engagement_add
 from events_app.pipeline.processors import (
@@ -108,14 +108,51 @@ def events_claim(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    return [Claim(event_id=UUID(str(row[0])), claimed_at=now, attempt=row[1]) for row in rows]
+    claims = [Claim(event_id=UUID(str(row[0])), claimed_at=now, attempt=row[1]) for row in rows]
+    if count_attempt and claims:
+        transitions_record(
+            event_ids=[c.event_id for c in claims],
+            status=EventStatus.PROCESSING,
+            attempts={c.event_id: c.attempt for c in claims},
+            at=now,
+        )
+    return claims
 
 
 def _start(claim: Claim) -> Claim | None:
     """Count the attempt of a batch-claimed event as its processing begins."""
     if not _fenced(claim).update(attempts=models.F("attempts") + 1):
         return None
-    return replace(claim, attempt=claim.attempt + 1)
+    started = replace(claim, attempt=claim.attempt + 1)
+    transitions_record(
+        event_ids=[claim.event_id], status=EventStatus.PROCESSING, attempt=started.attempt
+    )
+    return started
+
+
+def transitions_record(
+    *,
+    event_ids: Iterable[UUID],
+    status: str,
+    attempt: int | None = None,
+    note: str = "",
+    attempts: dict[UUID, int] | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Add a step to the status history of these events (one INSERT for all of them)."""
+    at = at or timezone.now()
+    EventTransition.objects.bulk_create(
+        [
+            EventTransition(
+                event_id=event_id,
+                status=status,
+                attempt=attempts.get(event_id, 0) if attempts is not None else (attempt or 0),
+                at=at,
+                note=note[:2000],
+            )
+            for event_id in event_ids
+        ]
+    )
 
 
 def _fenced(claim: Claim) -> Any:
@@ -317,6 +354,9 @@ def _complete(
         )
         if not completed:
             raise _ClaimLost
+        transitions_record(
+            event_ids=[event.id], status=EventStatus.COMPLETED, attempt=claim.attempt, at=now
+        )
         _apply_rollups(event, signal, plan)
         if draft is not None:
             Insight.objects.update_or_create(
@@ -349,22 +389,39 @@ def _settle_failure(claim: Claim, error: str, *, transient: bool) -> float | Non
     error = error[:2000]
     if transient and claim.attempt < settings.BIGMIND_PROCESSING_MAX_ATTEMPTS:
         delay = retry_delay(claim.attempt)
-        moved = _fenced(claim).update(
-            status=EventStatus.PENDING,
-            last_error=error,
-            claimed_at=None,
-            due_at=now + timedelta(seconds=delay),
-        )
+        with transaction.atomic():
+            moved = _fenced(claim).update(
+                status=EventStatus.PENDING,
+                last_error=error,
+                claimed_at=None,
+                due_at=now + timedelta(seconds=delay),
+            )
+            if moved:
+                transitions_record(
+                    event_ids=[claim.event_id],
+                    status=EventStatus.PENDING,
+                    attempt=claim.attempt,
+                    note=f"retry in {delay:.1f} s: {error}",
+                    at=now,
+                )
         return delay if moved else None
     if transient:
         error = f"{error} (gave up after {claim.attempt} attempts)"
-    _fenced(claim).update(
-        status=EventStatus.FAILED,
-        last_error=error,
-        processed_at=now,
-        claimed_at=None,
-        due_at=None,
-    )
+    with transaction.atomic():
+        if _fenced(claim).update(
+            status=EventStatus.FAILED,
+            last_error=error,
+            processed_at=now,
+            claimed_at=None,
+            due_at=None,
+        ):
+            transitions_record(
+                event_ids=[claim.event_id],
+                status=EventStatus.FAILED,
+                attempt=claim.attempt,
+                note=error,
+                at=now,
+            )
     return None
 
 
@@ -436,6 +493,7 @@ def events_release(*, claims: list[Claim]) -> list[UUID]:
     for claim in claims:
         if _fenced(claim).update(status=EventStatus.PENDING, claimed_at=None):
             released.append(claim.event_id)
+    # Not in the history: these were claimed as part of a batch but never started.
     return released
 
 

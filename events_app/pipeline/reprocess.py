@@ -19,6 +19,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from events_app.models import Event, EventStatus
+from events_app.pipeline.processing import transitions_record
 from events_app.pipeline.queue import BATCH_MESSAGE_SIZE, events_enqueue
 
 REPROCESSABLE = (EventStatus.COMPLETED, EventStatus.FAILED, EventStatus.PENDING)
@@ -68,16 +69,20 @@ def events_reprocess(
     for ids in _chunks(events, chunk_size):
         with transaction.atomic():
             moved = list(
-                Event.objects.filter(pk__in=ids, status__in=REPROCESSABLE).values_list(
-                    "pk", flat=True
-                )
+                Event.objects.select_for_update()
+                .filter(pk__in=ids, status__in=REPROCESSABLE)
+                .values_list("pk", flat=True)
             )
+            now = timezone.now()
             Event.objects.filter(pk__in=moved, status__in=REPROCESSABLE).update(
                 status=EventStatus.PENDING,
                 attempts=0,
                 last_error="",
                 claimed_at=None,
-                due_at=timezone.now(),
+                due_at=now,
+            )
+            transitions_record(
+                event_ids=moved, status=EventStatus.PENDING, note="reprocess requested", at=now
             )
             transaction.on_commit(partial(events_enqueue, event_ids=moved))
         queued += len(moved)

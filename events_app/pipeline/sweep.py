@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from events_app.models import Event, EventStatus
+from events_app.pipeline.processing import transitions_record
 from events_app.pipeline.queue import events_enqueue
 
 logger = logging.getLogger(__name__)
@@ -53,17 +55,24 @@ def _unstick(now: datetime) -> tuple[int, int]:
     for pk, attempts, claimed_at in rows:
         # Fenced on the claim we saw: a worker finishing right now wins, and we change nothing.
         claim = Event.objects.filter(pk=pk, status=EventStatus.PROCESSING, claimed_at=claimed_at)
-        if attempts >= settings.BIGMIND_PROCESSING_MAX_ATTEMPTS:
-            failed += claim.update(
-                status=EventStatus.FAILED,
-                last_error=f"{WORKER_LOST} (gave up after {attempts} attempts)",
-                processed_at=now,
-                claimed_at=None,
-            )
-        else:
-            unstuck += claim.update(
-                status=EventStatus.PENDING, last_error=WORKER_LOST, claimed_at=None, due_at=None
-            )
+        with transaction.atomic():
+            if attempts >= settings.BIGMIND_PROCESSING_MAX_ATTEMPTS:
+                status, error = (
+                    EventStatus.FAILED,
+                    f"{WORKER_LOST} (gave up after {attempts} attempts)",
+                )
+                moved = claim.update(
+                    status=status, last_error=error, processed_at=now, claimed_at=None
+                )
+                failed += moved
+            else:
+                status, error = EventStatus.PENDING, WORKER_LOST
+                moved = claim.update(status=status, last_error=error, claimed_at=None, due_at=None)
+                unstuck += moved
+            if moved:
+                transitions_record(
+                    event_ids=[pk], status=status, attempt=attempts, note=error, at=now
+                )
     return unstuck, failed
 
 

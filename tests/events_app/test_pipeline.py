@@ -916,3 +916,52 @@ def test_the_sweep_leaves_the_backoff_of_an_event_that_failed_meanwhile(
     with mock.patch("events_app.pipeline.sweep.events_enqueue", side_effect=fail_meanwhile):
         assert events_sweep(now=now).requeued == 1
     assert Event.objects.get(pk=event_id).due_at == backoff_until
+
+
+def test_each_status_change_is_kept_in_the_events_history(
+    api: ApiClient, signals, fake, settings, _no_publish
+) -> None:
+    fake.outcome = TransientProcessingError("AI endpoint answered 503")
+    event_id = ingest(api, "visit", {})
+    process(event_id)
+    fake.outcome = None
+    Event.objects.filter(pk=event_id).update(due_at=None)
+    process(event_id)
+    events_reprocess(events=Event.objects.filter(pk=event_id))
+    process(event_id)
+
+    history = list(
+        Event.objects.get(pk=event_id)
+        .transitions.order_by("at", "id")
+        .values_list("status", "attempt", "note")
+    )
+    assert [(s, a) for s, a, _ in history] == [
+        ("processing", 1),
+        ("pending", 1),
+        ("processing", 2),
+        ("completed", 2),
+        ("pending", 0),
+        ("processing", 1),
+        ("completed", 1),
+    ]
+    assert history[1][2].startswith("retry in ") and "503" in history[1][2]
+    assert history[4][2] == "reprocess requested"
+
+
+def test_a_batch_records_history_only_for_events_it_started(
+    api: ApiClient, signals, _no_publish
+) -> None:
+    ids = [ingest(api, "visit", {"n": n}) for n in range(3)]
+    ticks = iter([0.0, 0.0, 10.0, 10.0, 10.0])
+    with mock.patch.object(processing.time, "monotonic", side_effect=lambda: next(ticks)):
+        events_process(event_ids=ids, time_budget=5.0)
+    counts = [Event.objects.get(pk=i).transitions.count() for i in ids]
+    assert sorted(counts) == [0, 0, 2]
+
+
+def test_the_sweep_writes_why_it_moved_an_event(api: ApiClient, signals, _no_publish) -> None:
+    event_id = ingest(api, "visit", {})
+    [claim] = events_claim(event_ids=[event_id])
+    events_sweep(now=claim.claimed_at + timedelta(hours=1))
+    last = Event.objects.get(pk=event_id).transitions.order_by("at", "id").last()
+    assert last.status == "pending" and "stopped before finishing" in last.note
