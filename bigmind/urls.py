@@ -7,6 +7,7 @@ from django.views.generic import RedirectView
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/dashboard/", include(("events_app.dashboard", "dashboard"))),
     path("admin/", admin.site.urls),
     path("v1/", include("events_app.api.urls")),
 ]

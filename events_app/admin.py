@@ -1,13 +1,31 @@
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
-from events_app.models import CrmRecord, Event, Insight, MetricAggregate, RecordState
+from bigmind.errors import ApplicationError
+from events_app.models import (
+    CrmRecord,
+    Event,
+    Insight,
+    MetricAggregate,
+    RecordState,
+    RejectedEvent,
+)
 from events_app.pipeline.reprocess import REPROCESSABLE, events_reprocess
+from events_app.rejections import rejection_overflow_total, rejection_replay
+from events_app.selectors import CrmRecordProfile, crm_record_profile
+from signals_app.admin import OrganizationScopedAdmin, admin_scope, admin_scope_filter
+from signals_app.models import Signal
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -22,18 +40,78 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def _pretty_json(value: Any) -> SafeString:
+    # format_html escapes the text: a payload's "<script>" is shown, never run.
+    return format_html(
+        '<pre class="bigmind-json" style="white-space: pre-wrap">{}</pre>',
+        json.dumps(value, indent=2, ensure_ascii=False, default=str),
+    )
+
+
+def _organization_filtered(request: HttpRequest) -> int | None:
+    """The organization the list is cut to: a scoped user's own, or the one picked in the
+    organization filter. None: no further cut than the user's scope (which for a superuser is
+    every organization, and for staff without a membership none)."""
+    scope = admin_scope(request)
+    if scope.restricted:
+        return scope.organization_id
+    value = request.GET.get("organization__id__exact", "")
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+class SignalListFilter(admin.SimpleListFilter):
+    """Signals of the organizations in view, by name; not Django's field filter, which would
+    list every signal of every organization (or, "related only", read every event for them)."""
+
+    title = "signal"
+    parameter_name = "signal"
+    # A few dozen signals per organization is usual; past this, pick the organization first.
+    max_choices = 100
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        signals = admin_scope_filter(
+            Signal.objects.select_related("organization").order_by("organization__slug", "slug"),
+            request=request,
+            lookup="organization",
+        )
+        organization = _organization_filtered(request)
+        if organization is not None:
+            signals = signals.filter(organization_id=organization)
+        return [(str(signal.pk), str(signal)) for signal in signals[: self.max_choices]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value is None:
+            return queryset
+        if not (value.isascii() and value.isdigit() and len(value) <= 18):
+            raise IncorrectLookupParameters(f"Not a signal id: {value[:40]!r}")
+        return queryset.filter(signal_id=int(value))
+
+
+# Past this many, an event's page shows the latest steps only (a reprocessed-in-a-loop event
+# must not make its page unbounded).
+STATUS_HISTORY_LIMIT = 200
+
+
 @admin.register(Event)
-class EventAdmin(ReadOnlyAdmin):
+class EventAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
     list_display = (
         "id",
         "signal",
         "identity_type",
         "identity_id",
         "status",
+        "attempts",
         "received_at",
         "reference",
     )
-    list_filter = ("status", "signal__type", "organization", "received_at")
+    list_filter = ("status", SignalListFilter, "signal__type", "organization", "received_at")
     search_fields = ("=id", "=reference", "=identity_id", "=idempotency_key")
     list_select_related = ("signal", "signal__organization")
     date_hierarchy = "received_at"
@@ -41,6 +119,130 @@ class EventAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     raw_id_fields = ("crm_record",)
     actions = ("reprocess",)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "organization",
+                    "signal",
+                    "schema_version",
+                    "identity",
+                    "reference",
+                    "idempotency_key",
+                )
+            },
+        ),
+        ("Status", {"fields": ("status", "attempts", "error", "status_history")}),
+        (
+            "Times (UTC)",
+            {"fields": ("occurred", "received", "claimed", "due", "processed")},
+        ),
+        ("Payload", {"fields": ("payload",)}),
+        ("Processing result", {"fields": ("processing_result", "rollup_applied")}),
+    )
+    readonly_fields = (
+        "id",
+        "organization",
+        "signal",
+        "schema_version",
+        "identity",
+        "reference",
+        "idempotency_key",
+        "status",
+        "attempts",
+        "error",
+        "status_history",
+        "occurred",
+        "received",
+        "claimed",
+        "due",
+        "processed",
+        "payload",
+        "processing_result",
+        "rollup_applied",
+    )
+
+    @admin.display(description="identity")
+    def identity(self, obj: Event) -> str:
+        url = reverse("admin:events_app_crmrecord_change", args=[obj.crm_record_id])
+        events_url = reverse("admin:events_app_event_changelist")
+        return format_html(
+            '{}: {} &middot; <a href="{}">CRM record</a> &middot; '
+            '<a href="{}?crm_record__id__exact={}">its events</a>',
+            obj.identity_type,
+            obj.identity_id,
+            url,
+            events_url,
+            obj.crm_record_id,
+        )
+
+    @admin.display(description="last error")
+    def error(self, obj: Event) -> str:
+        if not obj.last_error:
+            return "-"
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', obj.last_error)
+
+    @admin.display(description="status history")
+    def status_history(self, obj: Event) -> str:
+        steps = list(obj.transitions.order_by("-at", "-id")[: STATUS_HISTORY_LIMIT + 1])
+        cut = len(steps) > STATUS_HISTORY_LIMIT
+        steps = steps[:STATUS_HISTORY_LIMIT][::-1]
+        rows = [(step.status, step.attempt, _when(step.at), step.note or "-") for step in steps]
+        if not cut:
+            # Arrival is not written as a step: the event row itself says it.
+            rows.insert(0, ("pending", 0, _when(obj.received_at), "received"))
+        body = format_html_join(
+            "\n",
+            '<tr class="transition"><td>{}</td><td>{}</td><td>{}</td>'
+            '<td style="white-space: pre-wrap">{}</td></tr>',
+            rows,
+        )
+        note = (
+            format_html("<p class='help'>The latest {} steps only.</p>", STATUS_HISTORY_LIMIT)
+            if cut
+            else ""
+        )
+        return format_html(
+            '{}<table class="bigmind-status-history"><thead><tr><th scope="col">Status</th>'
+            '<th scope="col">Attempt</th><th scope="col">At</th><th scope="col">Note</th>'
+            "</tr></thead><tbody>{}</tbody></table>",
+            note,
+            body,
+        )
+
+    @admin.display(description="timestamp (when it happened)")
+    def occurred(self, obj: Event) -> str:
+        return _when(obj.timestamp)
+
+    @admin.display(description="received")
+    def received(self, obj: Event) -> str:
+        return _when(obj.received_at)
+
+    @admin.display(description="claimed by a worker")
+    def claimed(self, obj: Event) -> str:
+        return _when(obj.claimed_at)
+
+    @admin.display(description="not queued again before")
+    def due(self, obj: Event) -> str:
+        return _when(obj.due_at)
+
+    @admin.display(description="processed")
+    def processed(self, obj: Event) -> str:
+        return _when(obj.processed_at)
+
+    @admin.display(description="data")
+    def payload(self, obj: Event) -> str:
+        return _pretty_json(obj.data)
+
+    @admin.display(description="result")
+    def processing_result(self, obj: Event) -> str:
+        return "-" if obj.result is None else _pretty_json(obj.result)
+
+    @admin.display(description="rollups applied")
+    def rollup_applied(self, obj: Event) -> str:
+        return "-" if obj.rollup is None else _pretty_json(obj.rollup)
 
     @admin.action(description="Reprocess selected events (rollups are never counted twice)")
     def reprocess(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
@@ -54,36 +256,260 @@ class EventAdmin(ReadOnlyAdmin):
         self.message_user(request, message, messages.SUCCESS if queued else messages.WARNING)
 
 
+def _bucket_value(bucket: MetricAggregate, aggregation: str) -> float | int | None:
+    # As the API reports it (events_app/api/read_views.py).
+    if aggregation == "avg":
+        return bucket.sum / bucket.count if bucket.count else None
+    return {"sum": bucket.sum, "count": bucket.count, "min": bucket.min, "max": bucket.max}.get(
+        aggregation
+    )
+
+
+def _profile_context(profile: CrmRecordProfile) -> dict[str, Any]:
+    """The record's profile as rows for admin/events_app/crmrecord/change_form.html, which
+    escapes every value (JSON is pre-formatted here, as text)."""
+
+    def event_url(event_id: Any) -> str:
+        return reverse("admin:events_app_event_change", args=[event_id])
+
+    return {
+        "event_count": profile.event_count,
+        "engagement_score": profile.engagement_score,
+        "events_url": reverse("admin:events_app_event_changelist")
+        + f"?crm_record__id__exact={profile.record.pk}",
+        "events_by_signal": [
+            {"signal": item.signal, "count": item.count, "last_event_at": _when(item.last_event_at)}
+            for item in profile.events_by_signal
+        ],
+        "states": [
+            {
+                "signal": state.signal.slug,
+                "value": json.dumps(state.value, indent=2, ensure_ascii=False, default=str),
+                "timestamp": _when(state.timestamp),
+                "updated_at": _when(state.updated_at),
+                "event_url": event_url(state.event_id),
+            }
+            for state in profile.states
+        ],
+        "aggregates": [
+            {
+                "signal": series.signal.slug,
+                "aggregation": series.signal.aggregation,
+                "period": series.signal.period,
+                "value_field": series.signal.value_field or "value",
+                "buckets": [
+                    {
+                        "start": _when(bucket.bucket_start),
+                        "value": _bucket_value(bucket, series.signal.aggregation),
+                        "count": bucket.count,
+                        "sum": bucket.sum,
+                        "min": bucket.min,
+                        "max": bucket.max,
+                    }
+                    for bucket in series.buckets
+                ],
+            }
+            for series in profile.aggregates
+        ],
+        "insights": [
+            {
+                "occurred_at": _when(insight.occurred_at),
+                "signal": insight.signal.slug,
+                "kind": insight.get_kind_display(),
+                "score": insight.score,
+                "summary": insight.summary,
+                "next_action": insight.next_action,
+                "reasons": [str(reason) for reason in insight.reasons or []],
+                "processor": f"{insight.processor} {insight.processor_version}",
+                "event_url": event_url(insight.event_id),
+            }
+            for insight in profile.insights
+        ],
+    }
+
+
 @admin.register(CrmRecord)
-class CrmRecordAdmin(ReadOnlyAdmin):
+class CrmRecordAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
     list_display = ("type", "external_id", "organization", "first_seen_at", "last_seen_at")
     list_filter = ("type", "organization")
+    list_select_related = ("organization",)
     search_fields = ("=external_id",)
     show_full_result_count = False
+    fields = ("organization", "type", "external_id", "first_seen_at", "last_seen_at")
+    readonly_fields = fields
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: CrmRecord | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            # The same selector as GET /v1/records/<type>/<id>, for the record's organization
+            # (which get_object has already checked against the user's).
+            profile = crm_record_profile(
+                organization_id=obj.organization_id, type=obj.type, external_id=obj.external_id
+            )
+            context["bigmind_profile"] = _profile_context(profile)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
 
 @admin.register(Insight)
-class InsightAdmin(ReadOnlyAdmin):
+class InsightAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
     list_display = ("summary", "score", "kind", "signal", "crm_record", "occurred_at", "processor")
-    list_filter = ("kind", "signal__type", "organization")
-    list_select_related = ("signal", "crm_record")
+    list_filter = ("kind", SignalListFilter, "signal__type", "organization")
+    list_select_related = ("signal", "signal__organization", "crm_record")
     search_fields = ("=event_id",)
     raw_id_fields = ("crm_record",)
     show_full_result_count = False
 
 
 @admin.register(MetricAggregate)
-class MetricAggregateAdmin(ReadOnlyAdmin):
+class MetricAggregateAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
+    organization_lookup = "crm_record__organization"
     list_display = ("crm_record", "signal", "period", "bucket_start", "count", "sum", "min", "max")
-    list_filter = ("period",)
-    list_select_related = ("signal", "crm_record")
+    list_filter = ("period", SignalListFilter)
+    list_select_related = ("signal", "signal__organization", "crm_record")
     raw_id_fields = ("crm_record",)
     show_full_result_count = False
 
 
 @admin.register(RecordState)
-class RecordStateAdmin(ReadOnlyAdmin):
+class RecordStateAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
+    organization_lookup = "crm_record__organization"
     list_display = ("crm_record", "signal", "value", "timestamp", "updated_at")
-    list_select_related = ("signal", "crm_record")
+    list_filter = (SignalListFilter,)
+    list_select_related = ("signal", "signal__organization", "crm_record")
     raw_id_fields = ("crm_record",)
     show_full_result_count = False
+
+
+class _SignalSlugFilter(admin.SimpleListFilter):
+    # Not a plain field filter: that lists every distinct slug ever refused, and unknown-signal
+    # refusals can bring many. The most recent ones (of the selected organization) are enough;
+    # search finds the rest.
+    title = "signal slug"
+    parameter_name = "signal_slug"
+    max_choices = 30
+
+    scan_rows = 1000
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        rows = model_admin.get_queryset(request)  # cut to the user's organization
+        organization = _organization_filtered(request)
+        if organization is not None:
+            rows = rows.filter(organization_id=organization)
+        # The latest rows only (an index range), not a GROUP BY over the whole table.
+        latest = rows.order_by("-received_at").values_list("signal_slug", flat=True)
+        slugs = list(dict.fromkeys(latest[: self.scan_rows]))[: self.max_choices]
+        return [(slug, slug or "(none)") for slug in slugs]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset if value is None else queryset.filter(signal_slug=value)
+
+
+@admin.register(RejectedEvent)
+class RejectedEventAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
+    list_display = (
+        "received_at",
+        "organization",
+        "signal_slug",
+        "reason",
+        "identity",
+        "body_truncated",
+        "replayed_event_id",
+    )
+    list_filter = ("reason", "organization", _SignalSlugFilter, "received_at")
+    search_fields = ("=id", "=signal_slug", "=identity_id", "=replayed_event_id")
+    list_select_related = ("organization",)
+    date_hierarchy = "received_at"
+    show_full_result_count = False
+    fields = (
+        "id",
+        "organization",
+        "api_key",
+        "received_at",
+        "signal_slug",
+        "reason",
+        "message",
+        "violations_pretty",
+        "identity",
+        "body_pretty",
+        "body_truncated",
+        "body_bytes",
+        "replayed_event_id",
+        "replayed_at",
+    )
+    readonly_fields = fields
+    actions = ("replay",)
+    # Selecting more than a page's worth would hold the request for one ingest per row.
+    replay_max = 100
+
+    @admin.display(description="identity")
+    def identity(self, obj: RejectedEvent) -> str:
+        if not obj.identity_type:
+            return "-"
+        return f"{obj.identity_type}:{obj.identity_id}"
+
+    @admin.display(description="violations")
+    def violations_pretty(self, obj: RejectedEvent) -> str:
+        if not obj.violations:
+            return "-"
+        return format_html("<pre>{}</pre>", json.dumps(obj.violations, indent=2))
+
+    @admin.display(description="body (as sent)")
+    def body_pretty(self, obj: RejectedEvent) -> str:
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', obj.body)
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        # Replaying stores events: for staff who may change rejections, not just view them.
+        return request.user.has_perm("events_app.change_rejectedevent")
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        organization = _organization_filtered(request)
+        if organization is None and admin_scope(request).restricted:
+            overflow = 0  # staff without a membership see no organization's numbers
+        else:
+            overflow = rejection_overflow_total(organization_id=organization)
+        if overflow:
+            self.message_user(
+                request,
+                f"{overflow} more rejection(s) within retention were over the per-minute cap "
+                "and only counted, not stored.",
+                messages.INFO,
+            )
+        return super().changelist_view(request, extra_context)
+
+    @admin.action(description="Replay selected rejections", permissions=["replay"])
+    def replay(self, request: HttpRequest, queryset: QuerySet[RejectedEvent]) -> None:
+        # Oldest first, so replayed events keep the order they were first sent in.
+        selected = list(queryset.order_by("received_at", "id")[: self.replay_max + 1])
+        if len(selected) > self.replay_max:
+            self.message_user(
+                request,
+                f"Only the oldest {self.replay_max} selected rejections were replayed.",
+                messages.WARNING,
+            )
+            selected = selected[: self.replay_max]
+        for rejection in selected:
+            label = f"Rejection {rejection.id} ({rejection.signal_slug or '-'})"
+            try:
+                result = rejection_replay(rejection=rejection)
+            except ApplicationError as exc:
+                self.message_user(request, f"{label}: not replayed: {exc.message}", messages.ERROR)
+                continue
+            if result.accepted:
+                self.message_user(
+                    request, f"{label}: accepted as event {result.event_id}.", messages.SUCCESS
+                )
+            else:
+                assert result.error is not None
+                self.message_user(
+                    request,
+                    f"{label}: refused again ({result.error.code}): {result.error.message}",
+                    messages.WARNING,
+                )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -140,3 +141,27 @@ class ApiKey(models.Model):
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class OrganizationMembership(models.Model):
+    """Limits a staff user to one organization in the admin (signals_app/admin.py).
+
+    A non-superuser staff user with a membership sees and changes only that organization's
+    objects; one without a membership sees no organization's objects at all. Superusers see
+    every organization, membership or not.
+    """
+
+    # One organization per user: "limited to one organization" is the whole model.
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="organization_membership"
+    )
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="memberships"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["organization", "user"]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.organization}"

@@ -105,28 +105,32 @@ def events_claim(
     """  # noqa: S608
     params = [EventStatus.PROCESSING, _db("claimed_at", now)]
     params += [_db("id", event_id) for event_id in ids] + [EventStatus.PENDING]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    claims = [Claim(event_id=UUID(str(row[0])), claimed_at=now, attempt=row[1]) for row in rows]
-    if count_attempt and claims:
-        transitions_record(
-            event_ids=[c.event_id for c in claims],
-            status=EventStatus.PROCESSING,
-            attempts={c.event_id: c.attempt for c in claims},
-            at=now,
-        )
+    # The claim and its history row commit together: a claim must never be left behind by a
+    # failed history write.
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        claims = [Claim(event_id=UUID(str(row[0])), claimed_at=now, attempt=row[1]) for row in rows]
+        if count_attempt and claims:
+            transitions_record(
+                event_ids=[c.event_id for c in claims],
+                status=EventStatus.PROCESSING,
+                attempts={c.event_id: c.attempt for c in claims},
+                at=now,
+            )
     return claims
 
 
 def _start(claim: Claim) -> Claim | None:
     """Count the attempt of a batch-claimed event as its processing begins."""
-    if not _fenced(claim).update(attempts=models.F("attempts") + 1):
-        return None
-    started = replace(claim, attempt=claim.attempt + 1)
-    transitions_record(
-        event_ids=[claim.event_id], status=EventStatus.PROCESSING, attempt=started.attempt
-    )
+    with transaction.atomic():
+        if not _fenced(claim).update(attempts=models.F("attempts") + 1):
+            return None
+        started = replace(claim, attempt=claim.attempt + 1)
+        transitions_record(
+            event_ids=[claim.event_id], status=EventStatus.PROCESSING, attempt=started.attempt
+        )
     return started
 
 

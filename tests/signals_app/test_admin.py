@@ -119,7 +119,8 @@ def test_the_revoke_action_revokes_and_the_key_stops_working(
     with django_capture_on_commit_callbacks(execute=True):
         response = staff.post(
             "/admin/signals_app/apikey/",
-            {"action": "revoke_keys", "_selected_action": [key.pk]},
+            # "post": the confirmation page's "Yes, revoke them".
+            {"action": "revoke_keys", "_selected_action": [key.pk], "post": "yes"},
         )
     assert response.status_code == 302
     key.refresh_from_db()
