@@ -202,6 +202,8 @@ class Insight(models.Model):
         ]
         indexes = [
             models.Index(fields=["crm_record", "-occurred_at"], name="insight_record_occurred"),
+            # The admin's insight list, scoped to one organization.
+            models.Index(fields=["organization", "-occurred_at"], name="insight_org_occurred"),
         ]
 
     def __str__(self) -> str:
