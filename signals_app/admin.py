@@ -323,11 +323,13 @@ class SchemaJSONField(forms.JSONField):
         return parsed
 
     def bound_data(self, data: Any, initial: Any) -> Any:
-        # Redisplaying refused input must not re-raise what to_python turned into an error.
-        try:
-            return super().bound_data(data, initial)
-        except (RecursionError, ValueError):
-            return InvalidJSONInput(data)
+        # A refused form shows the schema exactly as typed (indentation included), and never
+        # re-parses what to_python turned into an error.
+        if self.disabled:
+            return initial
+        if data is None:
+            return None
+        return InvalidJSONInput(data)
 
 
 class SignalForm(forms.ModelForm):
