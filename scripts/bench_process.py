@@ -1,0 +1,1185 @@
+#!/usr/bin/env python3
+"""Benchmark the processing pipeline: events/s per Celery worker process, and keep-up with ingest.
+
+One command (`make bench-process`, i.e. `.venv/bin/python scripts/bench_process.py`), one run:
+
+  1. drops and recreates its own PostgreSQL database (default `bench_process`; `--keep-database`
+     keeps it), migrates it and runs `bootstrap_demo --allow-production`; empties its own Redis
+     broker database; starts gunicorn (sync workers) as scripts/bench_ingest.py does, with the
+     per-signal rate limits raised so nothing is a 429;
+  2. drain, single-event messages: with no worker running, stores a backlog of N events of the
+     three demo signals (type event, metric and state, in turn; several CRM records) through
+     POST /v1/events, so N `events.process_event` messages wait in the broker; then starts ONE
+     worker process and times until all N are `completed`;
+  3. drain, batch messages: the same N events through POST /v1/events/batch (100 per request,
+     so N/100 `events.process_events` messages of 100 ids), and the same single worker;
+  4. ingest reference: wrk on POST /v1/events (the same mix of signals) with no worker running;
+  5. starts one worker process per core; they first drain the backlog of step 4 (the drain rate
+     of that many processes), then wrk runs again for --duration seconds while they work: the
+     backlog (events `pending` or `processing`) is sampled every second; after the load, the
+     time to drain what is left;
+  6. checks integrity: every event completed, exactly once (claimed once, one `completed`
+     step in its status history), none failed or pending; insights, metric aggregates, record
+     states and engagement sums equal what the events imply; the broker holds no message;
+  7. prints markdown tables; stops gunicorn and the workers, also on Ctrl-C or an error. The
+     exit status is 1 if an integrity check failed.
+
+The worker is `celery -A bigmind worker -Q events.process,default` with the prefork pool
+(`--pool prefork -c 1` for "one worker process", `-c <cores>` for the keep-up test; as in
+docs/operations.md), or `--pool solo` with --pool. Drain rates are measured between the first
+and the last completion (`processed_at`), so the worker's start-up does not count.
+
+Reuses scripts/bench_ingest.py's setup helpers (database, gunicorn, environment). Only stdlib,
+psycopg and redis (both in requirements.txt) are used, and wrk (apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_ingest as bi  # the sibling script (the path above)
+
+ROOT = bi.ROOT
+QUEUES = "events.process,default"
+BATCH_SIZE = 100  # events per POST /v1/events/batch, and ids per events.process_events message
+STATES = ("green", "yellow", "red")
+ENGAGEMENT_EPOCH = "2025-01-01 00:00:00+00"  # events_app/pipeline/engagement.py EPOCH
+
+
+def log(message: str) -> None:
+    print(f"[bench-process] {message}", file=sys.stderr, flush=True)
+
+
+# --- the events ------------------------------------------------------------------------------
+# Event n of a stream: type event, metric, state in turn (n % 3); three consecutive events share
+# a CRM record, so every record gets all three types. Metric timestamps spread over the last
+# 10 days (so earlier periods exist and some values, 1000 against 100-149, are unusual), state
+# timestamps over the last 48 minutes (out of order: some are not newer than the stored state),
+# event timestamps over the last 3 days. The wrk script (WRK_LUA) builds the same events.
+def event_dict(n: int, identity: str, reference: str, now: int) -> dict[str, Any]:
+    kind = n % 3
+    if kind == 0:
+        signal_slug = "visited-documentation-page"
+        data: dict[str, Any] = {"page": f"/docs/p{n % 7}", "duration_seconds": n % 300}
+        at = now - (n % 72) * 3600
+    elif kind == 1:
+        signal_slug = "api-calls"
+        data = {"value": 1000 if n % 31 == 1 else 100 + (n * 37) % 50}
+        at = now - (n % 10) * 86400
+    else:
+        signal_slug = "health-state"
+        data = {"state": STATES[(n // 3) % 3]}
+        at = now - (n % 48) * 60
+    return {
+        "signal": signal_slug,
+        "version": "latest",
+        "identity": {"type": "account", "id": identity},
+        "data": data,
+        "timestamp": datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "reference": reference,
+    }
+
+
+def identity_for(stream: int, n: int, identities: int) -> str:
+    return f"acct-{(stream * 7919 + n // 3) % identities:06d}"
+
+
+WRK_LUA = r"""
+-- generated by scripts/bench_process.py: the events of event_dict(), one per request
+local run_id = "%(run_id)s"
+local identities = %(identities)d
+local states = {"green", "yellow", "red"}
+local now = os.time()
+local counter = 0
+local non2xx = 0
+local first_error = ""
+local threads = {}
+local next_tid = 0
+local headers = {
+  ["Content-Type"] = "application/json",
+  ["Authorization"] = "Bearer %(api_key)s",
+}
+
+function setup(thread)
+  next_tid = next_tid + 1
+  thread:set("tid", next_tid)
+  table.insert(threads, thread)
+end
+
+local function next_event()
+  counter = counter + 1
+  local n = counter
+  local identity = string.format("acct-%%06d", (tid * 7919 + math.floor(n / 3)) %% identities)
+  local reference = string.format("%%s-%%d-%%d", run_id, tid, n)
+  local kind = n %% 3
+  local slug, data, at
+  if kind == 0 then
+    slug = "visited-documentation-page"
+    data = string.format('{"page":"/docs/p%%d","duration_seconds":%%d}', n %% 7, n %% 300)
+    at = now - (n %% 72) * 3600
+  elseif kind == 1 then
+    slug = "api-calls"
+    local value = 100 + (n * 37) %% 50
+    if n %% 31 == 1 then value = 1000 end
+    data = string.format('{"value":%%d}', value)
+    at = now - (n %% 10) * 86400
+  else
+    slug = "health-state"
+    data = string.format('{"state":"%%s"}', states[math.floor(n / 3) %% 3 + 1])
+    at = now - (n %% 48) * 60
+  end
+  return string.format(
+    '{"signal":"%%s","version":"latest","identity":{"type":"account","id":"%%s"},' ..
+    '"data":%%s,"timestamp":"%%s","reference":"%%s"}',
+    slug, identity, data, os.date("!%%Y-%%m-%%dT%%H:%%M:%%SZ", at), reference)
+end
+
+function request()
+  return wrk.format("POST", "/v1/events", headers, next_event())
+end
+
+function response(status, hdrs, body)
+  if status < 200 or status > 299 then
+    non2xx = non2xx + 1
+    if first_error == "" then first_error = status .. " " .. string.sub(body or "", 1, 300) end
+  end
+end
+
+function done(summary, latency, requests)
+  local bad, sample = 0, ""
+  for _, t in ipairs(threads) do
+    bad = bad + (t:get("non2xx") or 0)
+    local e = t:get("first_error")
+    if sample == "" and e and e ~= "" then sample = e end
+  end
+  sample = string.gsub(sample, '[%%c"\\]', " ")
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%%d,"duration_us":%%d,"non2xx":%%d,"socket_errors":%%d,' ..
+    '"p50_us":%%d,"p99_us":%%d,"first_error":"%%s"}\n',
+    summary.requests, summary.duration, bad, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99), sample))
+end
+"""
+
+
+# --- CPU accounting from /proc ---------------------------------------------------------------
+def cpu_snapshot(sessions: dict[int, str]) -> dict[str, float]:
+    """CPU seconds so far of process sessions ({session id: name}), PostgreSQL and Redis."""
+    totals = dict.fromkeys([*sessions.values(), "postgres", "redis"], 0.0)
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        # utime + stime, plus cutime + cstime: the children it reaped (PostgreSQL's backends
+        # of closed connections, a replaced pool process), which are no longer in /proc.
+        seconds = sum(int(v) for v in fields[11:15]) / bi.CLK_TCK
+        session = int(fields[3])
+        if session in sessions:
+            totals[sessions[session]] += seconds
+        elif comm.startswith("postgres"):
+            totals["postgres"] += seconds
+        elif comm.startswith("redis-server"):
+            totals["redis"] += seconds
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    values = (values + [0] * 8)[:8]
+    totals["machine_busy"] = (sum(values) - values[3] - values[4] - values[7]) / bi.CLK_TCK
+    totals["steal"] = values[7] / bi.CLK_TCK
+    totals["wall"] = time.monotonic()
+    return totals
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after}
+
+
+# --- processes -------------------------------------------------------------------------------
+@dataclass
+class Worker:
+    """One `celery worker` in a session of its own (main process and pool children)."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    processes: int
+    handle: Any = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_errors(self) -> list[str]:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return [ln for ln in text.splitlines() if "ERROR" in ln or "Traceback" in ln]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # warm shutdown: finish the task in hand
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=20)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)  # pool children left behind, if any
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        self.handle.close()
+
+
+def worker_start(
+    args: argparse.Namespace, env: dict[str, str], processes: int, workdir: Path, tag: str
+) -> Worker:
+    """prefork: one worker with `processes` pool processes; solo: `processes` must be 1."""
+    log_path = workdir / f"worker-{tag}.log"
+    command = [sys.executable, "-m", "celery", "-A", args.celery_app, "worker", "-Q", QUEUES]
+    if args.pool == "solo":
+        assert processes == 1
+        command += ["--pool", "solo"]
+    else:
+        command += ["--pool", "prefork", "--concurrency", str(processes)]
+    command += [
+        "--without-mingle",  # start-up only: no other worker to sync with
+        "-n",
+        f"bench-{tag}-{uuid.uuid4().hex[:6]}@%h",
+        "--loglevel",
+        "WARNING",
+    ]
+    handle = open(log_path, "ab")  # noqa: SIM115 (kept open for the worker's lifetime)
+    log(f"starting worker {tag}: {args.pool}, {processes} process(es)")
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=handle,
+        stderr=handle,
+        start_new_session=True,
+    )
+    return Worker(process=process, log_path=log_path, processes=processes, handle=handle)
+
+
+def broker_consumers(broker: Any, db: int) -> int:
+    """Clients of the broker database blocked in BRPOP: a worker waiting for messages."""
+    return sum(
+        1 for c in broker.client_list() if str(c.get("db")) == str(db) and c.get("cmd") == "brpop"
+    )
+
+
+def broker_messages(broker: Any) -> tuple[int, int]:
+    """(messages waiting in events.process*, messages delivered but not acknowledged)."""
+    waiting = sum(int(broker.llen(key)) for key in broker.scan_iter("events.process*"))
+    return waiting, int(broker.hlen("unacked"))
+
+
+# --- database --------------------------------------------------------------------------------
+class Db:
+    """One autocommit connection of the benchmark's own, for polling and checks."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        row = self.conn.execute(sql, params).fetchone()
+        return row
+
+    def backlog(self) -> int:
+        # The (status, received_at) index answers this without touching completed rows.
+        return int(
+            self.one(
+                "SELECT count(*) FROM events_app_event WHERE status IN ('pending', 'processing')"
+            )[0]
+        )
+
+    def pending(self) -> int:
+        return int(self.one("SELECT count(*) FROM events_app_event WHERE status = 'pending'")[0])
+
+    def sample(self) -> tuple[int, int, int]:
+        """(backlog, failed, all events) in one statement."""
+        row = self.one(
+            "SELECT count(*) FILTER (WHERE status IN ('pending', 'processing')), "
+            "count(*) FILTER (WHERE status = 'failed'), count(*) FROM events_app_event"
+        )
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def phase(self, prefix: str) -> dict[str, Any]:
+        row = self.one(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'completed'), "
+            "count(*) FILTER (WHERE status = 'failed'), min(processed_at), max(processed_at) "
+            "FROM events_app_event WHERE reference LIKE %s",
+            (f"{prefix}-%",),
+        )
+        return {
+            "stored": int(row[0]),
+            "completed": int(row[1]),
+            "failed": int(row[2]),
+            "first": row[3],
+            "last": row[4],
+        }
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# --- loading ---------------------------------------------------------------------------------
+def post(port: int, path: str, body: bytes) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            path,
+            body,
+            {"Content-Type": "application/json", "Authorization": f"Bearer {bi.DEMO_API_KEY}"},
+        )
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def preload(
+    args: argparse.Namespace, port: int, prefix: str, count: int, *, batch: bool
+) -> tuple[int, float]:
+    """Store `count` events, one per request or 100 per batch request: (requests, seconds)."""
+    now = int(time.time())
+    size = BATCH_SIZE if batch else 1
+    streams = 8  # client threads; each is a stream of events with identities of its own
+    # Whole requests per stream; only the very last request may be a short batch.
+    requests = -(-count // size)
+    per_stream = [
+        requests // streams + (1 if i < requests % streams else 0) for i in range(streams)
+    ]
+    first_request = [sum(per_stream[:i]) for i in range(streams)]
+
+    def run(stream: int) -> None:
+        for k in range(first_request[stream], first_request[stream] + per_stream[stream]):
+            numbers = range(k * size + 1, min(count, (k + 1) * size) + 1)
+            events = [
+                event_dict(
+                    n, identity_for(stream, n, args.identities), f"{prefix}-{stream}-{n}", now
+                )
+                for n in numbers
+            ]
+            body = json.dumps({"events": events} if batch else events[0]).encode()
+            status, answer = post(port, "/v1/events/batch" if batch else "/v1/events", body)
+            if status != 202:
+                raise RuntimeError(f"preload: {status} {answer[:300]!r}")
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(streams) as pool:
+        for future in [pool.submit(run, i) for i in range(streams)]:
+            future.result()
+    return requests, time.monotonic() - started
+
+
+def run_wrk(
+    args: argparse.Namespace, port: int, seconds: float, run_id: str, workdir: Path
+) -> dict[str, Any]:
+    script = workdir / f"{run_id}.lua"
+    script.write_text(
+        WRK_LUA % {"run_id": run_id, "identities": args.identities, "api_key": bi.DEMO_API_KEY}
+    )
+    command = [
+        args.wrk,
+        "-t",
+        str(min(args.threads, args.concurrency)),
+        "-c",
+        str(args.concurrency),
+        "-d",
+        f"{seconds:g}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}/v1/events",
+    ]
+    before = bi.children_cpu()
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    loadgen_cpu = bi.children_cpu() - before
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    data = json.loads(line[len("BENCH_JSON ") :])
+    duration = data["duration_us"] / 1e6
+    errors = data["non2xx"] + data["socket_errors"]
+    return {
+        "requests": data["requests"],
+        "errors": errors,
+        "duration": duration,
+        "ok_per_s": (data["requests"] - errors) / duration if duration else 0.0,
+        "p50_ms": data["p50_us"] / 1000,
+        "p99_ms": data["p99_us"] / 1000,
+        "first_error": data["first_error"],
+        "cpu": loadgen_cpu,
+    }
+
+
+# --- the phases ------------------------------------------------------------------------------
+@dataclass
+class Drain:
+    name: str
+    task: str
+    messages: int
+    processes: int
+    events: int = 0
+    failed: int = 0
+    seconds: float = 0.0  # first to last completion
+    wall: float = 0.0  # worker start to last completion (start-up included)
+    cpu: dict[str, float] = field(default_factory=dict)
+    cpu_events: int = 0  # events completed while `cpu` was measured
+    messages_left: int = 0  # in the broker when the last event completed
+    round: int = 1  # 0: all rounds together
+    intervals: int = 0  # between completions: events - 1 (added up over rounds)
+
+    @property
+    def rate(self) -> float:
+        """Completions per second between the first and the last one."""
+        return self.intervals / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def per_process(self) -> float:
+        return self.rate / self.processes
+
+    def cpu_ms(self, key: str) -> float:
+        return self.cpu.get(key, 0.0) / self.cpu_events * 1000 if self.cpu_events else 0.0
+
+
+def with_workers(sessions: dict[int, str], workers: list[Worker]) -> dict[int, str]:
+    return {**sessions, **{w.pid: "worker" for w in workers}}
+
+
+def workers_alive(workers: list[Worker]) -> None:
+    for worker in workers:
+        if worker.process.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{worker.log_path.read_text()[-3000:]}")
+
+
+def broker_wait_empty(args: argparse.Namespace, broker: Any, workers: list[Worker]) -> int:
+    """Wait until no message waits or is unacknowledged; returns how many waited at first.
+
+    With the project's pipeline none is left once every event is completed. A what-if
+    pipeline that claims events ahead of their messages leaves those messages behind, to be
+    consumed (as no-ops) before the next phase starts.
+    """
+    first = sum(broker_messages(broker))
+    deadline = time.monotonic() + args.timeout
+    while sum(broker_messages(broker)):
+        workers_alive(workers)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"messages still in the broker after {args.timeout:g} s")
+        time.sleep(0.2)
+    return first
+
+
+def drain(
+    args: argparse.Namespace,
+    db: Db,
+    broker: Any,
+    sessions: dict[int, str],
+    workers: list[Worker],
+    result: Drain,
+    prefix: str,
+    expected: int,
+) -> Drain:
+    """Let `workers` (just started) work off the backlog; the phase's events are `prefix`-*."""
+    started = time.monotonic()
+    deadline = started + args.timeout
+    # CPU is measured from the first claim on, so the workers' start-up is not in it.
+    while db.pending() >= expected:
+        workers_alive(workers)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{result.name}: no event claimed in {args.timeout:g} s")
+        time.sleep(0.05)
+    done_at_start = expected - db.backlog()
+    before = cpu_snapshot(with_workers(sessions, workers))
+    while (left := db.backlog()) > 0:
+        workers_alive(workers)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{result.name}: {left} events still not processed")
+        time.sleep(0.2)
+    result.wall = time.monotonic() - started
+    result.cpu = cpu_delta(before, cpu_snapshot(with_workers(sessions, workers)))
+    result.cpu_events = expected - done_at_start
+    result.messages_left = broker_wait_empty(args, broker, workers)
+    counts = db.phase(prefix)
+    result.events, result.failed = counts["completed"], counts["failed"]
+    result.intervals = max(0, result.events - 1)
+    if counts["first"] and counts["last"]:
+        result.seconds = (counts["last"] - counts["first"]).total_seconds()
+    log(
+        f"  {result.name}: {result.events} completed, {result.failed} failed in "
+        f"{result.seconds:.1f} s: {result.rate:.1f} events/s"
+    )
+    return result
+
+
+def drain_kind(
+    args: argparse.Namespace,
+    db: Db,
+    broker: Any,
+    sessions: dict[int, str],
+    port: int,
+    run_id: str,
+    rnd: int,
+    batch: bool,
+    start: Any,
+    stop: Any,
+) -> Drain:
+    """One drain test: a backlog of single-event or batch messages, one worker process."""
+    kind = "batch" if batch else "single"
+    prefix = f"{run_id}-{kind}{rnd}"
+    log(f"round {rnd}: storing a backlog of {args.events} events ({kind} requests), no worker")
+    messages, seconds = preload(args, port, prefix, args.events, batch=batch)
+    waiting, _ = broker_messages(broker)
+    if waiting != messages:
+        raise RuntimeError(f"{waiting} messages in the broker, expected {messages}")
+    log(f"  stored in {seconds:.1f} s; {waiting} messages wait in the broker")
+    result = Drain(
+        name=(
+            f"`events.process_events` (ids of one batch request: {BATCH_SIZE})"
+            if batch
+            else "`events.process_event` (one id)"
+        ),
+        task="events.process_events" if batch else "events.process_event",
+        messages=messages,
+        processes=1,
+        round=rnd,
+    )
+    group = start(1, f"{kind}{rnd}")
+    try:
+        return drain(args, db, broker, sessions, group, result, prefix, args.events)
+    finally:
+        stop(group)
+
+
+def drains_total(drains: list[Drain]) -> Drain:
+    """The rounds of one kind as one: events and seconds added up, CPU per event overall."""
+    first = drains[0]
+    total = Drain(name=first.name, task=first.task, messages=0, processes=first.processes, round=0)
+    for d in drains:
+        total.messages += d.messages
+        total.events += d.events
+        total.failed += d.failed
+        total.seconds += d.seconds
+        total.cpu_events += d.cpu_events
+        total.messages_left += d.messages_left
+        for key, value in d.cpu.items():
+            total.cpu[key] = total.cpu.get(key, 0.0) + value
+        total.intervals += d.intervals
+    return total
+
+
+@dataclass
+class KeepUp:
+    reference: dict[str, Any]
+    load: dict[str, Any] = field(default_factory=dict)
+    processes: int = 0
+    samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, backlog, ...
+    start: tuple[int, int, int] = (0, 0, 0)
+    end: tuple[int, int, int] = (0, 0, 0)
+    load_seconds: float = 0.0
+    tail_seconds: float = 0.0  # after the load, until the backlog was 0
+    messages_left: int = 0  # in the broker then
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> int:
+        """Events completed during the load: stored in the window minus the backlog's growth."""
+        return (self.end[2] - self.start[2]) - (self.end[0] - self.start[0])
+
+    @property
+    def completion_rate(self) -> float:
+        return self.completed / self.load_seconds if self.load_seconds else 0.0
+
+    def load_samples(self) -> list[tuple[float, int]]:
+        return [(t, b) for t, b, _, _ in self.samples if t <= self.load_seconds]
+
+    def last_half_slope(self) -> float:
+        """Least-squares slope of the backlog (events/s) over the last half of the load."""
+        points = [(t, b) for t, b in self.load_samples() if t >= self.load_seconds / 2]
+        if len(points) < 2:
+            return 0.0
+        mean_t = sum(t for t, _ in points) / len(points)
+        mean_b = sum(b for _, b in points) / len(points)
+        var = sum((t - mean_t) ** 2 for t, _ in points)
+        return sum((t - mean_t) * (b - mean_b) for t, b in points) / var if var else 0.0
+
+    def backlog_at(self, fraction: float) -> int:
+        target = self.load_seconds * fraction
+        points = self.load_samples()
+        return min(points, key=lambda p: abs(p[0] - target))[1] if points else 0
+
+    def bounded(self) -> bool:
+        """The backlog did not grow over the last half: slope within 2% of the ingest rate."""
+        return self.last_half_slope() <= max(1.0, 0.02 * self.load.get("ok_per_s", 0.0))
+
+
+def keep_up(
+    args: argparse.Namespace,
+    db: Db,
+    broker: Any,
+    sessions: dict[int, str],
+    workers: list[Worker],
+    port: int,
+    run_id: str,
+    workdir: Path,
+    result: KeepUp,
+) -> KeepUp:
+    deadline = time.monotonic() + 30
+    while broker_consumers(broker, args.broker_db) < len(workers):
+        workers_alive(workers)
+        if time.monotonic() > deadline:
+            raise RuntimeError("the workers are not waiting for messages after 30 s")
+        time.sleep(0.1)
+    outcome: dict[str, Any] = {}
+
+    def load() -> None:
+        try:
+            outcome.update(run_wrk(args, port, args.duration, f"{run_id}-keepup", workdir))
+        except Exception as exc:  # reported by the main thread
+            outcome["exception"] = exc
+
+    result.start = db.sample()
+    before = cpu_snapshot(with_workers(sessions, workers))
+    t0 = time.monotonic()
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    next_sample = t0 + 1.0
+    while thread.is_alive():
+        time.sleep(max(0.0, next_sample - time.monotonic()))
+        next_sample += 1.0
+        if thread.is_alive():
+            backlog, failed, total = db.sample()
+            result.samples.append((time.monotonic() - t0, backlog, failed, total))
+    thread.join()
+    result.load_seconds = time.monotonic() - t0
+    result.end = db.sample()
+    result.cpu = cpu_delta(before, cpu_snapshot(with_workers(sessions, workers)))
+    if "exception" in outcome:
+        raise outcome["exception"]
+    result.load = outcome
+    result.samples.append((result.load_seconds, *result.end))
+    log(
+        f"  ingest {outcome['ok_per_s']:.0f}/s, completed {result.completion_rate:.0f}/s, "
+        f"backlog at the end {result.end[0]}"
+    )
+    tail_start = time.monotonic()
+    while (backlog := db.backlog()) > 0:
+        if time.monotonic() - tail_start > args.timeout:
+            raise RuntimeError(f"keep-up: {backlog} events left {args.timeout:g} s after the load")
+        time.sleep(0.2)
+    result.tail_seconds = time.monotonic() - tail_start
+    result.messages_left = broker_wait_empty(args, broker, workers)
+    return result
+
+
+# --- integrity -------------------------------------------------------------------------------
+INTEGRITY_SQL = {
+    "events": "SELECT count(*) FROM events_app_event",
+    "completed": "SELECT count(*) FROM events_app_event WHERE status = 'completed'",
+    "failed": "SELECT count(*) FROM events_app_event WHERE status = 'failed'",
+    "not_done": "SELECT count(*) FROM events_app_event WHERE status IN ('pending', 'processing')",
+    "claimed_more_than_once": "SELECT count(*) FROM events_app_event WHERE attempts <> 1",
+    "without_rollup": "SELECT count(*) FROM events_app_event "
+    "WHERE status = 'completed' AND (rollup IS NULL OR result IS NULL)",
+    "event_type_events": "SELECT count(*) FROM events_app_event e "
+    "JOIN signals_app_signal s ON s.id = e.signal_id WHERE s.type = 'event'",
+    "event_insights": "SELECT count(*) FROM events_app_insight WHERE kind = 'event'",
+    "insights_without_event": "SELECT count(*) FROM events_app_insight i "
+    "LEFT JOIN events_app_event e ON e.id = i.event_id WHERE e.id IS NULL",
+    "metric_events": "SELECT count(*) FROM events_app_event e "
+    "JOIN signals_app_signal s ON s.id = e.signal_id WHERE s.type = 'metric'",
+    "metric_count": "SELECT coalesce(sum(count), 0) FROM events_app_metricaggregate",
+    "metric_value_sum": "SELECT coalesce(sum((e.data->>'value')::float8), 0) "
+    "FROM events_app_event e JOIN signals_app_signal s ON s.id = e.signal_id "
+    "WHERE s.type = 'metric'",
+    "metric_aggregate_sum": "SELECT coalesce(sum(sum), 0) FROM events_app_metricaggregate",
+    "metric_unusual_insights": "SELECT count(*) FROM events_app_insight "
+    "WHERE kind = 'metric_unusual'",
+    "state_change_insights": "SELECT count(*) FROM events_app_insight WHERE kind = 'state_change'",
+    # The current state of each (record, state signal) is its newest event, by (timestamp, id).
+    "wrong_states": """
+        SELECT count(*) FROM (
+            SELECT DISTINCT ON (e.crm_record_id, e.signal_id)
+                   e.crm_record_id, e.signal_id, e.id
+            FROM events_app_event e JOIN signals_app_signal s ON s.id = e.signal_id
+            WHERE s.type = 'state'
+            ORDER BY e.crm_record_id, e.signal_id, e.timestamp DESC, e.id DESC
+        ) latest
+        FULL JOIN events_app_recordstate r
+               ON r.crm_record_id = latest.crm_record_id AND r.signal_id = latest.signal_id
+        WHERE r.event_id IS DISTINCT FROM latest.id
+    """,
+    # Each record's engagement mass is the sum of its events' weights, each scaled by
+    # 2^((timestamp - epoch) / half-life) (events_app/pipeline/engagement.py), counted once.
+    "wrong_engagement": """
+        SELECT count(*) FROM events_app_crmrecord c LEFT JOIN (
+            SELECT crm_record_id, sum(
+                coalesce((rollup->'engagement'->>'weight')::float8, 0)
+                * power(2::float8, extract(epoch FROM (timestamp - %s::timestamptz))
+                                   / (%s * 86400.0))
+            ) AS expected
+            FROM events_app_event GROUP BY crm_record_id
+        ) x ON x.crm_record_id = c.id
+        WHERE abs(c.engagement_mass - coalesce(x.expected, 0))
+              > 1e-9 * greatest(1, abs(coalesce(x.expected, 0)))
+    """,
+    "records": "SELECT count(*) FROM events_app_crmrecord",
+    # The status history, where the pipeline keeps one (events_app_eventtransition): exactly
+    # one `completed` step per event.
+    "not_completed_once": """
+        SELECT CASE WHEN to_regclass('events_app_eventtransition') IS NULL THEN -1 ELSE (
+            SELECT count(*) FROM events_app_event e
+            LEFT JOIN (SELECT event_id, count(*) AS n FROM events_app_eventtransition
+                       WHERE status = 'completed' GROUP BY event_id) t ON t.event_id = e.id
+            WHERE coalesce(t.n, 0) <> 1
+        ) END
+    """,
+}
+
+
+def integrity(args: argparse.Namespace, db: Db, broker: Any, workers: list[Worker]) -> list[str]:
+    """Lines `OK ...` or `FAILED ...`."""
+    half_life = float(os.environ.get("BIGMIND_ENGAGEMENT_HALF_LIFE_DAYS", "14"))
+    got: dict[str, float] = {}
+    for name, sql in INTEGRITY_SQL.items():
+        params = (ENGAGEMENT_EPOCH, half_life) if "%s" in sql else ()
+        got[name] = float(db.one(sql, params)[0])
+    waiting, unacked = broker_messages(broker)
+    errors = [line for w in workers for line in w.log_errors()]
+
+    def check(ok: bool, text: str) -> str:
+        return f"{'OK' if ok else 'FAILED'}: {text}"
+
+    n = int(got["events"])
+    return [
+        check(
+            got["completed"] == n and got["failed"] == 0 and got["not_done"] == 0,
+            f"{n} events stored, {got['completed']:.0f} completed, {got['failed']:.0f} failed, "
+            f"{got['not_done']:.0f} pending or processing",
+        ),
+        check(
+            got["not_completed_once"] <= 0,
+            "status history: "
+            + (
+                "no events_app_eventtransition table"
+                if got["not_completed_once"] < 0
+                else f"{got['not_completed_once']:.0f} events without exactly one `completed` step"
+            ),
+        ),
+        check(
+            got["claimed_more_than_once"] == 0 and got["without_rollup"] == 0,
+            f"every event claimed exactly once (attempts = 1; {got['claimed_more_than_once']:.0f}"
+            f" otherwise) and completed with its result and rollup "
+            f"({got['without_rollup']:.0f} without)",
+        ),
+        check(
+            got["event_insights"] == got["event_type_events"]
+            and got["insights_without_event"] == 0,
+            f"one insight per type-event event: {got['event_insights']:.0f} insights for "
+            f"{got['event_type_events']:.0f} events; also {got['metric_unusual_insights']:.0f} "
+            f"unusual-metric and {got['state_change_insights']:.0f} state-change insights",
+        ),
+        check(
+            got["metric_count"] == got["metric_events"]
+            and abs(got["metric_aggregate_sum"] - got["metric_value_sum"])
+            <= 1e-9 * max(1.0, got["metric_value_sum"]),
+            f"metric aggregates count {got['metric_count']:.0f} values for "
+            f"{got['metric_events']:.0f} metric events; sum {got['metric_aggregate_sum']:.0f} "
+            f"against {got['metric_value_sum']:.0f}",
+        ),
+        check(
+            got["wrong_states"] == 0,
+            f"record states: {got['wrong_states']:.0f} (record, signal) pairs whose state is "
+            "not their newest event",
+        ),
+        check(
+            got["wrong_engagement"] == 0,
+            f"engagement: {got['wrong_engagement']:.0f} of {got['records']:.0f} CRM records "
+            "whose engagement mass differs from the sum of their events' weights",
+        ),
+        check(
+            waiting == 0 and unacked == 0,
+            f"broker: {waiting} messages waiting, {unacked} unacknowledged",
+        ),
+        check(
+            not errors,
+            f"worker logs: {len(errors)} error lines"
+            + (f", first: {errors[0][:200]}" if errors else ""),
+        ),
+    ]
+
+
+# --- report ----------------------------------------------------------------------------------
+def report(
+    args: argparse.Namespace,
+    machine: dict[str, str],
+    found: dict[str, str],
+    drains: list[Drain],
+    keep: KeepUp,
+    checks: list[str],
+) -> str:
+    out: list[str] = []
+    cores = os.cpu_count() or 1
+    out.append(
+        f"## Processing benchmark ({args.rounds} x {args.events} events per drain test, "
+        f"keep-up {args.duration:g} s, "
+        f"pool {args.pool}, {args.workers} gunicorn sync workers, wrk -c {args.concurrency})"
+    )
+    out.append("")
+    out.append(
+        f"Machine: {machine['cpu']}, {machine['memory']}, {machine['os']}, "
+        f"Python {machine['python']}, load average at start {machine['load']}"
+    )
+    out.append("Software: " + ", ".join(f"{k} {v}" for k, v in found.items()))
+    out.append("")
+    out.append(
+        f"Drain: a backlog of {args.events} events waiting in the broker, no ingest running; "
+        f"{args.rounds} round(s) per kind, taking turns. events/s from the first to the last "
+        "completion."
+    )
+    out.append("")
+    out.append(
+        "| messages | round | worker processes | events | seconds | events/s per process "
+        "| worker CPU ms/event | PostgreSQL CPU ms/event | Redis CPU ms/event "
+        "| machine busy % | other processes, cores |"
+    )
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    one = [d for d in drains if d.processes == 1]
+    totals: dict[str, Drain] = {}
+    for task in dict.fromkeys(d.task for d in one):
+        totals[task] = drains_total([d for d in one if d.task == task])
+    rows = sorted(one, key=lambda d: (d.task, d.round))
+    rows += list(totals.values()) + [d for d in drains if d.processes != 1]
+    for d in rows:
+        wall = d.cpu.get("wall", 0) or 1
+        ours = sum(d.cpu.get(k, 0) for k in ("worker", "postgres", "redis", "gunicorn"))
+        busy = d.cpu.get("machine_busy", 0)
+        label = "all" if d.round == 0 else (str(d.round) if d.processes == 1 else "-")
+        bold = "**" if d.round == 0 else ""
+        out.append(
+            f"| {d.name} | {label} | {d.processes} | {d.events} | {d.seconds:.1f} "
+            f"| {bold}{d.per_process:.1f}{bold} | {d.cpu_ms('worker'):.2f} "
+            f"| {d.cpu_ms('postgres'):.2f} | {d.cpu_ms('redis'):.2f} "
+            f"| {busy / wall / cores * 100:.0f} | {max(0.0, busy - ours) / wall:.2f} |"
+        )
+    left = [d for d in drains if d.messages_left] + ([keep] if keep.messages_left else [])
+    if left:
+        out.append("")
+        out.append(
+            "Messages still in the broker when the last event had completed (consumed before "
+            "the next phase; they did no work): "
+            + ", ".join(f"{getattr(x, 'name', 'keep-up')}: {x.messages_left}" for x in left)
+            + "."
+        )
+    single = totals.get("events.process_event")
+    batch = totals.get("events.process_events")
+    if single and batch and single.rate:
+
+        def server_ms(d: Drain) -> float:
+            return sum(d.cpu_ms(k) for k in ("worker", "postgres", "redis"))
+
+        per_round = []
+        for rnd in range(1, args.rounds + 1):
+            sr = next((d for d in one if d.task == single.task and d.round == rnd), None)
+            br = next((d for d in one if d.task == batch.task and d.round == rnd), None)
+            if sr and br and sr.rate:
+                per_round.append(f"{br.rate / sr.rate:.2f}")
+        out.append("")
+        out.append(
+            f"Batch messages ÷ single-event messages, one worker process: "
+            f"**{batch.rate / single.rate:.2f}x events/s** (per round: {', '.join(per_round)}); "
+            f"CPU per event (worker + PostgreSQL + Redis) {server_ms(batch):.2f} ms against "
+            f"{server_ms(single):.2f} ms: {server_ms(single) / server_ms(batch):.2f}x less."
+        )
+    out.append("")
+    ref, load = keep.reference, keep.load
+    ingest = load.get("ok_per_s", 0.0)
+    wall = keep.cpu.get("wall", 0) or 1
+    cpu_split = [keep.cpu.get(k, 0.0) for k in ("gunicorn", "worker", "postgres", "redis")]
+    cpu_split.append(load.get("cpu", 0.0))
+    busy = keep.cpu.get("machine_busy", 0.0)
+    cpu_split += [max(0.0, busy - sum(cpu_split)), busy]
+    out.append(
+        f"Keep-up: POST /v1/events under wrk for {args.duration:g} s while {keep.processes} "
+        f"worker processes ({args.pool}) process; backlog = events pending or processing, "
+        "sampled every second."
+    )
+    out.append("")
+    out.append("| measure | value |")
+    out.append("|---|---:|")
+    rows = [
+        ("ingest 2xx/s, no worker running (reference)", f"{ref['ok_per_s']:.0f}"),
+        (f"ingest 2xx/s with {keep.processes} worker processes", f"{ingest:.0f}"),
+        ("events completed/s during the load", f"{keep.completion_rate:.0f}"),
+        ("completed ÷ ingested", f"{keep.completion_rate / ingest:.2f}" if ingest else "-"),
+        ("backlog at the start", f"{keep.start[0]}"),
+        ("backlog at half time", f"{keep.backlog_at(0.5)}"),
+        ("backlog max", f"{max((b for _, b in keep.load_samples()), default=0)}"),
+        ("backlog at the end of the load", f"{keep.end[0]}"),
+        ("backlog slope over the last half, events/s", f"{keep.last_half_slope():+.1f}"),
+        ("backlog bounded", "yes" if keep.bounded() else "NO"),
+        ("seconds to drain after the load", f"{keep.tail_seconds:.1f}"),
+        (
+            "ingest errors (reference, load)",
+            f"{ref['errors']} / {ref['requests']}, {load.get('errors', 0)} / "
+            f"{load.get('requests', 0)}",
+        ),
+        ("ingest p50 / p99 ms (reference)", f"{ref['p50_ms']:.1f} / {ref['p99_ms']:.1f}"),
+        (
+            "ingest p50 / p99 ms (with workers)",
+            f"{load.get('p50_ms', 0):.1f} / {load.get('p99_ms', 0):.1f}",
+        ),
+        (
+            "CPU cores used during the load: gunicorn / workers / PostgreSQL / Redis / wrk / "
+            "other processes / whole machine",
+            " / ".join(f"{v / wall:.2f}" for v in cpu_split),
+        ),
+        ("steal %", f"{keep.cpu.get('steal', 0) / wall / cores * 100:.0f}"),
+    ]
+    for name, value in rows:
+        out.append(f"| {name} | {value} |")
+    out.append("")
+    step = max(1, round(len(keep.samples) / 12))
+    timeline = ", ".join(
+        f"{t:.0f}s: {b}" for i, (t, b, _, _) in enumerate(keep.samples) if i % step == 0
+    )
+    out.append(f"Backlog during the load (s: events): {timeline}; end: {keep.end[0]}.")
+    out.append("")
+    out.append("Integrity, all events of the run:")
+    out.append("")
+    out.extend(f"- {line}" for line in checks)
+    for name, r in (("reference", ref), ("load", load)):
+        if r.get("first_error"):
+            out.append(f"- First ingest error ({name}): {r['first_error']}")
+    return "\n".join(out)
+
+
+# --- main ------------------------------------------------------------------------------------
+def parse_args() -> argparse.Namespace:
+    cores = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],  # type: ignore[union-attr]
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--database-url", default="postgres://postgres@127.0.0.1:5432/bench_process"
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/8", help="the cache")
+    parser.add_argument(
+        "--broker-url",
+        default="redis://127.0.0.1:6379/9",
+        help="Celery broker; this Redis database is emptied at the start",
+    )
+    parser.add_argument(
+        "--events", "-n", type=int, default=2500, help="backlog per drain test and round"
+    )
+    parser.add_argument(
+        "--rounds",
+        "-r",
+        type=int,
+        default=2,
+        help="drain tests of each kind (single-event, batch messages), taking turns",
+    )
+    parser.add_argument("--duration", "-d", type=float, default=60.0, help="keep-up test seconds")
+    parser.add_argument(
+        "--reference-duration",
+        type=float,
+        default=20.0,
+        help="seconds of ingest with no worker running",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=cores,
+        help="worker processes in the keep-up test (one per core)",
+    )
+    parser.add_argument("--pool", choices=["prefork", "solo"], default="prefork")
+    parser.add_argument("--workers", type=int, default=2 * cores, help="gunicorn sync workers")
+    parser.add_argument("--concurrency", "-c", type=int, default=4 * cores, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=min(2, cores), help="wrk threads")
+    parser.add_argument(
+        "--identities", type=int, default=200, help="CRM records the events are spread over"
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds a drain may take")
+    parser.add_argument(
+        "--keep-database",
+        action="store_true",
+        help="do not drop and recreate the database (the integrity check covers all its events)",
+    )
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--celery-app",
+        default="bigmind",
+        help="the workers' `celery -A` application (another one only for what-if experiments, "
+        "importable from the project root or PYTHONPATH)",
+    )
+    args = parser.parse_args()
+    args.wrk = shutil.which("wrk")
+    if not args.wrk:
+        parser.error("wrk is not installed (apt-get install -y wrk)")
+    args.loadgen = "wrk"
+    args.app = "bigmind.wsgi:application"
+    args.reset = not args.keep_database
+    args.broker_db = int(urlsplit(args.broker_url).path.lstrip("/") or 0)
+    if args.broker_url == args.redis_url:
+        parser.error("the broker and the cache must be different Redis databases")
+    if args.events < BATCH_SIZE:
+        parser.error(f"--events must be at least {BATCH_SIZE}")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    os.chdir(ROOT)
+    env = bi.bench_env(args)
+    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")})
+    machine = bi.machine_description()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+
+    gunicorn: subprocess.Popen[bytes] | None = None
+    workers: list[Worker] = []
+    all_workers: list[Worker] = []
+    broker = bi.broker_client(args)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-process-"))
+    logfile = workdir / "gunicorn.log"
+    db: Db | None = None
+    failed = True
+
+    def start(processes: int, tag: str) -> list[Worker]:
+        """prefork: one worker of `processes` pool processes; solo: `processes` workers."""
+        if args.pool == "solo":
+            group = [worker_start(args, env, 1, workdir, f"{tag}{i}") for i in range(processes)]
+        else:
+            group = [worker_start(args, env, processes, workdir, tag)]
+        workers.extend(group)
+        all_workers.extend(group)
+        return group
+
+    def stop(group: list[Worker]) -> None:
+        for worker in group:
+            worker.stop()
+            workers.remove(worker)
+
+    try:
+        bi.database_prepare(args)
+        log("migrating")
+        bi.manage(env, "migrate", "--noinput")
+        log("bootstrap_demo --allow-production")
+        bi.manage(env, "bootstrap_demo", "--allow-production")
+        broker.flushdb()
+        found = bi.versions(args)
+        db = Db(args.database_url)
+        port = args.port or bi.free_port()
+        gunicorn = bi.start_gunicorn(args, env, port, logfile)
+        bi.wait_ready(gunicorn, port, logfile)
+        sessions = {gunicorn.pid: "gunicorn"}
+        run_id = uuid.uuid4().hex[:8]
+        if db.backlog():
+            raise RuntimeError("the database has unprocessed events; run without --keep-database")
+
+        drains: list[Drain] = []
+        for rnd in range(1, args.rounds + 1):
+            # The order alternates, so noise from the machine hits both kinds alike.
+            for batch in (False, True) if rnd % 2 else (True, False):
+                drains.append(
+                    drain_kind(args, db, broker, sessions, port, run_id, rnd, batch, start, stop)
+                )
+
+        log(f"ingest reference: wrk for {args.reference_duration:g} s, no worker running")
+        reference = run_wrk(args, port, args.reference_duration, f"{run_id}-reference", workdir)
+        log(f"  {reference['ok_per_s']:.0f} events/s accepted, errors {reference['errors']}")
+        if gunicorn.poll() is not None:
+            raise RuntimeError(f"gunicorn died:\n{logfile.read_text()[-3000:]}")
+        backlog = db.backlog()
+        processes = args.processes
+        log(f"{processes} worker processes drain the reference's backlog of {backlog} events")
+        group = start(processes, "keepup")
+        drains.append(
+            drain(
+                args,
+                db,
+                broker,
+                sessions,
+                group,
+                Drain(
+                    name="`events.process_event` (one id), the reference's backlog",
+                    task="events.process_event",
+                    messages=backlog,
+                    processes=processes,
+                ),
+                f"{run_id}-reference",
+                backlog,
+            )
+        )
+        log(f"keep-up: wrk for {args.duration:g} s with {processes} worker processes")
+        keep = keep_up(
+            args,
+            db,
+            broker,
+            sessions,
+            group,
+            port,
+            run_id,
+            workdir,
+            KeepUp(reference=reference, processes=processes),
+        )
+        stop(group)
+        time.sleep(0.5)
+        checks = integrity(args, db, broker, all_workers)
+        text = report(args, machine, found, drains, keep, checks)
+        print(text, flush=True)
+        failed = any(line.startswith("FAILED") for line in checks)
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        for worker in list(workers):
+            worker.stop()
+        bi.stop_gunicorn(gunicorn)
+        if db is not None:
+            db.close()
+        try:
+            for key in broker.scan_iter("events.process*"):
+                broker.delete(key)
+        except Exception as exc:
+            log(f"could not empty the broker queue: {exc}")
+        logs = [logfile, *(w.log_path for w in all_workers)]
+        noisy = [p for p in logs if p.exists() and "Traceback" in p.read_text(errors="replace")]
+        if failed or noisy:
+            log(f"kept the logs in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
