@@ -26,19 +26,19 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.core import signing
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Sum
 from django.utils import timezone
 
-from bigmind.errors import ApplicationError, BadRequest, Conflict
+from bigmind.errors import ApplicationError, Conflict
 from events_app.auth import ApiClient
 from events_app.models import RejectedEvent, RejectionOverflow, RejectionReason
+from events_app.selectors import keyset_page
 
 logger = logging.getLogger(__name__)
 
@@ -192,30 +192,8 @@ class RejectionPage:
     next_cursor: str | None
 
 
-# Signed keyset cursors as in events_app.selectors.event_list, with a salt of their own so an
-# event cursor is not a rejection cursor.
+# Its own salt: an event-list cursor is not a rejection-list cursor.
 _CURSOR_SALT = "events_app.rejections.rejection_list.cursor"
-_CURSOR_MAX_LENGTH = 512
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _cursor_encode(rejection: RejectedEvent) -> str:
-    position = [(rejection.received_at - _EPOCH) // _MICROSECOND, rejection.id.hex]
-    return signing.Signer(salt=_CURSOR_SALT).sign_object(position)
-
-
-def _cursor_decode(cursor: str) -> tuple[datetime, uuid.UUID]:
-    invalid = BadRequest("cursor is invalid", code="invalid_cursor")
-    if len(cursor) > _CURSOR_MAX_LENGTH:
-        raise invalid
-    try:
-        micros, id_hex = signing.Signer(salt=_CURSOR_SALT).unsign_object(cursor)
-        received_at = _EPOCH + micros * _MICROSECOND
-        rejection_id = uuid.UUID(hex=id_hex)
-    except (signing.BadSignature, TypeError, ValueError, OverflowError) as exc:
-        raise invalid from exc
-    return received_at, rejection_id
 
 
 def rejection_list(
@@ -230,18 +208,8 @@ def rejection_list(
         "received_at__lt": filters.until,
     }
     rows = rows.filter(**{name: value for name, value in lookups.items() if value is not None})
-    if cursor is not None:
-        received_at, rejection_id = _cursor_decode(cursor)
-        # `received_at <= X` gives the (organization, -received_at) index a range to scan.
-        rows = rows.filter(
-            Q(received_at__lt=received_at) | Q(received_at=received_at, id__lt=rejection_id),
-            received_at__lte=received_at,
-        )
-    found = list(rows.order_by("-received_at", "-id")[: limit + 1])
-    if len(found) <= limit:
-        return RejectionPage(rejections=found, next_cursor=None)
-    page = found[:limit]
-    return RejectionPage(rejections=page, next_cursor=_cursor_encode(page[-1]))
+    page, next_cursor = keyset_page(rows, cursor=cursor, limit=limit, salt=_CURSOR_SALT)
+    return RejectionPage(rejections=page, next_cursor=next_cursor)
 
 
 def rejection_overflow_total(*, organization_id: int | None = None) -> int:

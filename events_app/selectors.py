@@ -10,10 +10,11 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from django.core import signing
 from django.db import models
-from django.db.models import Count, Max, Q, Window
+from django.db.models import Count, Max, Q, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -21,6 +22,8 @@ from bigmind.errors import BadRequest, NotFound
 from events_app.models import CrmRecord, Event, Insight, MetricAggregate, RecordState
 from events_app.pipeline.engagement import engagement_score
 from signals_app.models import Signal
+
+M = TypeVar("M", bound=models.Model)
 
 # Canonical (8-4-4-4-12) or bare 32-digit hex, any case. `uuid.UUID` alone is looser: it takes
 # braces, "urn:uuid:", underscores and non-ASCII digits, none of which is an id we hand out.
@@ -63,42 +66,63 @@ class EventPage:
 # Signed, so a client cannot forge a position it was never given, nor make us parse arbitrary
 # input; the position itself is no secret. A rotated SECRET_KEY (without a fallback) makes the
 # cursors handed out before it invalid, which costs a client a restart from the first page.
-_CURSOR_SALT = "events_app.selectors.event_list.cursor"
+# Each list signs with its own salt, so one list's cursor is not another's.
+_EVENT_CURSOR_SALT = "events_app.selectors.event_list.cursor"
 # Our cursors are about 90 characters; anything much longer is not one of ours.
 _CURSOR_MAX_LENGTH = 512
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _cursor_encode(event: Event) -> str:
+def _cursor_encode(row: Any, salt: str) -> str:
     # Integer microseconds: exact (both databases keep microseconds) and short.
-    position = [(event.received_at - _EPOCH) // _MICROSECOND, event.id.hex]
-    return signing.Signer(salt=_CURSOR_SALT).sign_object(position)
+    position = [(row.received_at - _EPOCH) // _MICROSECOND, row.id.hex]
+    return signing.Signer(salt=salt).sign_object(position)
 
 
-def _cursor_decode(cursor: str) -> tuple[datetime, uuid.UUID]:
+def _cursor_decode(cursor: str, salt: str) -> tuple[datetime, uuid.UUID]:
     invalid = BadRequest("cursor is invalid", code="invalid_cursor")
     if len(cursor) > _CURSOR_MAX_LENGTH:
         raise invalid
     try:
-        micros, id_hex = signing.Signer(salt=_CURSOR_SALT).unsign_object(cursor)
+        micros, id_hex = signing.Signer(salt=salt).unsign_object(cursor)
         received_at = _EPOCH + micros * _MICROSECOND
-        event_id = uuid.UUID(hex=id_hex)
+        row_id = uuid.UUID(hex=id_hex)
     except (signing.BadSignature, TypeError, ValueError, OverflowError) as exc:
         raise invalid from exc
-    return received_at, event_id
+    return received_at, row_id
+
+
+def keyset_page(
+    rows: QuerySet[M], *, cursor: str | None, limit: int, salt: str
+) -> tuple[list[M], str | None]:
+    """One page of `rows` newest first by (received_at, id), and the next page's cursor.
+
+    Keyset pagination: the cursor is the last row's position and the next page is everything
+    strictly after it in that order. Since (received_at, id) is unique and never changes, rows
+    that existed when the first page was read are neither repeated nor skipped by later pages,
+    however many rows arrive in between (new ones sort before the first page).
+    """
+    if cursor is not None:
+        received_at, row_id = _cursor_decode(cursor, salt)
+        # The redundant `received_at <= X` gives the (organization, -received_at) index a range
+        # to scan; the OR alone would leave the planner a filter, not an index condition.
+        rows = rows.filter(
+            Q(received_at__lt=received_at) | Q(received_at=received_at, id__lt=row_id),
+            received_at__lte=received_at,
+        )
+    # One row more than asked tells whether there is a next page without a second query.
+    found = list(rows.order_by("-received_at", "-id")[: limit + 1])
+    if len(found) <= limit:
+        return found, None
+    page = found[:limit]
+    return page, _cursor_encode(page[-1], salt)
 
 
 def event_list(
     *, organization_id: int, filters: EventFilters, limit: int, cursor: str | None = None
 ) -> EventPage:
-    """A page of the organization's events, newest first by (received_at, id).
-
-    Keyset pagination: the cursor is the last row's position and the next page is everything
-    strictly after it in that order. Since (received_at, id) is unique and never changes, rows
-    that existed when the first page was read are neither repeated nor skipped by later pages,
-    however many events arrive in between (new ones sort before the first page).
-    """
+    """A page of the organization's events, newest first (see keyset_page)."""
     events = Event.objects.select_related("signal").filter(organization_id=organization_id)
     lookups = {
         "signal__slug": filters.signal,
@@ -110,20 +134,8 @@ def event_list(
         "received_at__lt": filters.until,
     }
     events = events.filter(**{name: value for name, value in lookups.items() if value is not None})
-    if cursor is not None:
-        received_at, event_id = _cursor_decode(cursor)
-        # The redundant `received_at <= X` gives the (organization, -received_at) index a range
-        # to scan; the OR alone would leave the planner a filter, not an index condition.
-        events = events.filter(
-            Q(received_at__lt=received_at) | Q(received_at=received_at, id__lt=event_id),
-            received_at__lte=received_at,
-        )
-    # One row more than asked tells whether there is a next page without a second query.
-    rows = list(events.order_by("-received_at", "-id")[: limit + 1])
-    if len(rows) <= limit:
-        return EventPage(events=rows, next_cursor=None)
-    page = rows[:limit]
-    return EventPage(events=page, next_cursor=_cursor_encode(page[-1]))
+    page, next_cursor = keyset_page(events, cursor=cursor, limit=limit, salt=_EVENT_CURSOR_SALT)
+    return EventPage(events=page, next_cursor=next_cursor)
 
 
 # --- CRM records ------------------------------------------------------------------------------
