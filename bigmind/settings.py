@@ -185,6 +185,11 @@ CELERY_TASK_ROUTES = {
     "events.process_events": {"queue": "events.process"},
 }
 CELERY_TIMEZONE = "UTC"
+# Celery's Django fixup closes the database connection after every task unless this is set:
+# a new PostgreSQL connection (TCP, auth, backend start) per event was most of the
+# single-event processing cost (docs/benchmarks.md, "Processing throughput"). Connections are
+# kept; bigmind/celery.py still applies CONN_MAX_AGE and the health check around each task.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1_000_000)
 BIGMIND_SWEEP_INTERVAL_SECONDS = env.float("BIGMIND_SWEEP_INTERVAL_SECONDS", default=30.0)
 # Rejected events (events_app/rejections.py, docs/operations.md "Rejected events"): how long
 # they are kept and how often, and in what chunks, the purge deletes older ones.
@@ -230,6 +235,13 @@ BIGMIND_SWEEP_PENDING_AFTER_SECONDS = env.float(
 # time limit plus this margin (its worker died without finishing).
 BIGMIND_SWEEP_STUCK_MARGIN_SECONDS = env.float("BIGMIND_SWEEP_STUCK_MARGIN_SECONDS", default=30.0)
 BIGMIND_SWEEP_BATCH_SIZE = env.int("BIGMIND_SWEEP_BATCH_SIZE", default=500)
+# Draining: a worker that takes a single-event message then claims other due pending events,
+# oldest first, this many at a time (PostgreSQL: FOR UPDATE SKIP LOCKED, so workers never wait
+# on each other's rows), until none is left or BIGMIND_DRAIN_SECONDS have passed. Under load
+# that gives single-event ingest the batch path's cost per event; the messages of events
+# already drained become cheap no-ops. 0 turns draining off (one event per message).
+BIGMIND_DRAIN_CHUNK_SIZE = env.int("BIGMIND_DRAIN_CHUNK_SIZE", default=20)
+BIGMIND_DRAIN_SECONDS = env.float("BIGMIND_DRAIN_SECONDS", default=5.0)
 # Engagement score: each event's weight halves every this many days.
 BIGMIND_ENGAGEMENT_HALF_LIFE_DAYS = env.float("BIGMIND_ENGAGEMENT_HALF_LIFE_DAYS", default=14.0)
 

@@ -19,7 +19,8 @@ TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result
 
 @shared_task(name="events.process_event", **TASK_OPTIONS)
 def process_event_task(event_id: str) -> None:
-    events_process(event_ids=[event_id])
+    """One event, then other due pending ones (draining: see `events_process`)."""
+    events_process(event_ids=[event_id], time_budget=batch_time_budget(), drain=True)
 
 
 @shared_task(name="events.process_events", **TASK_OPTIONS)

@@ -122,6 +122,43 @@ def events_claim(
     return claims
 
 
+def events_claim_due(*, limit: int, now: datetime | None = None) -> list[Claim]:
+    """Claim up to `limit` due pending events, oldest first, without counting attempts.
+
+    The work a draining worker takes on (see `events_process`). On PostgreSQL the candidate
+    rows are locked with FOR UPDATE SKIP LOCKED: two workers draining at once take different
+    events instead of queueing on the same rows, and a single-event claim of one of those rows
+    waits for the lock, then finds it no longer pending. The outer `status` test re-checks each
+    row after any wait. SQLite has one writer at a time, so the statement is atomic as is.
+    """
+    if limit <= 0:
+        return []
+    now = now or timezone.now()
+    table = Event._meta.db_table
+    # The candidates are picked once, in a materialized CTE: as a plain `IN (subquery)` the
+    # planner may re-run the LIMIT subquery and claim more rows than asked for (seen here).
+    postgres = connection.vendor == "postgresql"
+    materialized = "MATERIALIZED " if postgres else ""
+    skip_locked = " FOR UPDATE SKIP LOCKED" if postgres else ""
+    sql = f"""
+        WITH "due" AS {materialized}(
+            SELECT "id" FROM "{table}"
+            WHERE "status" = %s AND ("due_at" IS NULL OR "due_at" <= %s)
+            ORDER BY "received_at" LIMIT %s{skip_locked}
+        )
+        UPDATE "{table}" SET "status" = %s, "claimed_at" = %s, "due_at" = NULL
+        WHERE "id" IN (SELECT "id" FROM "due") AND "status" = %s
+        RETURNING "id", "attempts"
+    """  # noqa: S608
+    claimed_at = _db("claimed_at", now)
+    params = [EventStatus.PENDING, claimed_at, limit, EventStatus.PROCESSING, claimed_at]
+    params.append(EventStatus.PENDING)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return [Claim(event_id=UUID(str(row[0])), claimed_at=now, attempt=row[1]) for row in rows]
+
+
 def _start(claim: Claim) -> Claim | None:
     """Count the attempt of a batch-claimed event as its processing begins."""
     with transaction.atomic():
@@ -501,15 +538,21 @@ def events_release(*, claims: list[Claim]) -> list[UUID]:
     return released
 
 
-def events_process(*, event_ids: Iterable[str | UUID], time_budget: float | None = None) -> None:
+def events_process(
+    *, event_ids: Iterable[str | UUID], time_budget: float | None = None, drain: bool = False
+) -> None:
     """Claim and process these events; the rest of the work is queued again.
 
     One claim statement for the whole list (a batch message carries up to 100 ids). If
     `time_budget` seconds run out first, the unprocessed claims are released and queued as a new
     message, so a slow processor cannot push a batch past the task's time limit.
-    """
-    from events_app.pipeline.queue import event_enqueue_later, events_enqueue
 
+    With `drain` (a single-event message), the worker then takes on other due pending events,
+    BIGMIND_DRAIN_CHUNK_SIZE at a time, for up to BIGMIND_DRAIN_SECONDS: under sustained
+    single-event ingest one claim statement then serves many events, as for a batch, and the
+    messages of events drained this way find nothing to claim. A small chunk keeps the events
+    one worker holds (and other workers cannot take) few.
+    """
     ids: list[UUID] = []
     for raw in event_ids:
         try:
@@ -520,10 +563,43 @@ def events_process(*, event_ids: Iterable[str | UUID], time_budget: float | None
     # the task with that error, not leave claimed events waiting for the sweep.
     processor = processor_get()
     batch = len(ids) > 1
-    claims = events_claim(event_ids=ids, count_attempt=not batch)
-    if not claims:
-        return
     started = time.monotonic()
+    claims = events_claim(event_ids=ids, count_attempt=not batch)
+    if claims and not _claims_run(
+        claims, processor=processor, counted=not batch, started=started, time_budget=time_budget
+    ):
+        return
+    chunk = settings.BIGMIND_DRAIN_CHUNK_SIZE
+    if not drain or chunk <= 0:
+        return
+    budget = settings.BIGMIND_DRAIN_SECONDS
+    if time_budget is not None:
+        budget = min(budget, time_budget)
+    while time.monotonic() - started < budget:
+        claims = events_claim_due(limit=chunk)
+        if not claims:
+            return
+        if not _claims_run(
+            claims, processor=processor, counted=False, started=started, time_budget=budget
+        ):
+            return
+
+
+def _claims_run(
+    claims: list[Claim],
+    *,
+    processor: Processor,
+    counted: bool,
+    started: float,
+    time_budget: float | None,
+) -> bool:
+    """Process claimed events in order; False when the time budget ran out (the rest requeued).
+
+    `counted`: the claim already counted each event's attempt (a single-event claim); otherwise
+    `_start` counts it as the event's processing begins.
+    """
+    from events_app.pipeline.queue import event_enqueue_later, events_enqueue
+
     events = {
         event.id: event
         for event in Event.objects.filter(pk__in=[c.event_id for c in claims]).select_related(
@@ -535,11 +611,11 @@ def events_process(*, event_ids: Iterable[str | UUID], time_budget: float | None
             released = events_release(claims=claims[index:])
             logger.info("process_events: time budget spent, %d event(s) requeued", len(released))
             events_enqueue(event_ids=released)
-            return
+            return False
         event = events.get(claim.event_id)
         if event is None:  # deleted since the claim (an organization removed): nothing to do
             continue
-        if batch:
+        if not counted:
             started_claim = _start(claim)
             if started_claim is None:
                 continue
@@ -547,6 +623,7 @@ def events_process(*, event_ids: Iterable[str | UUID], time_budget: float | None
         delay = _process_one(claim, event, processor)
         if delay is not None:
             event_enqueue_later(event_id=claim.event_id, countdown=delay)
+    return True
 
 
 def batch_time_budget() -> float | None:
@@ -559,6 +636,7 @@ __all__ = [
     "PermanentProcessingError",
     "batch_time_budget",
     "events_claim",
+    "events_claim_due",
     "events_process",
     "events_release",
     "retry_delay",

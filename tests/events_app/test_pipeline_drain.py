@@ -1,0 +1,205 @@
+"""Draining: a single-event message also processes other due pending events (claim-ahead).
+
+Events are ingested through the real HTTP stack; the task function is called in-process
+(tests/events_app/test_worker_e2e.py and tests/reliability run real workers).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from unittest import mock
+from uuid import UUID
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from events_app.models import Event, EventTransition, MetricAggregate
+from events_app.pipeline.processing import events_claim_due, events_process
+from events_app.pipeline.processors import processor_get
+from events_app.tasks import process_event_task
+from tests.conftest import ApiClient, Tenant
+from tests.events_app.test_pipeline import ingest
+
+
+@pytest.fixture(autouse=True)
+def _fresh_processor() -> Iterator[None]:
+    processor_get.cache_clear()
+    yield
+    processor_get.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_publish() -> Iterator[mock.MagicMock]:
+    with (
+        mock.patch("events_app.tasks.process_event_task.delay") as single,
+        mock.patch("events_app.tasks.process_event_task.apply_async") as later,
+        mock.patch("events_app.tasks.process_events_task.delay") as many,
+    ):
+        yield mock.MagicMock(single=single, later=later, many=many)
+
+
+@pytest.fixture
+def calls(tenant: Tenant):
+    return tenant.signal(
+        "calls", type="metric", aggregation="sum", period="day", rate_limit_per_minute=100000
+    )
+
+
+def processing_moves(event_id: str) -> int:
+    return EventTransition.objects.filter(event_id=event_id, status="processing").count()
+
+
+def test_a_single_event_message_also_completes_the_other_due_pending_events(
+    api: ApiClient, calls, settings
+) -> None:
+    settings.BIGMIND_DRAIN_CHUNK_SIZE = 3  # several chunks for 8 events
+    ids = [ingest(api, "calls", {"value": 1}) for _ in range(8)]
+    process_event_task.run(ids[5])
+    events = Event.objects.filter(pk__in=ids)
+    assert sorted((e.status, e.attempts) for e in events) == [("completed", 1)] * 8
+    # Each attempt is counted once and recorded once, drained or not.
+    assert [processing_moves(i) for i in ids] == [1] * 8
+    assert MetricAggregate.objects.get().sum == 8
+
+
+def test_a_message_for_an_event_already_drained_counts_nothing_again(
+    api: ApiClient, calls
+) -> None:
+    ids = [ingest(api, "calls", {"value": 1}) for _ in range(4)]
+    process_event_task.run(ids[0])
+    for event_id in ids:  # the drained events' own messages arrive afterwards
+        process_event_task.run(event_id)
+    assert MetricAggregate.objects.get().sum == 4
+    assert [Event.objects.get(pk=i).attempts for i in ids] == [1] * 4
+
+
+def test_draining_leaves_an_event_whose_retry_is_not_due_yet(api: ApiClient, calls) -> None:
+    waiting, other = ingest(api, "calls", {"value": 1}), ingest(api, "calls", {"value": 2})
+    Event.objects.filter(pk=waiting).update(due_at=timezone.now() + timedelta(minutes=5))
+    process_event_task.run(other)
+    assert Event.objects.get(pk=waiting).status == "pending"
+    Event.objects.filter(pk=waiting).update(due_at=timezone.now() - timedelta(seconds=1))
+    assert [c.event_id for c in events_claim_due(limit=10)] == [UUID(waiting)]
+
+
+def test_draining_takes_the_oldest_events_first(api: ApiClient, calls) -> None:
+    ids = [ingest(api, "calls", {"value": 1}) for _ in range(5)]
+    assert [str(c.event_id) for c in events_claim_due(limit=2)] == ids[:2]
+
+
+def test_a_batch_message_and_a_direct_call_do_not_drain(api: ApiClient, calls) -> None:
+    ids = [ingest(api, "calls", {"value": 1}) for _ in range(4)]
+    events_process(event_ids=ids[:2])
+    events_process(event_ids=[ids[2]])
+    assert Event.objects.get(pk=ids[3]).status == "pending"
+
+
+def test_draining_is_off_with_a_chunk_size_of_zero(api: ApiClient, calls, settings) -> None:
+    settings.BIGMIND_DRAIN_CHUNK_SIZE = 0
+    ids = [ingest(api, "calls", {"value": 1}) for _ in range(3)]
+    process_event_task.run(ids[0])
+    assert list(Event.objects.filter(pk__in=ids[1:]).values_list("status", flat=True)) == [
+        "pending",
+        "pending",
+    ]
+
+
+def test_draining_stops_when_its_time_is_spent(api: ApiClient, calls, settings) -> None:
+    settings.BIGMIND_DRAIN_SECONDS = 0
+    ids = [ingest(api, "calls", {"value": 1}) for _ in range(3)]
+    process_event_task.run(ids[0])
+    assert Event.objects.get(pk=ids[0]).status == "completed"
+    assert set(Event.objects.filter(pk__in=ids[1:]).values_list("status", flat=True)) == {
+        "pending"
+    }
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_drainers_never_claim_the_same_event(api: ApiClient, calls) -> None:
+    """Four threads with their own connections claim chunks of one backlog at the same time."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SKIP LOCKED draining is PostgreSQL's; SQLite serialises writers")
+    ids = {ingest(api, "calls", {"value": 1}) for _ in range(240)}
+    claimed: list[UUID] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def drain() -> None:
+        from django.db import connection as own
+
+        try:
+            barrier.wait()
+            while chunk := events_claim_due(limit=7):
+                with lock:
+                    claimed.extend(c.event_id for c in chunk)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=drain) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert Counter(claimed).most_common(1)[0][1] == 1
+    assert {str(i) for i in claimed} == ids
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_draining_workers_add_every_value_exactly_once(api: ApiClient, calls) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the race needs PostgreSQL")
+    ids = [ingest(api, "calls", {"value": 1}) for _ in range(150)]
+    barrier = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def work(first: str) -> None:
+        from django.db import connection as own
+
+        try:
+            barrier.wait()
+            process_event_task.run(first)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=work, args=(ids[n],)) for n in (0, 50, 100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert set(Event.objects.values_list("status", flat=True)) == {"completed"}
+    assert MetricAggregate.objects.get().sum == 150
+    assert EventTransition.objects.filter(status="processing").count() == 150
+
+
+def test_workers_keep_their_database_connection_across_tasks() -> None:
+    """Celery's Django fixup closes the connection after every task unless DB_REUSE_MAX is set."""
+    from bigmind.celery import app
+
+    assert (app.conf.get("CELERY_DB_REUSE_MAX") or 0) >= 1000
+
+
+def test_a_task_outside_a_test_refreshes_old_or_broken_connections_first() -> None:
+    from bigmind.celery import _database_connections_refresh
+
+    class Request:
+        is_eager = False
+
+    with mock.patch("django.db.close_old_connections") as close_old:
+        _database_connections_refresh(sender=mock.Mock(request=Request()))
+        assert close_old.call_count == 1
+        Request.is_eager = True  # an eager call runs in its caller's transaction: untouched
+        _database_connections_refresh(sender=mock.Mock(request=Request()))
+        assert close_old.call_count == 1
