@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint migrate demo bench bench-process api-fuzz clean
+.PHONY: run test install lint migrate demo bench bench-process bench-soak api-fuzz clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -43,6 +43,11 @@ bench: install
 # messages), and whether one worker per core keeps up with single-event ingest. About 10 minutes.
 bench-process: install
 	$(BIN)/python scripts/bench_process.py
+
+# Five minutes of single-event ingest at 80% of the measured maximum with a Celery worker
+# running: errors, backlog and the RSS of web and worker processes. About seven minutes.
+bench-soak: install
+	$(BIN)/python scripts/bench_soak.py
 
 # schemathesis against the live app (gunicorn, DEBUG off, demo data) and its own
 # /v1/openapi.json: no 5xx, no answer the document does not describe. About three minutes.

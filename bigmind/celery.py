@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_init
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bigmind.settings")
@@ -35,3 +36,29 @@ def _database_connections_refresh(sender: object = None, **_: object) -> None:
     if getattr(getattr(sender, "request", None), "is_eager", False):
         return
     close_old_connections()
+
+
+@worker_init.connect
+def _worker_database_sessions(**_: object) -> None:
+    """In worker processes only, PostgreSQL sessions commit without waiting for the WAL flush.
+
+    Everything a worker writes (claims, results, rollups, history) can be worked out again from
+    the stored event, and every write is fenced and counted once: if PostgreSQL crashes, the
+    last few hundred milliseconds of worker commits are lost together, the events fall back to
+    `pending` or `processing`, and the sweep processes them again. Ingest keeps synchronous
+    commits: its 202 promises the event is stored. One fsync per commit was most of a drained
+    event's wall time (docs/benchmarks.md). BIGMIND_WORKER_SYNCHRONOUS_COMMIT=on turns it off.
+    Connected at worker start, before the pool forks, so every pool process inherits it.
+    """
+    from django.conf import settings
+    from django.db.backends.signals import connection_created
+
+    if settings.BIGMIND_WORKER_SYNCHRONOUS_COMMIT:
+        return
+    connection_created.connect(_asynchronous_commit, dispatch_uid="bigmind-worker-async-commit")
+
+
+def _asynchronous_commit(sender: object, connection: Any, **_: object) -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit TO OFF")

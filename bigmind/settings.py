@@ -190,6 +190,10 @@ CELERY_TIMEZONE = "UTC"
 # single-event processing cost (docs/benchmarks.md, "Processing throughput"). Connections are
 # kept; bigmind/celery.py still applies CONN_MAX_AGE and the health check around each task.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1_000_000)
+# Off: worker processes commit to PostgreSQL without waiting for the WAL flush (safe because
+# all they write can be redone from the stored event; bigmind/celery.py says why). Ingest and
+# the admin always commit synchronously.
+BIGMIND_WORKER_SYNCHRONOUS_COMMIT = env.bool("BIGMIND_WORKER_SYNCHRONOUS_COMMIT", default=False)
 BIGMIND_SWEEP_INTERVAL_SECONDS = env.float("BIGMIND_SWEEP_INTERVAL_SECONDS", default=30.0)
 # Rejected events (events_app/rejections.py, docs/operations.md "Rejected events"): how long
 # they are kept and how often, and in what chunks, the purge deletes older ones.

@@ -400,28 +400,50 @@ def _complete(
         )
         _apply_rollups(event, signal, plan)
         if draft is not None:
-            Insight.objects.update_or_create(
+            # One INSERT ... ON CONFLICT (event_id) DO UPDATE: reprocessing replaces the insight.
+            # (update_or_create took a savepoint, a SELECT FOR UPDATE and a write.)
+            insight = Insight(
                 event_id=event.id,
-                defaults={
-                    "organization_id": event.organization_id,
-                    "crm_record_id": event.crm_record_id,
-                    "signal_id": signal.pk,
-                    "kind": plan.kind,
-                    "summary": draft.summary,
-                    "score": draft.score,
-                    "next_action": draft.next_action,
-                    "reasons": draft.reasons,
-                    # Cut to the columns: a custom processor's long name must not fail events.
-                    "processor": processor.name[:100],
-                    "processor_version": processor.version[:50],
-                    "occurred_at": event.timestamp,
-                    "created_at": now,
-                },
+                organization_id=event.organization_id,
+                crm_record_id=event.crm_record_id,
+                signal_id=signal.pk,
+                kind=plan.kind,
+                summary=draft.summary,
+                score=draft.score,
+                next_action=draft.next_action,
+                reasons=draft.reasons,
+                # Cut to the columns: a custom processor's long name must not fail events.
+                processor=processor.name[:100],
+                processor_version=processor.version[:50],
+                occurred_at=event.timestamp,
+                created_at=now,
+            )
+            Insight.objects.bulk_create(
+                [insight],
+                update_conflicts=True,
+                unique_fields=["event_id"],
+                update_fields=_INSIGHT_UPDATE_FIELDS,
             )
         # Last: ingest locks the same record row for every event it stores, so hold it briefly.
         engagement_add(
             crm_record_id=event.crm_record_id, weight=engagement_delta, timestamp=event.timestamp
         )
+
+
+_INSIGHT_UPDATE_FIELDS = [
+    "organization",
+    "crm_record",
+    "signal",
+    "kind",
+    "summary",
+    "score",
+    "next_action",
+    "reasons",
+    "processor",
+    "processor_version",
+    "occurred_at",
+    "created_at",
+]
 
 
 def _settle_failure(claim: Claim, error: str, *, transient: bool) -> float | None:

@@ -203,3 +203,34 @@ def test_a_task_outside_a_test_refreshes_old_or_broken_connections_first() -> No
         Request.is_eager = True  # an eager call runs in its caller's transaction: untouched
         _database_connections_refresh(sender=mock.Mock(request=Request()))
         assert close_old.call_count == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_worker_sessions_commit_without_waiting_for_the_wal_flush(settings) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("a PostgreSQL session setting")
+    from django.db import connections
+    from django.db.backends.signals import connection_created
+
+    from bigmind.celery import _worker_database_sessions
+
+    def setting_of_a_new_connection() -> str:
+        new = connections.create_connection("default")
+        try:
+            with new.cursor() as cursor:
+                cursor.execute("SHOW synchronous_commit")
+                return cursor.fetchone()[0]
+        finally:
+            new.close()
+
+    assert setting_of_a_new_connection() == "on"  # web processes: the 202 promise
+    try:
+        settings.BIGMIND_WORKER_SYNCHRONOUS_COMMIT = True
+        _worker_database_sessions()
+        assert setting_of_a_new_connection() == "on"
+        settings.BIGMIND_WORKER_SYNCHRONOUS_COMMIT = False
+        _worker_database_sessions()
+        assert setting_of_a_new_connection() == "off"
+    finally:
+        connection_created.disconnect(dispatch_uid="bigmind-worker-async-commit")

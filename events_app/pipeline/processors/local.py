@@ -84,6 +84,9 @@ def _tone(label: str) -> int:
 class LocalProcessor:
     name = "local"
     version = "1"
+    # Only the 7-day event counts are used: the record's states and recent insights would be
+    # two queries per insight for nothing.
+    wants_context = False
 
     def insight(self, job: ProcessingInput) -> InsightDraft:
         if job.kind == "metric_unusual":

@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""Soak: minutes of single-event ingest at 80% of the measured maximum, with workers running.
+
+One command (`make bench-soak`, i.e. `.venv/bin/python scripts/bench_soak.py`), one run:
+
+  1. its own PostgreSQL database (default `bench_soak`, dropped and recreated), migrated, with
+     the demo data; its own Redis databases for the cache and the broker (emptied); gunicorn
+     (sync workers) and one Celery worker with one pool process per core, as
+     scripts/bench_process.py starts them, and the per-signal rate limits raised;
+  2. maximum: wrk on POST /v1/events (the three demo signals in turn) for --probe seconds WITH
+     the workers running (they share the machine, as in production on one host); the maximum
+     is the 2xx rate; then it waits until the workers have drained that backlog;
+  3. soak: a paced load generator (threads with keep-alive connections; request i is sent at
+     t0 + i / rate, so the rate holds whatever the latency) sends --fraction (0.8) of that
+     maximum for --duration seconds (300); every 5 s it samples the backlog (events pending or
+     processing) and the resident memory (RSS) of every process of gunicorn (master and
+     workers) and of the Celery worker (main process and pool children);
+  4. after the load, the time to drain what is left; then scripts/bench_process.py's
+     integrity checks (every event completed exactly once, aggregates, states, engagement);
+  5. prints markdown: the rates, errors by status, backlog (max, at each minute, slope of the
+     last half), and RSS (first minute against last minute, and the peak) per process.
+
+The exit status is 1 when any request failed, an integrity check failed or the backlog grew
+over the last half of the soak. Only stdlib, psycopg and redis (both in requirements.txt) and
+wrk (apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_ingest as bi  # the sibling scripts (the path above)
+import bench_process as bp
+
+ROOT = bi.ROOT
+SAMPLE_SECONDS = 5.0
+
+
+def log(message: str) -> None:
+    print(f"[soak {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def session_rss(session: int) -> dict[int, tuple[str, int]]:
+    """{pid: (name, RSS in KiB)} of the processes in one session (a process group we started)."""
+    found: dict[int, tuple[str, int]] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if int(raw[raw.rindex(")") + 2 :].split()[3]) != session:
+            continue
+        rss = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")), "0")
+        found[int(pid)] = (raw[raw.index("(") + 1 : raw.rindex(")")], int(rss))
+    return found
+
+
+@dataclass
+class Soak:
+    target_rate: float
+    seconds: float = 0.0
+    statuses: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    late: int = 0  # requests sent more than one second after their slot (the client fell behind)
+    # (seconds since start, backlog, {group: {pid: rss KiB}})
+    samples: list[tuple[float, int, dict[str, dict[int, int]]]] = field(default_factory=list)
+    tail_seconds: float = 0.0
+
+    @property
+    def sent(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def errors(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status != "202")
+
+    def backlog_slope(self) -> float:
+        """Least-squares slope (events/s) of the backlog over the last half of the soak."""
+        half = [(t, b) for t, b, _ in self.samples if t >= self.seconds / 2]
+        if len(half) < 2:
+            return 0.0
+        mean_t = sum(t for t, _ in half) / len(half)
+        mean_b = sum(b for _, b in half) / len(half)
+        var = sum((t - mean_t) ** 2 for t, _ in half)
+        return sum((t - mean_t) * (b - mean_b) for t, b in half) / var if var else 0.0
+
+
+def paced_load(args: argparse.Namespace, port: int, rate: float, result: Soak) -> None:
+    """Send request i at t0 + i / rate from a pool of keep-alive connections."""
+    total = int(rate * args.duration)
+    now = int(time.time())
+    lock = threading.Lock()
+    next_index = [0]
+    t0 = time.monotonic() + 0.5
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {bi.DEMO_API_KEY}"}
+    run_id = uuid.uuid4().hex[:8]
+
+    def client(stream: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while True:
+            with lock:
+                i = next_index[0]
+                next_index[0] += 1
+            if i >= total:
+                break
+            slot = t0 + i / rate
+            wait = slot - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            elif wait < -1.0:
+                with lock:
+                    result.late += 1
+            body = json.dumps(
+                bp.event_dict(
+                    i + 1, bp.identity_for(stream, i, args.identities), f"soak-{run_id}-{i}", now
+                )
+            ).encode()
+            started = time.monotonic()
+            try:
+                conn.request("POST", "/v1/events", body, headers)
+                response = conn.getresponse()
+                response.read()
+                status = str(response.status)
+            except (OSError, http.client.HTTPException) as exc:
+                status = f"error:{type(exc).__name__}"
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            elapsed = time.monotonic() - started
+            with lock:
+                result.statuses[status] += 1
+                result.latencies.append(elapsed)
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(s,), daemon=True) for s in range(args.clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_table(soak: Soak) -> list[str]:
+    """Per process: RSS in the first minute (its max), in the last minute (its max), peak."""
+    first_window = [s for s in soak.samples if s[0] <= 60]
+    last_window = [s for s in soak.samples if s[0] >= soak.seconds - 60]
+    rows = []
+    names: dict[tuple[str, int], None] = {}
+    for _, _, groups in soak.samples:
+        for group, pids in groups.items():
+            for pid in pids:
+                names[(group, pid)] = None
+
+    def peak(samples: list[Any], group: str, pid: int) -> int:
+        return max((s[2].get(group, {}).get(pid, 0) for s in samples), default=0)
+
+    for group, pid in names:
+        first, last, top = (
+            peak(first_window, group, pid),
+            peak(last_window, group, pid),
+            peak(soak.samples, group, pid),
+        )
+        growth = f"{(last - first) / first * 100:+.1f}%" if first and last else "n/a (restarted)"
+        rows.append(
+            f"| {group} pid {pid} | {first / 1024:.1f} | {last / 1024:.1f} | {growth} | "
+            f"{top / 1024:.1f} |"
+        )
+    return [
+        "| process | RSS first minute, MiB | RSS last minute, MiB | change | peak MiB |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
+def report(args: argparse.Namespace, probe: dict[str, Any], soak: Soak, checks: list[str]) -> str:
+    backlog_max = max((b for _, b, _ in soak.samples), default=0)
+    minutes = [
+        f"{b}" for t, b, _ in soak.samples if abs(t / 60 - round(t / 60)) * 60 < SAMPLE_SECONDS / 2
+    ]
+    ok = soak.statuses.get("202", 0)
+    lines = [
+        f"## Soak run ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        "",
+        f"- Machine: {os.cpu_count()} cores; gunicorn {args.workers} sync workers; one Celery "
+        f"worker with {args.processes} pool processes; PostgreSQL and Redis on the same host.",
+        f"- Maximum single-event rate with the workers running (wrk, {args.probe:g} s, "
+        f"{args.concurrency} connections): **{probe['ok_per_s']:.1f} events/s** "
+        f"({probe['errors']} errors).",
+        f"- Soak: {args.fraction:.0%} of that = **{soak.target_rate:.1f} events/s** for "
+        f"{soak.seconds:.0f} s: {soak.sent} requests, {ok} answered 202 "
+        f"({ok / soak.seconds:.1f}/s), errors {soak.errors} "
+        f"({dict((k, v) for k, v in soak.statuses.items() if k != '202') or 'none'}); "
+        f"latency p50 {percentile(soak.latencies, 0.5) * 1000:.1f} ms, "
+        f"p99 {percentile(soak.latencies, 0.99) * 1000:.1f} ms; "
+        f"{soak.late} requests sent over 1 s after their slot.",
+        f"- Backlog (events pending or processing): max {backlog_max}; at each minute "
+        f"{', '.join(minutes)}; slope over the last half {soak.backlog_slope():+.2f} events/s; "
+        f"drained {soak.tail_seconds:.1f} s after the load stopped.",
+        "",
+        *rss_table(soak),
+        "",
+        "Integrity:",
+        "",
+        *[f"- {line}" for line in checks],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    cores = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],  # type: ignore[union-attr]
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/bench_soak")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="the cache")
+    parser.add_argument(
+        "--broker-url", default="redis://127.0.0.1:6379/15", help="emptied at the start"
+    )
+    parser.add_argument("--duration", "-d", type=float, default=300.0, help="soak seconds")
+    parser.add_argument("--probe", type=float, default=30.0, help="seconds of the maximum probe")
+    parser.add_argument("--fraction", type=float, default=0.8, help="of the maximum, for the soak")
+    parser.add_argument("--processes", type=int, default=cores, help="Celery pool processes")
+    parser.add_argument("--workers", type=int, default=2 * cores, help="gunicorn sync workers")
+    parser.add_argument("--concurrency", "-c", type=int, default=4 * cores, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=min(2, cores), help="wrk threads")
+    parser.add_argument("--clients", type=int, default=8, help="paced load client threads")
+    parser.add_argument("--identities", type=int, default=200, help="CRM records")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds a drain may take")
+    args = parser.parse_args()
+    args.wrk = shutil.which("wrk")
+    if not args.wrk:
+        parser.error("wrk is not installed (apt-get install -y wrk)")
+    args.loadgen = "wrk"
+    args.app = "bigmind.wsgi:application"
+    args.reset = True
+    args.keep_database = False
+    args.pool = "prefork"
+    args.celery_app = "bigmind"
+    args.broker_db = int(urlsplit(args.broker_url).path.lstrip("/") or 0)
+    if args.broker_url == args.redis_url:
+        parser.error("the broker and the cache must be different Redis databases")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    os.chdir(ROOT)
+    env = bi.bench_env(args)
+    env["BIGMIND_VAR_DIR"] = str(ROOT / "var" / "bench-soak")
+    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")})
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+
+    gunicorn: subprocess.Popen[bytes] | None = None
+    worker: bp.Worker | None = None
+    broker = bi.broker_client(args)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    logfile = workdir / "gunicorn.log"
+    db: bp.Db | None = None
+    failed = True
+    try:
+        bi.database_prepare(args)
+        log("migrating")
+        bi.manage(env, "migrate", "--noinput")
+        bi.manage(env, "bootstrap_demo", "--allow-production")
+        broker.flushdb()
+        db = bp.Db(args.database_url)
+        port = bi.free_port()
+        gunicorn = bi.start_gunicorn(args, env, port, logfile)
+        bi.wait_ready(gunicorn, port, logfile)
+        worker = bp.worker_start(args, env, args.processes, workdir, "soak")
+        deadline = time.monotonic() + 60
+        while bp.broker_consumers(broker, args.broker_db) < 1:
+            bp.workers_alive([worker])
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker is not waiting for messages after 60 s")
+            time.sleep(0.1)
+
+        log(f"maximum: wrk for {args.probe:g} s with the workers running")
+        probe = bp.run_wrk(args, port, args.probe, f"probe-{uuid.uuid4().hex[:6]}", workdir)
+        log(f"  {probe['ok_per_s']:.1f} events/s accepted, errors {probe['errors']}")
+        if probe["errors"]:
+            raise RuntimeError(f"the probe had errors: {probe['first_error']}")
+        started = time.monotonic()
+        while db.backlog():
+            if time.monotonic() - started > args.timeout:
+                raise RuntimeError("the probe's backlog was not drained")
+            time.sleep(0.5)
+        log(f"  probe backlog drained in {time.monotonic() - started:.1f} s")
+
+        soak = Soak(target_rate=probe["ok_per_s"] * args.fraction)
+        log(f"soak: {soak.target_rate:.1f} events/s for {args.duration:g} s")
+        load = threading.Thread(
+            target=paced_load, args=(args, port, soak.target_rate, soak), daemon=True
+        )
+        t0 = time.monotonic()
+        load.start()
+        next_sample = t0
+        while load.is_alive():
+            groups = {
+                "gunicorn": {p: r for p, (_, r) in session_rss(gunicorn.pid).items()},
+                "celery": {p: r for p, (_, r) in session_rss(worker.pid).items()},
+            }
+            at = time.monotonic() - t0
+            soak.samples.append((at, db.backlog(), groups))
+            if int(at) % 60 < SAMPLE_SECONDS:
+                log(f"  {at:.0f} s: backlog {soak.samples[-1][1]}, sent {soak.sent}")
+            next_sample += SAMPLE_SECONDS
+            load.join(max(0.0, next_sample - time.monotonic()))
+        soak.seconds = time.monotonic() - t0
+        tail = time.monotonic()
+        while db.backlog():
+            if time.monotonic() - tail > args.timeout:
+                raise RuntimeError("the soak's backlog was not drained")
+            time.sleep(0.5)
+        soak.tail_seconds = time.monotonic() - tail
+        bp.broker_wait_empty(args, broker, [worker])
+        worker.stop()
+        checks = bp.integrity(args, db, broker, [worker])
+        print(report(args, probe, soak, checks), flush=True)
+        failed = (
+            soak.errors > 0
+            or any(line.startswith("FAILED") for line in checks)
+            or soak.backlog_slope() > 1.0
+        )
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        if worker is not None:
+            worker.stop()
+        bi.stop_gunicorn(gunicorn)
+        if db is not None:
+            db.close()
+        if failed:
+            log(f"kept the logs in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
