@@ -9,8 +9,11 @@ one per pool is enough. See docs/benchmarks.md.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
+import redis
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django.core.cache.backends.redis import RedisCacheClient
 from kombu.transport import redis as kombu_redis
@@ -25,11 +28,18 @@ return nil
 """
 
 
+class CacheCircuitOpen(redis.exceptions.ConnectionError):
+    """The cache failed moments ago; this call was not even tried."""
+
+
 class ReusingRedisCacheClient(RedisCacheClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The circuit breaker's window, taken out of the options before redis-py sees them.
+        self._break_seconds = float(kwargs.pop("circuit_break_seconds", 0) or 0)
         super().__init__(*args, **kwargs)
         self._clients: dict[int, Any] = {}
         self._incr_scripts: dict[int, Any] = {}
+        self._open_until = 0.0
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
         pool = self._get_connection_pool(write)  # type: ignore[attr-defined]
@@ -49,8 +59,49 @@ class ReusingRedisCacheClient(RedisCacheClient):
         return int(value)
 
 
+def _breaker(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Fail fast for a while after the cache failed.
+
+    Every caller already treats a cache error as a miss (lookups read the database, rate limits
+    fail open), but a hung Redis makes each call wait CACHE_SOCKET_TIMEOUT, and a request makes
+    several calls: measured at 1 to 2.5 s per request while the cache hung
+    (docs/reliability.md). After a connection error or time-out, calls in this process raise at
+    once for CACHE_CIRCUIT_BREAK_SECONDS; the first call after that tries for real again.
+    """
+
+    def guarded(self: ReusingRedisCacheClient, *args: Any, **kwargs: Any) -> Any:
+        if self._open_until and time.monotonic() < self._open_until:
+            raise CacheCircuitOpen("cache unavailable (failed moments ago; not retried yet)")
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if self._break_seconds > 0:
+                self._open_until = time.monotonic() + self._break_seconds
+            raise
+
+    guarded.__name__ = method.__name__
+    guarded.__doc__ = method.__doc__
+    return guarded
+
+
+for _name in (
+    "add",
+    "get",
+    "set",
+    "touch",
+    "delete",
+    "get_many",
+    "has_key",
+    "incr",
+    "set_many",
+    "delete_many",
+    "clear",
+):
+    setattr(ReusingRedisCacheClient, _name, _breaker(getattr(ReusingRedisCacheClient, _name)))
+
+
 class RedisCache(DjangoRedisCache):
-    """Django's Redis cache with reused clients and a one-round-trip `incr`."""
+    """Django's Redis cache with reused clients, a one-round-trip `incr` and a circuit breaker."""
 
     def __init__(self, server: Any, params: dict[str, Any]) -> None:
         super().__init__(server, params)

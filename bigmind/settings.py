@@ -8,6 +8,7 @@ CELERY_BROKER_URL), DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -34,6 +35,46 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
+# --- Security (production) ------------------------------------------------------------------
+# docs/deployment.md: TLS ends at a proxy in front of gunicorn. With the variables it lists,
+# `manage.py check --deploy --fail-level WARNING` passes (tests/bigmind/test_deploy_settings.py);
+# that check is the release gate, and it also refuses a weak DJANGO_SECRET_KEY (security.W009:
+# under 50 characters or under 5 distinct ones). Not enforced here, since local tools (mypy,
+# api-fuzz, the benchmarks) import these settings with short throwaway keys.
+# Keys that still verify signatures (sessions, password-reset links) while a new
+# DJANGO_SECRET_KEY rolls out; drop them once what they signed has expired.
+SECRET_KEY_FALLBACKS = env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])
+# Session and CSRF cookies only over HTTPS whenever debug is off. Browsers also keep Secure
+# cookies on http://localhost, so the browser tests and `make run` are unaffected.
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# HSTS: browsers hold the promise for the whole max-age, so it is switched on deliberately
+# once HTTPS works for the host (and, with include-subdomains, for every subdomain). It is only
+# sent on HTTPS responses.
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
+# Off by default: the test suite, the benchmarks and api-fuzz talk plain HTTP to a server with
+# debug off. Health probes and the metrics scraper talk plain HTTP inside the network, so they
+# are never redirected (patterns match the path without its leading slash).
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
+SECURE_REDIRECT_EXEMPT = [r"^(healthz|readyz|metrics)/?$"]
+# Only when every request reaches the app through a proxy that sets X-Forwarded-Proto itself
+# (and drops a client's): Django then believes the header from any peer. Under gunicorn,
+# FORWARDED_ALLOW_IPS (bigmind/gunicorn_conf.py) is the narrower way: it trusts the header only
+# from the proxy's addresses.
+if env.bool("DJANGO_TRUST_X_FORWARDED_PROTO", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Full origins (https://admin.example.com) allowed to POST admin forms besides the request's
+# own host; needed when the admin is reached under another name than its Host header.
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# Django's defaults, stated so that a change is a visible decision.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -54,6 +95,11 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "bigmind.middleware.RequestIdMiddleware",
+    # /healthz, /readyz and /metrics are answered here, before host validation, redirects,
+    # sessions and authentication: probes come with an IP as Host (bigmind/health.py).
+    "bigmind.health.ProbeMiddleware",
+    # One JSON log line and the HTTP metrics per request; sees every answer below it.
+    "bigmind.logs.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, the /v1/docs page's assets) without a separate web server.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -105,6 +151,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env("REDIS_URL", default="")
 # Short socket timeouts: when Redis is down a request must fail open quickly, not hang.
 CACHE_SOCKET_TIMEOUT = env.float("CACHE_SOCKET_TIMEOUT", default=0.25)
+# After a failed cache call, a process skips the cache for this long (bigmind/redis.py): a hung
+# Redis then costs one time-out per process and window, not several per request. 0: off.
+CACHE_CIRCUIT_BREAK_SECONDS = env.float("CACHE_CIRCUIT_BREAK_SECONDS", default=2.0)
 if env("CACHE_URL", default=""):
     _default_cache = env.cache("CACHE_URL")
 elif REDIS_URL:
@@ -120,6 +169,7 @@ if _default_cache["BACKEND"] == "bigmind.redis.RedisCache":
     _default_cache.setdefault("OPTIONS", {}).update(
         socket_connect_timeout=CACHE_SOCKET_TIMEOUT,
         socket_timeout=CACHE_SOCKET_TIMEOUT,
+        circuit_break_seconds=CACHE_CIRCUIT_BREAK_SECONDS,
     )
 _default_cache.setdefault("KEY_PREFIX", env("CACHE_KEY_PREFIX", default="bigmind"))
 CACHES = {"default": _default_cache}
@@ -202,6 +252,14 @@ BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS = env.float(
     "BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS", default=3600.0
 )
 BIGMIND_REJECTION_PURGE_CHUNK_SIZE = env.int("BIGMIND_REJECTION_PURGE_CHUNK_SIZE", default=1000)
+# Retention of events and metric buckets (events_app/retention.py, docs/operations.md
+# "Retention"); 0 keeps them forever. Failed events are kept at least as long as completed ones
+# (they are the only copy of what could not be processed, kept for reprocessing).
+BIGMIND_EVENT_RETENTION_DAYS = env.int("BIGMIND_EVENT_RETENTION_DAYS", default=90)
+BIGMIND_FAILED_EVENT_RETENTION_DAYS = env.int("BIGMIND_FAILED_EVENT_RETENTION_DAYS", default=180)
+BIGMIND_METRIC_BUCKET_RETENTION_DAYS = env.int("BIGMIND_METRIC_BUCKET_RETENTION_DAYS", default=400)
+BIGMIND_RETENTION_INTERVAL_SECONDS = env.float("BIGMIND_RETENTION_INTERVAL_SECONDS", default=3600.0)
+BIGMIND_RETENTION_CHUNK_SIZE = env.int("BIGMIND_RETENTION_CHUNK_SIZE", default=1000)
 CELERY_BEAT_SCHEDULE = {
     "events-sweep": {
         "task": "events.sweep",
@@ -213,6 +271,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "events.purge_rejections",
         "schedule": BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS,
         "options": {"expires": BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS},
+    },
+    "events-purge": {
+        "task": "events.purge",
+        "schedule": BIGMIND_RETENTION_INTERVAL_SECONDS,
+        "options": {"expires": BIGMIND_RETENTION_INTERVAL_SECONDS},
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
@@ -320,6 +383,14 @@ BIGMIND_LOOKUP_CACHE_SECONDS = env.int("BIGMIND_LOOKUP_CACHE_SECONDS", default=3
 BIGMIND_LOCAL_CACHE_SECONDS = env.float("BIGMIND_LOCAL_CACHE_SECONDS", default=2.0)
 # Adds the bare baseline view at /bench/bare (bigmind/bench.py) for scripts/bench_ingest.py.
 BIGMIND_BENCHMARK_ENDPOINTS = env.bool("BIGMIND_BENCHMARK_ENDPOINTS", default=False)
+# Backpressure (events_app/backpressure.py, docs/operations.md "Backpressure"): ingest answers
+# 503 `overloaded` while more events than this are pending; 0 (the default) turns it off. The
+# backlog is counted at most once per REFRESH_SECONDS across all processes.
+BIGMIND_BACKPRESSURE_MAX_PENDING = env.int("BIGMIND_BACKPRESSURE_MAX_PENDING", default=0)
+BIGMIND_BACKPRESSURE_REFRESH_SECONDS = env.int("BIGMIND_BACKPRESSURE_REFRESH_SECONDS", default=5)
+BIGMIND_BACKPRESSURE_RETRY_AFTER_SECONDS = env.int(
+    "BIGMIND_BACKPRESSURE_RETRY_AFTER_SECONDS", default=30
+)
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -336,15 +407,57 @@ STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns at start-up when it is miss
 # collectstatic step is needed for the docs page and the admin to work with DEBUG off.
 WHITENOISE_USE_FINDERS = True
 
+# --- Observability (docs/operations.md: "Health checks", "Metrics", "Logs") --------------------
+# Each /readyz check (database, cache, broker; run at once) gets this long before it counts
+# as failed.
+BIGMIND_READYZ_TIMEOUT_SECONDS = env.float("BIGMIND_READYZ_TIMEOUT_SECONDS", default=1.0)
+# /metrics answers a client from these networks (its address and every address a proxy
+# forwarded for), or one sending `Authorization: Bearer <BIGMIND_METRICS_TOKEN>`; anyone else
+# gets 403. The default is this machine only; an empty list leaves only the token.
+BIGMIND_METRICS_TOKEN = env("BIGMIND_METRICS_TOKEN", default="")
+BIGMIND_METRICS_ALLOWED_NETWORKS = env.list(
+    "BIGMIND_METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"]
+)
+for _network in BIGMIND_METRICS_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"BIGMIND_METRICS_ALLOWED_NETWORKS: {_exc}") from _exc
+# The backlog gauge counts pending (and processing) events up to this many at each scrape.
+BIGMIND_METRICS_BACKLOG_CAP = env.int("BIGMIND_METRICS_BACKLOG_CAP", default=100_000)
+# A Celery worker's main process serves its (and its pool's) metrics on this port; 0: off.
+# Prefork pools need PROMETHEUS_MULTIPROC_DIR (one empty directory per worker).
+BIGMIND_WORKER_METRICS_PORT = env.int("BIGMIND_WORKER_METRICS_PORT", default=0)
+BIGMIND_WORKER_METRICS_ADDR = env("BIGMIND_WORKER_METRICS_ADDR", default="127.0.0.1")
+# "json" (one JSON object per line, the default) or "plain" (text for humans, `make run`).
+LOG_FORMAT = env("LOG_FORMAT", default="json")
+if LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured("LOG_FORMAT must be json or plain")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"context": {"()": "bigmind.logs.ContextFilter"}},
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "bigmind.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
+        # Our request line (bigmind.request) reports every answer; Django's own only 5xx.
         "django.request": {"level": "ERROR"},
+        # Django's default handlers print plain text past our formatter and e-mail ADMINS
+        # reports that include the request's POST data: everything goes through ours instead.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+        # Never the SQL with its parameters (payloads, key hashes), even with LOG_LEVEL=DEBUG.
+        "django.db.backends": {"level": "INFO"},
     },
 }

@@ -20,8 +20,10 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from bigmind import metrics
 from bigmind.errors import ApplicationError, BadRequest, PayloadTooLarge, RateLimited
 from events_app.auth import ApiClient
+from events_app.backpressure import ingest_backpressure_check
 from events_app.models import Event
 from events_app.pipeline.queue import events_enqueue
 from events_app.ratelimits import RateLimitStatus, rate_limit_consume_many
@@ -164,6 +166,7 @@ def _store(client: ApiClient, items: list[_Item]) -> None:
 
 
 def events_ingest_batch(*, client: ApiClient, raw_body: bytes) -> BatchResult:
+    ingest_backpressure_check()  # before anything: an overloaded service refuses a batch whole
     payloads = _batch_items(json_body_parse(raw_body))
     items = [_Item(index=i, payload=payload) for i, payload in enumerate(payloads)]
     item_limit = settings.BIGMIND_EVENT_MAX_BODY_BYTES
@@ -213,4 +216,5 @@ def events_ingest_batch(*, client: ApiClient, raw_body: bytes) -> BatchResult:
     refused = [Refusal(item.error, item.payload) for item in items if item.error is not None]
     if refused:
         rejections_record(client=client, refusals=refused)
+    metrics.ingest_batch_observe(items)  # counters and the request's log line; no I/O
     return BatchResult(items=items, rate=_most_constrained(last_statuses))

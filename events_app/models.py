@@ -135,6 +135,11 @@ class MetricAggregate(models.Model):
                 name="metric_aggregate_unique_bucket",
             ),
         ]
+        indexes = [
+            # The retention purge's range scan per period (events_app/retention.py). Updates of
+            # a bucket change no indexed column, so they can stay HOT updates on PostgreSQL.
+            models.Index(fields=["period", "bucket_start"], name="metric_aggregate_period_start"),
+        ]
 
     def __str__(self) -> str:
         start = f"{self.bucket_start:%Y-%m-%d %H:%M}"
@@ -322,3 +327,29 @@ class EventTransition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.status} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class PurgedEventCount(models.Model):
+    """Events of one CRM record and signal deleted by retention (events_app/retention.py).
+
+    Added up in the transaction that deletes them, so the record profile's event counts and
+    latest event times stay those of every event ever accepted, not only of those still kept.
+    """
+
+    crm_record = models.ForeignKey(
+        CrmRecord, on_delete=models.CASCADE, related_name="purged_counts", db_index=False
+    )
+    signal = models.ForeignKey(Signal, on_delete=models.CASCADE, related_name="+")
+    # Only ever changed by an atomic upsert that adds to it.
+    count = models.BigIntegerField()
+    last_event_at = models.DateTimeField(help_text="The latest `timestamp` of those events.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["crm_record", "signal"], name="purged_event_count_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.crm_record_id}/{self.signal_id}: {self.count}"

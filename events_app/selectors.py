@@ -19,7 +19,14 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from bigmind.errors import BadRequest, NotFound
-from events_app.models import CrmRecord, Event, Insight, MetricAggregate, RecordState
+from events_app.models import (
+    CrmRecord,
+    Event,
+    Insight,
+    MetricAggregate,
+    PurgedEventCount,
+    RecordState,
+)
 from events_app.pipeline.engagement import engagement_score
 from signals_app.models import Signal
 
@@ -66,12 +73,18 @@ class EventPage:
 # Signed, so a client cannot forge a position it was never given, nor make us parse arbitrary
 # input; the position itself is no secret. A rotated SECRET_KEY (without a fallback) makes the
 # cursors handed out before it invalid, which costs a client a restart from the first page.
-# Each list signs with its own salt, so one list's cursor is not another's.
+# Each list signs with its own salt, so one list's cursor is not another's, and each salt names
+# the organization (cursor_salt), so a cursor handed to one organization is refused ("cursor is
+# invalid") for any other instead of paging that organization's rows from a foreign position.
 _EVENT_CURSOR_SALT = "events_app.selectors.event_list.cursor"
 # Our cursors are about 90 characters; anything much longer is not one of ours.
 _CURSOR_MAX_LENGTH = 512
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+
+
+def cursor_salt(base: str, *, organization_id: int) -> str:
+    return f"{base}:{organization_id}"
 
 
 def _cursor_encode(row: Any, salt: str) -> str:
@@ -134,7 +147,8 @@ def event_list(
         "received_at__lt": filters.until,
     }
     events = events.filter(**{name: value for name, value in lookups.items() if value is not None})
-    page, next_cursor = keyset_page(events, cursor=cursor, limit=limit, salt=_EVENT_CURSOR_SALT)
+    salt = cursor_salt(_EVENT_CURSOR_SALT, organization_id=organization_id)
+    page, next_cursor = keyset_page(events, cursor=cursor, limit=limit, salt=salt)
     return EventPage(events=page, next_cursor=next_cursor)
 
 
@@ -200,21 +214,29 @@ def crm_record_profile(*, organization_id: int, type: str, external_id: str) -> 
     ).first()
     if record is None:
         raise not_found
-    rows = (
+    live = (
         Event.objects.filter(crm_record=record)
         .values("signal__slug", "signal__public_id")
         .annotate(count=Count("id"), last_event_at=Max("timestamp"))
-        .order_by("signal__slug")
+        .order_by()
     )
-    counts = [
-        SignalEventCount(
+    # Events deleted by retention still count (events_app/retention.py): their per-signal
+    # totals come in the same query.
+    purged = PurgedEventCount.objects.filter(crm_record=record).values(
+        "signal__slug", "signal__public_id", "count", "last_event_at"
+    )
+    by_signal: dict[str, SignalEventCount] = {}
+    for row in live.union(purged, all=True).order_by("signal__slug"):
+        seen = by_signal.get(row["signal__public_id"])
+        by_signal[row["signal__public_id"]] = SignalEventCount(
             signal=row["signal__slug"],
             signal_id=row["signal__public_id"],
-            count=row["count"],
-            last_event_at=row["last_event_at"],
+            count=row["count"] + (seen.count if seen else 0),
+            last_event_at=max(row["last_event_at"], seen.last_event_at)
+            if seen
+            else row["last_event_at"],
         )
-        for row in rows
-    ]
+    counts = list(by_signal.values())
     return CrmRecordProfile(
         record=record,
         event_count=sum(item.count for item in counts),

@@ -12,8 +12,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from bigmind import metrics
 from bigmind.errors import ApplicationError, BadRequest, Conflict, NotFound, RateLimited
 from events_app.auth import ApiClient
+from events_app.backpressure import ingest_backpressure_check
 from events_app.ids import uuid7
 from events_app.models import Event, EventStatus
 from events_app.pipeline.queue import event_enqueue
@@ -157,6 +159,8 @@ def event_ingest(
 ) -> IngestResult:
     """`record_rejection`: keep an unknown-signal or schema refusal (events_app/rejections.py);
     off for a replay of one, which must not record another."""
+    # First: refused work must cost nothing, and nothing of it is stored.
+    ingest_backpressure_check()
     payload = json_body_parse(raw_body)
     try:
         request, signal = event_request_resolve(client, payload, idempotency_header)
@@ -164,6 +168,7 @@ def event_ingest(
         if record_rejection:
             rejections_record(client=client, refusals=[Refusal(exc, payload, raw_body)])
         raise
+    metrics.ingest_signal_seen(signal)  # for the request's log line and the 429 counter
     rate = rate_limit_consume(signal)
     try:
         if rate.exceeded:
@@ -177,6 +182,7 @@ def event_ingest(
         if record_rejection:
             rejections_record(client=client, refusals=[Refusal(exc, payload, raw_body)])
         raise
+    metrics.ingest_event_stored(signal=signal, event_id=event.id, replayed=replayed)
     return IngestResult(event=event, signal=signal, replayed=replayed, rate=rate)
 
 

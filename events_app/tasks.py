@@ -4,26 +4,42 @@ Reliability comes from the settings (bigmind/settings.py, "Celery"): late acknow
 rejection on worker loss, prefetch 1, soft and hard time limits. Retries are not Celery's
 `self.retry`: the pipeline records each attempt on the event row and queues the next one with
 its backoff, so the event's state, not a message, is the source of truth (the sweep relies on it).
+
+The one exception: the database itself unreachable before any event was claimed (a restart, a
+failover). Nothing was recorded then, so the message is published again with a backoff
+(PROCESSING_RETRY) instead of leaving its events for the sweep minutes later.
 """
 
 from __future__ import annotations
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 
 from events_app.pipeline.processing import batch_time_budget, events_process
 from events_app.pipeline.sweep import events_sweep
 from events_app.rejections import rejections_purge
+from events_app.retention import retention_purge
 
 TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
+# Database unreachable (connection refused or lost): retried after 2, 4, 8 ... 60 s (jittered),
+# 10 times at most; past that the sweep queues the events again once the database is back.
+# Errors within one event's processing are the pipeline's (recorded on the event), not these.
+PROCESSING_RETRY = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
 
 
-@shared_task(name="events.process_event", **TASK_OPTIONS)
+@shared_task(name="events.process_event", **TASK_OPTIONS, **PROCESSING_RETRY)
 def process_event_task(event_id: str) -> None:
     """One event, then other due pending ones (draining: see `events_process`)."""
     events_process(event_ids=[event_id], time_budget=batch_time_budget(), drain=True)
 
 
-@shared_task(name="events.process_events", **TASK_OPTIONS)
+@shared_task(name="events.process_events", **TASK_OPTIONS, **PROCESSING_RETRY)
 def process_events_task(event_ids: list[str]) -> None:
     """Several events in one message (a batch request, the sweep, a reprocess): one claim."""
     events_process(event_ids=event_ids, time_budget=batch_time_budget())
@@ -38,3 +54,10 @@ def sweep_task() -> None:
 def purge_rejections_task() -> None:
     """Retention of rejected events (Celery beat); deletes in chunks, so it holds no long lock."""
     rejections_purge()
+
+
+@shared_task(name="events.purge", **TASK_OPTIONS)
+def purge_task() -> None:
+    """Retention of events and metric buckets (Celery beat): chunks, each a short transaction;
+    what the time budget leaves is deleted by the next run."""
+    retention_purge(time_budget=batch_time_budget())

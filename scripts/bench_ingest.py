@@ -1158,7 +1158,8 @@ def main() -> int:
             except Exception as exc:
                 log(f"could not empty the broker queue: {exc}")
         log_text = logfile.read_text(errors="replace") if logfile.exists() else ""
-        if "Traceback" in log_text or " ERROR " in log_text:
+        # Plain-text and JSON (LOG_FORMAT=json, the default) log lines.
+        if "Traceback" in log_text or " ERROR " in log_text or '"level": "ERROR"' in log_text:
             log(f"kept the gunicorn log: {logfile}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -588,6 +588,26 @@ def _unavailable() -> OpenApiResponse:
     )
 
 
+def _ingest_unavailable() -> OpenApiResponse:
+    return _error(
+        "Nothing was stored, retry after `Retry-After` seconds (with the same idempotency key). "
+        "Either too many events are waiting to be processed (`overloaded`: backpressure, "
+        "`BIGMIND_BACKPRESSURE_MAX_PENDING`, off by default; checked before anything else, so "
+        "a batch is refused whole and an idempotent replay is refused too) or a backing "
+        "service (the database) is down (`service_unavailable`).",
+        (
+            503,
+            "Service overloaded: too many events are waiting to be processed; retry later",
+            "overloaded",
+        ),
+        (
+            503,
+            "Service temporarily unavailable: the database cannot be reached",
+            "service_unavailable",
+        ),
+    )
+
+
 def _too_large(limit: str) -> OpenApiResponse:
     return _error(
         f"The body is over the size limit ({limit}); it is not read: `body_too_large`.",
@@ -596,7 +616,8 @@ def _too_large(limit: str) -> OpenApiResponse:
 
 _INGEST_400 = (
     "The body or a field is wrong: `invalid_json`, `signal_required`, `identity_required`, "
-    "`invalid_field`, or `schema_validation_failed` with `details` listing each violation."
+    "`invalid_field`, or `schema_validation_failed` with `details` listing each violation; "
+    "or the body ended before its `Content-Length` or last chunk (`body_incomplete`)."
 )
 _INGEST_404 = (
     "No active signal with that slug in the key's organization (`signal_not_found`), or no "
@@ -692,7 +713,7 @@ EVENT_INGEST: dict[str, Any] = {
             "The signal's budget for this minute is spent (`rate_limited`), with `Retry-After`.",
             (429, "Rate limit exceeded", "rate_limited"),
         ),
-        503: _unavailable(),
+        503: _ingest_unavailable(),
         URI_TOO_LONG: _uri_too_long(),
     },
 }
@@ -734,12 +755,13 @@ EVENT_BATCH: dict[str, Any] = {
         ),
         400: _error(
             'The body is not JSON (`invalid_json`) or not `{"events": [...]}` with 1 to 100 '
-            "items (`invalid_batch`). Nothing is stored.",
+            "items (`invalid_batch`), or it ended before its `Content-Length` or last chunk "
+            "(`body_incomplete`). Nothing is stored.",
             (400, "events must not be empty", "invalid_batch"),
         ),
         401: _unauthorized(),
         413: _too_large("`BIGMIND_BATCH_MAX_BODY_BYTES`, 5 MiB by default"),
-        503: _unavailable(),
+        503: _ingest_unavailable(),
         URI_TOO_LONG: _uri_too_long(),
     },
 }

@@ -34,6 +34,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, models, transaction
 from django.utils import timezone
 
+from bigmind import metrics
 from events_app.models import Event, EventStatus, EventTransition, Insight, InsightKind
 from events_app.pipeline import facts as F
 from events_app.pipeline.engagement import engagement_add
@@ -428,6 +429,7 @@ def _complete(
         engagement_add(
             crm_record_id=event.crm_record_id, weight=engagement_delta, timestamp=event.timestamp
         )
+    metrics.event_completed(event=event, signal=signal, at=now)  # after commit: it happened
 
 
 _INSIGHT_UPDATE_FIELDS = [
@@ -467,17 +469,20 @@ def _settle_failure(claim: Claim, error: str, *, transient: bool) -> float | Non
                     note=f"retry in {delay:.1f} s: {error}",
                     at=now,
                 )
+        if moved:
+            metrics.event_retry_scheduled(event_id=claim.event_id)
         return delay if moved else None
     if transient:
         error = f"{error} (gave up after {claim.attempt} attempts)"
     with transaction.atomic():
-        if _fenced(claim).update(
+        failed = _fenced(claim).update(
             status=EventStatus.FAILED,
             last_error=error,
             processed_at=now,
             claimed_at=None,
             due_at=None,
-        ):
+        )
+        if failed:
             transitions_record(
                 event_ids=[claim.event_id],
                 status=EventStatus.FAILED,
@@ -485,6 +490,8 @@ def _settle_failure(claim: Claim, error: str, *, transient: bool) -> float | Non
                 note=error,
                 at=now,
             )
+    if failed:
+        metrics.event_failed(event_id=claim.event_id)
     return None
 
 

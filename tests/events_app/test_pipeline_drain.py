@@ -234,3 +234,19 @@ def test_worker_sessions_commit_without_waiting_for_the_wal_flush(settings) -> N
         assert setting_of_a_new_connection() == "off"
     finally:
         connection_created.disconnect(dispatch_uid="bigmind-worker-async-commit")
+
+
+def test_a_message_that_finds_the_database_down_is_published_again_with_a_backoff() -> None:
+    """Nothing was claimed, so nothing is recorded: the message itself must come back."""
+    from django.db import OperationalError
+
+    from events_app.tasks import process_events_task
+
+    for task in (process_event_task, process_events_task):
+        assert OperationalError in task.autoretry_for
+        assert task.max_retries == 10 and task.retry_backoff == 2
+    down = OperationalError("connection refused")
+    with mock.patch("events_app.tasks.events_process", side_effect=[down, None]) as work:
+        # Eager: Celery runs the retry at once instead of publishing it.
+        process_event_task.apply(args=["01a217d3-1991-750b-b34c-6c42db6652a1"])
+    assert work.call_count == 2

@@ -1,0 +1,219 @@
+"""Retention: deleting old events and metric buckets without changing what they added up to.
+
+- **Completed events** received more than BIGMIND_EVENT_RETENTION_DAYS ago, and **failed**
+  ones after BIGMIND_FAILED_EVENT_RETENTION_DAYS (never sooner than completed ones: a failed
+  event is the only copy of what could not be processed, kept so it can be reprocessed once the
+  cause is fixed). `pending` and `processing` events are never deleted, however old.
+- **Metric buckets** whose whole period ended more than BIGMIND_METRIC_BUCKET_RETENTION_DAYS
+  ago. A bucket is deleted whole or not at all, so newer buckets are never touched.
+- **Rejected events** keep their own purge (events_app/rejections.py, `events.purge_rejections`);
+  the `purge_expired` command runs it too.
+
+0 days keeps that kind forever.
+
+Deleting an event changes nothing it added up to: metric buckets, states and engagement are
+sums and replacements already applied (`Event.rollup` recorded them); `RecordState.event_id`,
+`Insight.event_id` and `RejectedEvent.replayed_event_id` are plain UUIDs, not foreign keys, so
+a state, an insight or a replayed rejection outlives the event it names. Only the record's
+event counts would shrink, so each chunk adds what it deletes to `PurgedEventCount`, in the same
+transaction, and the profile adds those back. The status history (`EventTransition`) goes with
+its event.
+
+Bounded: chunks of BIGMIND_RETENTION_CHUNK_SIZE rows, each one short transaction; on
+PostgreSQL an event chunk is taken with `FOR UPDATE SKIP LOCKED`, so a purge never waits on (nor
+deletes under) a reprocess or another purge holding the same rows. A run stops when its time
+budget is spent and the next run carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, models, transaction
+from django.utils import timezone
+
+from events_app.models import Event, EventStatus, MetricAggregate, PurgedEventCount
+from events_app.pipeline.facts import bucket_start
+
+logger = logging.getLogger(__name__)
+
+PERIODS = ("hour", "day", "week", "month")
+# A chunk's statements carry up to 4 parameters per row: this keeps them far below the
+# databases' limits (SQLite 32,766, PostgreSQL 65,535), and a chunk's transaction short.
+MAX_CHUNK_SIZE = 5000
+
+
+@dataclass
+class RetentionResult:
+    completed_events: int = 0
+    failed_events: int = 0
+    metric_buckets: int = 0
+    chunks: int = 0
+    # False when the time budget ran out with rows still to delete (the next run continues).
+    finished: bool = True
+    cutoffs: dict[str, datetime | None] = field(default_factory=dict)
+
+
+def _cutoff(now: datetime, days: int) -> datetime | None:
+    return now - timedelta(days=days) if days > 0 else None
+
+
+def retention_cutoffs(*, now: datetime) -> dict[str, datetime | None]:
+    """Rows older than these are expired; None: kept forever."""
+    completed_days = settings.BIGMIND_EVENT_RETENTION_DAYS
+    failed_days = settings.BIGMIND_FAILED_EVENT_RETENTION_DAYS
+    # Forever if either says so, else never sooner than completed events.
+    forever = completed_days <= 0 or failed_days <= 0
+    failed_days = 0 if forever else max(failed_days, completed_days)
+    return {
+        EventStatus.COMPLETED: _cutoff(now, completed_days),
+        EventStatus.FAILED: _cutoff(now, failed_days),
+        "metric_buckets": _cutoff(now, settings.BIGMIND_METRIC_BUCKET_RETENTION_DAYS),
+    }
+
+
+def _db(model: type[models.Model], name: str, value: Any) -> Any:
+    model_field = model._meta.get_field(name)
+    assert isinstance(model_field, models.Field)
+    return model_field.get_db_prep_value(value, connection)
+
+
+def _tally_sql(vendor: str, rows: int) -> str:
+    table = PurgedEventCount._meta.db_table
+    greatest = "GREATEST" if vendor == "postgresql" else "MAX"
+    values = ", ".join(["(%s, %s, %s, %s)"] * rows)
+    # Only model metadata is interpolated; values go as parameters.
+    return f"""
+        INSERT INTO "{table}" ("crm_record_id", "signal_id", "count", "last_event_at")
+        VALUES {values}
+        ON CONFLICT ("crm_record_id", "signal_id") DO UPDATE SET
+            "count" = "{table}"."count" + EXCLUDED."count",
+            "last_event_at" = {greatest}("{table}"."last_event_at", EXCLUDED."last_event_at")
+    """  # noqa: S608
+
+
+def _tally_add(events: Iterable[tuple[Any, int, int, datetime]]) -> None:
+    """Add deleted events to their record's counts: one upsert for the chunk, adding (F-style)."""
+    tally: dict[tuple[int, int], list[Any]] = {}
+    for _pk, crm_record_id, signal_id, timestamp in events:
+        entry = tally.setdefault((crm_record_id, signal_id), [0, timestamp])
+        entry[0] += 1
+        entry[1] = max(entry[1], timestamp)
+    if not tally:
+        return
+    params: list[Any] = []
+    # Sorted: concurrent purges then lock the same rows in the same order (no deadlock).
+    for (crm_record_id, signal_id), (count, last) in sorted(tally.items()):
+        params += [crm_record_id, signal_id, count, _db(PurgedEventCount, "last_event_at", last)]
+    with connection.cursor() as cursor:
+        cursor.execute(_tally_sql(connection.vendor, len(tally)), params)
+
+
+def _events_chunk(status: str, cutoff: datetime, size: int) -> int:
+    """Delete up to `size` expired events of `status`, oldest first; one short transaction."""
+    with transaction.atomic():
+        # The (status, received_at) index gives the oldest first; rows another transaction
+        # holds (a reprocess moving them to `pending`) are skipped, and the status is checked
+        # under our lock, so an event that left `status` meanwhile is not deleted.
+        rows = list(
+            Event.objects.select_for_update(skip_locked=True)
+            .filter(status=status, received_at__lt=cutoff)
+            .order_by("received_at")
+            .values_list("pk", "crm_record_id", "signal_id", "timestamp")[:size]
+        )
+        if not rows:
+            return 0
+        _tally_add(rows)
+        # `only`: the collector fetches ids, not payloads, before deleting the transitions
+        # (cascade) and the events.
+        Event.objects.filter(pk__in=[row[0] for row in rows]).only("pk").delete()
+    return len(rows)
+
+
+def _buckets_chunk(period: str, before: datetime, size: int) -> int:
+    # Nothing refers to a bucket, so this is one SELECT and one DELETE, each in autocommit.
+    ids = list(
+        MetricAggregate.objects.filter(period=period, bucket_start__lt=before)
+        .order_by("bucket_start")
+        .values_list("pk", flat=True)[:size]
+    )
+    if ids:
+        MetricAggregate.objects.filter(pk__in=ids).delete()
+    return len(ids)
+
+
+def _bucket_boundaries(cutoff: datetime) -> dict[str, datetime]:
+    """Per period, the start of the bucket holding `cutoff`: buckets starting before it ended
+    by then (periods are contiguous), so they are wholly older than the cutoff."""
+    return {period: bucket_start(cutoff, period) for period in PERIODS}
+
+
+def retention_purge(
+    *, now: datetime | None = None, time_budget: float | None = None, dry_run: bool = False
+) -> RetentionResult:
+    """Delete expired events and metric buckets, chunk by chunk (see the module docstring).
+
+    `time_budget`: seconds after which no new chunk is started. `dry_run`: count, delete nothing.
+    """
+    now = now or timezone.now()
+    cutoffs = retention_cutoffs(now=now)
+    result = RetentionResult(cutoffs=cutoffs)
+    size = min(max(1, settings.BIGMIND_RETENTION_CHUNK_SIZE), MAX_CHUNK_SIZE)
+    deadline = time.monotonic() + time_budget if time_budget is not None else None
+
+    def out_of_time() -> bool:
+        if deadline is not None and time.monotonic() >= deadline:
+            result.finished = False
+            return True
+        return False
+
+    for status in (EventStatus.COMPLETED, EventStatus.FAILED):
+        cutoff = cutoffs[status]
+        if cutoff is None:
+            continue
+        expired = Event.objects.filter(status=status, received_at__lt=cutoff)
+        if dry_run:
+            deleted = expired.count()
+        else:
+            deleted = 0
+            while not out_of_time():
+                done = _events_chunk(status, cutoff, size)
+                deleted += done
+                result.chunks += 1 if done else 0
+                if done < size:
+                    break
+        if status == EventStatus.COMPLETED:
+            result.completed_events = deleted
+        else:
+            result.failed_events = deleted
+
+    bucket_cutoff = cutoffs["metric_buckets"]
+    if bucket_cutoff is not None:
+        for period, before in _bucket_boundaries(bucket_cutoff).items():
+            if dry_run:
+                result.metric_buckets += MetricAggregate.objects.filter(
+                    period=period, bucket_start__lt=before
+                ).count()
+                continue
+            while not out_of_time():
+                done = _buckets_chunk(period, before, size)
+                result.metric_buckets += done
+                result.chunks += 1 if done else 0
+                if done < size:
+                    break
+
+    if not dry_run and (result.completed_events or result.failed_events or result.metric_buckets):
+        logger.info(
+            "retention purge: %d completed and %d failed event(s), %d metric bucket(s) deleted%s",
+            result.completed_events,
+            result.failed_events,
+            result.metric_buckets,
+            "" if result.finished else " (time budget spent; the next run continues)",
+        )
+    return result
