@@ -4,7 +4,7 @@ Every value comes from the environment, with the default beside it; docs/deploym
 them. `make run` uses runserver, and scripts/bench_ingest.py and scripts/api_fuzz.py pass their
 own command-line options and do not load this file.
 
-Worker class: `sync` by default. The ingest path is mostly Python CPU work (JSON parsing,
+Worker class: `sync` by default (bigmind/gunicorn_worker.py's variant with a read deadline). The ingest path is mostly Python CPU work (JSON parsing,
 schema validation, the ORM) between a few millisecond-scale round trips, so threads would
 contend for the GIL while processes use every core; docs/benchmarks.md measures sync workers.
 Each sync worker holds one persistent database connection, gunicorn's `timeout` can kill a
@@ -48,7 +48,20 @@ bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 # workers x threads x web machines + Celery concurrency must stay under max_connections.
 workers = _int("WEB_CONCURRENCY", 2 * _cores() + 1)
 threads = _int("GUNICORN_THREADS", 1)
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread" if threads > 1 else "sync")
+# gunicorn's own workers put no deadline on reading a request: a client trickling its headers or
+# body holds a sync worker until `timeout` aborts it (a 500 to that client), or a gthread thread
+# for as long as it trickles (docs/fuzzing.md, "Slow clients"). These subclasses give every
+# request a read deadline, BIGMIND_REQUEST_READ_TIMEOUT (20 s, below `timeout`).
+worker_class = os.environ.get(
+    "GUNICORN_WORKER_CLASS",
+    "bigmind.gunicorn_worker.ReadDeadlineThreadWorker"
+    if threads > 1
+    else "bigmind.gunicorn_worker.ReadDeadlineSyncWorker",
+)
+# gunicorn 25+ opens a control socket at one fixed path per user (~/.gunicorn/gunicorn.ctl), so
+# two servers on one machine (a deploy's old and new, tests) would contend for it; nothing here
+# uses it.
+control_socket_disable = _bool("GUNICORN_CONTROL_SOCKET_DISABLE", True)
 # A request of this API takes milliseconds; 30 s only catches a stuck worker.
 timeout = _int("GUNICORN_TIMEOUT", 30)
 # On SIGTERM (a deploy, `docker stop`), requests in flight get this long to finish. The

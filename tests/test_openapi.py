@@ -340,3 +340,41 @@ def test_the_docs_page_assets_are_served_by_the_app() -> None:
             assert b"SwaggerUI" in body, url
         if url.endswith(".css"):
             assert response["Content-Type"].startswith("text/css")
+
+
+def test_schema_generation_runs_one_request_at_a_time_per_process(db) -> None:
+    """drf-spectacular's lazy extension loading races under threaded workers (docs/fuzzing.md)."""
+    import threading
+    import time
+
+    from drf_spectacular.generators import SchemaGenerator
+
+    running, most = [0], [0]
+    guard = threading.Lock()
+    real = SchemaGenerator.get_schema
+
+    def slow_get_schema(self, *args, **kwargs):
+        with guard:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            with guard:
+                running[0] -= 1
+
+    statuses: list[int] = []
+    with mock.patch.object(SchemaGenerator, "get_schema", slow_get_schema):
+        threads = [
+            threading.Thread(
+                target=lambda path=path: statuses.append(Client().get(path).status_code)
+            )
+            for path in ["/v1/openapi.json", "/v1/openapi.yaml"] * 3
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert statuses == [200] * 6
+    assert most[0] == 1

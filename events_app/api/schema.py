@@ -858,7 +858,7 @@ EVENT_LIST: dict[str, Any] = {
         ),
         400: _error(
             "A parameter is wrong (`invalid_parameter`) or the cursor is not one this API "
-            "handed out (`invalid_cursor`).",
+            "handed out to this organization for this list (`invalid_cursor`).",
             (400, "limit must be an integer from 1 to 100", "invalid_parameter"),
         ),
         401: _unauthorized(),
@@ -1091,7 +1091,7 @@ REJECTION_LIST: dict[str, Any] = {
         ),
         400: _error(
             "A parameter is wrong (`invalid_parameter`) or the cursor is not one this API "
-            "handed out for this list (`invalid_cursor`).",
+            "handed out to this organization for this list (`invalid_cursor`).",
             (
                 400,
                 "reason must be one of schema_validation_failed, signal_not_found",

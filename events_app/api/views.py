@@ -3,20 +3,30 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.http import UnreadablePostError
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from bigmind.errors import PayloadTooLarge
+from bigmind.errors import BadRequest, PayloadTooLarge
 from events_app.api import schema
 from events_app.batch import events_ingest_batch
 from events_app.models import Event
 from events_app.services import event_ingest, event_validate
 
 
+def _body_incomplete() -> BadRequest:
+    return BadRequest(
+        "Request body is incomplete: the connection ended before the body did",
+        code="body_incomplete",
+    )
+
+
 def request_body_read(request: Request, *, limit: int) -> bytes:
-    """The raw body, refusing (413) anything over `limit` before reading it."""
+    """The raw body, refusing (413) anything over `limit` before reading it, and (400) a body
+    that ends before its Content-Length or its last chunk (RFC 9112: such a message is
+    incomplete, so it must not be taken for a whole one)."""
     meta = request.META
     too_large = PayloadTooLarge(f"Request body is too large: the limit is {limit} bytes")
     length_header = meta.get("CONTENT_LENGTH") or ""
@@ -27,11 +37,23 @@ def request_body_read(request: Request, *, limit: int) -> bytes:
             length = 0
         if length > limit:
             raise too_large
-        return request._request.body
+        try:
+            raw = request._request.body
+        except UnreadablePostError as exc:
+            raise _body_incomplete() from exc
+        if len(raw) < length:
+            # gunicorn hands over what came before the client closed, without an error.
+            raise _body_incomplete()
+        return raw
     if "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
         # gunicorn hands chunked bodies to the app with no Content-Length; read one byte past
         # the limit to tell "at the limit" from "over it".
-        raw = meta["wsgi.input"].read(limit + 1)
+        try:
+            raw = meta["wsgi.input"].read(limit + 1)
+        except Exception as exc:
+            # The server's own framing errors (gunicorn: NoMoreData, InvalidChunkSize,
+            # ChunkMissingTerminator) are the client's fault, not a 500.
+            raise _body_incomplete() from exc
         if len(raw) > limit:
             raise too_large
         return raw

@@ -69,7 +69,7 @@ def test_its_defaults_are_the_documented_production_ones(tmp_path: Path) -> None
 
     cores = len(os.sched_getaffinity(0))
     assert config["workers"] == str(2 * cores + 1)
-    assert config["worker_class"] == "sync"
+    assert config["worker_class"] == "bigmind.gunicorn_worker.ReadDeadlineSyncWorker"
     assert config["bind"] == "['0.0.0.0:8000']"
     assert config["limit_request_line"] == "8190"
     assert config["accesslog"] == "None"
@@ -103,7 +103,7 @@ def test_it_takes_every_value_from_the_environment(tmp_path: Path) -> None:
     assert config["workers"] == "3"
     assert config["threads"] == "4"
     # More than one thread: the threaded worker, unless one is named.
-    assert config["worker_class"] == "gthread"
+    assert config["worker_class"] == "bigmind.gunicorn_worker.ReadDeadlineThreadWorker"
     assert config["timeout"] == "45"
     assert config["graceful_timeout"] == "20"
     assert config["keepalive"] == "90"
