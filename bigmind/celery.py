@@ -63,6 +63,7 @@ def _asynchronous_commit(sender: object, connection: Any, **_: object) -> None:
         with connection.cursor() as cursor:
             cursor.execute("SET synchronous_commit TO OFF")
 
+
 # Worker and beat log through settings.LOGGING (JSON by default); one log line and metrics per
 # task; the worker's metrics port. The receivers connect on import (bigmind/worker_signals.py).
 import bigmind.worker_signals  # noqa: E402, F401

@@ -4,9 +4,10 @@ Every value comes from the environment, with the default beside it; docs/deploym
 them. `make run` uses runserver, and scripts/bench_ingest.py and scripts/api_fuzz.py pass their
 own command-line options and do not load this file.
 
-Worker class: `sync` by default (bigmind/gunicorn_worker.py's variant with a read deadline). The ingest path is mostly Python CPU work (JSON parsing,
-schema validation, the ORM) between a few millisecond-scale round trips, so threads would
-contend for the GIL while processes use every core; docs/benchmarks.md measures sync workers.
+Worker class: `sync` by default (bigmind/gunicorn_worker.py's variant with a read deadline).
+The ingest path is mostly Python CPU work (JSON parsing, schema validation, the ORM) between a
+few millisecond-scale round trips, so threads would contend for the GIL while processes use
+every core; docs/benchmarks.md measures sync workers.
 Each sync worker holds one persistent database connection, gunicorn's `timeout` can kill a
 stuck request (a gthread worker's heartbeat comes from its main thread, so a hung request
 thread is never killed), and one bad request can only take its own process down. The cost:

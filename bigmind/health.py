@@ -141,7 +141,31 @@ def _submit(name: str, check: Callable[[], None]) -> Future[CheckResult]:
     return future
 
 
+# The last answer and when it was taken (time.monotonic()): /readyz is unauthenticated and opens
+# a database connection per check, so a flood of probes reuses one answer per
+# BIGMIND_READYZ_CACHE_SECONDS instead of opening a connection each.
+_last: tuple[float, list[CheckResult]] | None = None
+
+
 def readiness_checks_run() -> list[CheckResult]:
+    global _last
+    memo = settings.BIGMIND_READYZ_CACHE_SECONDS
+    with _lock:
+        if memo > 0 and _last is not None and time.monotonic() - _last[0] < memo:
+            return _last[1]
+    results = _checks_run()
+    with _lock:
+        _last = (time.monotonic(), results)
+    return results
+
+
+def readiness_memo_clear() -> None:
+    global _last
+    with _lock:
+        _last = None
+
+
+def _checks_run() -> list[CheckResult]:
     timeout = settings.BIGMIND_READYZ_TIMEOUT_SECONDS
     started = time.perf_counter()
     with _lock:

@@ -32,14 +32,20 @@ class CacheCircuitOpen(redis.exceptions.ConnectionError):
     """The cache failed moments ago; this call was not even tried."""
 
 
+# When each cache (by its server list) may be tried again. Per process, not per client object:
+# Django builds a cache object per thread, and every thread of a gthread worker (or /readyz's
+# check thread) would otherwise pay its own time-out.
+_open_until: dict[str, float] = {}
+
+
 class ReusingRedisCacheClient(RedisCacheClient):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, servers: Any, *args: Any, **kwargs: Any) -> None:
         # The circuit breaker's window, taken out of the options before redis-py sees them.
         self._break_seconds = float(kwargs.pop("circuit_break_seconds", 0) or 0)
-        super().__init__(*args, **kwargs)
+        super().__init__(servers, *args, **kwargs)
         self._clients: dict[int, Any] = {}
         self._incr_scripts: dict[int, Any] = {}
-        self._open_until = 0.0
+        self._breaker_key = repr(servers)
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
         pool = self._get_connection_pool(write)  # type: ignore[attr-defined]
@@ -70,13 +76,14 @@ def _breaker(method: Callable[..., Any]) -> Callable[..., Any]:
     """
 
     def guarded(self: ReusingRedisCacheClient, *args: Any, **kwargs: Any) -> Any:
-        if self._open_until and time.monotonic() < self._open_until:
+        until = _open_until.get(self._breaker_key)
+        if until is not None and time.monotonic() < until:
             raise CacheCircuitOpen("cache unavailable (failed moments ago; not retried yet)")
         try:
             return method(self, *args, **kwargs)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
             if self._break_seconds > 0:
-                self._open_until = time.monotonic() + self._break_seconds
+                _open_until[self._breaker_key] = time.monotonic() + self._break_seconds
             raise
 
     guarded.__name__ = method.__name__

@@ -411,6 +411,8 @@ WHITENOISE_USE_FINDERS = True
 # Each /readyz check (database, cache, broker; run at once) gets this long before it counts
 # as failed.
 BIGMIND_READYZ_TIMEOUT_SECONDS = env.float("BIGMIND_READYZ_TIMEOUT_SECONDS", default=1.0)
+# A process answers /readyz from its last checks for this long (0: checks on every probe).
+BIGMIND_READYZ_CACHE_SECONDS = env.float("BIGMIND_READYZ_CACHE_SECONDS", default=1.0)
 # /metrics answers a client from these networks (its address and every address a proxy
 # forwarded for), or one sending `Authorization: Bearer <BIGMIND_METRICS_TOKEN>`; anyone else
 # gets 403. The default is this machine only; an empty list leaves only the token.

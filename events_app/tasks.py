@@ -5,9 +5,11 @@ rejection on worker loss, prefetch 1, soft and hard time limits. Retries are not
 `self.retry`: the pipeline records each attempt on the event row and queues the next one with
 its backoff, so the event's state, not a message, is the source of truth (the sweep relies on it).
 
-The one exception: the database itself unreachable before any event was claimed (a restart, a
-failover). Nothing was recorded then, so the message is published again with a backoff
-(PROCESSING_RETRY) instead of leaving its events for the sweep minutes later.
+The one exception: a database error that escapes the pipeline (the database unreachable: a
+restart, a failover), typically at the claim, before anything was recorded. The message is then
+published again with a backoff (PROCESSING_RETRY) instead of leaving its events for the sweep
+minutes later. Events already claimed when such an error escaped (mid-drain) stay `processing`
+until the sweep returns them after the hard time limit plus its margin; nothing is lost.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.conf import settings
@@ -19,6 +20,15 @@ from django.test import Client, override_settings
 from bigmind import health
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _fresh_checks(settings) -> Iterator[None]:
+    """Each test checks for real (the last answer is reused for a second in production)."""
+    settings.BIGMIND_READYZ_CACHE_SECONDS = 0
+    health.readiness_memo_clear()
+    yield
+    health.readiness_memo_clear()
 
 
 def closed_port() -> int:
@@ -183,11 +193,11 @@ def test_a_hanging_dependency_costs_the_timeout_not_more(
     assert cache_check == {
         "name": "cache",
         "ok": False,
-        "duration_ms": pytest.approx(300, abs=150),
+        "duration_ms": pytest.approx(300, abs=250),
         "error": "timeout",
     }
     assert checks_by_name(first.json())["database"]["ok"]
-    assert elapsed < 1.5
+    assert elapsed < 3.0  # two probes of 0.3 s, not the cache's 5 s time-out
     running.result(timeout=10)  # let the stuck check finish before the server socket closes
 
 
@@ -198,3 +208,17 @@ def test_error_details_stay_in_the_server_log(client: Client) -> None:
     assert response.status_code == 503
     assert "secret-password" not in response.content.decode()
     assert str(port) not in response.content.decode()
+
+
+def test_probes_within_a_second_reuse_one_round_of_checks(client: Client, settings) -> None:
+    """/readyz needs no key: a flood of probes must not open a database connection each."""
+    settings.BIGMIND_READYZ_CACHE_SECONDS = 60
+    with mock.patch.object(health, "_checks_run", wraps=health._checks_run) as checks:
+        answers = [client.get("/readyz") for _ in range(5)]
+    assert [a.status_code for a in answers] == [200] * 5
+    assert checks.call_count == 1
+    settings.BIGMIND_READYZ_CACHE_SECONDS = 0
+    with mock.patch.object(health, "_checks_run", wraps=health._checks_run) as checks:
+        client.get("/readyz")
+        client.get("/readyz")
+    assert checks.call_count == 2

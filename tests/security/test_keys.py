@@ -90,13 +90,15 @@ def poll_until_refused(key: str, deadline: float) -> tuple[float | None, float |
     client = Client()
     last_accepted = None
     while time.monotonic() < deadline:
+        # Timed before sending: a request accepted just inside the window may finish after it
+        # on a loaded machine, and what matters is when its key was checked.
+        sent_at = time.monotonic()
         response = send(client, "GET", "/v1/signals", key=key)
-        now = time.monotonic()
         if response.status_code == 200:
-            last_accepted = now
+            last_accepted = sent_at
         else:
             assert_refused(response, "polling", {"revoked_api_key"})
-            return last_accepted, now
+            return last_accepted, time.monotonic()
         time.sleep(0.02)
     return last_accepted, None
 
