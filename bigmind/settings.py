@@ -309,6 +309,10 @@ BIGMIND_SWEEP_BATCH_SIZE = env.int("BIGMIND_SWEEP_BATCH_SIZE", default=500)
 # already drained become cheap no-ops. 0 turns draining off (one event per message).
 BIGMIND_DRAIN_CHUNK_SIZE = env.int("BIGMIND_DRAIN_CHUNK_SIZE", default=20)
 BIGMIND_DRAIN_SECONDS = env.float("BIGMIND_DRAIN_SECONDS", default=5.0)
+# Coalesced wake-ups (events_app/pipeline/queue.py): while a single-event message is queued and
+# not started, ingest publishes no other; the flag expires after this long (a lost message).
+# 0: a message per event, as without draining.
+BIGMIND_WAKEUP_TTL_SECONDS = env.float("BIGMIND_WAKEUP_TTL_SECONDS", default=30.0)
 # Engagement score: each event's weight halves every this many days.
 BIGMIND_ENGAGEMENT_HALF_LIFE_DAYS = env.float("BIGMIND_ENGAGEMENT_HALF_LIFE_DAYS", default=14.0)
 

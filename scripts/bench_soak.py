@@ -84,7 +84,12 @@ class Soak:
     late: int = 0  # requests sent more than one second after their slot (the client fell behind)
     # (seconds since start, backlog, {group: {pid: rss KiB}})
     samples: list[tuple[float, int, dict[str, dict[int, int]]]] = field(default_factory=list)
+    # (seconds since start, messages waiting in the broker): drained events leave their own
+    # single-event messages behind, consumed later as no-ops (docs/operations.md, "Draining").
+    messages: list[tuple[float, int]] = field(default_factory=list)
     tail_seconds: float = 0.0
+    messages_left: int = 0
+    messages_seconds: float = 0.0
 
     @property
     def sent(self) -> int:
@@ -203,6 +208,10 @@ def report(args: argparse.Namespace, probe: dict[str, Any], soak: Soak, checks: 
         f"{b}" for t, b, _ in soak.samples if abs(t / 60 - round(t / 60)) * 60 < SAMPLE_SECONDS / 2
     ]
     ok = soak.statuses.get("202", 0)
+    messages_max = max((m for _, m in soak.messages), default=0)
+    messages_by_minute = [
+        str(m) for t, m in soak.messages if abs(t / 60 - round(t / 60)) * 60 < SAMPLE_SECONDS / 2
+    ]
     lines = [
         f"## Soak run ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
@@ -221,6 +230,10 @@ def report(args: argparse.Namespace, probe: dict[str, Any], soak: Soak, checks: 
         f"- Backlog (events pending or processing): max {backlog_max}; at each minute "
         f"{', '.join(minutes)}; slope over the last half {soak.backlog_slope():+.2f} events/s; "
         f"drained {soak.tail_seconds:.1f} s after the load stopped.",
+        f"- Broker messages waiting (`events.process`; mostly single-event messages of events "
+        f"already drained, no-ops when consumed): max {messages_max}; at each minute "
+        f"{', '.join(messages_by_minute)}; {soak.messages_left} left when the last event "
+        f"completed, all consumed {soak.messages_seconds:.1f} s later.",
         "",
         *rss_table(soak),
         "",
@@ -250,7 +263,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2 * cores, help="gunicorn sync workers")
     parser.add_argument("--concurrency", "-c", type=int, default=4 * cores, help="wrk connections")
     parser.add_argument("--threads", type=int, default=min(2, cores), help="wrk threads")
-    parser.add_argument("--clients", type=int, default=8, help="paced load client threads")
+    parser.add_argument(
+        "--clients", type=int, default=16, help="paced load client threads (keep-alive)"
+    )
     parser.add_argument("--identities", type=int, default=200, help="CRM records")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a drain may take")
     args = parser.parse_args()
@@ -334,6 +349,7 @@ def main() -> int:
             }
             at = time.monotonic() - t0
             soak.samples.append((at, db.backlog(), groups))
+            soak.messages.append((at, bp.broker_messages(broker)[0]))
             if int(at) % 60 < SAMPLE_SECONDS:
                 log(f"  {at:.0f} s: backlog {soak.samples[-1][1]}, sent {soak.sent}")
             next_sample += SAMPLE_SECONDS
@@ -345,7 +361,9 @@ def main() -> int:
                 raise RuntimeError("the soak's backlog was not drained")
             time.sleep(0.5)
         soak.tail_seconds = time.monotonic() - tail
-        bp.broker_wait_empty(args, broker, [worker])
+        emptying = time.monotonic()
+        soak.messages_left = bp.broker_wait_empty(args, broker, [worker])
+        soak.messages_seconds = time.monotonic() - emptying
         worker.stop()
         checks = bp.integrity(args, db, broker, [worker])
         print(report(args, probe, soak, checks), flush=True)

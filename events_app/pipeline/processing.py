@@ -582,8 +582,12 @@ def events_process(
     messages of events drained this way find nothing to claim. A small chunk keeps the events
     one worker holds (and other workers cannot take) few.
     """
+    from events_app.pipeline.queue import wakeup_again, wakeup_started
+
     ids: list[UUID] = []
     for raw in event_ids:
+        if raw == "":  # a wake-up message (queue.wakeup_again): the drain is the work
+            continue
         try:
             ids.append(raw if isinstance(raw, UUID) else UUID(str(raw)))
         except ValueError:
@@ -591,15 +595,22 @@ def events_process(
     # Built before claiming: a processor that cannot be built (a wrong dotted path) must fail
     # the task with that error, not leave claimed events waiting for the sweep.
     processor = processor_get()
+    chunk = settings.BIGMIND_DRAIN_CHUNK_SIZE
+    drain = drain and chunk > 0
+    if drain:
+        # Before any claim: an event committed after this point publishes a wake-up of its
+        # own; one committed before it is seen by the claims below (queue.event_enqueue).
+        wakeup_started()
     batch = len(ids) > 1
     started = time.monotonic()
     claims = events_claim(event_ids=ids, count_attempt=not batch)
     if claims and not _claims_run(
         claims, processor=processor, counted=not batch, started=started, time_budget=time_budget
     ):
+        if drain:
+            wakeup_again()
         return
-    chunk = settings.BIGMIND_DRAIN_CHUNK_SIZE
-    if not drain or chunk <= 0:
+    if not drain:
         return
     budget = settings.BIGMIND_DRAIN_SECONDS
     if time_budget is not None:
@@ -611,7 +622,10 @@ def events_process(
         if not _claims_run(
             claims, processor=processor, counted=False, started=started, time_budget=budget
         ):
-            return
+            break
+    # The budget ran out with due events possibly left, some of whose publishes were skipped
+    # for this wake-up: another one takes over.
+    wakeup_again()
 
 
 def _claims_run(

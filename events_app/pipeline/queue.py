@@ -10,6 +10,9 @@ import logging
 from collections.abc import Sequence
 from uuid import UUID
 
+from django.conf import settings
+from django.core.cache import cache
+
 logger = logging.getLogger(__name__)
 
 # Ids per `events.process_events` message: one claim statement and one transaction per event,
@@ -18,14 +21,68 @@ logger = logging.getLogger(__name__)
 BATCH_MESSAGE_SIZE = 100
 
 
+# Set while a single-event message is queued and no worker has started it yet (a "wake-up").
+WAKEUP_KEY = "pipeline:wakeup-queued"
+
+
 def event_enqueue(*, event_id: UUID) -> None:
+    """Queue the processing of a just-committed event, unless a queued wake-up will take it.
+
+    A worker that starts a single-event message first clears WAKEUP_KEY, then drains every due
+    pending event (`events_process(drain=True)`). So while the key is set, a message exists
+    whose drain has not begun, and it will claim this event, committed before we looked: no
+    message of our own is needed. Under sustained ingest this publishes one message per
+    worker wake-up instead of one per event, which otherwise pile up in the broker as no-ops
+    (docs/benchmarks.md, "Soak"). The key expires after BIGMIND_WAKEUP_TTL_SECONDS, so a lost
+    message blocks publishing only that long (the sweep still finds what it left). A cache
+    that fails means publishing anyway.
+    """
     # Imported here: tasks import the pipeline, and the task module pulls in Celery's machinery.
     from events_app.tasks import process_event_task
 
+    if _wakeup_queued():
+        return
     try:
         process_event_task.delay(str(event_id))
     except Exception:
         logger.exception("queueing event %s failed; it stays pending for the sweep", event_id)
+        _wakeup_forget()  # nothing was queued: the next event must publish
+
+
+def _wakeup_queued() -> bool:
+    """True when a queued, unstarted wake-up covers new events; else claims that role."""
+    if settings.BIGMIND_DRAIN_CHUNK_SIZE <= 0 or settings.BIGMIND_WAKEUP_TTL_SECONDS <= 0:
+        return False  # no draining: every event needs its own message
+    try:
+        return not cache.add(WAKEUP_KEY, 1, settings.BIGMIND_WAKEUP_TTL_SECONDS)
+    except Exception:
+        return False
+
+
+def _wakeup_forget() -> None:
+    try:
+        cache.delete(WAKEUP_KEY)
+    except Exception:
+        logger.warning("could not clear the wake-up flag; it expires on its own")
+
+
+def wakeup_started() -> None:
+    """A worker starts draining: events committed from now on need a new wake-up."""
+    _wakeup_forget()
+
+
+def wakeup_again() -> None:
+    """A drain stopped with due events possibly left (its time budget): queue a new wake-up."""
+    from events_app.tasks import process_event_task
+
+    if _wakeup_queued():
+        return
+    try:
+        # No id of its own: the drain is the work (a malformed id is ignored by the task).
+        process_event_task.delay("")
+    except Exception:
+        logger.exception("queueing a wake-up failed; the sweep will find what is pending")
+        _wakeup_forget()
 
 
 def event_enqueue_later(*, event_id: UUID, countdown: float) -> None:

@@ -269,8 +269,9 @@ def test_a_worker_processes_each_signal_type_to_completion(
     wait_completed([i for group in ids.values() for i in group])
 
     assert_processed_by_type(ids, three_signals, day)
-    # One message per single event.
-    assert worker.received("events.process_event") == 4
+    # Single-event messages only: one per wake-up, at most one per event (an event that arrives
+    # while a wake-up waits unstarted publishes nothing; events_app/pipeline/queue.py).
+    assert 1 <= worker.received("events.process_event") <= 4
     assert worker.received("events.process_events") == 0
 
 
