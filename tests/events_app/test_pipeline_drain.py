@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from unittest import mock
 from uuid import UUID
@@ -19,27 +18,12 @@ from django.utils import timezone
 
 from events_app.models import Event, EventTransition, MetricAggregate
 from events_app.pipeline.processing import events_claim_due, events_process
-from events_app.pipeline.processors import processor_get
 from events_app.tasks import process_event_task
 from tests.conftest import ApiClient, Tenant
-from tests.events_app.test_pipeline import ingest
 
-
-@pytest.fixture(autouse=True)
-def _fresh_processor() -> Iterator[None]:
-    processor_get.cache_clear()
-    yield
-    processor_get.cache_clear()
-
-
-@pytest.fixture(autouse=True)
-def _no_publish() -> Iterator[mock.MagicMock]:
-    with (
-        mock.patch("events_app.tasks.process_event_task.delay") as single,
-        mock.patch("events_app.tasks.process_event_task.apply_async") as later,
-        mock.patch("events_app.tasks.process_events_task.delay") as many,
-    ):
-        yield mock.MagicMock(single=single, later=later, many=many)
+# The same autouse fixtures as the in-process pipeline tests: a fresh processor per test, and
+# publishes recorded instead of sent.
+from tests.events_app.test_pipeline import _fresh_processor, _no_publish, ingest  # noqa: F401
 
 
 @pytest.fixture

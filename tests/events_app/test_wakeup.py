@@ -15,18 +15,10 @@ import pytest
 from django.core.cache import cache
 
 from events_app.models import Event, MetricAggregate
-from events_app.pipeline.processors import processor_get
 from events_app.pipeline.queue import WAKEUP_KEY
 from events_app.tasks import process_event_task
 from tests.conftest import ApiClient, Tenant
-from tests.events_app.test_pipeline import ingest
-
-
-@pytest.fixture(autouse=True)
-def _fresh_processor() -> Iterator[None]:
-    processor_get.cache_clear()
-    yield
-    processor_get.cache_clear()
+from tests.events_app.test_pipeline import _fresh_processor, ingest  # noqa: F401 (autouse)
 
 
 @pytest.fixture
