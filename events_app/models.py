@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from django.db import models
+from typing import Any
+
+from django.db import connection, models
 from django.db.models import Q
 
 from events_app.ids import uuid7
@@ -353,3 +355,10 @@ class PurgedEventCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.crm_record_id}/{self.signal_id}: {self.count}"
+
+
+def db_value(model: type[models.Model], name: str, value: Any) -> Any:
+    """`value` as the database driver wants it for `model.name`, for hand-written SQL."""
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field.get_db_prep_value(value, connection)

@@ -35,10 +35,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from events_app.models import Event, EventStatus, MetricAggregate, PurgedEventCount
+from events_app.models import Event, EventStatus, MetricAggregate, PurgedEventCount, db_value
 from events_app.pipeline.facts import bucket_start
 
 logger = logging.getLogger(__name__)
@@ -78,12 +78,6 @@ def retention_cutoffs(*, now: datetime) -> dict[str, datetime | None]:
     }
 
 
-def _db(model: type[models.Model], name: str, value: Any) -> Any:
-    model_field = model._meta.get_field(name)
-    assert isinstance(model_field, models.Field)
-    return model_field.get_db_prep_value(value, connection)
-
-
 def _tally_sql(vendor: str, rows: int) -> str:
     table = PurgedEventCount._meta.db_table
     greatest = "GREATEST" if vendor == "postgresql" else "MAX"
@@ -110,7 +104,12 @@ def _tally_add(events: Iterable[tuple[Any, int, int, datetime]]) -> None:
     params: list[Any] = []
     # Sorted: concurrent purges then lock the same rows in the same order (no deadlock).
     for (crm_record_id, signal_id), (count, last) in sorted(tally.items()):
-        params += [crm_record_id, signal_id, count, _db(PurgedEventCount, "last_event_at", last)]
+        params += [
+            crm_record_id,
+            signal_id,
+            count,
+            db_value(PurgedEventCount, "last_event_at", last),
+        ]
     with connection.cursor() as cursor:
         cursor.execute(_tally_sql(connection.vendor, len(tally)), params)
 

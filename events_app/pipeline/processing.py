@@ -35,7 +35,14 @@ from django.db import InterfaceError, OperationalError, connection, models, tran
 from django.utils import timezone
 
 from bigmind import metrics
-from events_app.models import Event, EventStatus, EventTransition, Insight, InsightKind
+from events_app.models import (
+    Event,
+    EventStatus,
+    EventTransition,
+    Insight,
+    InsightKind,
+    db_value,
+)
 from events_app.pipeline import facts as F
 from events_app.pipeline.engagement import engagement_add
 from events_app.pipeline.processors import (
@@ -74,12 +81,6 @@ class Claim:
     attempt: int
 
 
-def _db(name: str, value: Any) -> Any:
-    field = Event._meta.get_field(name)
-    assert isinstance(field, models.Field)
-    return field.get_db_prep_value(value, connection)
-
-
 def events_claim(
     *, event_ids: Iterable[UUID], now: datetime | None = None, count_attempt: bool = True
 ) -> list[Claim]:
@@ -104,8 +105,8 @@ def events_claim(
         WHERE "id" IN ({placeholders}) AND "status" = %s
         RETURNING "id", "attempts"
     """  # noqa: S608
-    params = [EventStatus.PROCESSING, _db("claimed_at", now)]
-    params += [_db("id", event_id) for event_id in ids] + [EventStatus.PENDING]
+    params = [EventStatus.PROCESSING, db_value(Event, "claimed_at", now)]
+    params += [db_value(Event, "id", event_id) for event_id in ids] + [EventStatus.PENDING]
     # The claim and its history row commit together: a claim must never be left behind by a
     # failed history write.
     with transaction.atomic():
@@ -151,7 +152,7 @@ def events_claim_due(*, limit: int, now: datetime | None = None) -> list[Claim]:
         WHERE "id" IN (SELECT "id" FROM "due") AND "status" = %s
         RETURNING "id", "attempts"
     """  # noqa: S608
-    claimed_at = _db("claimed_at", now)
+    claimed_at = db_value(Event, "claimed_at", now)
     params = [EventStatus.PENDING, claimed_at, limit, EventStatus.PROCESSING, claimed_at]
     params.append(EventStatus.PENDING)
     with connection.cursor() as cursor:
@@ -432,19 +433,9 @@ def _complete(
     metrics.event_completed(event=event, signal=signal, at=now)  # after commit: it happened
 
 
+# Every column but the key and the event it belongs to: reprocessing replaces the whole insight.
 _INSIGHT_UPDATE_FIELDS = [
-    "organization",
-    "crm_record",
-    "signal",
-    "kind",
-    "summary",
-    "score",
-    "next_action",
-    "reasons",
-    "processor",
-    "processor_version",
-    "occurred_at",
-    "created_at",
+    f.name for f in Insight._meta.concrete_fields if f.name not in ("id", "event_id")
 ]
 
 

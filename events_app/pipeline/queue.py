@@ -37,16 +37,37 @@ def event_enqueue(*, event_id: UUID) -> None:
     message blocks publishing only that long (the sweep still finds what it left). A cache
     that fails means publishing anyway.
     """
+    _wakeup_publish(str(event_id))
+
+
+def wakeup_again() -> None:
+    """A drain stopped with due events possibly left (its time budget): queue a new wake-up.
+
+    The message carries no id of its own: the drain is the work."""
+    _wakeup_publish("")
+
+
+def wakeup_started() -> None:
+    """A worker starts draining: events committed from now on need a new wake-up."""
+    try:
+        cache.delete(WAKEUP_KEY)
+    except Exception:
+        logger.warning("could not clear the wake-up flag; it expires on its own")
+
+
+def _wakeup_publish(event_id: str) -> None:
     # Imported here: tasks import the pipeline, and the task module pulls in Celery's machinery.
     from events_app.tasks import process_event_task
 
     if _wakeup_queued():
         return
     try:
-        process_event_task.delay(str(event_id))
+        process_event_task.delay(event_id)
     except Exception:
-        logger.exception("queueing event %s failed; it stays pending for the sweep", event_id)
-        _wakeup_forget()  # nothing was queued: the next event must publish
+        logger.exception(
+            "queueing %s failed; the sweep will find what is pending", event_id or "a wake-up"
+        )
+        wakeup_started()  # nothing was queued: the next event must publish
 
 
 def _wakeup_queued() -> bool:
@@ -57,32 +78,6 @@ def _wakeup_queued() -> bool:
         return not cache.add(WAKEUP_KEY, 1, settings.BIGMIND_WAKEUP_TTL_SECONDS)
     except Exception:
         return False
-
-
-def _wakeup_forget() -> None:
-    try:
-        cache.delete(WAKEUP_KEY)
-    except Exception:
-        logger.warning("could not clear the wake-up flag; it expires on its own")
-
-
-def wakeup_started() -> None:
-    """A worker starts draining: events committed from now on need a new wake-up."""
-    _wakeup_forget()
-
-
-def wakeup_again() -> None:
-    """A drain stopped with due events possibly left (its time budget): queue a new wake-up."""
-    from events_app.tasks import process_event_task
-
-    if _wakeup_queued():
-        return
-    try:
-        # No id of its own: the drain is the work (a malformed id is ignored by the task).
-        process_event_task.delay("")
-    except Exception:
-        logger.exception("queueing a wake-up failed; the sweep will find what is pending")
-        _wakeup_forget()
 
 
 def event_enqueue_later(*, event_id: UUID, countdown: float) -> None:

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from django.db import IntegrityError, connection, transaction
 
-from events_app.models import MetricAggregate, RecordState
+from events_app.models import MetricAggregate, RecordState, db_value
 
 
 @cache
@@ -42,16 +42,15 @@ def metric_aggregate_add(
     now: datetime,
 ) -> None:
     """Add one value to its bucket: one atomic upsert, so concurrent workers never lose one."""
-    field = MetricAggregate._meta.get_field("bucket_start")
     params = [
         crm_record_id,
         signal_id,
         period,
-        field.get_db_prep_value(bucket, connection),
+        db_value(MetricAggregate, "bucket_start", bucket),
         value,
         value,
         value,
-        field.get_db_prep_value(now, connection),
+        db_value(MetricAggregate, "updated_at", now),
     ]
     with connection.cursor() as cursor:
         cursor.execute(_metric_upsert_sql(connection.vendor), params)
