@@ -38,7 +38,7 @@ from django.utils import timezone
 from bigmind.errors import ApplicationError, Conflict
 from events_app.auth import ApiClient
 from events_app.models import RejectedEvent, RejectionOverflow, RejectionReason
-from events_app.selectors import cursor_salt, keyset_page
+from events_app.selectors import keyset_page
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +208,9 @@ def rejection_list(
         "received_at__lt": filters.until,
     }
     rows = rows.filter(**{name: value for name, value in lookups.items() if value is not None})
-    salt = cursor_salt(_CURSOR_SALT, organization_id=organization_id)
-    page, next_cursor = keyset_page(rows, cursor=cursor, limit=limit, salt=salt)
+    page, next_cursor = keyset_page(
+        rows, organization_id=organization_id, cursor=cursor, limit=limit, salt=_CURSOR_SALT
+    )
     return RejectionPage(rejections=page, next_cursor=next_cursor)
 
 

@@ -73,18 +73,14 @@ class EventPage:
 # Signed, so a client cannot forge a position it was never given, nor make us parse arbitrary
 # input; the position itself is no secret. A rotated SECRET_KEY (without a fallback) makes the
 # cursors handed out before it invalid, which costs a client a restart from the first page.
-# Each list signs with its own salt, so one list's cursor is not another's, and each salt names
-# the organization (cursor_salt), so a cursor handed to one organization is refused ("cursor is
+# Each list signs with its own salt, so one list's cursor is not another's, and keyset_page adds
+# the organization to it, so a cursor handed to one organization is refused ("cursor is
 # invalid") for any other instead of paging that organization's rows from a foreign position.
 _EVENT_CURSOR_SALT = "events_app.selectors.event_list.cursor"
 # Our cursors are about 90 characters; anything much longer is not one of ours.
 _CURSOR_MAX_LENGTH = 512
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-def cursor_salt(base: str, *, organization_id: int) -> str:
-    return f"{base}:{organization_id}"
 
 
 def _cursor_encode(row: Any, salt: str) -> str:
@@ -107,15 +103,17 @@ def _cursor_decode(cursor: str, salt: str) -> tuple[datetime, uuid.UUID]:
 
 
 def keyset_page(
-    rows: QuerySet[M], *, cursor: str | None, limit: int, salt: str
+    rows: QuerySet[M], *, organization_id: int, cursor: str | None, limit: int, salt: str
 ) -> tuple[list[M], str | None]:
-    """One page of `rows` newest first by (received_at, id), and the next page's cursor.
+    """One page of `rows` (one organization's) newest first by (received_at, id), and the next
+    page's cursor, signed for this list (`salt`) and this organization.
 
     Keyset pagination: the cursor is the last row's position and the next page is everything
     strictly after it in that order. Since (received_at, id) is unique and never changes, rows
     that existed when the first page was read are neither repeated nor skipped by later pages,
     however many rows arrive in between (new ones sort before the first page).
     """
+    salt = f"{salt}:{organization_id}"
     if cursor is not None:
         received_at, row_id = _cursor_decode(cursor, salt)
         # The redundant `received_at <= X` gives the (organization, -received_at) index a range
@@ -147,8 +145,13 @@ def event_list(
         "received_at__lt": filters.until,
     }
     events = events.filter(**{name: value for name, value in lookups.items() if value is not None})
-    salt = cursor_salt(_EVENT_CURSOR_SALT, organization_id=organization_id)
-    page, next_cursor = keyset_page(events, cursor=cursor, limit=limit, salt=salt)
+    page, next_cursor = keyset_page(
+        events,
+        organization_id=organization_id,
+        cursor=cursor,
+        limit=limit,
+        salt=_EVENT_CURSOR_SALT,
+    )
     return EventPage(events=page, next_cursor=next_cursor)
 
 
