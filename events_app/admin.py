@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +53,27 @@ def _pretty_json(value: Any) -> SafeString:
         '<pre class="bigmind-json" style="white-space: pre-wrap">{}</pre>',
         json.dumps(value, indent=2, ensure_ascii=False, default=str),
     )
+
+
+def _time_display(attribute: str, description: str) -> Callable[[Any, Any], str]:
+    """A read-only field showing the object's `attribute` time as `_when` writes it."""
+
+    @admin.display(description=description)
+    def show(model_admin: Any, obj: Any) -> str:
+        return _when(getattr(obj, attribute))
+
+    return show
+
+
+def _json_display(attribute: str, description: str) -> Callable[[Any, Any], str]:
+    """A read-only field showing the object's `attribute` JSON pretty-printed ("-" if null)."""
+
+    @admin.display(description=description)
+    def show(model_admin: Any, obj: Any) -> str:
+        value = getattr(obj, attribute)
+        return "-" if value is None else _pretty_json(value)
+
+    return show
 
 
 def _organization_filtered(request: HttpRequest) -> int | None:
@@ -212,37 +234,14 @@ class EventAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
             body,
         )
 
-    @admin.display(description="timestamp (when it happened)")
-    def occurred(self, obj: Event) -> str:
-        return _when(obj.timestamp)
-
-    @admin.display(description="received")
-    def received(self, obj: Event) -> str:
-        return _when(obj.received_at)
-
-    @admin.display(description="claimed by a worker")
-    def claimed(self, obj: Event) -> str:
-        return _when(obj.claimed_at)
-
-    @admin.display(description="not queued again before")
-    def due(self, obj: Event) -> str:
-        return _when(obj.due_at)
-
-    @admin.display(description="processed")
-    def processed(self, obj: Event) -> str:
-        return _when(obj.processed_at)
-
-    @admin.display(description="data")
-    def payload(self, obj: Event) -> str:
-        return _pretty_json(obj.data)
-
-    @admin.display(description="result")
-    def processing_result(self, obj: Event) -> str:
-        return "-" if obj.result is None else _pretty_json(obj.result)
-
-    @admin.display(description="rollups applied")
-    def rollup_applied(self, obj: Event) -> str:
-        return "-" if obj.rollup is None else _pretty_json(obj.rollup)
+    occurred = _time_display("timestamp", "timestamp (when it happened)")
+    received = _time_display("received_at", "received")
+    claimed = _time_display("claimed_at", "claimed by a worker")
+    due = _time_display("due_at", "not queued again before")
+    processed = _time_display("processed_at", "processed")
+    payload = _json_display("data", "data")
+    processing_result = _json_display("result", "result")
+    rollup_applied = _json_display("rollup", "rollups applied")
 
     @admin.action(description="Reprocess selected events (rollups are never counted twice)")
     def reprocess(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:

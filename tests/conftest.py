@@ -148,3 +148,53 @@ def signal_form(organization: Organization, **overrides: object) -> dict:
     }
     form.update(overrides)
     return form
+
+
+def bulk_insert_events(
+    *,
+    record_id: int,
+    signals: list[Signal],
+    count: int,
+    now: Any,
+    every: str = "25 seconds",
+    data: str = "{}",
+    status: str = "'completed'",
+    processed_at: str = "t",
+) -> int:
+    """`count` events of the CRM record `record_id` (its organization and identity) in one
+    INSERT ... SELECT over generate_series, then ANALYZE; PostgreSQL only. Event i (1..count)
+    was received `i * every` before the datetime `now`, for signal i mod len(signals).
+    `status` and `processed_at` are SQL over `i` and `t` (the event's received_at); `data` is
+    the JSON every event carries. Returns the number of rows inserted."""
+    sql = f"""
+        INSERT INTO events_app_event (
+            id, organization_id, signal_id, schema_version, crm_record_id, identity_type,
+            identity_id, data, timestamp, received_at, reference, idempotency_key, request_hash,
+            status, attempts, last_error, result, processed_at, claimed_at, due_at, rollup
+        )
+        SELECT
+            gen_random_uuid(), r.organization_id, (%(signals)s::bigint[])[1 + mod(i, %(n)s)],
+            NULL, r.id, r.type, r.external_id, %(data)s::jsonb, t, t, NULL, NULL,
+            repeat('0', 64), {status}, 1, '', NULL, {processed_at}, NULL, NULL, NULL
+        FROM events_app_crmrecord AS r, (
+            SELECT i, %(now)s::timestamptz - i * %(every)s::interval AS t
+            FROM generate_series(1, %(count)s) AS i
+        ) AS series
+        WHERE r.id = %(record)s
+    """  # noqa: S608 (the SQL fragments are the tests' own)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            {
+                "record": record_id,
+                "signals": [signal.pk for signal in signals],
+                "n": len(signals),
+                "data": data,
+                "now": now,
+                "every": every,
+                "count": count,
+            },
+        )
+        inserted = cursor.rowcount
+        cursor.execute("ANALYZE events_app_event")
+    return inserted

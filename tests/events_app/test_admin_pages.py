@@ -15,7 +15,6 @@ from urllib.parse import urlencode
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -23,7 +22,7 @@ from events_app.models import CrmRecord, Event, EventStatus, EventTransition
 from events_app.pipeline.processing import events_process
 from events_app.pipeline.processors import InsightDraft, PermanentProcessingError, processor_get
 from signals_app.models import OrganizationMembership, Signal
-from tests.conftest import ApiClient, Tenant, on_postgres
+from tests.conftest import ApiClient, Tenant, bulk_insert_events, on_postgres
 from tests.events_app.test_read_api import store_event
 
 URL = "/v1/events"
@@ -343,23 +342,6 @@ def test_the_other_data_lists_render_with_their_filters(
 
 
 # --- 100,000 events ---------------------------------------------------------------------------
-INSERT_EVENTS = """
-INSERT INTO events_app_event (
-    id, organization_id, signal_id, schema_version, crm_record_id, identity_type, identity_id,
-    data, timestamp, received_at, reference, idempotency_key, request_hash, status, attempts,
-    last_error, result, processed_at, claimed_at, due_at, rollup
-)
-SELECT
-    gen_random_uuid(), %(organization)s, (%(signals)s::bigint[])[1 + i %% %(n_signals)s], NULL,
-    %(record)s, 'account', 'A1', '{"page": "/docs"}'::jsonb, t, t, NULL, NULL, repeat('0', 64),
-    CASE WHEN i %% 50 = 0 THEN 'failed' ELSE 'completed' END, 1, '', NULL, t, NULL, NULL, NULL
-FROM (
-    SELECT i, %(now)s::timestamptz - i * interval '25 seconds' AS t
-    FROM generate_series(1, %(count)s) AS i
-) AS series
-"""
-
-
 @pytest.mark.postgres
 def test_event_and_record_pages_answer_within_a_second_with_100000_events(
     staff: Client, tenant: Tenant
@@ -375,19 +357,14 @@ def test_event_and_record_pages_answer_within_a_second_with_100000_events(
         first_seen_at=now,
         last_seen_at=now,
     )
-    with connection.cursor() as cursor:
-        cursor.execute(
-            INSERT_EVENTS,
-            {
-                "organization": tenant.organization.pk,
-                "signals": [signal.pk for signal in signals],
-                "n_signals": len(signals),
-                "record": record.pk,
-                "now": now,
-                "count": 100_000,
-            },
-        )
-        cursor.execute("ANALYZE events_app_event")
+    bulk_insert_events(
+        record_id=record.pk,
+        signals=signals,
+        count=100_000,
+        now=now,
+        data='{"page": "/docs"}',
+        status="CASE WHEN mod(i, 50) = 0 THEN 'failed' ELSE 'completed' END",
+    )
     one = Event.objects.order_by("-received_at").first()
     assert one is not None
     scoped_user = get_user_model().objects.create_user("scoped", password="pw", is_staff=True)

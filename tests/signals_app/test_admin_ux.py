@@ -24,7 +24,7 @@ from events_app.models import CrmRecord, Event
 from signals_app.admin import RECENT_EVENTS_CAP, SCHEMA_MAX_BYTES
 from signals_app.models import SchemaVersion, Signal
 from signals_app.services import schema_version_create
-from tests.conftest import Tenant, on_postgres, signal_form
+from tests.conftest import Tenant, bulk_insert_events, on_postgres, signal_form
 
 ADD_URL = "/admin/signals_app/signal/add/"
 LIST_URL = "/admin/signals_app/signal/"
@@ -595,28 +595,6 @@ def test_the_new_pages_need_a_staff_login(db, tenant: Tenant) -> None:
 EVENT_COUNT = 100_000
 
 
-def _insert_events(template: Event, count: int) -> None:
-    """`count` copies of `template`, one every two seconds back from now, in one statement."""
-    columns = [field.column for field in Event._meta.concrete_fields]
-    generated = {
-        "id": "gen_random_uuid()",
-        "received_at": "now() - n * interval '2 seconds'",
-        "timestamp": "now() - n * interval '2 seconds'",
-        "reference": "NULL",
-        "idempotency_key": "NULL",
-    }
-    select = ", ".join(generated.get(column, f't."{column}"') for column in columns)
-    quoted = ", ".join(f'"{column}"' for column in columns)
-    table = Event._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f'INSERT INTO "{table}" ({quoted}) SELECT {select} '  # noqa: S608
-            f'FROM "{table}" t, generate_series(1, %s) n WHERE t.id = %s',
-            [count, template.pk],
-        )
-        cursor.execute(f'ANALYZE "{table}"')
-
-
 @pytest.mark.postgres
 def test_admin_pages_answer_within_a_second_with_100k_events(staff: Client, tenant: Tenant) -> None:
     if not on_postgres():
@@ -630,7 +608,17 @@ def test_admin_pages_answer_within_a_second_with_100k_events(staff: Client, tena
     busy = tenant.signal("docs", schema=PAGE_SCHEMA)
     for n in range(40):
         tenant.signal(f"quiet-{n}", type=("event", "metric", "state")[n % 3])
-    _insert_events(store_event(tenant, busy, timezone.now()), EVENT_COUNT - 1)
+    now = timezone.now()
+    template = store_event(tenant, busy, now)
+    bulk_insert_events(
+        record_id=template.crm_record_id,
+        signals=[busy],
+        count=EVENT_COUNT - 1,
+        now=now,
+        every="2 seconds",
+        status="'pending'",
+        processed_at="NULL",
+    )
     assert Event.objects.count() == EVENT_COUNT
 
     timings = {}
