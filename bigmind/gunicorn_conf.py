@@ -106,23 +106,19 @@ def on_starting(server: Any) -> None:
     if not path:
         return
     os.makedirs(path, exist_ok=True)
-    try:
-        from bigmind.metrics import gunicorn_on_starting
-    except ImportError:
-        return
+    from bigmind.metrics import gunicorn_on_starting
+
     gunicorn_on_starting(server)
 
 
 def child_exit(server: Any, worker: Any) -> None:
     """Tell the Prometheus multiprocess collector that a worker is gone (bigmind/metrics.py).
 
-    Only in multiprocess mode (PROMETHEUS_MULTIPROC_DIR set); without it, or before that module
-    exists, there is nothing to clean up.
+    Only in multiprocess mode (PROMETHEUS_MULTIPROC_DIR set): without it the master never
+    imports the metrics, and there is nothing to clean up.
     """
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
-    try:
-        from bigmind.metrics import gunicorn_child_exit
-    except ImportError:
-        return
+    from bigmind.metrics import gunicorn_child_exit
+
     gunicorn_child_exit(server, worker)

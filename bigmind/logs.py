@@ -184,16 +184,6 @@ def request_method_label(request: HttpRequest) -> str:
     return method if method in _METHODS else "OTHER"
 
 
-def request_route(request: HttpRequest) -> str:
-    """The URL pattern that answered ("/v1/events/<path:event_id>"), never the raw path."""
-    from bigmind.errors import handler404
-
-    match = getattr(request, "resolver_match", None)
-    if match is None or match.func is handler404:
-        return UNMATCHED_ROUTE
-    return "/" + str(match.route)
-
-
 def response_error_code(response: HttpResponse) -> str | None:
     """The envelope's `code` of an error answer: DRF responses keep their data; Django-level
     ones (the 404 and 500 handlers, the probes) are small JSON bodies read back."""
@@ -237,7 +227,14 @@ class RequestLogMiddleware:
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        # Imported once, here rather than per request; not at the top, since bigmind.metrics
+        # imports this module.
+        from bigmind import metrics
+        from bigmind.errors import handler404
+
         self.get_response = get_response
+        self._observe = metrics.http_request_observe
+        self._not_found = handler404
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
@@ -253,18 +250,20 @@ class RequestLogMiddleware:
             log_context_end(token)
 
     def _finish(self, request: HttpRequest, response: HttpResponse, elapsed: float) -> None:
-        from bigmind import metrics
-
         context = log_context() or {}
         method = request_method_label(request)
-        route = request_route(request)
+        # The URL pattern that answered ("/v1/events/<path:event_id>"), never the raw path.
+        match = getattr(request, "resolver_match", None)
+        if match is None or match.func is self._not_found:
+            route, url_name = UNMATCHED_ROUTE, None
+        else:
+            route, url_name = "/" + str(match.route), match.url_name
         status = response.status_code
         code = response_error_code(response) if status >= 400 else None
-        metrics.http_request_observe(
-            request=request, method=method, route=route, status=status, code=code, seconds=elapsed
+        self._observe(
+            method=method, route=route, url_name=url_name, status=status, code=code, seconds=elapsed
         )
         client = _api_client(request)
-        organization_id = getattr(client, "organization_id", None)
         line: dict[str, Any] = {
             "request_id": context.get("request_id"),
             "method": method,
@@ -276,6 +275,7 @@ class RequestLogMiddleware:
         if code is not None:
             line["code"] = code
         if client is not None:
+            organization_id = getattr(client, "organization_id", None)
             line["organization_id"] = organization_id
             line["organization"] = organization_slug(organization_id)
             line["api_key_id"] = getattr(client, "api_key_id", None)

@@ -129,12 +129,18 @@ def _label(value: str | None) -> str:
 
 
 def http_request_observe(
-    *, request: HttpRequest, method: str, route: str, status: int, code: str | None, seconds: float
+    *,
+    method: str,
+    route: str,
+    url_name: str | None,
+    status: int,
+    code: str | None,
+    seconds: float,
 ) -> None:
+    """One answered request (bigmind.logs.RequestLogMiddleware); `url_name` is its URL's name."""
     HTTP_REQUESTS.labels(method, route, str(status)).inc()
     HTTP_DURATION.labels(method, route).observe(seconds)
-    match = getattr(request, "resolver_match", None)
-    methods = _INGEST_ROUTES.get(getattr(match, "url_name", None) or "")
+    methods = _INGEST_ROUTES.get(url_name or "")
     if status < 400 or methods is None or method not in methods:
         return
     # A refusal of the whole request (one event, or a batch refused whole): counted once.

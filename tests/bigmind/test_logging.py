@@ -16,10 +16,12 @@ import pytest
 from django.test import Client, override_settings
 
 from bigmind.logs import ContextFilter, JsonFormatter
-from events_app.pipeline.processors import processor_get
 from events_app.tasks import process_event_task, process_events_task
+from tests.bigmind.conftest import event_body as body
 from tests.bigmind.test_health import closed_port, redis_cache
 from tests.conftest import ApiClient, Tenant
+
+pytestmark = pytest.mark.usefixtures("pipeline_in_process")
 
 MARKER = "zq-marker-7c1e9a"
 
@@ -58,21 +60,6 @@ def logs() -> Iterator[Captured]:
         root.removeHandler(json_handler)
         root.removeHandler(plain_handler)
         root.setLevel(old_level)
-
-
-@pytest.fixture(autouse=True)
-def _no_publish() -> Iterator[None]:
-    with (
-        mock.patch("events_app.tasks.process_event_task.delay"),
-        mock.patch("events_app.tasks.process_event_task.apply_async"),
-        mock.patch("events_app.tasks.process_events_task.delay"),
-    ):
-        yield
-    processor_get.cache_clear()
-
-
-def body(signal: str = "visit", **extra: Any) -> dict[str, Any]:
-    return {"signal": signal, "identity": {"type": "account", "id": "acc-1"}, "data": {}, **extra}
 
 
 def test_each_request_writes_one_json_line_with_its_fields(

@@ -14,7 +14,6 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -33,7 +32,10 @@ from events_app.pipeline.processors import (
     processor_get,
 )
 from events_app.tasks import process_event_task
+from tests.bigmind.conftest import event_body
 from tests.conftest import ApiClient, Tenant
+
+pytestmark = pytest.mark.usefixtures("pipeline_in_process")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -66,28 +68,6 @@ class Delta:
 
     def of(self, name: str, **labels: str) -> float:
         return value(scrape(), name, **labels) - value(self.before, name, **labels)
-
-
-@pytest.fixture(autouse=True)
-def _no_publish() -> Iterator[None]:
-    # The pipeline runs here in-process; nothing is published to a broker.
-    with (
-        mock.patch("events_app.tasks.process_event_task.delay"),
-        mock.patch("events_app.tasks.process_event_task.apply_async"),
-        mock.patch("events_app.tasks.process_events_task.delay"),
-    ):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _fresh_processor() -> Iterator[None]:
-    processor_get.cache_clear()
-    yield
-    processor_get.cache_clear()
-
-
-def event_body(signal: str = "visit", **extra: Any) -> dict[str, Any]:
-    return {"signal": signal, "identity": {"type": "account", "id": "acc-1"}, "data": {}, **extra}
 
 
 class FailingProcessor:
