@@ -592,6 +592,16 @@ def drains_total(drains: list[Drain]) -> Drain:
     return total
 
 
+def slope(points: list[tuple[float, int]]) -> float:
+    """Least-squares slope of (seconds, value) points; 0.0 for fewer than two."""
+    if len(points) < 2:
+        return 0.0
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_v = sum(v for _, v in points) / len(points)
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    return sum((t - mean_t) * (v - mean_v) for t, v in points) / var if var else 0.0
+
+
 @dataclass
 class KeepUp:
     reference: dict[str, Any]
@@ -619,13 +629,7 @@ class KeepUp:
 
     def last_half_slope(self) -> float:
         """Least-squares slope of the backlog (events/s) over the last half of the load."""
-        points = [(t, b) for t, b in self.load_samples() if t >= self.load_seconds / 2]
-        if len(points) < 2:
-            return 0.0
-        mean_t = sum(t for t, _ in points) / len(points)
-        mean_b = sum(b for _, b in points) / len(points)
-        var = sum((t - mean_t) ** 2 for t, _ in points)
-        return sum((t - mean_t) * (b - mean_b) for t, b in points) / var if var else 0.0
+        return slope([(t, b) for t, b in self.load_samples() if t >= self.load_seconds / 2])
 
     def backlog_at(self, fraction: float) -> int:
         target = self.load_seconds * fraction
@@ -979,6 +983,25 @@ def report(
 
 
 # --- main ------------------------------------------------------------------------------------
+def add_server_arguments(parser: argparse.ArgumentParser, cores: int) -> None:
+    """gunicorn and wrk options, as this script and scripts/bench_soak.py take them."""
+    parser.add_argument("--workers", type=int, default=2 * cores, help="gunicorn sync workers")
+    parser.add_argument("--concurrency", "-c", type=int, default=4 * cores, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=min(2, cores), help="wrk threads")
+
+
+def finish_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What scripts/bench_ingest.py's helpers expect of `args`: wrk, the app; the broker's db."""
+    args.wrk = shutil.which("wrk")
+    if not args.wrk:
+        parser.error("wrk is not installed (apt-get install -y wrk)")
+    args.loadgen = "wrk"
+    args.app = "bigmind.wsgi:application"
+    args.broker_db = int(urlsplit(args.broker_url).path.lstrip("/") or 0)
+    if args.broker_url == args.redis_url:
+        parser.error("the broker and the cache must be different Redis databases")
+
+
 def parse_args() -> argparse.Namespace:
     cores = os.cpu_count() or 1
     parser = argparse.ArgumentParser(
@@ -1018,9 +1041,7 @@ def parse_args() -> argparse.Namespace:
         help="worker processes in the keep-up test (one per core)",
     )
     parser.add_argument("--pool", choices=["prefork", "solo"], default="prefork")
-    parser.add_argument("--workers", type=int, default=2 * cores, help="gunicorn sync workers")
-    parser.add_argument("--concurrency", "-c", type=int, default=4 * cores, help="wrk connections")
-    parser.add_argument("--threads", type=int, default=min(2, cores), help="wrk threads")
+    add_server_arguments(parser, cores)
     parser.add_argument(
         "--identities", type=int, default=200, help="CRM records the events are spread over"
     )
@@ -1038,15 +1059,8 @@ def parse_args() -> argparse.Namespace:
         "importable from the project root or PYTHONPATH)",
     )
     args = parser.parse_args()
-    args.wrk = shutil.which("wrk")
-    if not args.wrk:
-        parser.error("wrk is not installed (apt-get install -y wrk)")
-    args.loadgen = "wrk"
-    args.app = "bigmind.wsgi:application"
+    finish_server_arguments(parser, args)
     args.reset = not args.keep_database
-    args.broker_db = int(urlsplit(args.broker_url).path.lstrip("/") or 0)
-    if args.broker_url == args.redis_url:
-        parser.error("the broker and the cache must be different Redis databases")
     if args.events < BATCH_SIZE:
         parser.error(f"--events must be at least {BATCH_SIZE}")
     return args

@@ -44,7 +44,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ingest as bi  # the sibling scripts (the path above)
@@ -102,13 +101,7 @@ class Soak:
 
     def backlog_slope(self) -> float:
         """Least-squares slope (events/s) of the backlog over the last half of the soak."""
-        half = [(t, b) for t, b, _ in self.samples if t >= self.seconds / 2]
-        if len(half) < 2:
-            return 0.0
-        mean_t = sum(t for t, _ in half) / len(half)
-        mean_b = sum(b for _, b in half) / len(half)
-        var = sum((t - mean_t) ** 2 for t, _ in half)
-        return sum((t - mean_t) * (b - mean_b) for t, b in half) / var if var else 0.0
+        return bp.slope([(t, b) for t, b, _ in self.samples if t >= self.seconds / 2])
 
 
 def paced_load(args: argparse.Namespace, port: int, rate: float, result: Soak) -> None:
@@ -262,27 +255,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--probe", type=float, default=30.0, help="seconds of the maximum probe")
     parser.add_argument("--fraction", type=float, default=0.8, help="of the maximum, for the soak")
     parser.add_argument("--processes", type=int, default=cores, help="Celery pool processes")
-    parser.add_argument("--workers", type=int, default=2 * cores, help="gunicorn sync workers")
-    parser.add_argument("--concurrency", "-c", type=int, default=4 * cores, help="wrk connections")
-    parser.add_argument("--threads", type=int, default=min(2, cores), help="wrk threads")
+    bp.add_server_arguments(parser, cores)
     parser.add_argument(
         "--clients", type=int, default=16, help="paced load client threads (keep-alive)"
     )
     parser.add_argument("--identities", type=int, default=200, help="CRM records")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a drain may take")
     args = parser.parse_args()
-    args.wrk = shutil.which("wrk")
-    if not args.wrk:
-        parser.error("wrk is not installed (apt-get install -y wrk)")
-    args.loadgen = "wrk"
-    args.app = "bigmind.wsgi:application"
+    bp.finish_server_arguments(parser, args)
     args.reset = True
     args.keep_database = False
     args.pool = "prefork"
     args.celery_app = "bigmind"
-    args.broker_db = int(urlsplit(args.broker_url).path.lstrip("/") or 0)
-    if args.broker_url == args.redis_url:
-        parser.error("the broker and the cache must be different Redis databases")
     return args
 
 

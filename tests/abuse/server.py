@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,6 +241,16 @@ class Gunicorn:
             with contextlib.suppress(Exception):
                 _postgres_recreate(*self._abuse_db, drop_only=True)
 
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[Gunicorn]:
+        """Prepared (from this process's environment) and started; cleaned up afterwards."""
+        try:
+            self.prepare(os.environ)
+            self.start()
+            yield self
+        finally:
+            self.cleanup()
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -317,6 +327,18 @@ def http_request(
         f"{name}: {value}" for name, value in all_headers.items()
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def stored(server: Gunicorn, reference: str) -> int:
+    """How many events with this reference the server has stored."""
+    raw = http_request(
+        "GET",
+        f"/v1/events?reference={reference}",
+        headers={"Authorization": f"Bearer {server.raw_key}"},
+    )
+    status, _, body = request(server.port, raw)
+    assert status == 200, body
+    return len(json.loads(body)["data"])
 
 
 def event_body(**overrides: Any) -> dict[str, Any]:

@@ -30,21 +30,16 @@ from tests.abuse.server import (
     json_bytes,
     read_response,
     request,
+    stored,
 )
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
-    import os
-
     # The repository's gunicorn configuration as production runs it, with two workers.
     gunicorn = Gunicorn(var_dir=Path(tmp_path_factory.mktemp("abuse-gunicorn")), workers=2)
-    try:
-        gunicorn.prepare(os.environ)
-        gunicorn.start()
+    with gunicorn.serving():
         yield gunicorn
-    finally:
-        gunicorn.cleanup()
 
 
 def post(
@@ -63,6 +58,12 @@ def post(
     return request(server.port, http_request("POST", path, body, headers=headers), timeout)
 
 
+def post_head(server: Gunicorn, headers: dict[str, str], *, path: str = "/v1/events") -> bytes:
+    """The head of a POST with the key and a JSON Content-Type, plus `headers`; no body."""
+    auth = {"Authorization": f"Bearer {server.raw_key}", "Content-Type": "application/json"}
+    return http_request("POST", path, headers={**auth, **headers})
+
+
 def get(server: Gunicorn, path: str) -> tuple[int, dict[str, str], bytes]:
     headers = {"Authorization": f"Bearer {server.raw_key}"}
     return request(server.port, http_request("GET", path, headers=headers))
@@ -76,12 +77,6 @@ def envelope(answer: tuple[int, dict[str, str], bytes], status: int, code: str) 
     assert data["success"] is False and data["code"] == code, data
     assert data["error"]
     return data
-
-
-def stored(server: Gunicorn, reference: str) -> int:
-    status, _, body = get(server, f"/v1/events?reference={reference}")
-    assert status == 200, body
-    return len(json.loads(body)["data"])
 
 
 _FIVE_XX = re.compile(rb'HTTP/1\.[01]" 5\d\d |"status": 5\d\d')
@@ -227,15 +222,7 @@ FIFTY_MB = 50 * 1024 * 1024
 def test_a_50_mb_body_with_content_length_is_refused_before_it_is_read(
     server: Gunicorn, path: str
 ) -> None:
-    head = http_request(
-        "POST",
-        path,
-        headers={
-            "Authorization": f"Bearer {server.raw_key}",
-            "Content-Type": "application/json",
-            "Content-Length": str(FIFTY_MB),
-        },
-    )
+    head = post_head(server, {"Content-Length": str(FIFTY_MB)}, path=path)
     started = time.monotonic()
     with connect(server.port, timeout=10) as sock:
         # Only the headers and the first 64 KiB: the answer must not wait for the rest.
@@ -251,15 +238,7 @@ def test_a_50_mb_body_with_content_length_is_refused_before_it_is_read(
 def test_a_50_mb_chunked_body_is_refused_after_the_limit_not_the_end(
     server: Gunicorn, path: str
 ) -> None:
-    head = http_request(
-        "POST",
-        path,
-        headers={
-            "Authorization": f"Bearer {server.raw_key}",
-            "Content-Type": "application/json",
-            "Transfer-Encoding": "chunked",
-        },
-    )
+    head = post_head(server, {"Transfer-Encoding": "chunked"}, path=path)
     chunk = b"x" * 65536
     framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
     sent = 0
@@ -423,16 +402,7 @@ def test_an_http_1_0_request_without_host_is_served(server: Gunicorn) -> None:
 def test_expect_100_continue_gets_a_100_before_the_body(server: Gunicorn) -> None:
     reference = f"expect-{uuid.uuid4().hex[:8]}"
     body = json_bytes(event_body(reference=reference))
-    head = http_request(
-        "POST",
-        "/v1/events",
-        headers={
-            "Authorization": f"Bearer {server.raw_key}",
-            "Content-Type": "application/json",
-            "Content-Length": str(len(body)),
-            "Expect": "100-continue",
-        },
-    )
+    head = post_head(server, {"Content-Length": str(len(body)), "Expect": "100-continue"})
     with connect(server.port, timeout=10) as sock:
         sock.sendall(head)
         interim = sock.recv(1024)
@@ -446,16 +416,7 @@ def test_expect_100_continue_gets_a_100_before_the_body(server: Gunicorn) -> Non
 def test_expect_100_continue_on_a_50_mb_body_is_refused_without_sending_it(
     server: Gunicorn,
 ) -> None:
-    head = http_request(
-        "POST",
-        "/v1/events",
-        headers={
-            "Authorization": f"Bearer {server.raw_key}",
-            "Content-Type": "application/json",
-            "Content-Length": str(FIFTY_MB),
-            "Expect": "100-continue",
-        },
-    )
+    head = post_head(server, {"Content-Length": str(FIFTY_MB), "Expect": "100-continue"})
     with connect(server.port, timeout=10) as sock:
         sock.sendall(head)
         # gunicorn sends "100 Continue" before calling the app; the app then refuses on the
@@ -475,15 +436,7 @@ def test_a_body_shorter_than_its_content_length_is_refused_when_the_client_stops
 ) -> None:
     reference = f"short-{uuid.uuid4().hex[:8]}"
     body = json_bytes(event_body(reference=reference))
-    head = http_request(
-        "POST",
-        "/v1/events",
-        headers={
-            "Authorization": f"Bearer {server.raw_key}",
-            "Content-Type": "application/json",
-            "Content-Length": str(len(body) + 100),
-        },
-    )
+    head = post_head(server, {"Content-Length": str(len(body) + 100)})
     with connect(server.port, timeout=10) as sock:
         sock.sendall(head + body)
         sock.shutdown(socket.SHUT_WR)  # the client is done: 100 bytes will never come
@@ -495,15 +448,7 @@ def test_a_body_shorter_than_its_content_length_is_refused_when_the_client_stops
 def test_a_body_longer_than_its_content_length_is_cut_at_the_length(server: Gunicorn) -> None:
     reference = f"long-{uuid.uuid4().hex[:8]}"
     body = json_bytes(event_body(reference=reference))
-    raw = http_request(
-        "POST",
-        "/v1/events",
-        headers={
-            "Authorization": f"Bearer {server.raw_key}",
-            "Content-Type": "application/json",
-            "Content-Length": str(len(body) - 2),
-        },
-    )
+    raw = post_head(server, {"Content-Length": str(len(body) - 2)})
     envelope(request(server.port, raw + body), 400, "invalid_json")
     assert stored(server, reference) == 0
 
@@ -537,15 +482,7 @@ def test_a_chunked_body_within_the_limit_is_accepted(server: Gunicorn) -> None:
     framed = b"".join(
         f"{len(part):x}\r\n".encode() + part + b"\r\n" for part in (body[:half], body[half:])
     )
-    raw = http_request(
-        "POST",
-        "/v1/events",
-        headers={
-            "Authorization": f"Bearer {server.raw_key}",
-            "Content-Type": "application/json",
-            "Transfer-Encoding": "chunked",
-        },
-    )
+    raw = post_head(server, {"Transfer-Encoding": "chunked"})
     status, _, answer = request(server.port, raw + framed + b"0\r\n\r\n")
     assert status == 202, answer
     assert stored(server, reference) == 1
@@ -563,15 +500,7 @@ def test_a_chunked_body_within_the_limit_is_accepted(server: Gunicorn) -> None:
 def test_a_broken_chunked_body_is_refused_as_incomplete(
     server: Gunicorn, framed: bytes, close: bool
 ) -> None:
-    raw = http_request(
-        "POST",
-        "/v1/events",
-        headers={
-            "Authorization": f"Bearer {server.raw_key}",
-            "Content-Type": "application/json",
-            "Transfer-Encoding": "chunked",
-        },
-    )
+    raw = post_head(server, {"Transfer-Encoding": "chunked"})
     with connect(server.port, timeout=10) as sock:
         sock.sendall(raw + framed)
         if close:

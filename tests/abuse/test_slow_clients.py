@@ -9,7 +9,6 @@ a 500 and a killed worker after `timeout`; gthread: never cut off): docs/fuzzing
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from tests.abuse.server import (
     json_bytes,
     read_response,
     request,
+    stored,
 )
 
 READ_TIMEOUT = 3.0
@@ -54,12 +54,8 @@ def server(
         timeout=30,
         extra_env={"BIGMIND_REQUEST_READ_TIMEOUT": str(READ_TIMEOUT)},
     )
-    try:
-        gunicorn.prepare(os.environ)
-        gunicorn.start()
+    with gunicorn.serving():
         yield gunicorn
-    finally:
-        gunicorn.cleanup()
 
 
 def ingest_request(server: Gunicorn, reference: str, **headers: str) -> bytes:
@@ -71,17 +67,6 @@ def ingest_request(server: Gunicorn, reference: str, **headers: str) -> bytes:
         **headers,
     }
     return http_request("POST", "/v1/events", body, headers=all_headers)
-
-
-def stored(server: Gunicorn, reference: str) -> int:
-    raw = http_request(
-        "GET",
-        f"/v1/events?reference={reference}",
-        headers={"Authorization": f"Bearer {server.raw_key}"},
-    )
-    status, _, body = request(server.port, raw)
-    assert status == 200, body
-    return len(json.loads(body)["data"])
 
 
 class Trickler(threading.Thread):

@@ -25,6 +25,7 @@ from signals_app.services import api_key_revoke
 from tests.conftest import Tenant, on_postgres
 from tests.security.conftest import ALL_METHODS, Org, ingest_payload, send
 from tests.security.test_tenancy import ENDPOINTS, PUBLIC, pattern_key, v1_patterns
+from tests.worker_support import database_url
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 
@@ -138,7 +139,8 @@ def test_revoke_api_key_in_another_process_is_seen_here_within_the_window(
     tenant: Tenant = make_tenant("acme")
     client = Client()
     assert send(client, "GET", "/v1/signals", key=tenant.raw_key).status_code == 200
-    env = {**os.environ, "DATABASE_URL": _database_url(), "DJANGO_DEBUG": "false"}
+    url = database_url(connection.settings_dict)
+    env = {**os.environ, "DATABASE_URL": url, "DJANGO_DEBUG": "false"}
     command = [sys.executable, "manage.py", "revoke_api_key", tenant.api_key.prefix]
     process = subprocess.Popen(
         command, cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -158,13 +160,6 @@ def test_revoke_api_key_in_another_process_is_seen_here_within_the_window(
     if last_accepted is not None:
         assert last_accepted - done <= window
     assert ApiKey.objects.get(pk=tenant.api_key.pk).revoked_at is not None
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    user = db["USER"] or "postgres"
-    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
-    return f"postgres://{user}{password}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 # --- Malformed keys ---------------------------------------------------------------------------
