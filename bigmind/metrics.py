@@ -213,26 +213,14 @@ def event_retry_scheduled(*, event_id: Any) -> None:
     log_context_add_events([event_id], outcome="retry")
 
 
-def event_failed(*, event_id: Any) -> None:
-    """The pipeline committed an event as `failed`. Failures are rare: one small query for the
-    signal type label (the failing path knows only the event id)."""
-    from django.db import DatabaseError
+def event_failed(*, event: Any, signal: Any) -> None:
+    """The pipeline committed an event as `failed` (events_app/pipeline/processing.py)."""
+    from bigmind.logs import organization_slug
 
-    from events_app.models import Event
-
-    try:
-        row = (
-            Event.objects.filter(pk=event_id)
-            .values_list("signal__type", "signal__slug", "organization__slug")
-            .first()
-        )
-    except DatabaseError:
-        row = None
-    signal_type, signal_slug, organization = row if row is not None else (None, None, None)
-    EVENTS_FAILED.labels(_label(signal_type)).inc()
-    log_context_add_events([event_id], outcome="failed")
-    log_context_add_to_set("signals", signal_slug)
-    log_context_add_to_set("organizations", organization)
+    EVENTS_FAILED.labels(signal.type).inc()
+    log_context_add_events([event.id], outcome="failed")
+    log_context_add_to_set("signals", signal.slug)
+    log_context_add_to_set("organizations", organization_slug(event.organization_id))
 
 
 # --- The backlog, computed at scrape time ------------------------------------------------------

@@ -439,7 +439,7 @@ _INSIGHT_UPDATE_FIELDS = [
 ]
 
 
-def _settle_failure(claim: Claim, error: str, *, transient: bool) -> float | None:
+def _settle_failure(claim: Claim, event: Event, error: str, *, transient: bool) -> float | None:
     """Back to `pending` with a backoff (returns the delay), or `failed` for good (None)."""
     now = timezone.now()
     error = error[:2000]
@@ -482,7 +482,7 @@ def _settle_failure(claim: Claim, error: str, *, transient: bool) -> float | Non
                 at=now,
             )
     if failed:
-        metrics.event_failed(event_id=claim.event_id)
+        metrics.event_failed(event=event, signal=event.signal)
     return None
 
 
@@ -530,19 +530,21 @@ def _process_one(claim: Claim, event: Event, processor: Processor) -> float | No
             "transient" if error.transient else "permanent",
             error,
         )
-        return _settle_failure(claim, str(error), transient=error.transient)
+        return _settle_failure(claim, event, str(error), transient=error.transient)
     except SoftTimeLimitExceeded:
-        return _settle_failure(claim, "Processing took longer than the time limit", transient=True)
+        return _settle_failure(
+            claim, event, "Processing took longer than the time limit", transient=True
+        )
     except (OperationalError, InterfaceError) as error:
         # A lost connection or a database restart: the settle write may fail too, and then the
         # sweep returns the event to `pending` once its claim is stale. (Other database errors,
         # such as a DataError, would fail the same way on every try: permanent, below.)
         logger.warning("process_event: event %s: database error: %s", event.id, error)
-        return _settle_failure(claim, f"Database error: {error}", transient=True)
+        return _settle_failure(claim, event, f"Database error: {error}", transient=True)
     except Exception as error:
         logger.exception("process_event: event %s: unexpected error", event.id)
         return _settle_failure(
-            claim, f"Internal error: {type(error).__name__}: {error}", transient=False
+            claim, event, f"Internal error: {type(error).__name__}: {error}", transient=False
         )
     logger.info("process_event: event %s completed (attempt %d)", event.id, claim.attempt)
     return None
