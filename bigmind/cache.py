@@ -11,12 +11,14 @@ pickled.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import random
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.cache import cache
@@ -163,6 +165,114 @@ class SQLiteCache(BaseCache):
     def purge_expired(self) -> int:
         cur = self._conn().execute("DELETE FROM cache WHERE expires <= ?", (time.time(),))
         return cur.rowcount
+
+
+# --- Counters for django-ratelimit -------------------------------------------------------------
+class _CounterState(threading.local):
+    def __init__(self) -> None:
+        # The count an `add` just made, for the `incr` that django-ratelimit sends next.
+        self.counted: tuple[str, int] | None = None
+        # Set by `reserve`: units the next counting `add` takes at once ...
+        self.units = 0
+        # ... and the ordinals it took and has not handed out yet, per key: (next, last).
+        self.reserved: dict[str, tuple[int, int]] = {}
+
+
+class CounterCache:
+    """Mixin for the cache behind django-ratelimit (`RATELIMIT_USE_CACHE = "ratelimit"`): a
+    store of rate-limit counters, not a general cache.
+
+    django-ratelimit's public `get_usage()` spends a unit with two calls: `add(key, 1)`, and
+    when the key already exists, `incr(key)`. Against Redis that is two round trips per request.
+    Here `add(key, 1)` is one atomic "add 1, create with its expiry if missing" (`_count`, one
+    Lua call in Redis): it answers True when it created the counter, else False, and the
+    `incr(key)` that django-ratelimit always sends next returns the count already made,
+    without a call. Any other `add` or `incr` is the backend's own.
+
+    `reserve(units)`: inside it, the first counting `add` of a key takes `units` at once, and
+    the next `units - 1` counting `add`s of that key (in this thread) hand out the ordinals it
+    took without a call. A batch spends one unit per item through `get_usage` as usual, in one
+    round trip per signal; the ordinals, and so every item's verdict, are exactly those of the
+    same calls made one by one. A window that turns inside the block is a new key: its units
+    are counted afresh, and the old key's unused ones are never spent (refusing at most that
+    many requests early, never admitting one too many).
+    """
+
+    _counter_state: _CounterState
+
+    def _count(self, key: str, delta: int, timeout: Any) -> int:
+        raise NotImplementedError
+
+    def _state(self) -> _CounterState:
+        state = self.__dict__.get("_counter_state")
+        if state is None:
+            state = self.__dict__.setdefault("_counter_state", _CounterState())
+        return state  # type: ignore[no-any-return]
+
+    def add(
+        self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
+        if type(value) is not int or value != 1:
+            return super().add(key, value, timeout, version)  # type: ignore[misc, no-any-return]
+        made = self.make_and_validate_key(key, version=version)  # type: ignore[attr-defined]
+        state = self._state()
+        taken = state.reserved.get(made)
+        if taken is not None and taken[0] <= taken[1]:
+            ordinal = taken[0]
+            state.reserved[made] = (ordinal + 1, taken[1])
+        else:
+            units = max(1, state.units)
+            count = self._count(made, units, timeout)
+            ordinal = count - units + 1
+            if units > 1:
+                state.reserved[made] = (ordinal + 1, count)
+        if ordinal == 1:
+            return True
+        state.counted = (made, ordinal)
+        return False
+
+    def incr(self, key: str, delta: int = 1, version: int | None = None) -> int:
+        state = self._state()
+        if state.counted is not None and delta == 1:
+            made = self.make_and_validate_key(key, version=version)  # type: ignore[attr-defined]
+            if state.counted[0] == made:
+                ordinal = state.counted[1]
+                state.counted = None
+                return ordinal
+        return super().incr(key, delta, version)  # type: ignore[misc, no-any-return]
+
+    @contextlib.contextmanager
+    def reserve(self, units: int) -> Iterator[None]:
+        state = self._state()
+        state.units, state.reserved, state.counted = units, {}, None
+        try:
+            yield
+        finally:
+            state.units, state.reserved = 0, {}
+
+
+class SQLiteCounterCache(CounterCache, SQLiteCache):
+    """SQLiteCache with one-statement counting for django-ratelimit (see CounterCache)."""
+
+    def _count(self, key: str, delta: int, timeout: Any) -> int:
+        now = time.time()
+        # A live integer counter grows; a missing, expired or non-integer entry starts afresh.
+        row = (
+            self._conn()
+            .execute(
+                "INSERT INTO cache (key, value, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET "
+                "value = CASE WHEN cache.expires > ? AND typeof(cache.value) = 'integer' "
+                "THEN cache.value + excluded.value ELSE excluded.value END, "
+                "expires = CASE WHEN cache.expires > ? AND typeof(cache.value) = 'integer' "
+                "THEN cache.expires ELSE excluded.expires END "
+                "RETURNING value",
+                (key, delta, self._expiry(timeout), now, now),
+            )
+            .fetchone()
+        )
+        self._maybe_purge()
+        return int(row[0])
 
 
 # --- Fail-soft access for lookups -------------------------------------------------------------

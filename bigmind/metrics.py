@@ -105,6 +105,16 @@ PROCESSING_LATENCY = Histogram(
     ["signal_type"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0),
 )
+INGEST_GROUP_ROWS = Histogram(
+    "bigmind_ingest_group_rows",
+    "Events stored per group commit of POST /v1/events (one statement and commit each).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+INGEST_GROUP_SECONDS = Histogram(
+    "bigmind_ingest_group_seconds",
+    "Time to store and commit one group of POST /v1/events rows.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
 WORKER_TASKS = Counter(
     "bigmind_worker_tasks",
     "Celery tasks by name and outcome (success, failure, retry, revoked, rejected, unknown).",
@@ -161,6 +171,12 @@ def ingest_event_stored(*, signal: Any, event_id: Any, replayed: bool) -> None:
     if not replayed:
         EVENTS_ACCEPTED.labels(signal.type).inc()
     log_context_add_events([event_id])
+
+
+def ingest_group_committed(rows: int, seconds: float) -> None:
+    """The ingest writer committed a group (events_app/group_commit.py)."""
+    INGEST_GROUP_ROWS.observe(rows)
+    INGEST_GROUP_SECONDS.observe(seconds)
 
 
 def ingest_batch_observe(items: Iterable[Any]) -> None:

@@ -172,10 +172,21 @@ if _default_cache["BACKEND"] == "bigmind.redis.RedisCache":
         circuit_break_seconds=CACHE_CIRCUIT_BREAK_SECONDS,
     )
 _default_cache.setdefault("KEY_PREFIX", env("CACHE_KEY_PREFIX", default="bigmind"))
-CACHES = {"default": _default_cache}
+# django-ratelimit's counters: the same store, through a backend that spends a unit in one
+# round trip instead of add() + incr() (bigmind.cache.CounterCache); any other cache backend
+# serves as it is.
+_COUNTER_BACKENDS = {
+    "bigmind.redis.RedisCache": "bigmind.redis.RateLimitCounterCache",
+    "bigmind.cache.SQLiteCache": "bigmind.cache.SQLiteCounterCache",
+}
+_ratelimit_cache = {
+    **_default_cache,
+    "BACKEND": _COUNTER_BACKENDS.get(_default_cache["BACKEND"], _default_cache["BACKEND"]),
+}
+CACHES = {"default": _default_cache, "ratelimit": _ratelimit_cache}
 
 # django-ratelimit counts in this cache with add()/incr(): atomic in Redis and in SQLiteCache.
-RATELIMIT_USE_CACHE = "default"
+RATELIMIT_USE_CACHE = "ratelimit"
 # Our rate-limit service decides what an unreachable store means (accept and log); see
 # events_app/ratelimits.py and the README.
 RATELIMIT_FAIL_OPEN = True
@@ -359,6 +370,17 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": ["events_app.api.schema.postprocess"],
 }
 
+# Group commit (events_app/group_commit.py, docs/architecture.md): each web process has one
+# writer thread that stores the single events its request threads hand it, up to MAX_ROWS in
+# one statement and commit; with fewer waiting it waits up to MAX_WAIT_MS for more (0: only
+# what queued while the previous group committed). A request waits at most TIMEOUT_SECONDS for
+# its commit, then answers 503. Off: each request stores its own event.
+BIGMIND_GROUP_COMMIT = env.bool("BIGMIND_GROUP_COMMIT", default=True)
+BIGMIND_GROUP_COMMIT_MAX_ROWS = env.int("BIGMIND_GROUP_COMMIT_MAX_ROWS", default=128)
+BIGMIND_GROUP_COMMIT_MAX_WAIT_MS = env.float("BIGMIND_GROUP_COMMIT_MAX_WAIT_MS", default=0.0)
+BIGMIND_GROUP_COMMIT_TIMEOUT_SECONDS = env.float(
+    "BIGMIND_GROUP_COMMIT_TIMEOUT_SECONDS", default=20.0
+)
 # Largest accepted body of POST /v1/events; larger bodies get 413 without being read.
 BIGMIND_EVENT_MAX_BODY_BYTES = env.int("BIGMIND_EVENT_MAX_BODY_BYTES", default=1024 * 1024)
 # Largest accepted body of POST /v1/events/batch (each item must also fit the event limit).

@@ -1,5 +1,6 @@
-"""Per-organization, per-signal budgets per minute, counted by django-ratelimit in the shared
-cache (Redis in production, SQLiteCache on one machine) with atomic add/incr.
+"""Per-organization, per-signal budgets per minute, counted by django-ratelimit (its public
+`get_usage`) in the shared store (Redis in production, SQLiteCache on one machine), through
+the counter backend of bigmind.cache.CounterCache: one atomic round trip per unit.
 
 Fail-open: if the store cannot be reached the request is accepted and a warning logged.
 Losing rate limiting for the length of a cache outage is better than refusing or losing
@@ -8,6 +9,7 @@ customer events that the database could store; the limit protects capacity, not 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -15,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.core.cache import cache
-from django_ratelimit.core import _get_window, _make_cache_key, get_usage
+from django.core.cache import caches
+from django_ratelimit.core import get_usage
 
 from signals_app.selectors import SignalRef
 
@@ -113,34 +115,12 @@ def rate_limit_peek(signal: SignalRef) -> RateLimitStatus:
 def rate_limit_consume_many(signal: SignalRef, units: int) -> list[RateLimitStatus]:
     """Spend `units` of the signal's budget at once (a batch): one status per unit, in order.
 
-    django-ratelimit counts one unit per call. For the rest of the units this adds to the very
-    counter it just used, with its own key helpers (pinned: django-ratelimit < 5), so a batch
-    costs two or three cache calls per signal instead of two per item.
+    One `get_usage` per unit, as single requests would; the counter store (bigmind.cache.
+    CounterCache) takes the units in one round trip when it can reserve them.
     """
-    first = _usage(signal, increment=True)
-    if units == 1 or first.degraded:
-        return [first] + [first] * (units - 1)
-    limit = rate_limit_for(signal)
-    rate = (limit, WINDOW_SECONDS)
-    key = _make_cache_key(
-        _group(signal), _get_window(_KEY_VALUE, WINDOW_SECONDS), rate, _KEY_VALUE, get_usage.ALL
-    )
     try:
-        last = cache.incr(key, units - 1)
-    except ValueError:
-        # The window turned between the two calls: count the rest one by one.
-        return [first] + [_usage(signal, increment=True) for _ in range(units - 1)]
-    except Exception:
-        logger.warning("rate-limit store unreachable; accepting without limit", exc_info=True)
-        return [first] + [_degraded(limit)] * (units - 1)
-    statuses = [first]
-    for count in range(last - units + 2, last + 1):
-        statuses.append(
-            RateLimitStatus(
-                limit=limit,
-                remaining=max(0, limit - count),
-                reset_epoch=first.reset_epoch,
-                exceeded=count > limit,
-            )
-        )
-    return statuses
+        reserve = getattr(caches[settings.RATELIMIT_USE_CACHE], "reserve", None)
+    except Exception:  # a misconfigured store: each call below fails open on its own
+        reserve = None
+    with reserve(units) if reserve is not None else contextlib.nullcontext():
+        return [_usage(signal, increment=True) for _ in range(units)]

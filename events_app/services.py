@@ -5,23 +5,34 @@ and its CRM record in one transaction, and queue processing after commit."""
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 
 from bigmind import metrics
-from bigmind.errors import ApplicationError, BadRequest, Conflict, NotFound, RateLimited
+from bigmind.errors import (
+    ApplicationError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+)
 from events_app.auth import ApiClient
 from events_app.backpressure import ingest_backpressure_check
+from events_app.group_commit import GroupWriter, WriterTimeout
 from events_app.ids import uuid7
 from events_app.models import Event, EventStatus
-from events_app.pipeline.queue import event_enqueue
+from events_app.pipeline.queue import event_enqueue, events_committed
 from events_app.ratelimits import RateLimitStatus, rate_limit_consume, rate_limit_peek
 from events_app.rejections import Refusal, rejections_record
-from events_app.store import event_insert
+from events_app.store import NewEvent, StoredEvent, StoreOutcome, events_store
 from events_app.validation import EventRequest, event_request_parse, json_body_parse
 from signals_app.schemas import schema_violations
 from signals_app.selectors import SignalRef, schema_version_validator, signal_get_active_ref
@@ -32,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IngestResult:
-    event: Event
+    event: StoredEvent
     signal: SignalRef
     replayed: bool
     rate: RateLimitStatus
@@ -101,31 +112,101 @@ def event_build(
     )
 
 
-def _event_store(
-    *, client: ApiClient, signal: SignalRef, request: EventRequest, schema_version: int | None
-) -> tuple[Event, bool]:
-    event = event_build(
-        organization_id=client.organization_id,
-        signal=signal,
-        request=request,
-        schema_version=schema_version,
-        received_at=timezone.now(),
-    )
-    if event_insert(event):
-        event_id = event.id
+def _writer() -> GroupWriter[NewEvent, StoreOutcome]:
+    global _group_writer
+    if _group_writer is None:
+        with _group_writer_lock:
+            if _group_writer is None:
+                _group_writer = GroupWriter(
+                    store=events_store,
+                    after_commit=_group_committed,
+                    max_rows=settings.BIGMIND_GROUP_COMMIT_MAX_ROWS,
+                    max_wait=settings.BIGMIND_GROUP_COMMIT_MAX_WAIT_MS / 1000,
+                    name="ingest-writer",
+                )
+                _group_writer.on_group = metrics.ingest_group_committed
+    return _group_writer
+
+
+def _group_committed(rows: list[NewEvent], outcomes: Sequence[StoreOutcome]) -> None:
+    """After a group's commit (in the writer thread): queue the processing of what it stored."""
+    stored = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome.inserted]
+    if stored:
+        events_committed(event_ids=stored)
+
+
+_group_writer: GroupWriter[NewEvent, StoreOutcome] | None = None
+_group_writer_lock = threading.Lock()
+
+
+def ingest_writer_stop() -> None:
+    """Stop this process's ingest writer (its thread and database connection); the next
+    request starts a new one with the settings of that time. For tests."""
+    global _group_writer
+    with _group_writer_lock:
+        writer, _group_writer = _group_writer, None
+    if writer is not None:
+        writer.stop()
+
+
+def _event_write(row: NewEvent) -> StoreOutcome:
+    """Store one event: with the process's group commit, or on this thread's own connection
+    when it is inside a transaction (a test, an admin action) or group commit is off."""
+    if settings.BIGMIND_GROUP_COMMIT and not connection.in_atomic_block:
+        try:
+            return _writer().write(row, timeout=settings.BIGMIND_GROUP_COMMIT_TIMEOUT_SECONDS)
+        except WriterTimeout as exc:
+            # The database took too long: the row may still be committed later, so the client
+            # must retry with its Idempotency-Key (then it gets the replay, or a fresh store).
+            raise ServiceUnavailable(
+                "Service temporarily unavailable: the database did not confirm the write in "
+                "time; retry with the same Idempotency-Key",
+                headers={"Retry-After": "5"},
+            ) from exc
+    outcome = events_store([row])[0]
+    if outcome.inserted:
+        event_id = row.id
         # After commit (at once in autocommit, at the end of an enclosing transaction).
         # robust: a broker outage must not turn a stored event into an error response;
         # the event stays `pending` and is picked up again (see docs/operations.md).
         transaction.on_commit(lambda: event_enqueue(event_id=event_id), robust=True)
-        return event, False
+    return outcome
 
+
+def _event_store(
+    *, client: ApiClient, signal: SignalRef, request: EventRequest, schema_version: int | None
+) -> tuple[StoredEvent, bool]:
+    received_at = timezone.now()
+    row = NewEvent(
+        id=uuid7(),
+        organization_id=client.organization_id,
+        signal_id=signal.id,
+        schema_version=schema_version,
+        identity_type=request.identity_type,
+        identity_id=request.identity_id,
+        data=request.data,
+        timestamp=request.timestamp or received_at,
+        received_at=received_at,
+        reference=request.reference,
+        idempotency_key=request.idempotency_key,
+        request_hash=request.fingerprint(),
+    )
+    outcome = _event_write(row)
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.inserted:
+        stored = StoredEvent(
+            id=row.id,
+            request_hash=row.request_hash,
+            schema_version=row.schema_version,
+            status=EventStatus.PENDING,
+            reference=row.reference,
+        )
+        return stored, False
     # The unique (organization, idempotency_key) index decided: someone stored it first.
-    existing = Event.objects.filter(
-        organization_id=client.organization_id, idempotency_key=request.idempotency_key
-    ).first()
-    if existing is None:  # pragma: no cover - the index said it exists
-        raise Conflict("Idempotency key is in use by a request still in progress; retry")
-    if existing.request_hash != event.request_hash:
+    existing = outcome.existing
+    assert existing is not None
+    if existing.request_hash != row.request_hash:
         raise idempotency_conflict()
     return existing, True
 

@@ -1,22 +1,75 @@
-"""Storing one event and touching its CRM record, atomically.
+"""Storing events and touching their CRM records, atomically.
 
-On PostgreSQL this is one statement in one round trip: a data-modifying CTE upserts the record
-and inserts the event, in autocommit (a single statement is its own transaction). The ORM path
-(BEGIN, upsert, insert, COMMIT: four round trips and most of the ingest path's ORM CPU) is what
-every other database uses; both have the same outcome and CI runs the tests on both.
+`events_store` stores a group of single events, each on its own: POST /v1/events hands its row
+to the process's group-commit writer (events_app/group_commit.py), which stores everything the
+request threads handed it meanwhile with one call. On PostgreSQL that is one statement in
+autocommit (one round trip and one WAL flush for the whole group): a data-modifying CTE
+upserts the CRM records and inserts the events. Other databases run the ORM upsert and insert
+per row, each in a savepoint of one transaction. Both give each row its own outcome: stored,
+an existing event holding its idempotency key, or an error that is that row's alone.
+
+`events_insert_many` stores a batch request's events all or nothing.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
+from uuid import UUID
 
 import psycopg
-from django.db import IntegrityError, connection, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from psycopg.types.json import Jsonb
 
-from events_app.models import CrmRecord, Event
+from events_app.models import CrmRecord, Event, EventStatus
+
+
+@dataclass(slots=True)
+class NewEvent:
+    """A checked single event, ready to store (status pending, no attempt yet)."""
+
+    id: UUID
+    organization_id: int
+    signal_id: int
+    schema_version: int | None
+    identity_type: str
+    identity_id: str
+    data: dict[str, Any]
+    timestamp: datetime
+    received_at: datetime
+    reference: str | None
+    idempotency_key: str | None
+    request_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """The event that already holds a row's idempotency key: enough to answer a replay."""
+
+    id: UUID
+    request_hash: str
+    schema_version: int | None
+    status: str
+    reference: str | None
+
+
+@dataclass(slots=True)
+class StoreOutcome:
+    """What became of one row: stored (`inserted`), or not because `existing` holds its
+    idempotency key, or `error` (that row's alone; raise it for that request)."""
+
+    inserted: bool
+    existing: StoredEvent | None = None
+    error: BaseException | None = None
 
 
 def crm_record_touch(
@@ -39,104 +92,245 @@ def crm_record_touch(
     return record
 
 
-_EVENT_COLUMNS = (
-    "id",
-    "organization_id",
-    "signal_id",
-    "schema_version",
-    "identity_type",
-    "identity_id",
-    "data",
-    "timestamp",
-    "received_at",
-    "reference",
-    "idempotency_key",
-    "request_hash",
-    "status",
-    "attempts",
-    "last_error",
-)
+# The NewEvent fields, in the order of the unnest() arrays, with their PostgreSQL types.
+_NEW_EVENT_COLUMNS = {
+    "id": "uuid",
+    "organization_id": "bigint",
+    "signal_id": "bigint",
+    "schema_version": "integer",
+    "identity_type": "text",
+    "identity_id": "text",
+    "data": "jsonb",
+    "timestamp": "timestamptz",
+    "received_at": "timestamptz",
+    "reference": "text",
+    "idempotency_key": "text",
+    "request_hash": "text",
+}
 
 
 @cache
-def _postgres_sql() -> str:
+def _group_sql() -> str:
     record, event = CrmRecord._meta.db_table, Event._meta.db_table
-    columns = ", ".join(f'"{name}"' for name in _EVENT_COLUMNS)
-    values = ", ".join(["%s"] * len(_EVENT_COLUMNS))
-    # The conflict target names the partial unique index on (organization, idempotency_key):
-    # a repeated key inserts nothing and returns no row; a concurrent twin waits for the first
-    # insert to commit, then does the same.
-    # Only model metadata and constants are interpolated; values go as parameters.
+    names = list(_NEW_EVENT_COLUMNS)
+    arrays = ", ".join(f"%b::{kind}[]" for kind in _NEW_EVENT_COLUMNS.values())
+    columns = ", ".join(f'"{name}"' for name in names)
+    selected = ", ".join(f'f."{name}"' for name in names)
+    # Only model metadata and constants are interpolated; values go as (binary) parameters.
+    # - `fresh`: rows whose idempotency key no committed event holds. A replay, or a
+    #   conflicting reuse of a key, must not touch its record either.
+    # - `record`: one upsert per distinct identity (ON CONFLICT DO UPDATE may touch a row only
+    #   once per statement), in key order, so that two groups touching the same records lock
+    #   them in the same order and cannot deadlock.
+    # - The insert: ON CONFLICT DO NOTHING with no target skips a row that conflicts on any
+    #   unique index: an idempotency key stored meanwhile by another process (PostgreSQL waits
+    #   for that transaction, then skips), a repeated key inside the group (the first row
+    #   wins), or its own primary key when the writer retries a group whose commit it could not
+    #   confirm. The rows it returns are the ones stored now; `_existing` sorts out the rest.
     return f"""
-        WITH record AS (
+        WITH "input" AS (
+            SELECT * FROM unnest({arrays}) AS t({columns})
+        ),
+        "fresh" AS (
+            SELECT * FROM "input" i
+            WHERE i."idempotency_key" IS NULL OR NOT EXISTS (
+                SELECT 1 FROM "{event}" e
+                WHERE e."organization_id" = i."organization_id"
+                  AND e."idempotency_key" = i."idempotency_key"
+            )
+        ),
+        "record" AS (
             INSERT INTO "{record}" ("organization_id", "type", "external_id",
                                     "first_seen_at", "last_seen_at")
-            SELECT %s, %s, %s, %s, %s
-            -- A replay or a conflicting reuse of a key must not touch records either.
-            WHERE NOT EXISTS (
-                SELECT 1 FROM "{event}" WHERE "organization_id" = %s AND "idempotency_key" = %s
-            )
+            SELECT "organization_id", "identity_type", "identity_id",
+                   max("received_at"), max("received_at")
+            FROM "fresh"
+            GROUP BY "organization_id", "identity_type", "identity_id"
+            ORDER BY "organization_id", "identity_type", "identity_id"
             ON CONFLICT ("organization_id", "type", "external_id")
             DO UPDATE SET "last_seen_at" = EXCLUDED."last_seen_at"
-            RETURNING "id"
+            RETURNING "id", "organization_id", "type", "external_id"
         )
-        INSERT INTO "{event}" ({columns}, "crm_record_id")
-        SELECT {values}, record."id" FROM record
-        ON CONFLICT ("organization_id", "idempotency_key")
-            WHERE "idempotency_key" IS NOT NULL DO NOTHING
-        RETURNING "crm_record_id"
+        INSERT INTO "{event}" ({columns}, "status", "attempts", "last_error", "crm_record_id")
+        SELECT {selected}, '{EventStatus.PENDING.value}', 0, '', r."id"
+        FROM "fresh" f
+        JOIN "record" r ON r."organization_id" = f."organization_id"
+                       AND r."type" = f."identity_type" AND r."external_id" = f."identity_id"
+        ON CONFLICT DO NOTHING
+        RETURNING "id"
     """  # noqa: S608
 
 
-def _insert_postgres(event: Event) -> bool:
-    params: list[Any] = [
-        event.organization_id,
-        event.identity_type,
-        event.identity_id,
-        event.received_at,
-        event.received_at,
-        event.organization_id,
-        event.idempotency_key,
-    ]
-    params += [
-        Jsonb(event.data) if name == "data" else getattr(event, name) for name in _EVENT_COLUMNS
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(_postgres_sql(), params)
-        row = cursor.fetchone()
-    if row is None:
-        return False
-    event.crm_record_id = row[0]
-    return True
+@cache
+def _existing_sql() -> str:
+    event = Event._meta.db_table
+    return f"""
+        SELECT "id", "organization_id", "idempotency_key", "request_hash", "schema_version",
+               "status", "reference"
+        FROM "{event}"
+        WHERE "id" = ANY(%b::uuid[])
+           OR ("idempotency_key" IS NOT NULL
+               AND ("organization_id", "idempotency_key") IN (
+                   SELECT * FROM unnest(%b::bigint[], %b::text[])))
+    """  # noqa: S608
 
 
-def _insert_orm(event: Event) -> bool:
+def _raw_cursor() -> psycopg.Cursor[Any]:
+    # psycopg's own cursor binds parameters server-side: arrays travel as arrays in binary,
+    # not as literals quoted element by element (Django's cursor binds client-side).
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
+def _group_insert_postgres(rows: list[NewEvent]) -> list[StoreOutcome]:
+    arrays: list[list[Any]] = [[] for _ in _NEW_EVENT_COLUMNS]
+    for row in rows:
+        for column, name in zip(arrays, _NEW_EVENT_COLUMNS, strict=True):
+            value = getattr(row, name)
+            column.append(Jsonb(value) if name == "data" else value)
+    with connection.wrap_database_errors:
+        cursor = _raw_cursor()
+        try:
+            cursor.execute(_group_sql(), arrays)
+            stored = {record[0] for record in cursor.fetchall()}
+            missing = [row for row in rows if row.id not in stored]
+            found: list[Any] = []
+            if missing:
+                keyed = [row for row in missing if row.idempotency_key is not None]
+                cursor.execute(
+                    _existing_sql(),
+                    [
+                        [row.id for row in missing],
+                        [row.organization_id for row in keyed],
+                        [row.idempotency_key for row in keyed],
+                    ],
+                )
+                found = cursor.fetchall()
+        finally:
+            cursor.close()
+    return _outcomes(rows, stored, found)
+
+
+def _outcomes(rows: list[NewEvent], stored: set[UUID], found: list[Any]) -> list[StoreOutcome]:
+    by_id = {record[0] for record in found}
+    by_key = {
+        (record[1], record[2]): StoredEvent(
+            id=record[0],
+            request_hash=record[3],
+            schema_version=record[4],
+            status=record[5],
+            reference=record[6],
+        )
+        for record in found
+        if record[2] is not None
+    }
+    outcomes = []
+    for row in rows:
+        if row.id in stored or row.id in by_id:
+            # by_id: stored by an earlier try of this group whose commit went unconfirmed.
+            outcomes.append(StoreOutcome(inserted=True))
+            continue
+        existing = by_key.get((row.organization_id, row.idempotency_key))
+        if existing is None:
+            # Skipped for a key whose event was then deleted (retention, an organization
+            # removed) before we looked: the client's retry stores it.
+            error = IntegrityError("the idempotency key's event changed meanwhile; retry")
+            outcomes.append(StoreOutcome(inserted=False, error=error))
+        else:
+            outcomes.append(StoreOutcome(inserted=False, existing=existing))
+    return outcomes
+
+
+def _store_postgres(rows: list[NewEvent]) -> list[StoreOutcome]:
     try:
-        with transaction.atomic():
+        return _group_insert_postgres(rows)
+    except (OperationalError, InterfaceError):
+        raise  # the connection or the server: the caller's to retry or report
+    except DatabaseError as exc:
+        if len(rows) == 1:
+            return [StoreOutcome(inserted=False, error=exc)]
+        # One row the database refuses fails the statement: store each on its own, so that
+        # it fails alone and its neighbours are stored.
+        return [outcome for row in rows for outcome in _store_postgres([row])]
+
+
+def _stored_event(event: Event) -> StoredEvent:
+    return StoredEvent(
+        id=event.id,
+        request_hash=event.request_hash,
+        schema_version=event.schema_version,
+        status=event.status,
+        reference=event.reference,
+    )
+
+
+def _store_orm_row(row: NewEvent) -> StoreOutcome:
+    event = Event(
+        id=row.id,
+        organization_id=row.organization_id,
+        signal_id=row.signal_id,
+        schema_version=row.schema_version,
+        identity_type=row.identity_type,
+        identity_id=row.identity_id,
+        data=row.data,
+        timestamp=row.timestamp,
+        received_at=row.received_at,
+        reference=row.reference,
+        idempotency_key=row.idempotency_key,
+        request_hash=row.request_hash,
+        status=EventStatus.PENDING,
+        attempts=0,
+        last_error="",
+    )
+    if row.idempotency_key is not None:
+        held = Event.objects.filter(
+            organization_id=row.organization_id, idempotency_key=row.idempotency_key
+        ).first()
+        if held is not None:
+            if held.pk == row.id:  # an earlier try of this group was committed
+                return StoreOutcome(inserted=True)
+            return StoreOutcome(inserted=False, existing=_stored_event(held))
+    try:
+        with transaction.atomic():  # a savepoint: a refused row leaves its neighbours
             record = crm_record_touch(
-                organization_id=event.organization_id,
-                identity_type=event.identity_type,
-                identity_id=event.identity_id,
-                seen_at=event.received_at,
+                organization_id=row.organization_id,
+                identity_type=row.identity_type,
+                identity_id=row.identity_id,
+                seen_at=row.received_at,
             )
             event.crm_record_id = record.pk
             event.save(force_insert=True)
-    except IntegrityError:
-        if event.idempotency_key is None:
-            raise
-        return False
-    return True
+    except (OperationalError, InterfaceError):
+        raise
+    except DatabaseError as exc:
+        if isinstance(exc, IntegrityError) and row.idempotency_key is not None:
+            # Another process stored the key between our look and our insert.
+            held = Event.objects.filter(
+                organization_id=row.organization_id, idempotency_key=row.idempotency_key
+            ).first()
+            if held is not None:
+                return StoreOutcome(inserted=False, existing=_stored_event(held))
+        return StoreOutcome(inserted=False, error=exc)
+    return StoreOutcome(inserted=True)
 
 
-def event_insert(event: Event) -> bool:
-    """Store the event (its `crm_record_id` is filled in) and touch its CRM record.
+def _store_orm(rows: list[NewEvent]) -> list[StoreOutcome]:
+    # One transaction (on SQLite: one BEGIN IMMEDIATE, one commit) for the group.
+    with transaction.atomic():
+        return [_store_orm_row(row) for row in rows]
 
-    False means nothing was stored because the organization already has an event with this
-    idempotency key (the caller decides between replay and conflict).
+
+def events_store(rows: list[NewEvent]) -> list[StoreOutcome]:
+    """Store single events on this thread's connection, each row on its own (see the module).
+
+    Raises only for the connection or the server (OperationalError, InterfaceError): then
+    nothing of the group may be taken as stored or as not stored.
     """
+    if not rows:
+        return []
     if connection.vendor == "postgresql":
-        return _insert_postgres(event)
-    return _insert_orm(event)
+        return _store_postgres(rows)
+    return _store_orm(rows)
 
 
 _EVENT_COLUMN_TYPES = {

@@ -11,6 +11,7 @@ from django.db import connection
 from django.test import Client
 
 from events_app.auth import _last_used_written
+from events_app.services import ingest_writer_stop
 from signals_app.models import ApiKey, Organization, Signal
 from signals_app.selectors import lookups
 from signals_app.services import (
@@ -32,6 +33,10 @@ def _clear_cache() -> Iterator[None]:
     lookups.clear_local()
     _last_used_written.clear()
     yield
+    # The ingest writer (group commit) holds its own database connection: end it with the
+    # test, so that settings a test changed do not outlive it and the test database can be
+    # dropped.
+    ingest_writer_stop()
     cache.clear()
     lookups.clear_local()
 

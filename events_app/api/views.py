@@ -14,6 +14,7 @@ from events_app.api import schema
 from events_app.batch import events_ingest_batch
 from events_app.models import Event
 from events_app.services import event_ingest, event_validate
+from events_app.store import StoredEvent
 
 
 def _body_incomplete() -> BadRequest:
@@ -60,7 +61,7 @@ def request_body_read(request: Request, *, limit: int) -> bytes:
     return b""
 
 
-def event_public_data(event: Event, *, signal_public_id: str) -> dict[str, Any]:
+def event_public_data(event: Event | StoredEvent, *, signal_public_id: str) -> dict[str, Any]:
     return {
         "id": str(event.id),
         "signal_id": signal_public_id,

@@ -40,6 +40,20 @@ def event_enqueue(*, event_id: UUID) -> None:
     _wakeup_publish(str(event_id))
 
 
+def events_committed(*, event_ids: Sequence[UUID]) -> None:
+    """Queue the processing of a group of just-committed events (ingest's group commit).
+
+    One wake-up decision for the whole group (see `event_enqueue`), not one per event; without
+    coalesced wake-ups (draining off), the group's ids go in `events.process_events` messages.
+    """
+    if not event_ids:
+        return
+    if _coalescing():
+        _wakeup_publish(str(event_ids[0]))
+    else:
+        events_enqueue(event_ids=event_ids)
+
+
 def wakeup_again() -> None:
     """A drain stopped with due events possibly left (its time budget): queue a new wake-up.
 
@@ -70,9 +84,13 @@ def _wakeup_publish(event_id: str) -> None:
         wakeup_started()  # nothing was queued: the next event must publish
 
 
+def _coalescing() -> bool:
+    return settings.BIGMIND_DRAIN_CHUNK_SIZE > 0 and settings.BIGMIND_WAKEUP_TTL_SECONDS > 0
+
+
 def _wakeup_queued() -> bool:
     """True when a queued, unstarted wake-up covers new events; else claims that role."""
-    if settings.BIGMIND_DRAIN_CHUNK_SIZE <= 0 or settings.BIGMIND_WAKEUP_TTL_SECONDS <= 0:
+    if not _coalescing():
         return False  # no draining: every event needs its own message
     try:
         return not cache.add(WAKEUP_KEY, 1, settings.BIGMIND_WAKEUP_TTL_SECONDS)
