@@ -170,12 +170,18 @@ class SQLiteCache(BaseCache):
 # --- Counters for django-ratelimit -------------------------------------------------------------
 class _CounterState(threading.local):
     def __init__(self) -> None:
-        # The count an `add` just made, for the `incr` that django-ratelimit sends next.
+        # The unit number an `add` just took, for the `incr` django-ratelimit sends next.
         self.counted: tuple[str, int] | None = None
-        # Set by `reserve`: units the next counting `add` takes at once ...
-        self.units = 0
-        # ... and the ordinals it took and has not handed out yet, per key: (next, last).
-        self.reserved: dict[str, tuple[int, int]] = {}
+        # Units a counting `add` takes from the store when this process holds none (`lease`).
+        self.fetch = 1
+
+
+# Units taken from the store and not handed out yet, per counter key and process (every thread
+# and every cache object of the process share them): [first, last] ranges of unit numbers, and
+# when the counter expires.
+_leases: dict[str, tuple[list[list[int]], float]] = {}
+_leases_lock = threading.Lock()
+_LEASES_MAX = 1000
 
 
 class CounterCache:
@@ -184,21 +190,20 @@ class CounterCache:
 
     django-ratelimit's public `get_usage()` spends a unit with two calls: `add(key, 1)`, and
     when the key already exists, `incr(key)`. Against Redis that is two round trips per request.
-    Here `add(key, 1)` is one atomic "add 1, create with its expiry if missing" (`_count`, one
-    Lua call in Redis): it answers True when it created the counter, else False, and the
-    `incr(key)` that django-ratelimit always sends next returns the count already made,
-    without a call. Any other `add` or `incr` is the backend's own.
+    Here `add(key, 1)` takes the next unit number of the counter in one atomic step (`_count`:
+    "add n, create with its expiry if missing", one Lua call in Redis): it answers True for
+    unit 1 (django-ratelimit then counts 1), else False, and the `incr(key)` that
+    django-ratelimit always sends next returns that unit's number without a call. Any other
+    `add` or `incr` is the backend's own.
 
-    `reserve(units)`: inside it, the first counting `add` of a key takes `units` at once, and
-    the next `units - 1` counting `add`s of that key (in this thread) hand out the ordinals it
-    took without a call. A batch spends one unit per item through `get_usage` as usual, in one
-    round trip per signal; the ordinals, and so every item's verdict, are exactly those of the
-    same calls made one by one. A window that turns inside the block is a new key: its units
-    are counted afresh, and the old key's unused ones are never spent (refusing at most that
-    many requests early, never admitting one too many).
+    `lease(units)`: inside it, a counting `add` that finds no unit left in this process takes
+    `units` at once from the store and keeps the ones it does not use for the process's next
+    counting `add`s of that key (any thread). Every unit handed out is a distinct number of
+    the shared counter, so a budget of n never admits an (n+1)th request, whatever the number
+    of processes; units a process leased and did not use before its window ended are never
+    spent, so up to (units - 1) per process and window may be refused early. The rate-limit
+    service picks `units` (events_app/ratelimits.py: small against the budget).
     """
-
-    _counter_state: _CounterState
 
     def _count(self, key: str, delta: int, timeout: Any) -> int:
         raise NotImplementedError
@@ -209,6 +214,39 @@ class CounterCache:
             state = self.__dict__.setdefault("_counter_state", _CounterState())
         return state  # type: ignore[no-any-return]
 
+    def _leased_unit(self, key: str) -> int | None:
+        with _leases_lock:
+            entry = _leases.get(key)
+            if entry is None:
+                return None
+            ranges, expires = entry
+            if expires <= time.time():
+                del _leases[key]
+                return None
+            first = ranges[0]
+            unit = first[0]
+            first[0] += 1
+            if first[0] > first[1]:
+                ranges.pop(0)
+                if not ranges:
+                    del _leases[key]
+            return unit
+
+    def _keep(self, key: str, first: int, last: int, timeout: Any) -> None:
+        expires = time.time() + (timeout if isinstance(timeout, int | float) else 60)
+        with _leases_lock:
+            if len(_leases) >= _LEASES_MAX:
+                now = time.time()
+                for stale in [k for k, (_, at) in _leases.items() if at <= now]:
+                    del _leases[stale]
+                if len(_leases) >= _LEASES_MAX:
+                    _leases.clear()  # bounded; what is dropped is only refused early
+            entry = _leases.get(key)
+            if entry is None:
+                _leases[key] = ([[first, last]], expires)
+            else:
+                entry[0].append([first, last])
+
     def add(
         self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> bool:
@@ -216,19 +254,16 @@ class CounterCache:
             return super().add(key, value, timeout, version)  # type: ignore[misc, no-any-return]
         made = self.make_and_validate_key(key, version=version)  # type: ignore[attr-defined]
         state = self._state()
-        taken = state.reserved.get(made)
-        if taken is not None and taken[0] <= taken[1]:
-            ordinal = taken[0]
-            state.reserved[made] = (ordinal + 1, taken[1])
-        else:
-            units = max(1, state.units)
-            count = self._count(made, units, timeout)
-            ordinal = count - units + 1
-            if units > 1:
-                state.reserved[made] = (ordinal + 1, count)
-        if ordinal == 1:
+        unit = self._leased_unit(made)
+        if unit is None:
+            fetch = max(1, state.fetch)
+            count = self._count(made, fetch, timeout)
+            unit = count - fetch + 1
+            if fetch > 1:
+                self._keep(made, unit + 1, count, timeout)
+        if unit == 1:
             return True
-        state.counted = (made, ordinal)
+        state.counted = (made, unit)
         return False
 
     def incr(self, key: str, delta: int = 1, version: int | None = None) -> int:
@@ -236,19 +271,25 @@ class CounterCache:
         if state.counted is not None and delta == 1:
             made = self.make_and_validate_key(key, version=version)  # type: ignore[attr-defined]
             if state.counted[0] == made:
-                ordinal = state.counted[1]
+                unit = state.counted[1]
                 state.counted = None
-                return ordinal
+                return unit
         return super().incr(key, delta, version)  # type: ignore[misc, no-any-return]
 
     @contextlib.contextmanager
-    def reserve(self, units: int) -> Iterator[None]:
+    def lease(self, units: int) -> Iterator[None]:
         state = self._state()
-        state.units, state.reserved, state.counted = units, {}, None
+        before, state.fetch, state.counted = state.fetch, max(1, units), None
         try:
             yield
         finally:
-            state.units, state.reserved = 0, {}
+            state.fetch = before
+
+
+def counter_leases_clear() -> None:
+    """Forget every unit this process holds (tests: a cleared store must start from zero)."""
+    with _leases_lock:
+        _leases.clear()
 
 
 class SQLiteCounterCache(CounterCache, SQLiteCache):

@@ -7,11 +7,12 @@ envelope `{"success": false, "error": ..., "code": ..., "details": [...]}`.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from django.db import InterfaceError, OperationalError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
@@ -101,26 +102,53 @@ def _drf_message(data: Any) -> str:
     return str(data)
 
 
+def as_application_error(exc: Exception) -> ApplicationError | None:
+    """The ApplicationError an exception answers as, or None for one that is not ours (a bug,
+    or DRF's own): a database outage is a 503, not a 500."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is down or refusing connections: an outage, not a bug. Say so in the
+        # envelope with a hint to retry, instead of a bare 500.
+        logger.error("database unavailable", exc_info=exc)
+        return ServiceUnavailable(
+            "Service temporarily unavailable: the database cannot be reached",
+            headers={"Retry-After": "5"},
+        )
+    return exc if isinstance(exc, ApplicationError) else None
+
+
+def error_headers(exc: ApplicationError) -> dict[str, str]:
+    headers = dict(exc.headers)
+    if exc.status_code == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    return headers
+
+
+def json_bytes(data: Any) -> bytes:
+    """JSON exactly as DRF's JSONRenderer writes it (compact, UTF-8, U+2028/9 escaped), for the
+    views that answer without DRF (events_app/api/views.py: POST /v1/events)."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode()
+
+
+def json_response(
+    data: Any, *, status: int, headers: dict[str, str] | None = None
+) -> HttpResponse:
+    response = HttpResponse(json_bytes(data), status=status, content_type="application/json")
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     # Imported here: rest_framework.views reads the API settings, which import our
     # authentication class, which imports this module.
     from rest_framework.views import exception_handler as drf_exception_handler
     from rest_framework.views import set_rollback
 
-    if isinstance(exc, OperationalError | InterfaceError):
-        # The database is down or refusing connections: an outage, not a bug. Say so in the
-        # envelope with a hint to retry, instead of a bare 500.
-        logger.error("database unavailable", exc_info=exc)
-        exc = ServiceUnavailable(
-            "Service temporarily unavailable: the database cannot be reached",
-            headers={"Retry-After": "5"},
-        )
-    if isinstance(exc, ApplicationError):
+    error = as_application_error(exc)
+    if error is not None:
         set_rollback()
-        headers = dict(exc.headers)
-        if exc.status_code == 401:
-            headers.setdefault("WWW-Authenticate", "Bearer")
-        return Response(exc.envelope(), status=exc.status_code, headers=headers)
+        return Response(error.envelope(), status=error.status_code, headers=error_headers(error))
 
     # DRF's own handler keeps WWW-Authenticate, Retry-After and the rollback; we only reshape.
     response = drf_exception_handler(exc, context)

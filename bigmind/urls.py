@@ -13,9 +13,10 @@ urlpatterns = [
 ]
 
 if settings.BIGMIND_BENCHMARK_ENDPOINTS:  # scripts/bench_ingest.py only; off by default
-    from bigmind.bench import bare_ingest
+    from bigmind.bench import bare_ingest, bare_insert_ingest
 
     urlpatterns.append(path("bench/bare", bare_ingest))
+    urlpatterns.append(path("bench/bare-insert", bare_insert_ingest))
 
 handler400 = "bigmind.errors.handler400"
 handler404 = "bigmind.errors.handler404"

@@ -14,6 +14,11 @@ Under load, groups form by themselves: while the writer waits for one group's co
 next group queues. With no load, a row waits for nothing but its own statement (and
 `max_wait`, 0 by default; docs/benchmarks.md measures the choice).
 
+After commits, the writer runs an after-commit step (ingest: the wake-up decision for the
+processing workers, one cache call) for all the groups committed since it last ran, at most once
+per `after_commit_interval` and never later than that after a commit: a cost per interval, not
+per request.
+
 The writer thread has its own database connection (Django's connections are per thread), kept
 open for good: no per-request health check; a failed connection is closed and the group tried
 again (up to `tries` times), which the store function must make safe (store.py: the group's
@@ -42,10 +47,12 @@ class WriterTimeout(Exception):
 
 
 class _Slot(Generic[Row, Outcome]):
-    __slots__ = ("done", "error", "outcome", "row")
+    __slots__ = ("done", "error", "outcome", "row", "tag")
 
-    def __init__(self, row: Row) -> None:
+    def __init__(self, row: Row, tag: Any) -> None:
         self.row = row
+        # The caller's label (ingest: its request id), for the after-commit step.
+        self.tag = tag
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
         # Held until the writer settles the row: a lock is the cheapest one-shot signal.
@@ -60,14 +67,21 @@ class GroupWriter(Generic[Row, Outcome]):
         self,
         *,
         store: Callable[[list[Row]], Sequence[Outcome]],
-        after_commit: Callable[[list[Row], Sequence[Outcome]], None] | None = None,
+        after_commit: Callable[[list[Row], Sequence[Outcome], Any], None] | None = None,
         max_rows: int,
         max_wait: float,
+        after_commit_interval: float = 0.0,
         tries: int = 3,
         name: str = "group-writer",
     ) -> None:
         self._store = store
         self._after_commit = after_commit
+        self._after_interval = max(0.0, after_commit_interval)
+        # Committed rows whose after-commit step has not run yet, and when it may run next.
+        self._after_rows: list[Row] = []
+        self._after_outcomes: list[Outcome] = []
+        self._after_tag: Any = None
+        self._after_next = 0.0
         self.max_rows = max(1, max_rows)
         self.max_wait = max(0.0, max_wait)
         self._tries = max(1, tries)
@@ -81,12 +95,13 @@ class GroupWriter(Generic[Row, Outcome]):
         # Observers (tests, metrics): called with each group's size and seconds after commit.
         self.on_group: Callable[[int, float], None] | None = None
 
-    def write(self, row: Row, *, timeout: float) -> Outcome:
+    def write(self, row: Row, *, timeout: float, tag: Any = None) -> Outcome:
         """Store `row` with the next group; block until it is committed (or refused).
 
-        Raises the row's own error, the group's database error, or WriterTimeout.
+        Raises the row's own error, the group's database error, or WriterTimeout. `tag` is
+        handed to the after-commit step that covers the row, if it is the first one it covers.
         """
-        slot: _Slot[Row, Outcome] = _Slot(row)
+        slot: _Slot[Row, Outcome] = _Slot(row, tag)
         with self._lock:
             if self._pid != os.getpid():
                 self._start()  # first use in this process (gunicorn forks its workers)
@@ -120,11 +135,16 @@ class GroupWriter(Generic[Row, Outcome]):
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
-    def _take(self) -> list[_Slot[Row, Outcome]] | None:
+    def _take(self, timeout: float | None) -> list[_Slot[Row, Outcome]] | None:
+        """The next group; [] when `timeout` passed first; None when stopping and idle."""
         with self._lock:
             while not self._queue:
                 if self._stopping:
                     return None
+                if timeout is not None:
+                    if timeout <= 0 or not self._arrived.wait(timeout):
+                        return []
+                    continue
                 self._arrived.wait()
             if self.max_wait and len(self._queue) < self.max_rows:
                 deadline = time.monotonic() + self.max_wait
@@ -139,18 +159,38 @@ class GroupWriter(Generic[Row, Outcome]):
 
     def _run(self) -> None:
         while True:
-            group = self._take()
+            timeout = None
+            if self._after_rows:
+                timeout = self._after_next - time.monotonic()
+            group = self._take(timeout)
             if group is None:
+                self._run_after_commit()
                 _close_connection()
                 return
             try:
-                self._commit(group)
+                if group:
+                    self._commit(group)
+                if self._after_rows and time.monotonic() >= self._after_next:
+                    self._run_after_commit()
             except BaseException:  # never let the thread die with requests waiting
                 logger.exception("group writer: unexpected error")
                 for slot in group:
                     if slot.done.locked():
                         slot.error = slot.error or RuntimeError("group writer failed")
                         slot.done.release()
+
+    def _run_after_commit(self) -> None:
+        """The after-commit step for every group committed since it last ran: at most once per
+        `after_commit_interval`, and never later than that after a commit."""
+        rows, outcomes, tag = self._after_rows, self._after_outcomes, self._after_tag
+        self._after_rows, self._after_outcomes, self._after_tag = [], [], None
+        self._after_next = time.monotonic() + self._after_interval
+        if self._after_commit is None or not rows:
+            return
+        try:
+            self._after_commit(rows, outcomes, tag)
+        except Exception:
+            logger.exception("group writer: after-commit step failed")
 
     def _commit(self, group: list[_Slot[Row, Outcome]]) -> None:
         rows = [slot.row for slot in group]
@@ -168,10 +208,10 @@ class GroupWriter(Generic[Row, Outcome]):
         if self.on_group is not None:
             self.on_group(len(group), time.perf_counter() - started)
         if self._after_commit is not None:
-            try:
-                self._after_commit(rows, outcomes)
-            except Exception:
-                logger.exception("group writer: after-commit step failed")
+            if not self._after_rows:
+                self._after_tag = group[0].tag
+            self._after_rows.extend(rows)
+            self._after_outcomes.extend(outcomes)
 
     def _store_with_retries(self, rows: list[Row]) -> Sequence[Outcome]:
         for attempt in range(1, self._tries + 1):

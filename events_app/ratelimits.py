@@ -1,6 +1,8 @@
 """Per-organization, per-signal budgets per minute, counted by django-ratelimit (its public
 `get_usage`) in the shared store (Redis in production, SQLiteCache on one machine), through
-the counter backend of bigmind.cache.CounterCache: one atomic round trip per unit.
+the counter backend of bigmind.cache.CounterCache: one atomic round trip per unit spent, or
+per slice of units a process leases when the budget is large (docs/architecture.md, "Rate
+limits": a budget is never exceeded; leased units left unused may refuse a few requests early).
 
 Fail-open: if the store cannot be reached the request is accepted and a warning logged.
 Losing rate limiting for the length of a cache outage is better than refusing or losing
@@ -74,6 +76,21 @@ def _degraded(limit: int) -> RateLimitStatus:
     )
 
 
+def _lease_size(limit: int) -> int:
+    """Units a process takes from the shared counter at once: at most 1/1000 of the budget and
+    BIGMIND_RATE_LIMIT_LEASE_MAX, so leasing only matters for large budgets (1 below 2,000 a
+    minute: every request is counted in the store)."""
+    return max(1, min(settings.BIGMIND_RATE_LIMIT_LEASE_MAX, limit // 1000))
+
+
+def _store_lease(units: int) -> contextlib.AbstractContextManager[None]:
+    try:
+        lease = getattr(caches[settings.RATELIMIT_USE_CACHE], "lease", None)
+    except Exception:  # a misconfigured store: get_usage fails open on its own
+        lease = None
+    return lease(units) if lease is not None else contextlib.nullcontext()
+
+
 def _usage(signal: SignalRef, *, increment: bool) -> RateLimitStatus:
     limit = rate_limit_for(signal)
     try:
@@ -103,8 +120,10 @@ def _usage(signal: SignalRef, *, increment: bool) -> RateLimitStatus:
 
 
 def rate_limit_consume(signal: SignalRef) -> RateLimitStatus:
-    """Spend one unit of the signal's budget for this minute (one atomic counter call)."""
-    return _usage(signal, increment=True)
+    """Spend one unit of the signal's budget for this minute: one atomic call to the store, or
+    none while this process holds leased units (bigmind.cache.CounterCache)."""
+    with _store_lease(_lease_size(rate_limit_for(signal))):
+        return _usage(signal, increment=True)
 
 
 def rate_limit_peek(signal: SignalRef) -> RateLimitStatus:
@@ -115,12 +134,8 @@ def rate_limit_peek(signal: SignalRef) -> RateLimitStatus:
 def rate_limit_consume_many(signal: SignalRef, units: int) -> list[RateLimitStatus]:
     """Spend `units` of the signal's budget at once (a batch): one status per unit, in order.
 
-    One `get_usage` per unit, as single requests would; the counter store (bigmind.cache.
-    CounterCache) takes the units in one round trip when it can reserve them.
+    One `get_usage` per unit, as single requests would; the store lease takes the units in one
+    round trip.
     """
-    try:
-        reserve = getattr(caches[settings.RATELIMIT_USE_CACHE], "reserve", None)
-    except Exception:  # a misconfigured store: each call below fails open on its own
-        reserve = None
-    with reserve(units) if reserve is not None else contextlib.nullcontext():
+    with _store_lease(max(units, _lease_size(rate_limit_for(signal)))):
         return [_usage(signal, increment=True) for _ in range(units)]

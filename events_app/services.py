@@ -24,6 +24,7 @@ from bigmind.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from bigmind.logs import log_context, log_context_begin, log_context_end
 from events_app.auth import ApiClient
 from events_app.backpressure import ingest_backpressure_check
 from events_app.group_commit import GroupWriter, WriterTimeout
@@ -122,21 +123,34 @@ def _writer() -> GroupWriter[NewEvent, StoreOutcome]:
                     after_commit=_group_committed,
                     max_rows=settings.BIGMIND_GROUP_COMMIT_MAX_ROWS,
                     max_wait=settings.BIGMIND_GROUP_COMMIT_MAX_WAIT_MS / 1000,
+                    # The wake-up decision (one cache call) covers every group committed
+                    # before it: once per interval, at most that much later than a commit.
+                    after_commit_interval=WAKEUP_CHECK_INTERVAL_SECONDS,
                     name="ingest-writer",
                 )
                 _group_writer.on_group = metrics.ingest_group_committed
     return _group_writer
 
 
-def _group_committed(rows: list[NewEvent], outcomes: Sequence[StoreOutcome]) -> None:
-    """After a group's commit (in the writer thread): queue the processing of what it stored."""
+def _group_committed(
+    rows: list[NewEvent], outcomes: Sequence[StoreOutcome], request_id: str | None
+) -> None:
+    """After groups committed (in the writer thread): queue the processing of what they stored,
+    as the first of their requests (a message it publishes names that request)."""
     stored = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome.inserted]
-    if stored:
+    if not stored:
+        return
+    token = log_context_begin(request_id=request_id)
+    try:
         events_committed(event_ids=stored)
+    finally:
+        log_context_end(token)
 
 
 _group_writer: GroupWriter[NewEvent, StoreOutcome] | None = None
 _group_writer_lock = threading.Lock()
+# How often a web process decides about waking the processing workers while it stores events.
+WAKEUP_CHECK_INTERVAL_SECONDS = 0.02
 
 
 def ingest_writer_stop() -> None:
@@ -154,7 +168,12 @@ def _event_write(row: NewEvent) -> StoreOutcome:
     when it is inside a transaction (a test, an admin action) or group commit is off."""
     if settings.BIGMIND_GROUP_COMMIT and not connection.in_atomic_block:
         try:
-            return _writer().write(row, timeout=settings.BIGMIND_GROUP_COMMIT_TIMEOUT_SECONDS)
+            context = log_context() or {}
+            return _writer().write(
+                row,
+                timeout=settings.BIGMIND_GROUP_COMMIT_TIMEOUT_SECONDS,
+                tag=context.get("request_id"),
+            )
         except WriterTimeout as exc:
             # The database took too long: the row may still be committed later, so the client
             # must retry with its Idempotency-Key (then it gets the replay, or a fresh store).

@@ -10,6 +10,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 
+from bigmind.cache import counter_leases_clear
 from events_app.auth import _last_used_written
 from events_app.services import ingest_writer_stop
 from signals_app.models import ApiKey, Organization, Signal
@@ -30,6 +31,7 @@ def on_postgres() -> bool:
 def _clear_cache() -> Iterator[None]:
     # SQLite reuses row ids after a rolled-back test, so cached lookups must not leak across.
     cache.clear()
+    counter_leases_clear()
     lookups.clear_local()
     _last_used_written.clear()
     yield
@@ -38,6 +40,7 @@ def _clear_cache() -> Iterator[None]:
     # dropped.
     ingest_writer_stop()
     cache.clear()
+    counter_leases_clear()
     lookups.clear_local()
 
 
