@@ -324,6 +324,8 @@ def _store_orm_row(row: NewEvent) -> StoreOutcome:
     except (OperationalError, InterfaceError):
         raise
     except DatabaseError as exc:
+        if isinstance(exc, IntegrityError) and Event.objects.filter(pk=row.id).exists():
+            return StoreOutcome(inserted=True)  # an earlier try of this group was committed
         if isinstance(exc, IntegrityError) and row.idempotency_key is not None:
             # Another process stored the key between our look and our insert.
             held = Event.objects.filter(
@@ -337,8 +339,17 @@ def _store_orm_row(row: NewEvent) -> StoreOutcome:
 
 def _store_orm(rows: list[NewEvent]) -> list[StoreOutcome]:
     # One transaction (on SQLite: one BEGIN IMMEDIATE, one commit) for the group.
-    with transaction.atomic():
-        return [_store_orm_row(row) for row in rows]
+    try:
+        with transaction.atomic():
+            return [_store_orm_row(row) for row in rows]
+    except (OperationalError, InterfaceError):
+        raise
+    except DatabaseError as exc:
+        # Foreign keys are checked at commit (Django declares them deferred), so a row that
+        # breaks one fails the whole transaction: store each on its own, as on PostgreSQL.
+        if len(rows) == 1:
+            return [StoreOutcome(inserted=False, error=exc)]
+        return [outcome for row in rows for outcome in _store_orm([row])]
 
 
 def events_store(rows: list[NewEvent]) -> list[StoreOutcome]:
