@@ -4,16 +4,18 @@ Every value comes from the environment, with the default beside it; docs/deploym
 them. `make run` uses runserver, and scripts/bench_ingest.py and scripts/api_fuzz.py pass their
 own command-line options and do not load this file.
 
-Worker class: `sync` by default (bigmind/gunicorn_worker.py's variant with a read deadline).
-The ingest path is mostly Python CPU work (JSON parsing, schema validation, the ORM) between a
-few millisecond-scale round trips, so threads would contend for the GIL while processes use
-every core; docs/benchmarks.md measures sync workers.
-Each sync worker holds one persistent database connection, gunicorn's `timeout` can kill a
-stuck request (a gthread worker's heartbeat comes from its main thread, so a hung request
-thread is never killed), and one bad request can only take its own process down. The cost:
-a sync worker serves one connection at a time and closes it after the response, so it must sit
-behind a proxy that buffers slow clients (docs/deployment.md). GUNICORN_THREADS above 1
-switches to gthread (each thread then holds its own database connection).
+Worker class: threaded (`gthread`: bigmind/gunicorn_worker.py's variant with a read deadline),
+WEB_CONCURRENCY processes of GUNICORN_THREADS threads. Threads are what group commit needs
+(events_app/group_commit.py): a process's writer stores the events of all its request threads
+that arrive while it commits, in one statement and one WAL flush; a sync worker serves one
+request at a time, so every event would be a commit of its own. Processes still use every core
+(the ingest path is Python CPU between round trips, and threads of one process share the GIL).
+docs/benchmarks.md measures the defaults against sync workers and other shapes.
+Each thread that reads the database holds its own persistent connection (CONN_MAX_AGE), and
+each process's writer one more; gunicorn's `timeout` cannot kill a hung request thread (a
+gthread worker's heartbeat comes from its main thread), which is why requests also have a read
+deadline and the writer a commit time-out. Keep-alive connections from the proxy are served
+without a new connection per request. GUNICORN_THREADS=1 switches to sync workers.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ def _cores() -> int:
 
 # Only the proxy, or the machine's private network, should reach this address.
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-# gunicorn's usual advice; each worker holds a PostgreSQL connection (CONN_MAX_AGE), so
-# workers x threads x web machines + Celery concurrency must stay under max_connections.
-workers = _int("WEB_CONCURRENCY", 2 * _cores() + 1)
-threads = _int("GUNICORN_THREADS", 1)
+# Measured on 2 cores (docs/benchmarks.md); each thread that reads the database and each
+# process's ingest writer hold a PostgreSQL connection (CONN_MAX_AGE), so
+# workers x (threads + 1) x web machines + Celery concurrency must stay under max_connections.
+workers = _int("WEB_CONCURRENCY", _cores() + 1)
+threads = _int("GUNICORN_THREADS", 8)
 # gunicorn's own workers put no deadline on reading a request: a client trickling its headers or
 # body holds a sync worker until `timeout` aborts it (a 500 to that client), or a gthread thread
 # for as long as it trickles (docs/fuzzing.md, "Slow clients"). These subclasses give every
@@ -73,9 +76,11 @@ graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 # that the proxy closes them, and never reuses one gunicorn has just closed (a 502).
 keepalive = _int("GUNICORN_KEEPALIVE", 75)
 # Recycle a worker after this many requests (plus up to the jitter, so that they do not all
-# restart at once): a bound on any slow leak in the app or a library. 0 turns it off.
-max_requests = _int("GUNICORN_MAX_REQUESTS", 10000)
-max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 1000)
+# restart at once): a bound on any slow leak in the app or a library (the soak measures RSS
+# flat). A restart costs a second of CPU and the process's warm caches: at 1,000 requests/s a
+# process would restart every 10 s with 10,000. 0 turns it off.
+max_requests = _int("GUNICORN_MAX_REQUESTS", 100_000)
+max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 10_000)
 # gunicorn's default (4094) answers longer request lines itself with an HTML 414 outside the
 # API's JSON envelope; GET /v1/events with many filters needs more. 8190 is gunicorn's maximum.
 limit_request_line = _int("GUNICORN_LIMIT_REQUEST_LINE", 8190)

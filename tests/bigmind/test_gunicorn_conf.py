@@ -68,17 +68,24 @@ def test_its_defaults_are_the_documented_production_ones(tmp_path: Path) -> None
     config = printed_config(clean_env(tmp_path))
 
     cores = len(os.sched_getaffinity(0))
-    assert config["workers"] == str(2 * cores + 1)
-    assert config["worker_class"] == "bigmind.gunicorn_worker.ReadDeadlineSyncWorker"
+    assert config["workers"] == str(cores + 1)
+    assert config["threads"] == "8"
+    # Threads: group commit stores a process's concurrent requests together.
+    assert config["worker_class"] == "bigmind.gunicorn_worker.ReadDeadlineThreadWorker"
     assert config["bind"] == "['0.0.0.0:8000']"
     assert config["limit_request_line"] == "8190"
     assert config["accesslog"] == "None"
     assert config["preload_app"] == "False"
     assert config["timeout"] == "30"
     assert config["graceful_timeout"] == "30"
-    assert config["max_requests"] == "10000"
-    assert config["max_requests_jitter"] == "1000"
+    assert config["max_requests"] == "100000"
+    assert config["max_requests_jitter"] == "10000"
     assert config["forwarded_allow_ips"] == "['127.0.0.1', '::1']"
+
+
+def test_one_thread_means_sync_workers(tmp_path: Path) -> None:
+    config = printed_config(clean_env(tmp_path, GUNICORN_THREADS="1"))
+    assert config["worker_class"] == "bigmind.gunicorn_worker.ReadDeadlineSyncWorker"
 
 
 def test_it_takes_every_value_from_the_environment(tmp_path: Path) -> None:
