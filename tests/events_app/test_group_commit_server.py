@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,14 +28,14 @@ def server(tmp_path: Path) -> Iterator[Gunicorn]:
 
 def _stored_references(server: Gunicorn, prefix: str) -> list[str]:
     url = server.env["DATABASE_URL"]
-    sql = "SELECT reference FROM events_app_event WHERE reference LIKE '" + prefix + "%'"
+    sql = "SELECT reference FROM events_app_event WHERE reference LIKE {}"
     if url.startswith("sqlite:///"):
         with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
-            return [row[0] for row in conn.execute(sql)]
+            return [row[0] for row in conn.execute(sql.format("?"), [prefix + "%"])]
     import psycopg
 
     with psycopg.connect(url.replace("postgres://", "postgresql://", 1)) as conn:
-        return [row[0] for row in conn.execute(sql)]  # type: ignore[arg-type]
+        return [row[0] for row in conn.execute(sql.format("%s"), [prefix + "%"])]
 
 
 def _send(port: int, raw_key: str, reference: str) -> tuple[int | None, str]:
