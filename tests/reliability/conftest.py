@@ -41,6 +41,7 @@ SIGNALS = {
     "redis-restart": "fault-redis-restart",
     "postgres-restart": "fault-postgres-restart",
     "cache-unreachable": "fault-cache-unreachable",
+    "web-sigkill": "fault-web-sigkill",
 }
 # How the app runs during the suite: recovery paths on a short clock, so that a fault is over in
 # seconds rather than the production defaults' minutes (docs/reliability.md).

@@ -29,6 +29,8 @@ class Outcome:
     envelope: bool = False  # the body is JSON with a boolean `success`
     retry_after: str | None = None
     error: str | None = None  # client side: timeout, refused, reset, closed, other:...
+    event_id: str | None = None  # the answer's data.id (an accepted event or its replay)
+    replayed: bool = False  # the answer had `Idempotent-Replayed: true`
 
     @property
     def accepted(self) -> bool:
@@ -105,6 +107,7 @@ class Load:
             raw = response.read()
             outcome.status = response.status
             outcome.retry_after = response.getheader("Retry-After")
+            outcome.replayed = response.getheader("Idempotent-Replayed") == "true"
             try:
                 body = json.loads(raw)
             except ValueError:
@@ -113,6 +116,9 @@ class Load:
                 outcome.envelope = True
                 code = body.get("code")
                 outcome.code = code if isinstance(code, str) else None
+                data = body.get("data")
+                if isinstance(data, dict) and isinstance(data.get("id"), str):
+                    outcome.event_id = data["id"]
         except Exception as exc:
             outcome.error = _classify(exc)
         finally:

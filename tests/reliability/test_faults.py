@@ -10,6 +10,7 @@ every request against the database (docs/reliability.md has the rules and the la
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import threading
 import time
@@ -38,6 +39,10 @@ HOLD_SECONDS = float(os.environ.get("BIGMIND_FAULT_HOLD_SECONDS", "5"))
 COMPLETE_TIMEOUT = float(os.environ.get("BIGMIND_FAULT_COMPLETE_TIMEOUT", "180"))
 TRIGGER_SHARE = 0.25  # the fault is injected once this share of the load is sent
 KILL_TRIES = 3
+# The web-process kill: a faster load, so that the killed process holds requests in flight.
+WEB_KILL_RATE = float(os.environ.get("BIGMIND_FAULT_WEB_KILL_RATE", "400"))
+WEB_KILL_THREADS = int(os.environ.get("BIGMIND_FAULT_WEB_KILL_THREADS", "24"))
+WEB_KILL_TRIES = 5
 
 
 def _wall(at: float) -> datetime:
@@ -123,13 +128,19 @@ def fault_run(
     *,
     fault: str,
     description: str,
-    inject: Callable[[], str | None],
+    inject: Callable[[Load], str | None],
     load_after_repair: bool = True,
+    rate: float = RATE,
+    threads: int = THREADS,
+    retry_unanswered: bool = False,
 ) -> FaultResult:
     """Send the load, `inject` the fault (it returns once the fault is repaired), check all.
 
     `load_after_repair`: part of the load must come after the repair (a fault of the API's
     dependencies must be shown to end); not for a worker fault, which ingest does not see.
+    `retry_unanswered`: a request that got no answer at all is sent again, as a client would,
+    with the same Idempotency-Key and body (`retry_check` says what the retry must answer), and
+    its retry's answer is what the checks see.
     """
     prefix = f"{fault}-{uuid.uuid4().hex[:8]}"
     load = Load(
@@ -138,20 +149,24 @@ def fault_run(
         signal=SIGNALS[fault],
         prefix=prefix,
         total=EVENTS,
-        rate=RATE,
-        threads=THREADS,
+        rate=rate,
+        threads=threads,
     )
     load.start()
-    load.wait_sent(int(EVENTS * TRIGGER_SHARE), timeout=EVENTS / RATE * 5 + 60)
+    load.wait_sent(int(EVENTS * TRIGGER_SHARE), timeout=EVENTS / rate * 5 + 60)
     broken = time.time()
-    notes = inject()
+    notes = inject(load)
     repaired = time.time()
     sent_at_repair = load.sent
     watch = RecoveryWatch(stack, fault, repaired)
     watch.start()
-    load.join(timeout=EVENTS / RATE * 5 + 120)
+    load.join(timeout=EVENTS / rate * 5 + 120)
     load_end = time.time()
     outcomes = sorted(load.outcomes, key=lambda o: o.index)
+    retry_problems: list[str] = []
+    if retry_unanswered:
+        outcomes, retry_notes, retry_problems = retry_check(stack, load, outcomes)
+        notes = "; ".join(filter(None, [notes, retry_notes]))
 
     deadline = time.monotonic() + COMPLETE_TIMEOUT
     while True:
@@ -167,6 +182,7 @@ def fault_run(
     watch.stop()
 
     row, problems = check(stack, fault, prefix, outcomes)
+    problems += retry_problems
     latencies = sorted(o.elapsed for o in outcomes)
     row.description = description
     after = [o for o in outcomes if o.started > repaired]
@@ -199,6 +215,64 @@ def fault_run(
         )
     assert not problems, f"{fault}: " + "; ".join(problems)
     return FaultResult(row=row, outcomes=outcomes, broken=broken, repaired=repaired)
+
+
+def retry_check(
+    stack: FaultStack, load: Load, outcomes: list[Outcome]
+) -> tuple[list[Outcome], str, list[str]]:
+    """Send each request that got no answer again; it must have left a whole event or nothing,
+    and its retry must say so: 200 `Idempotent-Replayed` with that event's id, or a 202 that
+    stores it now. The outcomes with the retries' answers in place, a note, and problems."""
+    unanswered = [o for o in outcomes if o.status is None]
+    if not unanswered:
+        return outcomes, "every request was answered", []
+    keys = [o.key for o in unanswered]
+    with stack.db() as conn:
+        # A whole event: the event row with its CRM record (one statement stored both).
+        before = {
+            row[0]: str(row[1])
+            for row in conn.execute(
+                "SELECT e.idempotency_key, e.id FROM events_app_event e "
+                "JOIN events_app_crmrecord r ON r.id = e.crm_record_id "
+                "WHERE e.organization_id = %s AND e.idempotency_key = ANY(%s)",
+                [stack.organization_id, keys],
+            ).fetchall()
+        }
+        rows = conn.execute(
+            "SELECT count(*) FROM events_app_event WHERE organization_id = %s "
+            "AND idempotency_key = ANY(%s)",
+            [stack.organization_id, keys],
+        ).fetchone()[0]
+    problems = []
+    if rows != len(before):
+        problems.append(f"{rows - len(before)} unanswered request(s) left an event without its record")
+    retried = {}
+    for outcome in unanswered:
+        retry = outcome
+        for _ in range(20):  # the killed process's port share is back within seconds
+            retry = load.send(outcome.index)
+            if retry.status is not None:
+                break
+            time.sleep(0.5)
+        retried[outcome.index] = retry
+        stored = before.get(outcome.key)
+        if stored is not None:
+            if not (retry.status == 200 and retry.replayed and retry.event_id == stored):
+                problems.append(
+                    f"{outcome.key} was stored as {stored} with no answer; its retry answered "
+                    f"{retry.status} {retry.event_id} (replayed: {retry.replayed})"
+                )
+        elif retry.status != 202:
+            problems.append(
+                f"{outcome.key} was not stored and got no answer; its retry answered "
+                f"{retry.status} {retry.code or retry.error or ''}"
+            )
+    note = (
+        f"{len(unanswered)} request(s) got no answer: {len(before)} had been stored whole "
+        f"(their retries answered 200 with the stored id), {len(unanswered) - len(before)} "
+        "had left nothing (their retries stored them, 202)"
+    )
+    return [retried.get(o.index, o) for o in outcomes], note, problems
 
 
 def check(
@@ -331,7 +405,7 @@ def test_it_loses_nothing_when_a_worker_is_killed(stack: FaultStack) -> None:
     at a time, each replaced before the next kill, until one leaves claims behind.
     """
 
-    def inject() -> str:
+    def inject(load: Load) -> str:
         attempts = []
         for _ in range(KILL_TRIES):
             victim = next(worker for worker in stack.workers if worker.alive())
@@ -364,7 +438,7 @@ def test_it_loses_nothing_when_redis_restarts(stack: FaultStack) -> None:
     """Stop the broker and cache Redis (without persistence: queued messages are gone), wait,
     start them again on the same ports."""
 
-    def inject() -> None:
+    def inject(load: Load) -> None:
         try:
             stack.broker.stop()
             stack.cache.stop()
@@ -386,7 +460,7 @@ def test_it_answers_503_and_stores_nothing_while_postgres_is_down(stack: FaultSt
     """`pg_ctl stop -m fast` (every connection cut, open transactions rolled back), wait,
     start again."""
 
-    def inject() -> None:
+    def inject(load: Load) -> None:
         try:
             stack.postgres.stop(mode="fast")
             time.sleep(HOLD_SECONDS)
@@ -408,7 +482,7 @@ def test_it_keeps_accepting_when_the_cache_hangs(stack: FaultStack) -> None:
     """SIGSTOP the cache Redis: connections open but nothing answers, so every cache call runs
     into CACHE_SOCKET_TIMEOUT; then SIGCONT."""
 
-    def inject() -> None:
+    def inject(load: Load) -> None:
         stack.cache.freeze()
         try:
             time.sleep(HOLD_SECONDS)
@@ -424,3 +498,49 @@ def test_it_keeps_accepting_when_the_cache_hangs(stack: FaultStack) -> None:
     # Answered while the cache still hung: the socket timeouts, not the SIGCONT, ended the wait.
     served = [o for o in result.during() if o.accepted]
     assert served, "no request was answered while the cache hung"
+
+
+def _gunicorn_workers(stack: FaultStack) -> list[int]:
+    assert stack.gunicorn is not None
+    master = stack.gunicorn.process.pid
+    children = Path(f"/proc/{master}/task/{master}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
+def test_a_web_process_killed_with_commits_in_flight_leaves_whole_events_or_nothing(
+    stack: FaultStack,
+) -> None:
+    """SIGKILL a gunicorn worker process (its request threads and its group-commit writer)
+    while requests are in flight, as an OOM kill or a crash would; its master starts another.
+
+    Requests of that process get no answer. Each must have left its whole event (committed with
+    its group) or nothing, and a retry with the same Idempotency-Key must say which (200 with
+    the stored id, or a 202 that stores it). Every 202 is stored exactly once. The load is
+    faster than the other faults' so that groups are in flight when the kill comes; processes
+    are killed one at a time (each replaced first) until one leaves a request unanswered.
+    """
+
+    def inject(load: Load) -> str:
+        kills = 0
+        for _ in range(WEB_KILL_TRIES):
+            before = sum(1 for o in list(load.outcomes) if o.status is None)
+            victim = max(_gunicorn_workers(stack))  # the newest: warmed up, taking requests
+            os.kill(victim, signal.SIGKILL)
+            kills += 1
+            # The master notices, starts a replacement; the load goes on meanwhile.
+            time.sleep(2.0)
+            unanswered = sum(1 for o in list(load.outcomes) if o.status is None) - before
+            if unanswered:
+                break
+        return f"{kills} gunicorn worker process(es) SIGKILLed, one at a time"
+
+    fault_run(
+        stack,
+        fault="web-sigkill",
+        description="SIGKILL a gunicorn worker process mid-load (group commits in flight); "
+        "retry each unanswered request with its Idempotency-Key",
+        inject=inject,
+        rate=WEB_KILL_RATE,
+        threads=WEB_KILL_THREADS,
+        retry_unanswered=True,
+    )
