@@ -1,5 +1,9 @@
 """Start the web server, a Celery worker and Celery beat together; Ctrl-C (or any of them
-dying) stops all three."""
+dying) stops all three.
+
+The web server is gunicorn with the production configuration (bigmind/gunicorn_conf.py:
+threaded workers, so ingest's group commit works as it does in production), on --host:--port.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,16 @@ def main() -> int:
     args = parser.parse_args()
     python = sys.executable
     commands = {
-        "web": [python, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"],
+        "web": [
+            python,
+            "-m",
+            "gunicorn",
+            "-c",
+            "bigmind/gunicorn_conf.py",
+            "--bind",
+            f"{args.host}:{args.port}",
+            "bigmind.wsgi:application",
+        ],
         "worker": [
             python,
             "-m",
