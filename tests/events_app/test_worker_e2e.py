@@ -390,7 +390,10 @@ def test_an_event_whose_publish_failed_is_processed_once_after_the_sweep(
         side_effect=OperationalError("[Errno 111] Connection refused"),
     ) as publish:
         event_id = post_one(api, event_body(signal, {"page": "/pricing"}))
-    assert publish.call_count == 1  # the publish was attempted after commit, and failed
+        # The publish is attempted after the commit, by the process's ingest writer (group
+        # commit), which may be just after the answer: wait for it.
+        wait_for(lambda: publish.call_count >= 1, timeout=5, message="the publish attempt")
+    assert publish.call_count == 1  # attempted once, and failed
     time.sleep(1.5)  # the worker is idle: nothing reached the broker
     assert Event.objects.get(pk=event_id).status == "pending"
     assert worker.count("Task events.process") == 0
