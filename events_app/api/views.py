@@ -144,10 +144,9 @@ class EventIngestApi(APIView):
                 return event_ingest_endpoint(request)
             return drf_view(request, *args, **kwargs)  # type: ignore[no-any-return]
 
-        # What Django and drf-spectacular read off a view: the class and the CSRF exemption.
-        view.cls = drf_view.cls  # type: ignore[attr-defined]
-        view.initkwargs = drf_view.initkwargs  # type: ignore[attr-defined]
-        view.csrf_exempt = True  # type: ignore[attr-defined]
+        # What Django, DRF and drf-spectacular read off a view (view_class, cls, initkwargs,
+        # csrf_exempt...): the DRF view's own attributes.
+        view.__dict__.update(drf_view.__dict__)
         view.__doc__ = drf_view.__doc__
         return view
 
