@@ -252,7 +252,9 @@ class CounterCache:
     ) -> bool:
         if type(value) is not int or value != 1:
             return super().add(key, value, timeout, version)  # type: ignore[misc, no-any-return]
-        made = self.make_and_validate_key(key, version=version)  # type: ignore[attr-defined]
+        # django-ratelimit's keys are a prefix and a SHA-256 in hex: nothing to validate (the
+        # check walks the key character by character, a fifth of a counting call's CPU).
+        made = self.make_key(key, version=version)  # type: ignore[attr-defined]
         state = self._state()
         unit = self._leased_unit(made)
         if unit is None:
@@ -269,7 +271,7 @@ class CounterCache:
     def incr(self, key: str, delta: int = 1, version: int | None = None) -> int:
         state = self._state()
         if state.counted is not None and delta == 1:
-            made = self.make_and_validate_key(key, version=version)  # type: ignore[attr-defined]
+            made = self.make_key(key, version=version)  # type: ignore[attr-defined]
             if state.counted[0] == made:
                 unit = state.counted[1]
                 state.counted = None

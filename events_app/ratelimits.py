@@ -12,6 +12,7 @@ customer events that the database could store; the limit protects capacity, not 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -37,17 +38,21 @@ class RateLimitStatus:
     degraded: bool = False  # the store was unreachable; counts are unknown
 
     def headers(self) -> dict[str, str]:
-        reset = datetime.fromtimestamp(self.reset_epoch, tz=UTC)
-        headers = {
+        return {
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": reset.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "X-RateLimit-Reset": _reset_text(self.reset_epoch),
         }
-        return headers
 
     @property
     def retry_after(self) -> int:
         return max(1, math.ceil(self.reset_epoch - time.time()))
+
+
+@functools.lru_cache(maxsize=256)
+def _reset_text(epoch: int) -> str:
+    # Every request of a signal in a window has the same reset time: format it once.
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def rate_limit_for(signal: SignalRef) -> int:
@@ -91,8 +96,9 @@ def _store_lease(units: int) -> contextlib.AbstractContextManager[None]:
     return lease(units) if lease is not None else contextlib.nullcontext()
 
 
-def _usage(signal: SignalRef, *, increment: bool) -> RateLimitStatus:
-    limit = rate_limit_for(signal)
+def _usage(signal: SignalRef, *, increment: bool, limit: int | None = None) -> RateLimitStatus:
+    if limit is None:
+        limit = rate_limit_for(signal)
     try:
         usage = get_usage(
             None,
@@ -122,8 +128,9 @@ def _usage(signal: SignalRef, *, increment: bool) -> RateLimitStatus:
 def rate_limit_consume(signal: SignalRef) -> RateLimitStatus:
     """Spend one unit of the signal's budget for this minute: one atomic call to the store, or
     none while this process holds leased units (bigmind.cache.CounterCache)."""
-    with _store_lease(_lease_size(rate_limit_for(signal))):
-        return _usage(signal, increment=True)
+    limit = rate_limit_for(signal)
+    with _store_lease(_lease_size(limit)):
+        return _usage(signal, increment=True, limit=limit)
 
 
 def rate_limit_peek(signal: SignalRef) -> RateLimitStatus:
@@ -137,5 +144,6 @@ def rate_limit_consume_many(signal: SignalRef, units: int) -> list[RateLimitStat
     One `get_usage` per unit, as single requests would; the store lease takes the units in one
     round trip.
     """
-    with _store_lease(max(units, _lease_size(rate_limit_for(signal)))):
-        return [_usage(signal, increment=True) for _ in range(units)]
+    limit = rate_limit_for(signal)
+    with _store_lease(max(units, _lease_size(limit))):
+        return [_usage(signal, increment=True, limit=limit) for _ in range(units)]

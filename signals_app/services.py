@@ -6,6 +6,7 @@ transaction commits (so a concurrent request cannot re-cache the old row before 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import string
@@ -130,8 +131,15 @@ def _public_id() -> str:
     return "sig_" + "".join(secrets.choice(_BASE62) for _ in range(8))
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_slug(slug: str) -> bool:
+    # Memoized: ingest checks the slug of every request (slugify normalises Unicode and runs
+    # two regular expressions); the set of slugs a deployment sees is small.
+    return bool(slug) and len(slug) <= SLUG_MAX_LENGTH and slugify(slug) == slug
+
+
 def signal_slug_check(slug: str) -> str:
-    if not slug or slugify(slug) != slug or len(slug) > SLUG_MAX_LENGTH:
+    if not _is_slug(slug):
         raise BadRequest(
             f"Signal slug must be lowercase letters, digits, hyphens and underscores "
             f"(at most {SLUG_MAX_LENGTH} characters): {slug!r}"

@@ -89,7 +89,7 @@ def event_ingest_answer(request: HttpRequest | Request, client: ApiClient) -> Ht
     result = event_ingest(
         client=client,
         raw_body=raw,
-        idempotency_header=request.headers.get("Idempotency-Key"),
+        idempotency_header=request.META.get("HTTP_IDEMPOTENCY_KEY"),
     )
     headers = result.rate.headers()
     headers["Location"] = f"/v1/events/{result.event.id}"
@@ -200,7 +200,7 @@ class EventValidateApi(APIView):
         result = event_validate(
             client=request.user,
             raw_body=raw,
-            idempotency_header=request.headers.get("Idempotency-Key"),
+            idempotency_header=request.META.get("HTTP_IDEMPOTENCY_KEY"),
         )
         return Response(
             {
