@@ -151,6 +151,13 @@ else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool(
         "DATABASE_CONN_HEALTH_CHECKS", default=False
     )
+    # Server-side prepared statements: a statement run a few times on a connection (psycopg's
+    # threshold, 5) is planned once. Django turns them off by default for connection poolers;
+    # planning ingest's group insert anew cost PostgreSQL about 0.5 ms of CPU per statement,
+    # more than running it for a small group (docs/benchmarks.md). Behind PgBouncer in
+    # transaction pooling, set PgBouncer's `max_prepared_statements` (1.21+) or this to false.
+    if env.bool("DATABASE_PREPARED_STATEMENTS", default=True):
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache (lookups and rate-limit counters) -------------------------------------------------
