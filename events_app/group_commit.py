@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 Row = TypeVar("Row")
 Outcome = TypeVar("Outcome")
+
+
+_STOP = object()  # put on the queue by `stop`
 
 
 class WriterTimeout(Exception):
@@ -86,12 +90,10 @@ class GroupWriter(Generic[Row, Outcome]):
         self.max_wait = max(0.0, max_wait)
         self._tries = max(1, tries)
         self._name = name
-        self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
-        self._queue: list[_Slot[Row, Outcome]] = []
+        self._lock = threading.Lock()  # starting and stopping the thread
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
-        self._stopping = False
         # Observers (tests, metrics): called with each group's size and seconds after commit.
         self.on_group: Callable[[int, float], None] | None = None
 
@@ -102,11 +104,12 @@ class GroupWriter(Generic[Row, Outcome]):
         handed to the after-commit step that covers the row, if it is the first one it covers.
         """
         slot: _Slot[Row, Outcome] = _Slot(row, tag)
-        with self._lock:
-            if self._pid != os.getpid():
-                self._start()  # first use in this process (gunicorn forks its workers)
-            self._queue.append(slot)
-            self._arrived.notify()
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._start()  # first use in this process (gunicorn forks its workers)
+        # SimpleQueue's put and get are C: handing a row over costs no Python-level locking.
+        self._queue.put(slot)
         if not slot.done.acquire(timeout=timeout):
             raise WriterTimeout(f"no commit within {timeout:g} s")
         if slot.error is not None:
@@ -118,43 +121,51 @@ class GroupWriter(Generic[Row, Outcome]):
         process that exits needs no call: its requests have all been answered by then)."""
         with self._lock:
             thread = self._thread if self._pid == os.getpid() else None
-            self._stopping = True
-            self._arrived.notify()
+            if thread is not None:
+                self._queue.put(_STOP)
         if thread is not None:
             thread.join(timeout)
         with self._lock:
-            self._stopping = False
             self._pid = self._thread = None
 
     def _start(self) -> None:
         # A forked child inherits the parent's queue and a thread object that does not run
         # in it: start afresh.
-        self._queue = []
-        self._stopping = False
+        self._queue = queue.SimpleQueue()
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
     def _take(self, timeout: float | None) -> list[_Slot[Row, Outcome]] | None:
-        """The next group; [] when `timeout` passed first; None when stopping and idle."""
-        with self._lock:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                if timeout is not None:
-                    if timeout <= 0 or not self._arrived.wait(timeout):
-                        return []
-                    continue
-                self._arrived.wait()
-            if self.max_wait and len(self._queue) < self.max_rows:
-                deadline = time.monotonic() + self.max_wait
-                while len(self._queue) < self.max_rows:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._arrived.wait(left)
-            group = self._queue[: self.max_rows]
-            del self._queue[: self.max_rows]
+        """The next group; [] when `timeout` passed first; None when asked to stop."""
+        try:
+            if timeout is None:
+                first = self._queue.get()
+            elif timeout > 0:
+                first = self._queue.get(timeout=timeout)
+            else:
+                first = self._queue.get_nowait()
+        except queue.Empty:
+            return []
+        if first is _STOP:
+            return None
+        group = [first]
+        deadline = time.monotonic() + self.max_wait if self.max_wait else 0.0
+        while len(group) < self.max_rows:
+            try:
+                slot = self._queue.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic() if deadline else 0.0
+                if left <= 0:
+                    break
+                try:
+                    slot = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+            if slot is _STOP:
+                self._queue.put(_STOP)  # after this group
+                break
+            group.append(slot)
         return group
 
     def _run(self) -> None:
@@ -234,9 +245,3 @@ def _close_connection() -> None:
         connection.close()
     except Exception:
         logger.debug("closing a broken connection failed", exc_info=True)
-
-
-def pending_rows(writer: GroupWriter[Any, Any]) -> int:
-    """Rows handed over and not yet taken into a group (for tests and /metrics)."""
-    with writer._lock:
-        return len(writer._queue)

@@ -149,8 +149,9 @@ def _group_committed(
 
 _group_writer: GroupWriter[NewEvent, StoreOutcome] | None = None
 _group_writer_lock = threading.Lock()
-# How often a web process decides about waking the processing workers while it stores events.
-WAKEUP_CHECK_INTERVAL_SECONDS = 0.02
+# How often, at most, a web process decides about waking the processing workers while it stores
+# events (one cache call; a wake-up is never later than this after a commit).
+WAKEUP_CHECK_INTERVAL_SECONDS = 0.05
 
 
 def ingest_writer_stop() -> None:
