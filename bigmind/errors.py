@@ -123,10 +123,14 @@ def error_headers(exc: ApplicationError) -> dict[str, str]:
     return headers
 
 
+# DRF's JSONRenderer settings (UNICODE_JSON, STRICT_JSON, COMPACT_JSON); one encoder, made once.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def json_bytes(data: Any) -> bytes:
     """JSON exactly as DRF's JSONRenderer writes it (compact, UTF-8, U+2028/9 escaped), for the
     views that answer without DRF (events_app/api/views.py: POST /v1/events)."""
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = _ENCODER.encode(data)
     return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode()
 
 

@@ -127,3 +127,12 @@ def child_exit(server: Any, worker: Any) -> None:
     from bigmind.metrics import gunicorn_child_exit
 
     gunicorn_child_exit(server, worker)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Experimental knob: the interpreter's thread switch interval in worker processes."""
+    value = os.environ.get("GUNICORN_SWITCH_INTERVAL_MS", "").strip()
+    if value:
+        import sys
+
+        sys.setswitchinterval(float(value) / 1000)

@@ -196,8 +196,11 @@ def _group_cursor(db: BaseDatabaseWrapper) -> psycopg.Cursor[Any]:
     return cached
 
 
+_ROWS_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _rows_json(rows: list[NewEvent]) -> str:
-    return json.dumps(
+    return _ROWS_ENCODER.encode(
         [
             {
                 "id": str(row.id),
@@ -214,8 +217,7 @@ def _rows_json(rows: list[NewEvent]) -> str:
                 "request_hash": row.request_hash,
             }
             for row in rows
-        ],
-        separators=(",", ":"),
+        ]
     )
 
 

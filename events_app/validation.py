@@ -37,6 +37,10 @@ class InvalidField(BadRequest):
     code = "invalid_field"
 
 
+# The request fingerprint's JSON form (stored hashes depend on it: never change it).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 @dataclass(frozen=True)
 class EventRequest:
     signal: str
@@ -50,7 +54,7 @@ class EventRequest:
 
     def fingerprint(self) -> str:
         """What makes two requests "the same" for idempotency (the key itself excluded)."""
-        canonical = json.dumps(
+        canonical = _CANONICAL.encode(
             [
                 self.signal,
                 self.version,
@@ -59,9 +63,7 @@ class EventRequest:
                 self.data,
                 self.timestamp.isoformat() if self.timestamp else None,
                 self.reference,
-            ],
-            sort_keys=True,
-            separators=(",", ":"),
+            ]
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
