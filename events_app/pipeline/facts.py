@@ -94,7 +94,7 @@ def metric_histories(*, keys: list[HistoryKey]) -> dict[HistoryKey, list[Bucket]
             ("before", "timestamptz"),
         ],
         [
-            (index, record, signal, period, bulk.datetime_value(before))
+            (index, record, signal, period, before)
             for index, (record, signal, period, before) in enumerate(keys)
         ],
     )
@@ -105,7 +105,7 @@ def metric_histories(*, keys: list[HistoryKey]) -> dict[HistoryKey, list[Bucket]
     if bulk.postgres():
         # Per key, a backward scan of the unique (record, signal, period, start) index.
         sql = f"""
-            SELECT v."k", h."bucket_start", h."min", h."max" FROM {source}
+            SELECT v."k", CAST(h."bucket_start" AS text), h."min", h."max" FROM {source}
             CROSS JOIN LATERAL (
                 SELECT a."bucket_start", a."min", a."max" FROM "{table}" a WHERE {match}
                 ORDER BY a."bucket_start" DESC LIMIT {HISTORY_PERIODS}
@@ -113,7 +113,7 @@ def metric_histories(*, keys: list[HistoryKey]) -> dict[HistoryKey, list[Bucket]
         """  # noqa: S608
     else:
         sql = f"""
-            SELECT "k", "bucket_start", "min", "max" FROM (
+            SELECT "k", CAST("bucket_start" AS text), "min", "max" FROM (
                 SELECT v."k", a."bucket_start", a."min", a."max", ROW_NUMBER() OVER (
                     PARTITION BY v."k" ORDER BY a."bucket_start" DESC) AS "n"
                 FROM {source} JOIN "{table}" a ON {match}
@@ -179,7 +179,8 @@ def record_states_sql(pairs: list[Pair], *, lock: bool) -> tuple[str, list[Any]]
     table = RecordState._meta.db_table
     source, params = bulk.rows([("rec", "bigint"), ("sig", "bigint")], pairs)
     sql = f"""
-        SELECT s."crm_record_id", s."signal_id", s."value", s."timestamp", s."event_id"
+        SELECT s."crm_record_id", s."signal_id", s."value", CAST(s."timestamp" AS text),
+               s."event_id"
         FROM "{table}" s JOIN {source} ON s."crm_record_id" = v."rec" AND s."signal_id" = v."sig"
     """  # noqa: S608
     if lock and bulk.postgres():
@@ -228,10 +229,7 @@ def event_counts(*, keys: list[CountKey]) -> dict[CountKey, dict[int, int]]:
     table = Event._meta.db_table
     source, params = bulk.rows(
         [("k", "integer"), ("rec", "bigint"), ("since", "timestamptz"), ("until", "timestamptz")],
-        [
-            (index, record, bulk.datetime_value(since), bulk.datetime_value(until))
-            for index, (record, since, until) in enumerate(keys)
-        ],
+        [(index, record, since, until) for index, (record, since, until) in enumerate(keys)],
     )
     sql = f"""
         SELECT v."k", e."signal_id", COUNT(*) FROM {source}

@@ -108,9 +108,12 @@ class Claim:
         return self.event_id
 
 
+# Datetimes as text: Python's fromisoformat reads PostgreSQL's ISO output many times faster
+# than the driver's timestamptz loader (a tenth of the worker's time in a profile).
 _RETURNED = (
     '"id", "attempts", "signal_id", "organization_id", "crm_record_id", "identity_type", '
-    '"identity_id", "data", "timestamp", "received_at", "processed_at", "rollup"'
+    '"identity_id", "data", CAST("timestamp" AS text), CAST("received_at" AS text), '
+    'CAST("processed_at" AS text), "rollup"'
 )
 
 
@@ -177,11 +180,12 @@ def events_claim(*, event_ids: Iterable[UUID | str], now: datetime | None = None
     now = now or timezone.now()
     table = Event._meta.db_table
     first_only = ' AND "attempts" = 0' if len(ids) > 1 else ""
+    id_params: list[Any]
     if bulk.postgres():
         where, id_params = '"id" = ANY(%s::uuid[])', [ids]
     else:
         where = '"id" IN (' + ", ".join(["%s"] * len(ids)) + ")"
-        id_params = [bulk.uuid_value(i) for i in ids]
+        id_params = [i.hex for i in ids]
     update = f"""
         UPDATE "{table}" SET "status" = '{_PROCESSING}', "attempts" = "attempts" + 1,
                              "claimed_at" = %s, "due_at" = NULL
@@ -354,10 +358,10 @@ def _events_complete(works: list[Work], processor: Processor, now: datetime) -> 
         }
         values.append(
             (
-                bulk.uuid_value(work.claim.event_id),
-                bulk.datetime_value(work.claim.claimed_at),
-                bulk.json_value(result),
-                bulk.json_value(work.rollup),
+                work.claim.event_id,
+                work.claim.claimed_at,
+                result,
+                work.rollup,
             )
         )
     source, params = bulk.rows(
@@ -405,11 +409,11 @@ def _events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, f
         ],
         [
             (
-                bulk.uuid_value(w.claim.event_id),
-                bulk.datetime_value(w.claim.claimed_at),
+                w.claim.event_id,
+                w.claim.claimed_at,
                 status,
                 error,
-                bulk.datetime_value(due),
+                due,
             )
             for w, status, error, due, _ in plans
         ],

@@ -46,7 +46,7 @@ def metric_aggregates_add(*, deltas: MetricDeltas, now: datetime) -> None:
             ("high", "float8"),
         ],
         [
-            (record, signal, period, bulk.datetime_value(start), n, total, low, high)
+            (record, signal, period, start, n, total, low, high)
             for (record, signal, period, start), (n, total, low, high) in sorted(deltas.items())
         ],
     )
@@ -88,9 +88,9 @@ def _state_rows(states: dict[Pair, StateRow]) -> tuple[str, list[Any]]:
             (
                 record,
                 signal,
-                bulk.json_value(state.value),
-                bulk.datetime_value(state.timestamp),
-                bulk.uuid_value(state.event_id),
+                state.value,
+                state.timestamp,
+                state.event_id,
             )
             for (record, signal), state in sorted(states.items())
         ],
@@ -158,17 +158,19 @@ def engagement_masses_add(*, masses: dict[int, float]) -> None:
         )
 
 
+# Model field types whose values `bulk.rows` adapts; other columns take PostgreSQL's own type.
+_TYPES = {"UUIDField": "uuid", "DateTimeField": "timestamptz", "JSONField": "jsonb"}
+
+
 @cache
 def _insight_columns() -> list[tuple[str, str]]:
     """(column, type) of every Insight column but the key, from the model (the type is only
-    used on PostgreSQL, for the arrays `bulk.rows` sends)."""
+    used by `bulk.rows`: PostgreSQL's, and which values to adapt on SQLite)."""
     columns = []
     for field in Insight._meta.concrete_fields:
         if field.primary_key:
             continue
-        pg_type = "jsonb" if field.get_internal_type() == "JSONField" else None
-        if pg_type is None:
-            pg_type = field.cast_db_type(connection) or "text"
+        pg_type = _TYPES.get(field.get_internal_type()) or field.cast_db_type(connection) or "text"
         assert field.column is not None
         columns.append((field.column, pg_type))
     return columns
@@ -182,20 +184,7 @@ def insights_upsert(*, insights: Sequence[dict[str, Any]]) -> None:
         return
     table = Insight._meta.db_table
     columns = _insight_columns()
-    json_columns = {name for name, pg_type in columns if pg_type == "jsonb"}
-    values = []
-    for insight in insights:
-        row = []
-        for name, _ in columns:
-            value = insight[name]
-            if name in json_columns:
-                value = bulk.json_value(value)
-            elif isinstance(value, UUID):
-                value = bulk.uuid_value(value)
-            elif isinstance(value, datetime):
-                value = bulk.datetime_value(value)
-            row.append(value)
-        values.append(row)
+    values = [[insight[name] for name, _ in columns] for insight in insights]
     source, params = bulk.rows([(f"c_{name}", pg_type) for name, pg_type in columns], values)
     names = ", ".join(f'"{name}"' for name, _ in columns)
     selected = ", ".join(f'v."c_{name}"' for name, _ in columns)
@@ -213,8 +202,7 @@ def insights_upsert(*, insights: Sequence[dict[str, Any]]) -> None:
 def transitions_insert(*, rows: Iterable[tuple[UUID, str, int, datetime, str]]) -> None:
     """Steps of events' status histories, (event id, status, attempt, at, note); one INSERT."""
     values = [
-        (bulk.uuid_value(event_id), status, attempt, bulk.datetime_value(at), note[:2000])
-        for event_id, status, attempt, at, note in rows
+        (event_id, status, attempt, at, note[:2000]) for event_id, status, attempt, at, note in rows
     ]
     if not values:
         return
