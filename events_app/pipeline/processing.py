@@ -79,6 +79,13 @@ STALE_STATE = "The record's state changed while this event was processed"
 _CONFLICT_TRIES = 3
 _CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 # For hand-written SQL (constants of the code, never input).
+# The fenced updates test the status as an expression no index matches, so that PostgreSQL
+# reaches the chunk's rows by primary key: on the (status, received_at) index, "processing"
+# also finds every event processed since the last vacuum (dead index entries, which a bitmap
+# scan visits again each time): 7 ms of a 12 ms update of 200 events in the benchmark.
+_STATUS_PROCESSING = (
+    f""""{Event._meta.db_table}"."status" || '' = '{EventStatus.PROCESSING.value}'"""
+)
 _PENDING = EventStatus.PENDING.value
 _PROCESSING = EventStatus.PROCESSING.value
 _COMPLETED = EventStatus.COMPLETED.value
@@ -372,7 +379,7 @@ def _events_complete(works: list[Work], processor: Processor, now: datetime) -> 
             "rollup" = v."rol", "processed_at" = %s, "last_error" = '', "claimed_at" = NULL,
             "due_at" = NULL
         FROM {source}
-        WHERE "{table}"."id" = v."eid" AND "{table}"."status" = '{_PROCESSING}'
+        WHERE "{table}"."id" = v."eid" AND {_STATUS_PROCESSING}
           AND "{table}"."claimed_at" = v."tok"
         RETURNING "id"
     """  # noqa: S608
@@ -424,7 +431,7 @@ def _events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, f
             "processed_at" = CASE WHEN v."st" = '{_FAILED}' THEN %s
                                   ELSE "{table}"."processed_at" END
         FROM {source}
-        WHERE "{table}"."id" = v."eid" AND "{table}"."status" = '{_PROCESSING}'
+        WHERE "{table}"."id" = v."eid" AND {_STATUS_PROCESSING}
           AND "{table}"."claimed_at" = v."tok"
         RETURNING "id"
     """  # noqa: S608
@@ -562,14 +569,16 @@ def _after_commit(outcome: _Outcome) -> None:
         metrics.event_failed(event=work.claim, signal=work.signal)
 
 
-def _signals(claims: list[Claim]) -> dict[int, Signal]:
-    # Read for every chunk: a signal changed in the admin applies to the next chunk.
-    return Signal.objects.in_bulk({c.signal_id for c in claims})
+def _works(claims: list[Claim]) -> list[Work]:
+    # The signals are read for every chunk: a signal changed in the admin applies to the next.
+    signals = Signal.objects.in_bulk({c.signal_id for c in claims})
+    # A signal is only deleted with its organization, whose events go with it: nothing to do.
+    return works_build([c for c in claims if c.signal_id in signals], signals)
 
 
 def _chunk_round(claims: list[Claim], processor: Processor, *, last_try: bool) -> list[Claim]:
     """Plan and complete these claims once; returns those to plan again (stale state)."""
-    works = works_build(claims, _signals(claims))
+    works = _works(claims)
     planned, final = works_plan(works, Drafts(processor))
     outcome = _complete(works, processor, planned=planned, final=final, last_try=last_try)
     _after_commit(outcome)
@@ -641,7 +650,7 @@ def _database_error(claims: list[Claim], error: Exception) -> None:
 def _settle_all(claims: list[Claim], error: str, *, transient: bool) -> None:
     """Every event of the chunk failed with this error; in a transaction of its own."""
     try:
-        works = works_build(claims, _signals(claims))
+        works = _works(claims)
         for work in works:
             work.fail(error, transient=transient)
         with transaction.atomic():
