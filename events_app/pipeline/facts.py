@@ -231,12 +231,25 @@ def event_counts(*, keys: list[CountKey]) -> dict[CountKey, dict[int, int]]:
         [("k", "integer"), ("rec", "bigint"), ("since", "timestamptz"), ("until", "timestamptz")],
         [(index, record, since, until) for index, (record, since, until) in enumerate(keys)],
     )
-    sql = f"""
-        SELECT v."k", e."signal_id", COUNT(*) FROM {source}
-        JOIN "{table}" e ON e."crm_record_id" = v."rec"
-                        AND e."timestamp" >= v."since" AND e."timestamp" < v."until"
-        GROUP BY v."k", e."signal_id"
-    """  # noqa: S608
+    match = (
+        'e."crm_record_id" = v."rec" AND e."timestamp" >= v."since" AND e."timestamp" < v."until"'
+    )
+    if bulk.postgres():
+        # LATERAL: an index range scan per key, whatever the statistics say. As a plain join,
+        # once ANALYZE had run the planner hashed the keys against a parallel sequential scan
+        # of the whole events table (54 ms for a chunk of 200 in the benchmark, against 13).
+        sql = f"""
+            SELECT v."k", c."signal_id", c."n" FROM {source}
+            CROSS JOIN LATERAL (
+                SELECT e."signal_id", COUNT(*) AS "n" FROM "{table}" e WHERE {match}
+                GROUP BY e."signal_id"
+            ) c
+        """  # noqa: S608
+    else:
+        sql = f"""
+            SELECT v."k", e."signal_id", COUNT(*) FROM {source} JOIN "{table}" e ON {match}
+            GROUP BY v."k", e."signal_id"
+        """  # noqa: S608
     counts: dict[CountKey, dict[int, int]] = {key: {} for key in keys}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
