@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from socketserver import ThreadingMixIn
@@ -222,6 +222,25 @@ def event_completed(*, event: Any, signal: Any, at: datetime) -> None:
     log_context_add_events([event.id], outcome="completed")
     log_context_add_to_set("signals", signal.slug)
     log_context_add_to_set("organizations", organization_slug(event.organization_id))
+
+
+def events_completed(*, signal: Any, events: Sequence[Any], at: datetime) -> None:
+    """Several events of one signal committed as `completed` together (a chunk): one counter
+    increment; a latency observation for each first completion."""
+    from bigmind.logs import organization_slug
+
+    if not events:
+        return
+    EVENTS_COMPLETED.labels(signal.type).inc(len(events))
+    latency = PROCESSING_LATENCY.labels(signal.type)
+    for event in events:
+        # Only a first completion measures the pipeline: a reprocessed event arrived long ago.
+        if event.processed_at is None:
+            latency.observe(max(0.0, (at - event.received_at).total_seconds()))
+    log_context_add_events([event.id for event in events], outcome="completed")
+    log_context_add_to_set("signals", signal.slug)
+    for organization_id in {event.organization_id for event in events}:
+        log_context_add_to_set("organizations", organization_slug(organization_id))
 
 
 def event_retry_scheduled(*, event_id: Any) -> None:

@@ -326,12 +326,13 @@ BIGMIND_SWEEP_PENDING_AFTER_SECONDS = env.float(
 # time limit plus this margin (its worker died without finishing).
 BIGMIND_SWEEP_STUCK_MARGIN_SECONDS = env.float("BIGMIND_SWEEP_STUCK_MARGIN_SECONDS", default=30.0)
 BIGMIND_SWEEP_BATCH_SIZE = env.int("BIGMIND_SWEEP_BATCH_SIZE", default=500)
-# Draining: a worker that takes a single-event message then claims other due pending events,
-# oldest first, this many at a time (PostgreSQL: FOR UPDATE SKIP LOCKED, so workers never wait
-# on each other's rows), until none is left or BIGMIND_DRAIN_SECONDS have passed. Under load
-# that gives single-event ingest the batch path's cost per event; the messages of events
-# already drained become cheap no-ops. 0 turns draining off (one event per message).
-BIGMIND_DRAIN_CHUNK_SIZE = env.int("BIGMIND_DRAIN_CHUNK_SIZE", default=20)
+# Chunks: a worker claims, plans and commits this many events at a time, in a few set-based
+# statements (events_app/pipeline/processing.py; 200 measured in docs/benchmarks.md). Draining:
+# a worker that takes a single-event message then claims other due pending events, oldest
+# first, a chunk at a time (PostgreSQL: FOR UPDATE SKIP LOCKED, so workers never wait on each
+# other's rows), until none is left or BIGMIND_DRAIN_SECONDS have passed; the messages of
+# events already drained become cheap no-ops. 0 turns draining off (one event per message).
+BIGMIND_DRAIN_CHUNK_SIZE = env.int("BIGMIND_DRAIN_CHUNK_SIZE", default=200)
 BIGMIND_DRAIN_SECONDS = env.float("BIGMIND_DRAIN_SECONDS", default=5.0)
 # Coalesced wake-ups (events_app/pipeline/queue.py): while a single-event message is queued and
 # not started, ingest publishes no other; the flag expires after this long (a lost message).

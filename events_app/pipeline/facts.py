@@ -1,4 +1,9 @@
-"""What the pipeline establishes about an event before asking the processor anything."""
+"""What the pipeline establishes about events before asking the processor anything.
+
+Each question is asked once for a whole chunk of events (one query each): the earlier metric
+buckets, the current record states, the 7-day event counts. events_app/pipeline/plan.py folds
+the answers over the chunk's events in order.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
-from django.db.models import Count
+from django.db import connection
 
 from events_app.models import Event, Insight, MetricAggregate, RecordState
-from events_app.pipeline.processors import PermanentProcessingError, RecordContext
-from signals_app.models import Signal
+from events_app.pipeline import bulk
+from events_app.pipeline.processors import PermanentProcessingError
 
 # A metric value is compared with this many earlier periods, and only once this many exist.
 HISTORY_PERIODS = 8
@@ -68,21 +74,68 @@ class MetricHistory:
     periods: int
 
 
-def metric_history(
-    *, crm_record_id: int, signal_id: int, period: str, before: datetime
-) -> MetricHistory | None:
-    """Lowest and highest value seen in the earlier periods, if there are enough of them."""
-    rows = list(
-        MetricAggregate.objects.filter(
-            crm_record_id=crm_record_id, signal_id=signal_id, period=period, bucket_start__lt=before
-        )
-        .order_by("-bucket_start")
-        .values_list("min", "max")[:HISTORY_PERIODS]
+# (crm_record_id, signal_id, period, bucket_start): the earlier buckets of this bucket.
+HistoryKey = tuple[int, int, str, datetime]
+# (bucket_start, min, max) of one bucket.
+Bucket = tuple[datetime, float, float]
+
+
+def metric_histories(*, keys: list[HistoryKey]) -> dict[HistoryKey, list[Bucket]]:
+    """For each key, up to HISTORY_PERIODS buckets before it, newest first; one query."""
+    if not keys:
+        return {}
+    table = MetricAggregate._meta.db_table
+    source, params = bulk.rows(
+        [
+            ("k", "integer"),
+            ("rec", "bigint"),
+            ("sig", "bigint"),
+            ("per", "text"),
+            ("before", "timestamptz"),
+        ],
+        [
+            (index, record, signal, period, before)
+            for index, (record, signal, period, before) in enumerate(keys)
+        ],
     )
-    if len(rows) < HISTORY_MIN_PERIODS:
+    match = (
+        'a."crm_record_id" = v."rec" AND a."signal_id" = v."sig" AND a."period" = v."per" '
+        'AND a."bucket_start" < v."before"'
+    )
+    if bulk.postgres():
+        # Per key, a backward scan of the unique (record, signal, period, start) index.
+        sql = f"""
+            SELECT v."k", CAST(h."bucket_start" AS text), h."min", h."max" FROM {source}
+            CROSS JOIN LATERAL (
+                SELECT a."bucket_start", a."min", a."max" FROM "{table}" a WHERE {match}
+                ORDER BY a."bucket_start" DESC LIMIT {HISTORY_PERIODS}
+            ) h
+        """  # noqa: S608
+    else:
+        sql = f"""
+            SELECT "k", CAST("bucket_start" AS text), "min", "max" FROM (
+                SELECT v."k", a."bucket_start", a."min", a."max", ROW_NUMBER() OVER (
+                    PARTITION BY v."k" ORDER BY a."bucket_start" DESC) AS "n"
+                FROM {source} JOIN "{table}" a ON {match}
+            ) WHERE "n" <= {HISTORY_PERIODS}
+        """  # noqa: S608
+    found: dict[HistoryKey, list[Bucket]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for index, start, low, high in cursor.fetchall():
+            found.setdefault(keys[index], []).append((bulk.datetime_read(start), low, high))
+    for buckets in found.values():
+        buckets.sort(reverse=True)
+    return found
+
+
+def metric_history_of(buckets: list[Bucket]) -> MetricHistory | None:
+    """The range of the newest HISTORY_PERIODS buckets, if there are enough of them."""
+    newest = sorted(buckets, reverse=True)[:HISTORY_PERIODS]
+    if len(newest) < HISTORY_MIN_PERIODS:
         return None
     return MetricHistory(
-        low=min(row[0] for row in rows), high=max(row[1] for row in rows), periods=len(rows)
+        low=min(b[1] for b in newest), high=max(b[2] for b in newest), periods=len(newest)
     )
 
 
@@ -107,55 +160,122 @@ def metric_unusual(*, value: float, history: MetricHistory | None) -> dict[str, 
     }
 
 
-def record_state_current(*, crm_record_id: int, signal_id: int) -> RecordState | None:
-    return RecordState.objects.filter(crm_record_id=crm_record_id, signal_id=signal_id).first()
+@dataclass(frozen=True)
+class StateRow:
+    """A record's current state for one signal: the data of the newest event, and that event."""
+
+    value: Any
+    timestamp: datetime
+    event_id: UUID
 
 
-def state_is_newer(*, event: Event, state: RecordState | None) -> bool:
-    if state is None:
-        return True
-    return (event.timestamp, event.id) > (state.timestamp, state.event_id)
+# (crm_record_id, signal_id)
+Pair = tuple[int, int]
 
 
-def record_context(*, event: Event, signal: Signal, full: bool) -> RecordContext:
-    """The record as it was before this event; `full` adds states and recent insights."""
-    try:
-        since = event.timestamp - timedelta(days=7)
-    except OverflowError:  # a timestamp in the first week of year 1
-        since = datetime.min.replace(tzinfo=UTC)
-    counts = dict(
-        Event.objects.filter(
-            crm_record_id=event.crm_record_id,
-            timestamp__gte=since,
-            timestamp__lt=event.timestamp,
-        )
-        .order_by()
-        .values_list("signal_id")
-        .annotate(n=Count("id"))
-    )
-    states: dict[str, Any] = {}
-    insights: list[dict[str, Any]] = []
-    if full:
-        states = dict(
-            RecordState.objects.filter(crm_record_id=event.crm_record_id).values_list(
-                "signal__slug", "value"
+def record_states_sql(pairs: list[Pair], *, lock: bool) -> tuple[str, list[Any]]:
+    """The current states of these pairs; `lock` (PostgreSQL): FOR UPDATE, in key order, so
+    two transactions locking overlapping pairs queue instead of deadlocking."""
+    table = RecordState._meta.db_table
+    source, params = bulk.rows([("rec", "bigint"), ("sig", "bigint")], pairs)
+    sql = f"""
+        SELECT s."crm_record_id", s."signal_id", s."value", CAST(s."timestamp" AS text),
+               s."event_id"
+        FROM "{table}" s JOIN {source} ON s."crm_record_id" = v."rec" AND s."signal_id" = v."sig"
+    """  # noqa: S608
+    if lock and bulk.postgres():
+        sql += ' ORDER BY s."crm_record_id", s."signal_id" FOR UPDATE OF s'
+    return sql, params
+
+
+def record_states_read(sql: str, params: list[Any]) -> dict[Pair, StateRow]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {
+            (record, signal): StateRow(
+                value=bulk.json_read(value),
+                timestamp=bulk.datetime_read(timestamp),
+                event_id=bulk.uuid_read(event_id),
             )
-        )
-        insights = [
-            {
-                "signal": row["signal__slug"],
-                "summary": row["summary"],
-                "score": row["score"],
-                "occurred_at": row["occurred_at"].isoformat(),
-            }
-            for row in Insight.objects.filter(crm_record_id=event.crm_record_id)
-            .exclude(event_id=event.id)
-            .order_by("-occurred_at")
-            .values("signal__slug", "summary", "score", "occurred_at")[:RECENT_INSIGHTS]
-        ]
-    return RecordContext(
-        signal_events_7d=counts.get(signal.pk, 0),
-        events_7d=sum(counts.values()),
-        states=states,
-        recent_insights=insights,
+            for record, signal, value, timestamp, event_id in cursor.fetchall()
+        }
+
+
+def record_states_current(*, pairs: list[Pair]) -> dict[Pair, StateRow]:
+    """The stored states of these (record, signal) pairs; a pair without one is absent."""
+    if not pairs:
+        return {}
+    return record_states_read(*record_states_sql(pairs, lock=False))
+
+
+# (crm_record_id, since, until): events of the record with since <= timestamp < until.
+CountKey = tuple[int, datetime, datetime]
+
+
+def seven_days_before(timestamp: datetime) -> datetime:
+    try:
+        return timestamp - timedelta(days=7)
+    except OverflowError:  # a timestamp in the first week of year 1
+        return datetime.min.replace(tzinfo=UTC)
+
+
+def event_counts(*, keys: list[CountKey]) -> dict[CountKey, dict[int, int]]:
+    """Per key, the number of events by signal id; one query on the (record, timestamp) index.
+
+    Every stored event counts, whatever its status: what the record did, not what was processed.
+    """
+    if not keys:
+        return {}
+    table = Event._meta.db_table
+    source, params = bulk.rows(
+        [("k", "integer"), ("rec", "bigint"), ("since", "timestamptz"), ("until", "timestamptz")],
+        [(index, record, since, until) for index, (record, since, until) in enumerate(keys)],
     )
+    match = (
+        'e."crm_record_id" = v."rec" AND e."timestamp" >= v."since" AND e."timestamp" < v."until"'
+    )
+    if bulk.postgres():
+        # LATERAL: an index range scan per key, whatever the statistics say. As a plain join,
+        # once ANALYZE had run the planner hashed the keys against a parallel sequential scan
+        # of the whole events table (54 ms for a chunk of 200 in the benchmark, against 13).
+        sql = f"""
+            SELECT v."k", c."signal_id", c."n" FROM {source}
+            CROSS JOIN LATERAL (
+                SELECT e."signal_id", COUNT(*) AS "n" FROM "{table}" e WHERE {match}
+                GROUP BY e."signal_id"
+            ) c
+        """  # noqa: S608
+    else:
+        sql = f"""
+            SELECT v."k", e."signal_id", COUNT(*) FROM {source} JOIN "{table}" e ON {match}
+            GROUP BY v."k", e."signal_id"
+        """  # noqa: S608
+    counts: dict[CountKey, dict[int, int]] = {key: {} for key in keys}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for index, signal_id, count in cursor.fetchall():
+            counts[keys[index]][signal_id] = count
+    return counts
+
+
+def record_states_and_insights(
+    *, crm_record_id: int, event_id: UUID
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The record's current states by signal slug, and its latest insights (not this event's):
+    the fuller context a processor with `wants_context` gets (two queries per event)."""
+    states = dict(
+        RecordState.objects.filter(crm_record_id=crm_record_id).values_list("signal__slug", "value")
+    )
+    insights = [
+        {
+            "signal": row["signal__slug"],
+            "summary": row["summary"],
+            "score": row["score"],
+            "occurred_at": row["occurred_at"].isoformat(),
+        }
+        for row in Insight.objects.filter(crm_record_id=crm_record_id)
+        .exclude(event_id=event_id)
+        .order_by("-occurred_at")
+        .values("signal__slug", "summary", "score", "occurred_at")[:RECENT_INSIGHTS]
+    ]
+    return states, insights

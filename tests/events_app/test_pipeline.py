@@ -17,7 +17,7 @@ from django.test import Client
 from django.utils import timezone
 
 from events_app.models import Event, Insight, MetricAggregate, RecordState
-from events_app.pipeline import processing
+from events_app.pipeline import facts, processing
 from events_app.pipeline.engagement import engagement_score
 from events_app.pipeline.processing import events_claim, events_process
 from events_app.pipeline.processors import (
@@ -355,7 +355,7 @@ def test_a_state_moved_by_another_worker_meanwhile_is_worked_out_again(
 ) -> None:
     process(ingest(api, "health", {"state": "green"}, at=T0))
     event_id = ingest(api, "health", {"state": "red"}, at=T0 + timedelta(hours=2))
-    original = processing.F.record_state_current
+    original = facts.record_states_current
     moves = iter([True])
 
     def read_then_move(**kwargs: Any) -> Any:
@@ -365,7 +365,7 @@ def test_a_state_moved_by_another_worker_meanwhile_is_worked_out_again(
             RecordState.objects.update(value={"state": "yellow"}, timestamp=T0 + timedelta(hours=1))
         return current
 
-    with mock.patch.object(processing.F, "record_state_current", side_effect=read_then_move):
+    with mock.patch.object(facts, "record_states_current", side_effect=read_then_move):
         [event] = process(event_id)
     # Worked out again within the same attempt, against the state that was really replaced.
     assert (event.status, event.attempts) == ("completed", 1)
@@ -379,7 +379,7 @@ def test_a_state_that_keeps_moving_is_retried_as_a_transient_failure(
 ) -> None:
     process(ingest(api, "health", {"state": "green"}, at=T0))
     event_id = ingest(api, "health", {"state": "red"}, at=T0 + timedelta(hours=2))
-    original = processing.F.record_state_current
+    original = facts.record_states_current
     minutes = iter(range(1, 100))
 
     def read_then_move(**kwargs: Any) -> Any:
@@ -390,7 +390,7 @@ def test_a_state_that_keeps_moving_is_retried_as_a_transient_failure(
         )
         return current
 
-    with mock.patch.object(processing.F, "record_state_current", side_effect=read_then_move):
+    with mock.patch.object(facts, "record_states_current", side_effect=read_then_move):
         [event] = process(event_id)
     assert (event.status, event.attempts) == ("pending", 1)
     assert "state changed while" in event.last_error
@@ -406,14 +406,14 @@ def test_an_older_state_is_not_retried_when_the_state_moves_meanwhile(
 ) -> None:
     process(ingest(api, "health", {"state": "green"}, at=T0 + timedelta(hours=5)))
     event_id = ingest(api, "health", {"state": "red"}, at=T0)
-    original = processing.F.record_state_current
+    original = facts.record_states_current
 
     def read_then_move(**kwargs: Any) -> Any:
         current = original(**kwargs)
         RecordState.objects.update(timestamp=T0 + timedelta(hours=6))
         return current
 
-    with mock.patch.object(processing.F, "record_state_current", side_effect=read_then_move):
+    with mock.patch.object(facts, "record_states_current", side_effect=read_then_move):
         [event] = process(event_id)
     assert (event.status, event.attempts) == ("completed", 1)
     assert event.result["insight"] is None
@@ -447,9 +447,8 @@ def test_a_worker_that_lost_its_claim_writes_nothing(api: ApiClient, signals, fa
     Event.objects.filter(pk=event_id).update(status="pending", claimed_at=None)
     [fresh] = events_claim(event_ids=[event_id])
 
+    processing._chunk_run([stale], processor_get())
     event = Event.objects.get(pk=event_id)
-    assert processing._process_one(stale, event, processor_get()) is None
-    event.refresh_from_db()
     assert (event.status, event.claimed_at) == ("processing", fresh.claimed_at)
     assert not MetricAggregate.objects.exists()
 
@@ -526,8 +525,9 @@ def test_the_processor_gets_the_signal_event_facts_and_context(
 
 
 def test_a_batch_that_runs_out_of_time_hands_the_rest_back(
-    api: ApiClient, signals, _no_publish
+    api: ApiClient, signals, _no_publish, settings
 ) -> None:
+    settings.BIGMIND_DRAIN_CHUNK_SIZE = 1  # the budget is checked between chunks
     ids = [ingest(api, "visit", {"n": n}) for n in range(3)]
     ticks = iter([0.0, 0.0, 10.0, 10.0, 10.0])
     with mock.patch.object(processing.time, "monotonic", side_effect=lambda: next(ticks)):
@@ -610,8 +610,7 @@ def test_a_worker_finishing_late_after_the_sweep_took_its_event_writes_nothing(
     process(event_id)  # the new worker
     assert MetricAggregate.objects.get().count == 1
 
-    event = Event.objects.get(pk=event_id)
-    processing._process_one(claim, event, processor_get())  # the old one wakes up
+    processing._chunk_run([claim], processor_get())  # the old one wakes up
     assert MetricAggregate.objects.get().count == 1
 
 
@@ -811,21 +810,65 @@ def test_concurrent_workers_add_every_metric_value_exactly_once(
 
 
 # --- review regressions -------------------------------------------------------------------
-def test_a_worker_dying_mid_batch_charges_only_the_event_it_was_working_on(
+class WorkerKilled(BaseException):
+    """A SIGKILL as seen from inside: nothing after it runs, nothing catches it."""
+
+
+class PoisonProcessor:
+    """The local processor, but the worker dies on one chosen event."""
+
+    name = "poison"
+    version = "1"
+    wants_context = False
+    max_chunk_size = 100
+    poison = ""
+
+    def insight(self, job: ProcessingInput) -> InsightDraft:
+        if job.event.id == PoisonProcessor.poison:
+            raise WorkerKilled
+        return InsightDraft(summary="ok", score=50, next_action="none", reasons=["ok"])
+
+
+def test_a_worker_dying_mid_chunk_charges_that_chunk_once_then_the_culprit_goes_alone(
     api: ApiClient, signals, settings, _no_publish
 ) -> None:
+    """A chunk is one unit of work: a death charges each of its events an attempt, and no event
+    of any other chunk. Claimed again, those events go one at a time (a chunk takes only first
+    attempts), so the one that kills its worker uses up only its own attempts."""
     settings.BIGMIND_PROCESSING_MAX_ATTEMPTS = 2
+    settings.BIGMIND_DRAIN_CHUNK_SIZE = 3
+    settings.BIGMIND_PROCESSOR = f"{__name__}.PoisonProcessor"
     ids = [ingest(api, "visit", {"n": n}) for n in range(5)]
-    for _ in range(3):
-        # A batch claim, then the worker starts the first event and dies.
-        claims = events_claim(event_ids=ids, count_attempt=False)
-        for claim in claims:
-            if str(claim.event_id) == ids[0]:
-                processing._start(claim)
-        events_sweep(now=timezone.now() + timedelta(hours=1))
-    assert Event.objects.get(pk=ids[0]).status == "failed"
-    assert [Event.objects.get(pk=i).attempts for i in ids[1:]] == [0, 0, 0, 0]
-    assert set(Event.objects.filter(pk__in=ids[1:]).values_list("status", flat=True)) == {"pending"}
+    PoisonProcessor.poison = ids[1]
+
+    def attempts() -> list[tuple[str, int]]:
+        by_id = {str(e.pk): (e.status, e.attempts) for e in Event.objects.filter(pk__in=ids)}
+        return [by_id[i] for i in ids]
+
+    with pytest.raises(WorkerKilled):
+        events_process(event_ids=ids)  # the chunk ids[0:3] dies; ids[3:] never claimed
+    assert attempts() == [("processing", 1)] * 3 + [("pending", 0)] * 2
+    events_sweep(now=timezone.now() + timedelta(hours=1))
+
+    with pytest.raises(WorkerKilled):
+        events_process(event_ids=ids)  # ids[3:] as a chunk; then ids[0], then ids[1] dies
+    assert attempts() == [
+        ("completed", 2),
+        ("processing", 2),
+        ("pending", 1),
+        ("completed", 1),
+        ("completed", 1),
+    ]
+    events_sweep(now=timezone.now() + timedelta(hours=1))
+    events_process(event_ids=ids)
+    assert attempts() == [
+        ("completed", 2),
+        ("failed", 2),
+        ("completed", 2),
+        ("completed", 1),
+        ("completed", 1),
+    ]
+    assert "gave up after 2 attempts" in Event.objects.get(pk=ids[1]).last_error
 
 
 def test_a_batch_counts_one_attempt_per_event_it_processes(api: ApiClient, signals) -> None:
@@ -949,8 +992,9 @@ def test_each_status_change_is_kept_in_the_events_history(
 
 
 def test_a_batch_records_history_only_for_events_it_started(
-    api: ApiClient, signals, _no_publish
+    api: ApiClient, signals, _no_publish, settings
 ) -> None:
+    settings.BIGMIND_DRAIN_CHUNK_SIZE = 1  # the budget is checked between chunks
     ids = [ingest(api, "visit", {"n": n}) for n in range(3)]
     ticks = iter([0.0, 0.0, 10.0, 10.0, 10.0])
     with mock.patch.object(processing.time, "monotonic", side_effect=lambda: next(ticks)):

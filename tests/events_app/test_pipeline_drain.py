@@ -50,9 +50,7 @@ def test_a_single_event_message_also_completes_the_other_due_pending_events(
     assert MetricAggregate.objects.get().sum == 8
 
 
-def test_a_message_for_an_event_already_drained_counts_nothing_again(
-    api: ApiClient, calls
-) -> None:
+def test_a_message_for_an_event_already_drained_counts_nothing_again(api: ApiClient, calls) -> None:
     ids = [ingest(api, "calls", {"value": 1}) for _ in range(4)]
     process_event_task.run(ids[0])
     for event_id in ids:  # the drained events' own messages arrive afterwards
@@ -97,9 +95,7 @@ def test_draining_stops_when_its_time_is_spent(api: ApiClient, calls, settings) 
     ids = [ingest(api, "calls", {"value": 1}) for _ in range(3)]
     process_event_task.run(ids[0])
     assert Event.objects.get(pk=ids[0]).status == "completed"
-    assert set(Event.objects.filter(pk__in=ids[1:]).values_list("status", flat=True)) == {
-        "pending"
-    }
+    assert set(Event.objects.filter(pk__in=ids[1:]).values_list("status", flat=True)) == {"pending"}
 
 
 @pytest.mark.postgres
@@ -237,3 +233,18 @@ def test_a_message_that_finds_the_database_down_is_published_again_with_a_backof
         # Eager: Celery runs the retry at once instead of publishing it.
         process_event_task.apply(args=["01a217d3-1991-750b-b34c-6c42db6652a1"])
     assert work.call_count == 2
+
+
+def test_a_drain_takes_first_attempts_only_and_leaves_a_retry_to_its_own_message(
+    api: ApiClient, calls
+) -> None:
+    """A chunk is claimed (and charged) as a whole: an event on a later attempt, which may be
+    the one that killed its last worker, is claimed alone."""
+    retry, fresh = ingest(api, "calls", {"value": 1}), ingest(api, "calls", {"value": 2})
+    Event.objects.filter(pk=retry).update(attempts=1)  # a retry whose backoff is over
+    assert [str(c.event_id) for c in events_claim_due(limit=10)] == [fresh]
+    process_event_task.run(retry)  # the retry's own message
+    assert (Event.objects.get(pk=retry).status, Event.objects.get(pk=retry).attempts) == (
+        "completed",
+        2,
+    )

@@ -123,6 +123,9 @@ class OpenAIProcessor:
     name = "openai"
     # The model weighs the event against the record's states and latest insights.
     wants_context = True
+    # Seconds per call: one event per claim and transaction, so that a worker that dies loses
+    # (and is charged for) only the event it was asking about.
+    max_chunk_size = 1
 
     def __init__(self) -> None:
         base_url = str(settings.BIGMIND_AI_BASE_URL).rstrip("/")
