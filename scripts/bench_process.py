@@ -5,8 +5,8 @@ One command (`make bench-process`, i.e. `.venv/bin/python scripts/bench_process.
 
   1. drops and recreates its own PostgreSQL database (default `bench_process`; `--keep-database`
      keeps it), migrates it and runs `bootstrap_demo --allow-production`; empties its own Redis
-     broker database; starts gunicorn (sync workers) as scripts/bench_ingest.py does, with the
-     per-signal rate limits raised so nothing is a 429;
+     broker database; starts gunicorn as scripts/bench_ingest.py does (bigmind/gunicorn_conf.py),
+     with the per-signal rate limits raised so nothing is a 429;
   2. drain, single-event messages: with no worker running, stores a backlog of N events of the
      three demo signals (type event, metric and state, in turn; several CRM records) through
      POST /v1/events, so N `events.process_event` messages wait in the broker; then starts ONE
@@ -853,7 +853,7 @@ def report(
     out.append(
         f"## Processing benchmark ({args.rounds} x {args.events} events per drain test, "
         f"keep-up {args.duration:g} s, "
-        f"pool {args.pool}, {args.workers} gunicorn sync workers, wrk -c {args.concurrency})"
+        f"pool {args.pool}, {bi.server_description(args)}, wrk -c {args.concurrency})"
     )
     out.append("")
     out.append(
@@ -987,8 +987,19 @@ def report(
 # --- main ------------------------------------------------------------------------------------
 def add_server_arguments(parser: argparse.ArgumentParser, cores: int) -> None:
     """gunicorn and wrk options, as this script and scripts/bench_soak.py take them."""
-    parser.add_argument("--workers", type=int, default=2 * cores, help="gunicorn sync workers")
-    parser.add_argument("--concurrency", "-c", type=int, default=4 * cores, help="wrk connections")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="gunicorn worker processes (0: bigmind/gunicorn_conf.py's default)",
+    )
+    parser.add_argument(
+        "--server-threads",
+        type=int,
+        default=0,
+        help="threads per gunicorn worker (0: bigmind/gunicorn_conf.py's default)",
+    )
+    parser.add_argument("--concurrency", "-c", type=int, default=16, help="wrk connections")
     parser.add_argument("--threads", type=int, default=min(2, cores), help="wrk threads")
 
 

@@ -5,7 +5,7 @@ One command (`make bench-soak`, i.e. `.venv/bin/python scripts/bench_soak.py`), 
 
   1. its own PostgreSQL database (default `bench_soak`, dropped and recreated), migrated, with
      the demo data; its own Redis databases for the cache and the broker (emptied); gunicorn
-     (sync workers) and one Celery worker with one pool process per core, as
+     (bigmind/gunicorn_conf.py) and one Celery worker with one pool process per core, as
      scripts/bench_process.py starts them, and the per-signal rate limits raised;
   2. maximum: wrk on POST /v1/events (the three demo signals in turn) for --probe seconds WITH
      the workers running (they share the machine, as in production on one host); the maximum
@@ -209,7 +209,7 @@ def report(args: argparse.Namespace, probe: dict[str, Any], soak: Soak, checks: 
     lines = [
         f"## Soak run ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
-        f"- Machine: {os.cpu_count()} cores; gunicorn {args.workers} sync workers; one Celery "
+        f"- Machine: {os.cpu_count()} cores; {bi.server_description(args)}; one Celery "
         f"worker with {args.processes} pool processes; PostgreSQL and Redis on the same host.",
         f"- Maximum single-event rate with the workers running (wrk, {args.probe:g} s, "
         f"{args.concurrency} connections): accepted {probe['ok_per_s']:.1f} events/s, "

@@ -37,7 +37,7 @@ CUT_OFF_WITHIN = READ_TIMEOUT + 7
 @pytest.fixture(
     scope="module",
     params=[
-        ("bigmind.gunicorn_worker.ReadDeadlineSyncWorker", None),
+        ("bigmind.gunicorn_worker.ReadDeadlineSyncWorker", 1),
         ("bigmind.gunicorn_worker.ReadDeadlineThreadWorker", 4),
     ],
     ids=["sync", "gthread"],
