@@ -1,8 +1,8 @@
 """gunicorn's configuration for production: `gunicorn -c bigmind/gunicorn_conf.py bigmind.wsgi`.
 
 Every value comes from the environment, with the default beside it; docs/deployment.md lists
-them. `make run` uses runserver, and scripts/bench_ingest.py and scripts/api_fuzz.py pass their
-own command-line options and do not load this file.
+them. `make run` (scripts/run_local.py) and the benchmarks (scripts/bench_ingest.py) load this
+file too, so what is measured is what is deployed.
 
 Worker class: threaded (`gthread`: bigmind/gunicorn_worker.py's variant with a read deadline),
 WEB_CONCURRENCY processes of GUNICORN_THREADS threads. Threads are what group commit needs
@@ -128,11 +128,3 @@ def child_exit(server: Any, worker: Any) -> None:
 
     gunicorn_child_exit(server, worker)
 
-
-def post_worker_init(worker: Any) -> None:
-    """Experimental knob: the interpreter's thread switch interval in worker processes."""
-    value = os.environ.get("GUNICORN_SWITCH_INTERVAL_MS", "").strip()
-    if value:
-        import sys
-
-        sys.setswitchinterval(float(value) / 1000)
