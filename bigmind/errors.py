@@ -134,9 +134,7 @@ def json_bytes(data: Any) -> bytes:
     return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode()
 
 
-def json_response(
-    data: Any, *, status: int, headers: dict[str, str] | None = None
-) -> HttpResponse:
+def json_response(data: Any, *, status: int, headers: dict[str, str] | None = None) -> HttpResponse:
     response = HttpResponse(json_bytes(data), status=status, content_type="application/json")
     for name, value in (headers or {}).items():
         response[name] = value

@@ -127,4 +127,3 @@ def child_exit(server: Any, worker: Any) -> None:
     from bigmind.metrics import gunicorn_child_exit
 
     gunicorn_child_exit(server, worker)
-
