@@ -138,6 +138,17 @@ def _label(value: str | None) -> str:
 # --- Counting hooks (called by the middleware, the ingest services and the pipeline) -----------
 
 
+@lru_cache(maxsize=4096)
+def _child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once per label set (of bounded count: methods,
+    route patterns, statuses, signal types) instead of on every request: `labels()` takes the
+    metric's lock and builds its key each time (about 2% of an ingest request's CPU, py-spy).
+    The child stays valid: prometheus_client never drops one unless told to (`remove`,
+    `clear`, which this code never calls), and a child's multiprocess value re-opens its file
+    after a fork."""
+    return metric.labels(*labels)
+
+
 def http_request_observe(
     *,
     method: str,
@@ -148,8 +159,8 @@ def http_request_observe(
     seconds: float,
 ) -> None:
     """One answered request (bigmind.logs.RequestLogMiddleware); `url_name` is its URL's name."""
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_DURATION.labels(method, route).observe(seconds)
+    _child(HTTP_REQUESTS, method, route, str(status)).inc()
+    _child(HTTP_DURATION, method, route).observe(seconds)
     methods = _INGEST_ROUTES.get(url_name or "")
     if status < 400 or methods is None or method not in methods:
         return
@@ -169,7 +180,7 @@ def ingest_signal_seen(signal: Any) -> None:
 
 def ingest_event_stored(*, signal: Any, event_id: Any, replayed: bool) -> None:
     if not replayed:
-        EVENTS_ACCEPTED.labels(signal.type).inc()
+        _child(EVENTS_ACCEPTED, signal.type).inc()
     log_context_add_events([event_id])
 
 
