@@ -33,7 +33,7 @@ from events_app.models import Event, EventStatus
 from events_app.pipeline.queue import event_enqueue, events_committed
 from events_app.ratelimits import RateLimitStatus, rate_limit_consume, rate_limit_peek
 from events_app.rejections import Refusal, rejections_record
-from events_app.store import NewEvent, StoredEvent, StoreOutcome, events_store
+from events_app.store import NEW_EVENT_FIELDS, NewEvent, StoredEvent, StoreOutcome, events_store
 from events_app.validation import EventRequest, event_request_parse, json_body_parse
 from signals_app.schemas import schema_violations
 from signals_app.selectors import SignalRef, schema_version_validator, signal_get_active_ref
@@ -85,16 +85,16 @@ def idempotency_conflict() -> Conflict:
     )
 
 
-def event_build(
+def event_row_new(
     *,
     organization_id: int,
     signal: SignalRef,
     request: EventRequest,
     schema_version: int | None,
     received_at: datetime,
-) -> Event:
-    """The Event row for a checked request (not saved)."""
-    return Event(
+) -> NewEvent:
+    """The row of a checked request, ready to store: a new id, the time it was received."""
+    return NewEvent(
         id=uuid7(),
         organization_id=organization_id,
         signal_id=signal.id,
@@ -107,6 +107,27 @@ def event_build(
         reference=request.reference,
         idempotency_key=request.idempotency_key,
         request_hash=request.fingerprint(),
+    )
+
+
+def event_build(
+    *,
+    organization_id: int,
+    signal: SignalRef,
+    request: EventRequest,
+    schema_version: int | None,
+    received_at: datetime,
+) -> Event:
+    """The Event row for a checked request (not saved): the batch path's bulk insert."""
+    row = event_row_new(
+        organization_id=organization_id,
+        signal=signal,
+        request=request,
+        schema_version=schema_version,
+        received_at=received_at,
+    )
+    return Event(
+        **{name: getattr(row, name) for name in NEW_EVENT_FIELDS},
         status=EventStatus.PENDING,
         attempts=0,
         last_error="",
@@ -197,19 +218,12 @@ def _event_store(
     *, client: ApiClient, signal: SignalRef, request: EventRequest, schema_version: int | None
 ) -> tuple[StoredEvent, bool]:
     received_at = timezone.now()
-    row = NewEvent(
-        id=uuid7(),
+    row = event_row_new(
         organization_id=client.organization_id,
-        signal_id=signal.id,
+        signal=signal,
+        request=request,
         schema_version=schema_version,
-        identity_type=request.identity_type,
-        identity_id=request.identity_id,
-        data=request.data,
-        timestamp=request.timestamp or received_at,
         received_at=received_at,
-        reference=request.reference,
-        idempotency_key=request.idempotency_key,
-        request_hash=request.fingerprint(),
     )
     outcome = _event_write(row)
     if outcome.error is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -54,6 +54,10 @@ class NewEvent:
     reference: str | None
     idempotency_key: str | None
     request_hash: str
+
+
+# NewEvent's field names, which are Event's column names too (events_app.services.event_build).
+NEW_EVENT_FIELDS = tuple(field.name for field in fields(NewEvent))
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,18 +382,7 @@ def events_store(rows: list[NewEvent]) -> list[StoreOutcome]:
 
 
 _EVENT_COLUMN_TYPES = {
-    "id": "uuid",
-    "organization_id": "bigint",
-    "signal_id": "bigint",
-    "schema_version": "integer",
-    "identity_type": "text",
-    "identity_id": "text",
-    "data": "jsonb",
-    "timestamp": "timestamptz",
-    "received_at": "timestamptz",
-    "reference": "text",
-    "idempotency_key": "text",
-    "request_hash": "text",
+    **_NEW_EVENT_COLUMNS,
     "status": "text",
     "attempts": "integer",
     "last_error": "text",
