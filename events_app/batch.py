@@ -29,12 +29,12 @@ from events_app.pipeline.queue import events_enqueue
 from events_app.ratelimits import RateLimitStatus, rate_limit_consume_many
 from events_app.rejections import Refusal, rejections_record
 from events_app.services import (
-    event_build,
     event_request_resolve,
+    event_row_new,
     event_schema_check,
     idempotency_conflict,
 )
-from events_app.store import events_insert_many
+from events_app.store import event_model, events_insert_many
 from events_app.validation import EventRequest, json_body_parse
 from signals_app.selectors import SignalRef
 
@@ -141,12 +141,14 @@ def _store(client: ApiClient, items: list[_Item]) -> None:
         now = timezone.now()
         for item in to_insert:
             assert item.signal is not None and item.request is not None
-            item.event = event_build(
-                organization_id=client.organization_id,
-                signal=item.signal,
-                request=item.request,
-                schema_version=item.schema_version,
-                received_at=now,
+            item.event = event_model(
+                event_row_new(
+                    organization_id=client.organization_id,
+                    signal=item.signal,
+                    request=item.request,
+                    schema_version=item.schema_version,
+                    received_at=now,
+                )
             )
         try:
             events_insert_many([item.event for item in to_insert if item.event])

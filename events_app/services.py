@@ -33,7 +33,7 @@ from events_app.models import Event, EventStatus
 from events_app.pipeline.queue import event_enqueue, events_committed
 from events_app.ratelimits import RateLimitStatus, rate_limit_consume, rate_limit_peek
 from events_app.rejections import Refusal, rejections_record
-from events_app.store import NEW_EVENT_FIELDS, NewEvent, StoredEvent, StoreOutcome, events_store
+from events_app.store import NewEvent, StoredEvent, StoreOutcome, events_store
 from events_app.validation import EventRequest, event_request_parse, json_body_parse
 from signals_app.schemas import schema_violations
 from signals_app.selectors import SignalRef, schema_version_validator, signal_get_active_ref
@@ -107,30 +107,6 @@ def event_row_new(
         reference=request.reference,
         idempotency_key=request.idempotency_key,
         request_hash=request.fingerprint(),
-    )
-
-
-def event_build(
-    *,
-    organization_id: int,
-    signal: SignalRef,
-    request: EventRequest,
-    schema_version: int | None,
-    received_at: datetime,
-) -> Event:
-    """The Event row for a checked request (not saved): the batch path's bulk insert."""
-    row = event_row_new(
-        organization_id=organization_id,
-        signal=signal,
-        request=request,
-        schema_version=schema_version,
-        received_at=received_at,
-    )
-    return Event(
-        **{name: getattr(row, name) for name in NEW_EVENT_FIELDS},
-        status=EventStatus.PENDING,
-        attempts=0,
-        last_error="",
     )
 
 

@@ -56,8 +56,18 @@ class NewEvent:
     request_hash: str
 
 
-# NewEvent's field names, which are Event's column names too (events_app.services.event_build).
-NEW_EVENT_FIELDS = tuple(field.name for field in fields(NewEvent))
+# NewEvent's field names, which are Event's column names too.
+_NEW_EVENT_FIELDS = tuple(field.name for field in fields(NewEvent))
+
+
+def event_model(row: NewEvent) -> Event:
+    """The Event model instance of a new row (not saved): the batch path's bulk insert."""
+    return Event(
+        **{name: getattr(row, name) for name in _NEW_EVENT_FIELDS},
+        status=EventStatus.PENDING,
+        attempts=0,
+        last_error="",
+    )
 
 
 @dataclass(frozen=True, slots=True)
