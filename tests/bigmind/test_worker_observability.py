@@ -97,6 +97,12 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+SUCCEEDED = (
+    "bigmind_worker_tasks_total",
+    (("outcome", "success"), ("task", "events.process_event")),
+)
+
+
 def test_a_worker_serves_its_pools_metrics_and_logs_each_task_as_json(
     worker: tuple[Worker, int, Path], api: ApiClient, tenant: Tenant
 ) -> None:
@@ -127,13 +133,13 @@ def test_a_worker_serves_its_pools_metrics_and_logs_each_task_as_json(
         assert status == 200, text
         samples = _samples(text)
         completed = samples.get(("bigmind_events_completed_total", (("signal_type", "event"),)), 0)
-        return samples if completed >= len(ids) else None
+        # The events count as completed inside the task; the task's own outcome is counted after
+        # it returns (task_postrun), so a scrape can fall between the two.
+        finished = samples.get(SUCCEEDED, 0)
+        return samples if completed >= len(ids) and finished >= 1 else None
 
     samples = wait_for(scraped, timeout=20, message="the worker's metrics to show the events")
-    succeeded = samples[
-        ("bigmind_worker_tasks_total", (("outcome", "success"), ("task", "events.process_event")))
-    ]
-    assert succeeded >= 1
+    assert samples[SUCCEEDED] >= 1
     assert samples[
         ("bigmind_event_processing_latency_seconds_count", (("signal_type", "event"),))
     ] >= len(ids)
