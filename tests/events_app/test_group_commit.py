@@ -435,3 +435,49 @@ def test_with_group_commit_off_each_request_stores_its_own_event(
         response = ApiClient(tenant.raw_key).post(URL, SEED_REQUEST)
     assert response.status_code == 202
     assert Event.objects.filter(pk=response.json()["data"]["id"]).exists()
+
+
+def _generic_plan(sql: str, params: list[Any]) -> str:
+    """EXPLAIN of the generic plan PostgreSQL caches for `sql` once it is prepared (psycopg
+    prepares the group statements after a few runs), made now: on the test's empty tables, as
+    on a fresh database whose statistics say nothing yet."""
+    numbered = sql
+    for n in range(1, len(params) + 1):
+        placeholder = "%s" if "%s" in numbered else "%b"
+        numbered = numbered.replace(placeholder, f"${n}", 1)
+    with connection.cursor() as cursor:
+        pg = cursor.connection
+        pg.execute(f"PREPARE plan_probe AS {numbered}")
+        try:
+            pg.execute("SET plan_cache_mode = force_generic_plan")
+            args = ", ".join(["%s"] * len(params))
+            rows = pg.execute(f"EXPLAIN EXECUTE plan_probe({args})", params).fetchall()
+        finally:
+            pg.execute("RESET plan_cache_mode")
+            pg.execute("DEALLOCATE plan_probe")
+    return "\n".join(row[0] for row in rows)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_prepared_group_statements_probe_indexes_even_when_planned_on_an_empty_table(
+    tenant: Tenant, signal_id: int
+) -> None:
+    """A generic plan made while the event table is empty stays cached on the writer's
+    connection. NOT EXISTS became a hashed subplan and `id = ANY(...) OR (...) IN (...)` a
+    filter, both sequential scans of the whole event table on every statement: fine on an
+    empty table, seconds on a large one."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the prepared group statements are PostgreSQL's")
+    from events_app.store import _existing_sql, _group_sql, _rows_json
+
+    event_table = Event._meta.db_table
+    rows = [_row(tenant, signal_id, idempotency_key="k-1")]
+    group = _generic_plan(_group_sql(), [_rows_json(rows)])
+    existing = _generic_plan(_existing_sql(), [[uuid.uuid4()], [tenant.organization.pk], ["k-1"]])
+    for plan in (group, existing):
+        assert f"Seq Scan on {event_table}" not in plan, plan
+        assert "hashed SubPlan" not in plan, plan
+    assert "event_idempotency_key_unique_in_org" in group
+    assert "events_app_event_pkey" in existing
+    assert "event_idempotency_key_unique_in_org" in existing
