@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""CPU per request of the bare views and of POST /v1/events, in process: no server, no network.
+
+    .venv/bin/python scripts/bench_inprocess.py [--requests N] [--rounds R]
+
+Needs the database `make bench` prepares (`bench`, with the demo data; run `make bench` once
+first) and Redis. The WSGI application is called directly on one thread, as gunicorn's threads
+would call it, for `/bench/bare`, `/bench/bare-insert` and `POST /v1/events` with group commit
+on (the process's writer thread stores each row: groups of one) and off (the request thread
+stores it). The figure is the CPU time of the whole process (the writer thread included) per
+request, the minimum of the rounds (other jobs on the machine only ever add time); wall time
+beside it includes the waits for PostgreSQL and Redis. What ingest costs beyond the bare view is
+what decides `make bench`'s ratios (docs/benchmarks.md, "Why the ratio targets are out of reach
+here").
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_ingest as bi  # noqa: E402 (the sibling script, after the path above)
+
+BODY = (
+    '{{"signal":"visited-documentation-page","version":"latest",'
+    '"identity":{{"type":"account","id":"acct-{identity:06d}"}},'
+    '"data":{{"page":"/docs/quickstart","duration_seconds":{n}}},"reference":"inprocess-{n}"}}'
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # type: ignore[union-attr]
+    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/bench")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/2")
+    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/3")
+    parser.add_argument("--requests", type=int, default=1500, help="per round and variant")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.update(bi.bench_env(args))
+    os.environ["DJANGO_ALLOWED_HOSTS"] = "127.0.0.1"
+
+    from django.conf import settings
+    from django.core.wsgi import get_wsgi_application
+
+    app = get_wsgi_application()
+    counter = [0]
+    status = [""]
+
+    def start_response(line: str, headers: list[Any], exc_info: Any = None) -> None:
+        status[0] = line
+
+    def call(path: str, auth: bool) -> None:
+        counter[0] += 1
+        n = counter[0]
+        body = BODY.format(identity=n % 10_000, n=n).encode()
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": path,
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_HOST": "127.0.0.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.url_scheme": "http",
+        }
+        if auth:
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {bi.DEMO_API_KEY}"
+        result = app(environ, start_response)
+        for _chunk in result:
+            pass
+        result.close()
+        if not status[0].startswith("20"):
+            raise RuntimeError(f"{path} answered {status[0]}")
+
+    def measure(path: str, auth: bool, count: int) -> tuple[float, float]:
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(count):
+            call(path, auth)
+        return (
+            (time.process_time() - cpu) / count * 1e6,
+            (time.perf_counter() - wall) / count * 1e6,
+        )
+
+    variants = [
+        ("bare", "/bench/bare", False, True),
+        ("bare-insert", "/bench/bare-insert", False, True),
+        ("ingest, group commit on", "/v1/events", True, True),
+        ("ingest, group commit off", "/v1/events", True, False),
+    ]
+    best: dict[str, tuple[float, float]] = {}
+    for _name, path, auth, group in variants:  # warm-up: caches, prepared statements
+        settings.BIGMIND_GROUP_COMMIT = group
+        measure(path, auth, 300)
+    for _ in range(args.rounds):  # the rounds interleave the variants
+        for name, path, auth, group in variants:
+            settings.BIGMIND_GROUP_COMMIT = group
+            cpu, wall = measure(path, auth, args.requests)
+            if name not in best or cpu < best[name][0]:
+                best[name] = (cpu, wall)
+    bare = best["bare"][0]
+    print("| request | CPU µs per request | extra over bare | wall µs per request |")
+    print("|---|---:|---:|---:|")
+    for name, (cpu, wall) in best.items():
+        extra = "-" if name == "bare" else f"{cpu - bare:.0f}"
+        print(f"| {name} | {cpu:.0f} | {extra} | {wall:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
