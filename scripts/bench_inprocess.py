@@ -17,7 +17,6 @@ here").
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import time
@@ -28,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import bench_ingest as bi  # noqa: E402 (the sibling script, after the path above)
+import bench_ingest as bi  # noqa: E402 (the sibling scripts, after the path above)
+from bench_middleware import wsgi_post  # noqa: E402
 
 BODY = (
     '{{"signal":"visited-documentation-page","version":"latest",'
@@ -62,21 +62,8 @@ def main() -> int:
         counter[0] += 1
         n = counter[0]
         body = BODY.format(identity=n % 10_000, n=n).encode()
-        environ = {
-            "REQUEST_METHOD": "POST",
-            "PATH_INFO": path,
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "8000",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "HTTP_HOST": "127.0.0.1",
-            "REMOTE_ADDR": "127.0.0.1",
-            "CONTENT_TYPE": "application/json",
-            "CONTENT_LENGTH": str(len(body)),
-            "wsgi.input": io.BytesIO(body),
-            "wsgi.url_scheme": "http",
-        }
-        if auth:
-            environ["HTTP_AUTHORIZATION"] = f"Bearer {bi.DEMO_API_KEY}"
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {bi.DEMO_API_KEY}"} if auth else {}
+        environ = wsgi_post(path, body, **headers)
         result = app(environ, start_response)
         for _chunk in result:
             pass

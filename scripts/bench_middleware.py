@@ -30,9 +30,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _environ(path: str) -> dict[str, Any]:
-    body = b'{"signal":"visited-documentation-page","identity":{"type":"account","id":"a"}}'
+UNAUTHENTICATED_BODY = (
+    b'{"signal":"visited-documentation-page","identity":{"type":"account","id":"a"}}'
+)
+
+
+def wsgi_post(path: str, body: bytes = UNAUTHENTICATED_BODY, **headers: str) -> dict[str, Any]:
+    """The WSGI environ of a JSON POST to `path` from 127.0.0.1 (`headers` are extra CGI
+    variables, e.g. HTTP_AUTHORIZATION); scripts/bench_inprocess.py sends its own."""
     return {
+        **headers,
         "REQUEST_METHOD": "POST",
         "PATH_INFO": path,
         "SERVER_NAME": "127.0.0.1",
@@ -53,7 +60,7 @@ def _cpu_per_request(app: Any, path: str, requests: int) -> float:
 
     started = time.process_time()
     for _ in range(requests):
-        result = app(_environ(path), start_response)
+        result = app(wsgi_post(path), start_response)
         for _chunk in result:
             pass
         result.close()
