@@ -9,6 +9,7 @@ from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
+from bigmind.db import read_on_live_connection
 from bigmind.errors import Unauthorized
 from signals_app.models import ApiKey
 from signals_app.selectors import api_key_cache_invalidate, api_key_get_ref
@@ -48,8 +49,11 @@ def api_key_authenticate(*, raw_key: str) -> ApiClient:
     if clock - _last_used_written.get(ref.id, -1e9) >= LAST_USED_RESOLUTION_SECONDS:
         _last_used_written[ref.id] = clock
         # Conditional: a key revoked since it was cached is caught here too.
-        touched = ApiKey.objects.filter(pk=ref.id, revoked_at__isnull=True).update(
-            last_used_at=timezone.now()
+        # Safe to repeat on a new connection: the same conditional update.
+        touched = read_on_live_connection(
+            lambda: ApiKey.objects.filter(pk=ref.id, revoked_at__isnull=True).update(
+                last_used_at=timezone.now()
+            )
         )
         if not touched:
             api_key_cache_invalidate(key_hash=key_hash)

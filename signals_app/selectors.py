@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db.models import Max, Prefetch, QuerySet
 
 from bigmind.cache import MISSING, LookupCache
+from bigmind.db import read_on_live_connection
 from bigmind.errors import NotFound
 from signals_app.models import ApiKey, SchemaVersion, Signal
 from signals_app.schemas import schema_compile
@@ -66,10 +67,12 @@ def signal_get_active_ref(*, organization_id: int, slug: str) -> SignalRef | Non
     hit: Any = lookups.get(key)
     if hit is not MISSING:
         return hit  # type: ignore[no-any-return]
-    signal = (
-        Signal.objects.filter(organization_id=organization_id, slug=slug, active=True)
-        .annotate(latest=Max("schema_versions__version"))
-        .first()
+    signal = read_on_live_connection(
+        lambda: (
+            Signal.objects.filter(organization_id=organization_id, slug=slug, active=True)
+            .annotate(latest=Max("schema_versions__version"))
+            .first()
+        )
     )
     if signal is None:
         lookups.fill(key, None, _NEGATIVE_TTL)
@@ -92,10 +95,12 @@ def api_key_get_ref(*, key_hash: str) -> ApiKeyRef | None:
     hit: Any = lookups.get(key)
     if hit is not MISSING:
         return hit  # type: ignore[no-any-return]
-    row = (
-        ApiKey.objects.filter(key_hash=key_hash)
-        .values("id", "organization_id", "revoked_at")
-        .first()
+    row = read_on_live_connection(
+        lambda: (
+            ApiKey.objects.filter(key_hash=key_hash)
+            .values("id", "organization_id", "revoked_at")
+            .first()
+        )
     )
     if row is None:
         lookups.fill(key, None, _NEGATIVE_TTL)
