@@ -125,10 +125,12 @@ def schema_version_validator(signal: SignalRef, version: int) -> Any | None:
     """The compiled validator of `version` of the signal, or None if that version does not exist."""
     found = _schema_versions.get((signal.public_id, version))
     if found is None:
-        row = (
-            SchemaVersion.objects.filter(signal_id=signal.id, version=version)
-            .values_list("id", "schema")
-            .first()
+        row = read_on_live_connection(
+            lambda: (
+                SchemaVersion.objects.filter(signal_id=signal.id, version=version)
+                .values_list("id", "schema")
+                .first()
+            )
         )
         if row is None:
             return None

@@ -1,4 +1,4 @@
-"""bigmind.db.read_on_live_connection: a lookup survives a connection the server dropped."""
+"""bigmind.db.read_on_live_connection: lookups survive a connection the server dropped."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import pytest
 from django.db import OperationalError, connection, transaction
 
 from bigmind.db import read_on_live_connection
+from signals_app import selectors
 from signals_app.selectors import (
     api_key_cache_invalidate,
     api_key_get_ref,
+    schema_version_validator,
     signal_cache_invalidate,
     signal_get_active_ref,
 )
@@ -42,7 +44,9 @@ def test_lookups_on_a_connection_the_server_dropped_are_tried_again_on_a_new_one
 ) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("terminates a PostgreSQL session")
-    signal = tenant.signal("visit")
+    signal = tenant.signal("visit", schema={"type": "object"})
+    ref = signal_get_active_ref(organization_id=tenant.organization.pk, slug="visit")
+    assert ref is not None
     key_hash = api_key_hash(tenant.raw_key)
 
     for lookup, forget in (
@@ -57,9 +61,14 @@ def test_lookups_on_a_connection_the_server_dropped_are_tried_again_on_a_new_one
     ):
         forget()  # a cache miss: the lookup goes to the database
         dropped = _drop_this_threads_connection()
-        ref = lookup()
-        assert ref is not None and ref.organization_id == tenant.organization.pk
+        found = lookup()
+        assert found is not None and found.organization_id == tenant.organization.pk
         assert connection.connection.info.backend_pid != dropped
+    # The compiled schema of a version, looked up once per process.
+    selectors._schema_versions.clear()
+    dropped = _drop_this_threads_connection()
+    assert schema_version_validator(ref, 1) is not None
+    assert connection.connection.info.backend_pid != dropped
     assert (
         signal.pk == signal_get_active_ref(organization_id=tenant.organization.pk, slug="visit").id
     )  # type: ignore[union-attr]
