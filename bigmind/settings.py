@@ -148,7 +148,7 @@ else:
     # Off: Django's health check is a `SELECT 1` before the first query of every request (7%
     # of an ingest worker's time, measured). Without it a connection the server dropped fails
     # its next query once (a 503 for that request) and is then replaced; the ingest writer
-    # (events_app/group_commit.py), the workers and the key and signal lookups
+    # (events_app/group_commit.py), the workers and the key, signal and schema lookups
     # (bigmind.db.read_on_live_connection) retry on a new connection themselves.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool(
         "DATABASE_CONN_HEALTH_CHECKS", default=False
