@@ -443,6 +443,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LANGUAGE_CODE = "en-us"
+# One date style in the admin: "2026-12-02 20:00:36 UTC" (bigmind/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["bigmind.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.contrib import admin, messages
@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from bigmind.display import datetime_display
 from bigmind.errors import ApplicationError
 from events_app.models import (
     CrmRecord,
@@ -42,9 +43,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 def _when(value: datetime | None) -> str:
-    if value is None:
-        return "-"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+    return datetime_display(value)
 
 
 def _pretty_json(value: Any) -> SafeString:
