@@ -68,6 +68,10 @@ if env.bool("DJANGO_TRUST_X_FORWARDED_PROTO", default=False):
 # Full origins (https://admin.example.com) allowed to POST admin forms besides the request's
 # own host; needed when the admin is reached under another name than its Host header.
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# Django's page for the admin's forms, the envelope under /v1 (SPEC §2: never a CSRF refusal
+# page there). Every /v1 view is exempt (DRF's, and bigmind.errors.handler404 for unknown
+# paths): the API takes no cookie, so there is nothing to forge; this is for one that is not.
+CSRF_FAILURE_VIEW = "bigmind.errors.csrf_failure"
 # Django's defaults, stated so that a change is a visible decision.
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -352,6 +356,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": [],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "bigmind.negotiation.JsonOnlyNegotiation",
     "EXCEPTION_HANDLER": "bigmind.errors.exception_handler",
+    # OPTIONS answers in the envelope too (events_app/api/metadata.py).
+    "DEFAULT_METADATA_CLASS": "events_app.api.metadata.EnvelopeMetadata",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
