@@ -231,15 +231,19 @@ def test_batch_and_validate_answers_conform_to_the_document(
     document: dict[str, Any], api: ApiClient, tenant: Tenant
 ) -> None:
     tenant.signal("visited-documentation-page", schema=PAGE_SCHEMA)
+    tenant.signal("limited", rate_limit_per_minute=1)
     batch = "/v1/events/batch"
     good = {**SEED_REQUEST, "idempotency_key": "b-1"}
+    limited = {**SEED_REQUEST, "signal": "limited"}
     answers = [
         api.post(batch, {"events": [good, good]}),  # 202, the second a replay
         api.post(batch, {"events": [good, {**SEED_REQUEST, "signal": "nope"}, 3]}),  # 207
         api.post(batch, {"events": [{**SEED_REQUEST, "data": {}}]}),  # 207, no rate headers
         api.post(batch, {"events": []}),  # 400
+        api.post(batch, {"events": [limited, limited]}),  # 207, the second a 429 with details
     ]
-    assert [a.status_code for a in answers] == [202, 207, 207, 400]
+    assert [a.status_code for a in answers] == [202, 207, 207, 400, 207]
+    assert answers[-1].json()["data"][1]["details"][0]["signal"] == "limited"
     for answer in answers:
         assert_conforms(document, "POST", batch, answer)
 
