@@ -546,7 +546,7 @@ def _common_headers(codes: list[int]) -> list[OpenApiParameter]:
             "X-Request-ID",
             _string(pattern=_REQUEST_ID_PATTERN),
             "The client's X-Request-ID when it was sane, otherwise a new id.",
-            codes=codes,
+            codes=[*codes, URI_TOO_LONG],
             required=True,
         ),
         _response_header(
@@ -638,19 +638,20 @@ def _unauthorized() -> OpenApiResponse:
     )
 
 
-# gunicorn refuses a request line over `limit_request_line` (4094 bytes by default) itself,
-# before the app sees it: an HTML page, no envelope, no X-Request-ID. The documented maximum
-# lengths of the parameters, percent-encoded, can add up to more than that.
-URI_TOO_LONG = (414, "text/html")
+# gunicorn refuses a request line over `limit_request_line` (8190 bytes in bigmind/gunicorn_conf.py)
+# itself, before the app sees it; bigmind.gunicorn_worker answers it in the envelope, with an
+# X-Request-ID of its own. The documented maximum lengths of the parameters, percent-encoded,
+# can add up to more than that.
+URI_TOO_LONG = 414
 
 
 def _uri_too_long() -> OpenApiResponse:
-    return OpenApiResponse(
-        response={"type": "string"},
-        description=(
-            "The URL is longer than the web server accepts (gunicorn's `limit_request_line`, "
-            "4094 bytes by default): answered by the server itself, as an HTML page."
-        ),
+    return _error(
+        "The URL is longer than the web server accepts (gunicorn's `limit_request_line`, 8190 "
+        "bytes in the shipped configuration): answered by the server before the app, in the "
+        "envelope (`uri_too_long`). A proxy in front may answer it first, with its own page "
+        '(docs/api.md, "Answers outside the envelope").',
+        (414, "URI Too Long: Request Line is too large (9022 > 8190)", "uri_too_long"),
     )
 
 
