@@ -14,11 +14,12 @@ import re
 from typing import Any
 
 import pytest
+from django.core.exceptions import RequestDataTooBig
 from django.test import Client, RequestFactory
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.resolvers import RoutePattern
 
-from bigmind.errors import csrf_failure, handler403
+from bigmind.errors import csrf_failure, handler400, handler403
 from tests.conftest import Tenant
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -226,3 +227,16 @@ def test_a_refusal_django_makes_itself_is_the_envelope_under_v1_and_a_page_elsew
     page = view(factory.post("/admin/login/"))
     assert page.status_code == 403
     assert page.headers["Content-Type"].startswith("text/html")
+
+
+def test_a_body_django_refuses_to_read_is_a_413_in_the_envelope(settings: Any) -> None:
+    # Our views refuse a body over their limit before Django reads it; should Django's own
+    # DATA_UPLOAD_MAX_MEMORY_SIZE refuse one first, it is the same answer.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10
+    response = handler400(RequestFactory().post("/v1/events"), RequestDataTooBig("too big"))
+    assert response.status_code == 413
+    assert json.loads(response.content) == {
+        "success": False,
+        "error": "Request body is too large: the limit is 10 bytes",
+        "code": "body_too_large",
+    }
