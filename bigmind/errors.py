@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -190,7 +191,7 @@ def _not_found_message(request: HttpRequest) -> str:
 
         bare = path.rstrip("/")
         try:
-            match = resolve(bare)
+            match = resolve(request.path_info.rstrip("/"))
         except Resolver404:
             match = None
         if match is not None and match.func is not handler404:
@@ -242,7 +243,7 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
     if not is_api_path(request):  # the admin and the browser pages keep Django's page
         from django.views.defaults import permission_denied
 
-        return permission_denied(request, exception or PermissionError())  # type: ignore[arg-type]
+        return permission_denied(request, exception or PermissionDenied())
     return json_response(error_envelope("Forbidden", code="forbidden"), status=403)
 
 
