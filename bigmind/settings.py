@@ -10,12 +10,32 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-env = environ.Env()
+
+
+class _Env(environ.Env):
+    """django-environ, with a value that does not parse reported as ImproperlyConfigured naming
+    its variable (manage.py prints it as one line) instead of a bare ValueError traceback."""
+
+    def get_value(
+        self,
+        var: str,
+        cast: Any = None,
+        default: Any = environ.Env.NOTSET,
+        parse_default: bool = False,
+    ) -> Any:
+        try:
+            return super().get_value(var, cast=cast, default=default, parse_default=parse_default)
+        except (ValueError, TypeError) as exc:
+            raise ImproperlyConfigured(f"{var} has an invalid value ({exc})") from exc
+
+
+env = _Env()
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
@@ -29,7 +49,9 @@ SECRET_KEY = env("DJANGO_SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off (production)."
+            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off (production). Set it in the "
+            "environment; on a development machine, `make run` once writes one to .env, which "
+            "manage.py reads (README, 'Management commands')."
         )
     SECRET_KEY = "insecure-local-development-key-do-not-use-in-production"  # noqa: S105
 
