@@ -513,7 +513,10 @@ if LOG_FORMAT not in ("json", "plain"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "bigmind.logs.ContextFilter"}},
+    "filters": {
+        "context": {"()": "bigmind.logs.ContextFilter"},
+        "server_request_lines": {"()": "bigmind.logs.ServerRequestLineFilter"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "bigmind.logs.JsonFormatter"},
@@ -532,7 +535,13 @@ LOGGING = {
         # Django's default handlers print plain text past our formatter and e-mail ADMINS
         # reports that include the request's POST data: everything goes through ours instead.
         "django": {"handlers": [], "level": "INFO", "propagate": True},
-        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+        # runserver's own request line would repeat ours (bigmind.logs.ServerRequestLineFilter).
+        "django.server": {
+            "handlers": [],
+            "level": "INFO",
+            "propagate": True,
+            "filters": ["server_request_lines"],
+        },
         # Never the SQL with its parameters (payloads, key hashes), even with LOG_LEVEL=DEBUG.
         "django.db.backends": {"level": "INFO"},
     },
