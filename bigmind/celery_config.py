@@ -18,6 +18,9 @@ from celery.app.defaults import SETTING_KEYS as _SETTING_KEYS
 from django.conf import settings as _settings
 from django.core.exceptions import ImproperlyConfigured as _ImproperlyConfigured
 
+from bigmind.startup import configuration_error_exit as _configuration_error_exit
+from bigmind.startup import settings_load_or_exit as _settings_load_or_exit
+
 _PREFIX = "CELERY_"
 # Read by Celery's Django fixup under this exact name (celery/fixups/django.py); not a Celery
 # setting, so it keeps its Django name.
@@ -47,4 +50,10 @@ def celery_settings(source: object) -> dict[str, object]:
     return values
 
 
-globals().update(celery_settings(_settings))
+# First read by `celery worker` / `celery beat` (the web has its settings loaded by then): a
+# setting missing or invalid is one line and exit status 1 there, not a traceback.
+_settings_load_or_exit("celery")
+try:
+    globals().update(celery_settings(_settings))
+except _ImproperlyConfigured as _exc:
+    _configuration_error_exit("celery", _exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 
 def settings_load_or_exit(program: str) -> None:
@@ -18,6 +19,11 @@ def settings_load_or_exit(program: str) -> None:
     try:
         settings.INSTALLED_APPS  # noqa: B018 (imports the settings module)
     except ImproperlyConfigured as exc:
-        message = " ".join(str(exc).split())
-        print(f"{program}: configuration error: {message}", file=sys.stderr)
-        raise SystemExit(1) from None
+        configuration_error_exit(program, exc)
+
+
+def configuration_error_exit(program: str, error: Exception) -> NoReturn:
+    """One line on stderr, `<program>: configuration error: <message>`, then exit status 1."""
+    message = " ".join(str(error).split())
+    print(f"{program}: configuration error: {message}", file=sys.stderr)
+    raise SystemExit(1) from None

@@ -197,3 +197,20 @@ def test_what_make_run_adds_to_env_never_reaches_a_compose_container() -> None:
         assert "${" + name not in compose, name
     # The secret key it generates is what compose would take: it must satisfy compose's check.
     assert "${DJANGO_SECRET_KEY:?" in compose
+
+
+@pytest.mark.parametrize("program", ["worker", "beat"])
+def test_celery_with_a_missing_setting_is_one_line_and_exit_1(tmp_path: Path, program: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "bigmind", program, "--loglevel", "INFO"],
+        cwd=ROOT,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 1, result
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert len(output) == 1, output
+    assert output[0].startswith("celery: configuration error: DJANGO_SECRET_KEY must be set")
