@@ -207,6 +207,8 @@ def test_its_environment_passes_the_release_gate(tmp_path: Path) -> None:
     environment["BIGMIND_VAR_DIR"] = str(tmp_path)
     # PATH and the like; nothing Django reads.
     base = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME")}
+    # Nor a developer's local .env (manage.py would read it; the image has none).
+    base["BIGMIND_ENV_FILE"] = ""
 
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
