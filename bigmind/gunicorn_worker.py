@@ -31,6 +31,7 @@ import socket
 import time
 from typing import Any
 
+from gunicorn.errors import AppImportError
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
@@ -75,7 +76,23 @@ class DeadlineSocket:
 # ssl.wrap_socket: these workers then behave as gunicorn's own. TLS belongs on the proxy.
 
 
-class ReadDeadlineSyncWorker(SyncWorker):
+class ConfigurationErrorWorker:
+    """A setting missing or invalid (ImproperlyConfigured while the app loads) stops gunicorn with
+    that one line, `gunicorn: configuration error: ...`, instead of a traceback per worker
+    (issue #12): gunicorn prints an AppImportError's message alone and halts ("App failed to
+    load") rather than booting workers again."""
+
+    def load_wsgi(self) -> None:
+        from django.core.exceptions import ImproperlyConfigured
+
+        try:
+            super().load_wsgi()  # type: ignore[misc]
+        except ImproperlyConfigured as exc:
+            message = " ".join(str(exc).split())
+            raise AppImportError(f"gunicorn: configuration error: {message}") from None
+
+
+class ReadDeadlineSyncWorker(ConfigurationErrorWorker, SyncWorker):
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         if self.cfg.is_ssl:
             super().handle(listener, client, addr)
@@ -85,7 +102,7 @@ class ReadDeadlineSyncWorker(SyncWorker):
         super().handle(listener, wrapped, addr)
 
 
-class ReadDeadlineThreadWorker(ThreadWorker):
+class ReadDeadlineThreadWorker(ConfigurationErrorWorker, ThreadWorker):
     def handle(self, conn: Any) -> Any:
         if self.cfg.is_ssl:
             return super().handle(conn)

@@ -214,3 +214,30 @@ def test_celery_with_a_missing_setting_is_one_line_and_exit_1(tmp_path: Path, pr
     output = (result.stdout + result.stderr).strip().splitlines()
     assert len(output) == 1, output
     assert output[0].startswith("celery: configuration error: DJANGO_SECRET_KEY must be set")
+
+
+def test_gunicorn_with_a_missing_setting_stops_with_the_one_line(tmp_path: Path) -> None:
+    """bigmind.gunicorn_worker: the message alone, and gunicorn halts ("App failed to load")
+    instead of booting workers again. One worker: with several, gunicorn 27 itself adds a
+    HaltServer traceback after the lines while it stops the others."""
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "gunicorn", "-c", "bigmind/gunicorn_conf.py", "-w", "1"),
+            *("--bind", "127.0.0.1:0", "bigmind.wsgi"),
+        ],
+        cwd=ROOT,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 4, result  # gunicorn's APP_LOAD_ERROR
+    assert "Traceback" not in result.stderr, result.stderr
+    ours = [line for line in result.stderr.splitlines() if "configuration error" in line]
+    assert ours == [
+        "gunicorn: configuration error: DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off "
+        "(production). Set it in the environment; on a development machine, `make run` once "
+        "writes one to .env, which manage.py reads (README, 'Management commands')."
+    ]
+    assert "App failed to load" in result.stderr
