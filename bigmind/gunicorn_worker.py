@@ -40,6 +40,7 @@ from http import HTTPStatus
 from typing import Any
 
 from gunicorn import util
+from gunicorn.errors import AppImportError
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
@@ -174,7 +175,23 @@ class EnvelopeErrors:
 # ssl.wrap_socket: these workers then behave as gunicorn's own. TLS belongs on the proxy.
 
 
-class ReadDeadlineSyncWorker(EnvelopeErrors, SyncWorker):
+class ConfigurationErrorWorker:
+    """A setting missing or invalid (ImproperlyConfigured while the app loads) stops gunicorn with
+    that one line, `gunicorn: configuration error: ...`, instead of a traceback per worker
+    (issue #12): gunicorn prints an AppImportError's message alone and halts ("App failed to
+    load") rather than booting workers again."""
+
+    def load_wsgi(self) -> None:
+        from django.core.exceptions import ImproperlyConfigured
+
+        try:
+            super().load_wsgi()  # type: ignore[misc]
+        except ImproperlyConfigured as exc:
+            message = " ".join(str(exc).split())
+            raise AppImportError(f"gunicorn: configuration error: {message}") from None
+
+
+class ReadDeadlineSyncWorker(ConfigurationErrorWorker, EnvelopeErrors, SyncWorker):
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         if self.cfg.is_ssl:
             super().handle(listener, client, addr)
@@ -184,7 +201,7 @@ class ReadDeadlineSyncWorker(EnvelopeErrors, SyncWorker):
         super().handle(listener, wrapped, addr)
 
 
-class ReadDeadlineThreadWorker(EnvelopeErrors, ThreadWorker):
+class ReadDeadlineThreadWorker(ConfigurationErrorWorker, EnvelopeErrors, ThreadWorker):
     def handle(self, conn: Any) -> Any:
         if self.cfg.is_ssl:
             return super().handle(conn)
