@@ -1,22 +1,11 @@
-"""Every example of docs/api.md is executed against the demo data, and its documented answer is
-compared with the real one, so the page cannot drift from the code (issue #12).
+"""Every example of docs/api.md (and of the README's quick start) is executed against the
+demo data, and its documented answer is compared with the real one, so the pages cannot drift
+from the code (issue #12).
 
-The page's rules, which docs/api.md's "Examples are tests" section states for readers:
-
-- An example is a fenced `sh` block holding one `curl` command, answered by the next fenced
-  `json` block (before the next `sh` block). Every `sh` block with a curl has an answer and
-  every `json` block answers a curl: nothing on the page is left unexecuted.
-- The answer may start with curl's status line (`HTTP/1.1 202 Accepted`) and header lines, then
-  a blank line; without a status line the status is 200. Headers shown are compared.
-- The examples run in page order on one database holding `bootstrap_demo`'s data, so a later
-  example sees what an earlier one sent. Before each example, the events sent so far are
-  processed, as `make run`'s worker does within a second.
-- In an answer, `"<uuid>"`, `"<timestamp>"` (ISO 8601 UTC with `Z`), `"<signal_id>"`,
-  `"<cursor>"` and `"<number>"` stand for values that differ from run to run;
-  `"<uuid:NAME>"` also remembers the value, which later commands use as `$NAME` and later
-  answers as `"$NAME"`. A member `"...": "..."` means the object has more members than shown;
-  a last list item `"..."` means the list has more items. Everything else must be equal: the
-  same keys, the same values, the same list lengths.
+The rules a page keeps so that this works (an example is a `sh` curl block answered by the next
+`json` block; placeholders such as `"<uuid>"` for values that differ per run; `"<uuid:NAME>"`
+and `$NAME` for a value a later example uses; `"...": "..."` for an abridged object) are stated
+for readers in docs/api.md, section "Examples are tests"; this module implements exactly them.
 """
 
 from __future__ import annotations
@@ -40,7 +29,7 @@ from events_app.models import Event, EventStatus
 from events_app.pipeline.processing import events_process
 from events_app.pipeline.processors import processor_get
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
+ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "http://127.0.0.1:8000"
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -54,7 +43,8 @@ STATUS_LINE = re.compile(r"^HTTP/1\.1 (\d{3})\b")
 
 @dataclass
 class Example:
-    line: int  # of the curl block, for messages
+    name: str  # the page, for messages
+    line: int  # of the curl block
     command: str
     answer: str = ""
     answer_line: int = 0
@@ -92,23 +82,23 @@ def blocks(text: str) -> Iterator[tuple[str, int, str]]:
         index += 1
 
 
-def examples(text: str) -> list[Example]:
+def examples(text: str, name: str = "docs/api.md") -> list[Example]:
     """The page's examples; fails on a curl without an answer or an answer without a curl."""
     found: list[Example] = []
     pending: Example | None = None
     for language, line, content in blocks(text):
         assert language in ("sh", "bash", "json") or "curl " not in content, (
-            f"docs/api.md:{line}: a curl in a `{language}` block is not run: write it as `sh`"
+            f"{name}:{line}: a curl in a `{language}` block is not run: write it as `sh`"
         )
         if language in ("sh", "bash") and "curl " in content:
-            assert pending is None, f"docs/api.md:{pending.line}: a curl example without an answer"
-            pending = Example(line=line, command=content)
+            assert pending is None, f"{name}:{pending.line}: a curl example without an answer"
+            pending = Example(name=name, line=line, command=content)
         elif language == "json":
-            assert pending is not None, f"docs/api.md:{line}: a json block that answers no curl"
+            assert pending is not None, f"{name}:{line}: a json block that answers no curl"
             pending.answer, pending.answer_line = content, line
             found.append(pending)
             pending = None
-    assert pending is None, f"docs/api.md:{pending.line}: a curl example without an answer"
+    assert pending is None, f"{name}:{pending.line}: a curl example without an answer"
     return found
 
 
@@ -252,7 +242,7 @@ def replay(example: Example, client: Client, variables: dict[str, str]) -> list[
     documented = answer_of(example.answer)
     process_pending()
     response = send(client, request)
-    where = f"docs/api.md:{example.line} ({request.method} {request.path})"
+    where = f"{example.name}:{example.line} ({request.method} {request.path})"
     problems = []
     if response.status_code != documented.status:
         problems.append(f"{where}: status {response.status_code}, documented {documented.status}")
@@ -289,13 +279,24 @@ def demo(db: None, settings: Any) -> Iterator[None]:
     processor_get.cache_clear()
 
 
-def test_every_example_of_docs_api_md_answers_as_documented(demo: None) -> None:
-    found = examples(DOC.read_text(encoding="utf-8"))
-    assert len(found) >= 10, "the page's examples were not found: is the format still the same?"
+@pytest.mark.parametrize(("page", "at_least"), [("docs/api.md", 13), ("README.md", 1)])
+def test_every_example_of_the_page_answers_as_documented(
+    demo: None, page: str, at_least: int
+) -> None:
+    found = examples((ROOT / page).read_text(encoding="utf-8"), page)
+    # A change of format that hid examples from the parser must not pass as "nothing to check".
+    assert len(found) >= at_least, f"{page}: only {len(found)} examples found"
     client, variables, problems = Client(), dict[str, str](), list[str]()
     for example in found:
         problems += replay(example, client, variables)
-    assert not problems, "docs/api.md differs from the API:\n" + "\n".join(problems)
+    assert not problems, f"{page} differs from the API:\n" + "\n".join(problems)
+
+
+def test_the_readme_curl_is_the_one_bootstrap_demo_prints(db: None) -> None:
+    (example,) = examples((ROOT / "README.md").read_text(encoding="utf-8"), "README.md")
+    out = StringIO()
+    call_command("bootstrap_demo", "--allow-production", stdout=out)
+    assert example.command in out.getvalue()
 
 
 # --- the comparison itself can fail -----------------------------------------------------------
