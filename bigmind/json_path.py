@@ -13,7 +13,7 @@ schema-compatibility reasons) is written the same way:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 # jsonschema's own rule (`jsonschema.exceptions._JSON_PATH_COMPATIBLE_PROPERTY_PATTERN`), copied
 # because it is private: a name matching it is written `.name`, so both render alike.
@@ -40,3 +40,11 @@ def json_path(parts: Iterable[str | int]) -> str:
     for part in parts:
         path = f"{path}[{part}]" if isinstance(part, int) else json_path_member(path, part)
     return path
+
+
+def detail_line(detail: Mapping[str, object]) -> str:
+    """One `details` item (a violation or a compatibility reason) as a line for a person:
+    `$.tier (enum): value 'gold' no longer allowed`; the keyword is left out when empty."""
+    path, keyword, message = detail.get("path"), detail.get("keyword"), detail.get("message", "")
+    where = f"{path} ({keyword})" if path and keyword else str(path or "")
+    return f"{where}: {message}" if where else str(message)

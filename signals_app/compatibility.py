@@ -69,7 +69,7 @@ from urllib.parse import unquote
 from jsonschema import Draft202012Validator
 
 from bigmind.errors import BadRequest
-from bigmind.json_path import ROOT, json_path_member
+from bigmind.json_path import ROOT, detail_line, json_path_member
 
 MODES = ("none", "backward", "forward", "full")
 # Enough to fix a schema; a huge enum cut down to one line saying how many more there were.
@@ -129,8 +129,7 @@ class CompatibilityProblem:
     keyword: str = ""  # the schema keyword the reason is about, when it is about one
 
     def __str__(self) -> str:
-        where = f"{self.path} ({self.keyword})" if self.keyword else self.path
-        return f"{where}: {self.message}"
+        return detail_line(self.as_detail())
 
     def as_detail(self) -> dict[str, str]:
         # The keys of a schema violation's details, so that clients read both alike.

@@ -5,10 +5,12 @@ schema-compatibility reasons."""
 from __future__ import annotations
 
 import pytest
+from django.core.management.base import CommandError
 from jsonschema import Draft202012Validator
 
-from bigmind.json_path import json_path
-from signals_app.compatibility import schema_compatibility_check
+from bigmind.json_path import detail_line, json_path
+from signals_app.compatibility import SchemaIncompatible, schema_compatibility_check
+from signals_app.management.commands._base import run_service
 from signals_app.schemas import SchemaInvalid, schema_check
 
 NAMES = ["plan", "a1_b", "a b", "a/b~", "it's", "back\\slash", "1st", "é", "", "*"]
@@ -33,3 +35,26 @@ def test_a_compatibility_reason_names_the_place_as_a_violation_would(name: str) 
 def test_an_invalid_schema_is_located_in_the_same_notation() -> None:
     with pytest.raises(SchemaInvalid, match=r"at \$\.properties\['a b'\]\.type: "):
         schema_check({"properties": {"a b": {"type": "strange"}}})
+
+
+def test_a_detail_reads_the_same_in_the_admin_the_commands_and_the_reasons() -> None:
+    old = {"type": "object", "properties": {"tier": {"enum": ["gold", "silver"]}}}
+    new = {"type": "object", "properties": {"tier": {"enum": ["silver"]}}}
+    (problem,) = schema_compatibility_check(old=old, new=new, mode="backward")
+    assert str(problem) == detail_line(problem.as_detail())
+    assert str(problem) == "$.tier (enum): value 'gold' no longer allowed"
+    assert detail_line({"path": "$", "message": "m", "keyword": ""}) == "$: m"
+    assert detail_line({"message": "m"}) == "m"
+
+
+def test_a_command_prints_the_keyword_of_a_reason() -> None:
+    def refuse() -> None:
+        raise SchemaIncompatible(
+            "not compatible",
+            details=[
+                {"path": "$.tier", "message": "value 'gold' no longer allowed", "keyword": "enum"}
+            ],
+        )
+
+    with pytest.raises(CommandError, match=r"\$\.tier \(enum\): value 'gold' no longer allowed"):
+        run_service(refuse)
