@@ -23,11 +23,15 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from django.core.management import call_command
+from django.core.cache import cache
 from django.test import Client
 
 from events_app.models import Event, EventStatus
+from events_app.ratelimits import rate_limit_consume_many, rate_limit_for
 from events_app.pipeline.processing import events_process
 from events_app.pipeline.processors import processor_get
+from signals_app.models import Organization
+from signals_app.selectors import signal_get_active_ref
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "http://127.0.0.1:8000"
@@ -38,6 +42,9 @@ SIGNAL_ID = re.compile(r"^sig_[A-Za-z0-9]{8}$")
 CAPTURE = re.compile(r"^<uuid:([A-Z_][A-Z0-9_]*)>$")
 VARIABLE = re.compile(r"\$([A-Z_][A-Z0-9_]*)")
 FENCE = re.compile(r"^```(\w*)\s*$")
+# `<!-- example: the budget of SLUG is spent -->` before an example: its signal's rate budget is
+# used up while it runs (a 429 is shown by running it, not by a body written by hand).
+SPENT = re.compile(r"^<!-- example: the budget of ([a-z0-9-]+) is spent -->$", re.M)
 STATUS_LINE = re.compile(r"^HTTP/1\.1 (\d{3})\b")
 
 
@@ -48,6 +55,7 @@ class Example:
     command: str
     answer: str = ""
     answer_line: int = 0
+    spent: str | None = None  # a signal whose budget is used up for this example only
 
 
 @dataclass
@@ -86,6 +94,7 @@ def examples(text: str, name: str = "docs/api.md") -> list[Example]:
     """The page's examples; fails on a curl without an answer or an answer without a curl."""
     found: list[Example] = []
     pending: Example | None = None
+    spent_at = {text.count("\n", 0, m.start()) + 1: m.group(1) for m in SPENT.finditer(text)}
     for language, line, content in blocks(text):
         assert language in ("sh", "bash", "json") or "curl " not in content, (
             f"{name}:{line}: a curl in a `{language}` block is not run: write it as `sh`"
@@ -93,6 +102,10 @@ def examples(text: str, name: str = "docs/api.md") -> list[Example]:
         if language in ("sh", "bash") and "curl " in content:
             assert pending is None, f"{name}:{pending.line}: a curl example without an answer"
             pending = Example(name=name, line=line, command=content)
+            # The directive on one of the three lines above the block's fence.
+            pending.spent = next(
+                (spent_at[n] for n in range(line - 3, line) if n in spent_at), None
+            )
         elif language == "json":
             assert pending is not None, f"{name}:{line}: a json block that answers no curl"
             pending.answer, pending.answer_line = content, line
@@ -241,7 +254,16 @@ def replay(example: Example, client: Client, variables: dict[str, str]) -> list[
     request = request_of(example.command, variables)
     documented = answer_of(example.answer)
     process_pending()
-    response = send(client, request)
+    if example.spent is None:
+        response = send(client, request)
+    else:
+        signal = signal_get_active_ref(
+            organization_id=Organization.objects.get(slug="demo").id, slug=example.spent
+        )
+        assert signal is not None, f"{example.name}:{example.line}: no signal {example.spent}"
+        rate_limit_consume_many(signal, rate_limit_for(signal))
+        response = send(client, request)
+        cache.clear()  # the budget is spent for this example only
     where = f"{example.name}:{example.line} ({request.method} {request.path})"
     problems = []
     if response.status_code != documented.status:
