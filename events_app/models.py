@@ -62,7 +62,7 @@ class Event(models.Model):
     identity_type = models.CharField(max_length=64)
     identity_id = models.CharField(max_length=255)
     data = models.JSONField(default=dict)
-    timestamp = models.DateTimeField(help_text="When it happened (client's `timestamp`).")
+    timestamp = models.DateTimeField(help_text="When it happened: the timestamp the client sent.")
     received_at = models.DateTimeField()
     # NULL, not "", means "not sent": the API echoes null, and the partial unique index below
     # must skip events without a key.
@@ -251,9 +251,9 @@ class RejectedEvent(models.Model):
     # The slug as sent; an unknown signal has no row to point to.
     signal_slug = models.CharField(max_length=100)
     reason = models.CharField(max_length=32, choices=RejectionReason.choices)
-    message = models.TextField(help_text="The exact `error` the client got.")
+    message = models.TextField(help_text="The exact error message the client got.")
     violations = models.JSONField(
-        default=list, blank=True, help_text="The `details` the client got (schema violations)."
+        default=list, blank=True, help_text="The error details the client got (schema violations)."
     )
     body = models.TextField(
         blank=True, help_text="The request body (one batch item), cut at a UTF-8 boundary."
@@ -344,7 +344,7 @@ class PurgedEventCount(models.Model):
     signal = models.ForeignKey(Signal, on_delete=models.CASCADE, related_name="+")
     # Only ever changed by an atomic upsert that adds to it.
     count = models.BigIntegerField()
-    last_event_at = models.DateTimeField(help_text="The latest `timestamp` of those events.")
+    last_event_at = models.DateTimeField(help_text="The latest timestamp of those events.")
 
     class Meta:
         constraints = [
