@@ -202,7 +202,7 @@ def test_a_metric_signal_is_saved_with_its_settings(staff: Client, tenant: Tenan
 
 def test_a_metric_signal_needs_aggregation_and_period(staff: Client, tenant: Tenant) -> None:
     response = staff.post(ADD_URL, signal_form(tenant.organization, type="metric", period="day"))
-    assert "A metric signal needs aggregation" in response.content.decode()
+    assert form_errors(response)["aggregation"] == ["A metric signal needs an aggregation."]
     assert Signal.objects.count() == 0
 
 
