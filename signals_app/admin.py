@@ -598,8 +598,11 @@ class SignalAdmin(OrganizationScopedAdmin):
         return f"{RECENT_EVENTS_CAP:,}+" if count > RECENT_EVENTS_CAP else f"{count:,}"
 
     @admin.display(description="Last event", ordering="last_event_received_at")
-    def last_event(self, obj: Signal) -> Any:
-        return getattr(obj, "last_event_received_at", None)
+    def last_event(self, obj: Signal) -> str | None:
+        # Written here rather than left to Django: a read-only field shows a method's value
+        # with str(), which for a datetime is 2026-12-02 20:00:36.339410+00:00.
+        received_at = getattr(obj, "last_event_received_at", None)
+        return datetime_display(received_at) if received_at else None
 
     def get_urls(self) -> list[Any]:
         view = self.admin_site.admin_view
