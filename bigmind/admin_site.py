@@ -16,7 +16,7 @@ class BigmindAdminSite(admin.AdminSite):
     site_title = SITE_NAME
     index_title = "Administration"
     # Lazy: the URLconf is not loaded yet when the site is made.
-    site_url = reverse_lazy("dashboard:index")
+    site_url = reverse_lazy("dashboard:index")  # type: ignore[assignment]
 
 
 class BigmindAdminConfig(AdminConfig):

@@ -174,6 +174,14 @@ class OrganizationScopedAdmin(admin.ModelAdmin):
         return chosen
 
 
+def _clipped(text: str, limit: int = 60) -> str:
+    """`text` cut to `limit` characters for a list column, the whole of it on hover: a 200-
+    character name would otherwise make its column, and the list, wider than the window."""
+    if len(text) <= limit:
+        return text
+    return format_html('<span title="{}">{}…</span>', text, text[: limit - 1].rstrip())
+
+
 # The signals app's own CSS: lists that fit the window with the sidebar open, schema panes.
 # Only on this app's admins (the events app's admins subclass OrganizationScopedAdmin too).
 SIGNALS_ADMIN_CSS = {"all": ("signals_app/admin.css",)}
@@ -181,13 +189,17 @@ SIGNALS_ADMIN_CSS = {"all": ("signals_app/admin.css",)}
 
 @admin.register(Organization)
 class OrganizationAdmin(OrganizationScopedAdmin):
-    list_display = ("slug", "name", "created_at")
+    list_display = ("slug", "short_name", "created_at")
 
     class Media:
         css = SIGNALS_ADMIN_CSS
 
     search_fields = ("slug", "name")
     organization_lookup = "pk"
+
+    @admin.display(description="Name", ordering="name")
+    def short_name(self, obj: Organization) -> str:
+        return _clipped(obj.name)
 
     # Scoped staff see their own organization, read-only; only superusers add or change them.
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
@@ -496,17 +508,18 @@ def _diff_line_class(line: str) -> str:
 @admin.register(Signal)
 class SignalAdmin(OrganizationScopedAdmin):
     form = SignalForm
+    # Chosen to fit 1400 px with the sidebar and the filters open: the name under the slug
+    # (cut short), no signal ID (on the signal's page, and searchable).
     list_display = (
-        "slug",
-        "name",
+        "signal",
         "organization",
         "type",
         "latest_schema",
         "events_24h",
         "last_event",
         "active",
-        "public_id",
     )
+    list_display_links = ("signal",)
     list_filter = ("type", "active", "organization")
     list_select_related = ("organization",)
     search_fields = ("slug", "name", "public_id")
@@ -583,6 +596,12 @@ class SignalAdmin(OrganizationScopedAdmin):
                 ),
                 last_event_received_at=Subquery(events.values("received_at")[:1]),
             )
+        )
+
+    @admin.display(description="Signal", ordering="slug")
+    def signal(self, obj: Signal) -> str:
+        return format_html(
+            '{}<span class="bigmind-quiet">{}</span>', obj.slug, _clipped(obj.name, 80)
         )
 
     @admin.display(description="Latest schema", ordering="latest_version_number")
@@ -758,7 +777,7 @@ NEW_API_KEYS_SESSION_KEY = "bigmind_new_api_keys"
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(OrganizationScopedAdmin):
-    list_display = ("prefix", "name", "organization", "status", "created_at", "last_used_at")
+    list_display = ("prefix", "short_name", "organization", "status", "created_at", "last_used_at")
     list_filter = ("organization", ApiKeyStatusFilter)
     search_fields = ("prefix", "name")
     fields = ("organization", "name", "prefix", "created_at", "last_used_at", "revoked_at")
@@ -767,6 +786,10 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
 
     class Media:
         css = SIGNALS_ADMIN_CSS
+
+    @admin.display(description="Name", ordering="name")
+    def short_name(self, obj: ApiKey) -> str:
+        return _clipped(obj.name)
 
     @admin.display(description="Status", ordering="revoked_at")
     def status(self, obj: ApiKey) -> str:
