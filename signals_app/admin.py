@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -770,9 +773,36 @@ class ApiKeyStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
-# Session key of {api key pk: full key} for keys created but not yet shown: the add form's POST
-# puts a key there and redirects; the page it redirects to takes it out as it shows it.
+# A key created but not yet shown is split in two between the add form's POST and the page it
+# redirects to: the key XORed with a one-time pad in the session ({api key pk: sealed}), and the
+# pad in a cookie only that page receives. Neither half alone tells anything of the key, so the
+# database (where sessions are) never holds it, even if the page is never visited. The page
+# takes both out as it shows the key.
 NEW_API_KEYS_SESSION_KEY = "bigmind_new_api_keys"
+NEW_API_KEY_PAD_COOKIE = "bigmind_new_api_key_pad"
+NEW_API_KEY_PAD_MAX_AGE = 10 * 60
+
+
+def _seal(raw: str) -> tuple[str, str]:
+    """(sealed, pad): `raw` XOR a random pad of its length, and the pad, both base64."""
+    data = raw.encode("utf-8")
+    pad = secrets.token_bytes(len(data))
+    sealed = bytes(a ^ b for a, b in zip(data, pad, strict=True))
+    return base64.urlsafe_b64encode(sealed).decode(), base64.urlsafe_b64encode(pad).decode()
+
+
+def _unseal(sealed: str, pad: str) -> str | None:
+    try:
+        data = base64.urlsafe_b64decode(sealed)
+        key = base64.urlsafe_b64decode(pad)
+    except (binascii.Error, ValueError):
+        return None
+    if len(data) != len(key):
+        return None
+    try:
+        return bytes(a ^ b for a, b in zip(data, key, strict=True)).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 @admin.register(ApiKey)
@@ -835,12 +865,25 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
         if raw is None:
             return super().response_add(request, obj, post_url_continue)
         # POST/redirect/GET: a reload of the page that shows the key must not post the form
-        # again (a second key). The key waits in the session, server side, for that one page,
-        # which takes it out; never in a message, a URL or a log.
+        # again (a second key). The key waits for that one page sealed in the session, its pad
+        # in a cookie for that page only (NEW_API_KEYS_SESSION_KEY); never in a message, a URL
+        # or a log.
+        sealed, pad = _seal(raw)
         pending = dict(request.session.get(NEW_API_KEYS_SESSION_KEY) or {})
-        pending[str(obj.pk)] = raw
+        pending[str(obj.pk)] = sealed
         request.session[NEW_API_KEYS_SESSION_KEY] = pending
-        return HttpResponseRedirect(reverse("admin:signals_app_apikey_created", args=[obj.pk]))
+        url = reverse("admin:signals_app_apikey_created", args=[obj.pk])
+        response = HttpResponseRedirect(url)
+        response.set_cookie(
+            NEW_API_KEY_PAD_COOKIE,
+            pad,
+            max_age=NEW_API_KEY_PAD_MAX_AGE,
+            path=url,
+            secure=settings.SESSION_COOKIE_SECURE,
+            httponly=True,
+            samesite="Strict",
+        )
+        return response
 
     def created_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The new key, shown once; shown again (a reload, the back button) it is gone."""
@@ -848,8 +891,10 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
         if not self.has_view_permission(request, api_key):
             raise PermissionDenied
         pending = dict(request.session.get(NEW_API_KEYS_SESSION_KEY) or {})
-        raw = pending.pop(str(api_key.pk), None)
-        if raw is not None:
+        sealed = pending.pop(str(api_key.pk), None)
+        pad = request.COOKIES.get(NEW_API_KEY_PAD_COOKIE)
+        raw = _unseal(sealed, pad) if sealed and pad else None
+        if sealed is not None:
             if pending:
                 request.session[NEW_API_KEYS_SESSION_KEY] = pending
             else:
@@ -865,6 +910,8 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
         }
         response = TemplateResponse(request, "admin/signals_app/apikey/created.html", context)
         response["Cache-Control"] = "no-store"
+        if pad is not None:
+            response.delete_cookie(NEW_API_KEY_PAD_COOKIE, path=request.path, samesite="Strict")
         return response
 
     def revoke_view(self, request: HttpRequest, object_id: str) -> HttpResponse:

@@ -135,6 +135,12 @@ def test_the_new_key_is_shown_once_on_a_redirected_page(staff: Client, tenant: T
     key = ApiKey.objects.get(name="backend")
     assert response["Location"] == f"{KEYS}{key.pk}/created/"
     assert "sk_" not in response.content.decode()
+    # Waiting for that page: sealed in the session, its pad in a cookie for that page only.
+    sealed = staff.session["bigmind_new_api_keys"][str(key.pk)]
+    pad = response.cookies["bigmind_new_api_key_pad"]
+    assert pad["path"] == f"{KEYS}{key.pk}/created/"
+    assert pad["httponly"] and pad["samesite"] == "Strict"
+    assert key.prefix not in sealed and key.prefix not in pad.value
 
     first = staff.get(response["Location"])
     assert first.status_code == 200
@@ -152,6 +158,15 @@ def test_the_new_key_is_shown_once_on_a_redirected_page(staff: Client, tenant: T
         assert 'id="new-api-key"' not in page
         assert "cannot be shown again" in page
     assert ApiKey.objects.count() == before + 1
+    assert not staff.cookies["bigmind_new_api_key_pad"].value  # deleted
+
+
+def test_the_session_alone_does_not_show_the_key(staff: Client, tenant: Tenant) -> None:
+    response = created_page(staff, tenant.organization)
+    del staff.cookies["bigmind_new_api_key_pad"]  # say, the session used from elsewhere
+    page = staff.get(response["Location"]).content.decode()
+    assert 'id="new-api-key"' not in page and "cannot be shown again" in page
+    assert "bigmind_new_api_keys" not in staff.session  # and it is gone
 
 
 def test_the_created_page_of_another_organizations_key_is_not_found(
