@@ -58,7 +58,7 @@ def _long_rows() -> Organization:
             rate_limit_per_minute=1000,
             **settings,
         )
-        schema_version_create(signal=signal, schema={"type": "object"})
+        schema_version_create(signal=signal, schema={"type": "object", "description": LONG_NAME})
     # store_event reads only the tenant's organization.
     event_signal = Signal.objects.get(type="event")
     store_event(SimpleNamespace(organization=organization), event_signal, timezone.now())  # type: ignore[arg-type]
@@ -124,9 +124,22 @@ def test_every_signals_list_fits_1400px_with_the_sidebar_open(
         expect(page.locator("#result_list tbody tr").first).to_be_visible()
         name = url.strip("/").split("/")[-1]
         shoot(f"list-{name}")
-        sizes = _overflow(page)
-        for part, (scroll, client) in sizes.items():
-            assert scroll <= client, f"{url}: {part} overflows ({scroll} > {client})"
+        _assert_fits(page, url)
+
+    # A signal's page: its versions' schemas (a long line each) scroll inside their own box.
+    signal = Signal.objects.filter(slug__startswith=LONG_SLUG[:20]).first()
+    assert signal is not None
+    page.goto(f"/admin/signals_app/signal/{signal.pk}/change/")
+    expect(page.locator("pre.bigmind-schema").first).to_be_visible()
+    shoot("signal-change-long-schema")
+    _assert_fits(page, "signal change page")
+
+
+def _assert_fits(page: Any, where: str) -> None:
+    for part, size in _overflow(page).items():
+        if size is not None:
+            scroll, client = size
+            assert scroll <= client, f"{where}: {part} overflows ({scroll} > {client})"
 
 
 def test_a_metric_signal_without_aggregation_is_refused_beside_the_field(
