@@ -941,7 +941,8 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
             request, "admin/signals_app/apikey/revoke_confirmation.html", context
         )
 
-    @admin.action(description="Revoke selected API keys")
+    # "change", as the Revoke button: without it anyone who may only view keys could revoke them.
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
         # Like Django's delete_selected: a page listing the keys first, and the revocation
         # only when that page's form comes back with post=yes. `queryset` is already cut to

@@ -220,6 +220,9 @@ def test_a_user_who_may_only_view_keys_gets_no_revoke_button(
     key = tenant.api_key
     assert "/revoke/" not in client.get(f"{KEYS}{key.pk}/change/").content.decode()
     assert client.post(f"{KEYS}{key.pk}/revoke/", {"post": "yes"}).status_code == 403
+    # Nor the list's action.
+    assert "revoke_keys" not in client.get(KEYS).content.decode()
+    client.post(KEYS, {"action": "revoke_keys", "_selected_action": [key.pk], "post": "yes"})
     key.refresh_from_db()
     assert key.revoked_at is None
 
