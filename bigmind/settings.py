@@ -102,7 +102,8 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # django.contrib.admin, branded "Bigmind Signals" (bigmind/admin_site.py).
+    "bigmind.admin_site.BigmindAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -5,4 +5,4 @@ from django.apps import AppConfig
 
 class EventsAppConfig(AppConfig):
     name = "events_app"
-    verbose_name = "Events (data plane)"
+    verbose_name = "Events"

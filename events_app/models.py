@@ -14,7 +14,7 @@ class CrmRecord(models.Model):
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="records")
     type = models.CharField(max_length=64)
-    external_id = models.CharField(max_length=255)
+    external_id = models.CharField("external ID", max_length=255)
     first_seen_at = models.DateTimeField()
     last_seen_at = models.DateTimeField()
     # Time-decayed engagement, kept as a sum that needs no read-modify-write: each event adds
@@ -45,7 +45,7 @@ class EventStatus(models.TextChoices):
 
 class Event(models.Model):
     # UUIDv7: time-ordered, so inserts append to the primary-key index instead of scattering.
-    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    id = models.UUIDField("ID", primary_key=True, default=uuid7, editable=False)
     # No single-column indexes on these two: they are the leading columns of
     # event_org_received and event_record_timestamp, and every index costs each insert.
     organization = models.ForeignKey(
@@ -57,12 +57,16 @@ class Event(models.Model):
     )
     schema_version = models.PositiveIntegerField(null=True, blank=True)
     crm_record = models.ForeignKey(
-        CrmRecord, on_delete=models.PROTECT, related_name="events", db_index=False
+        CrmRecord,
+        on_delete=models.PROTECT,
+        related_name="events",
+        db_index=False,
+        verbose_name="CRM record",
     )
     identity_type = models.CharField(max_length=64)
-    identity_id = models.CharField(max_length=255)
+    identity_id = models.CharField("identity ID", max_length=255)
     data = models.JSONField(default=dict)
-    timestamp = models.DateTimeField(help_text="When it happened (client's `timestamp`).")
+    timestamp = models.DateTimeField(help_text="When it happened: the timestamp the client sent.")
     received_at = models.DateTimeField()
     # NULL, not "", means "not sent": the API echoes null, and the partial unique index below
     # must skip events without a key.
@@ -120,7 +124,9 @@ class MetricAggregate(models.Model):
     upsert per event (events_app/pipeline/rollups.py), never read-modify-write.
     """
 
-    crm_record = models.ForeignKey(CrmRecord, on_delete=models.CASCADE, related_name="aggregates")
+    crm_record = models.ForeignKey(
+        CrmRecord, on_delete=models.CASCADE, related_name="aggregates", verbose_name="CRM record"
+    )
     signal = models.ForeignKey(Signal, on_delete=models.CASCADE, related_name="aggregates")
     period = models.CharField(max_length=10)
     bucket_start = models.DateTimeField(help_text="Start of the period, UTC.")
@@ -155,12 +161,14 @@ class RecordState(models.Model):
     does not depend on the order in which workers see the events.
     """
 
-    crm_record = models.ForeignKey(CrmRecord, on_delete=models.CASCADE, related_name="states")
+    crm_record = models.ForeignKey(
+        CrmRecord, on_delete=models.CASCADE, related_name="states", verbose_name="CRM record"
+    )
     signal = models.ForeignKey(Signal, on_delete=models.CASCADE, related_name="states")
     value = models.JSONField()
     timestamp = models.DateTimeField()
     # Not a foreign key: events may be purged by retention while the state stays.
-    event_id = models.UUIDField()
+    event_id = models.UUIDField("event ID")
     updated_at = models.DateTimeField()
 
     class Meta:
@@ -186,11 +194,13 @@ class Insight(models.Model):
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="insights", db_index=False
     )
-    crm_record = models.ForeignKey(CrmRecord, on_delete=models.CASCADE, related_name="insights")
+    crm_record = models.ForeignKey(
+        CrmRecord, on_delete=models.CASCADE, related_name="insights", verbose_name="CRM record"
+    )
     signal = models.ForeignKey(Signal, on_delete=models.CASCADE, related_name="insights")
     # Unique: reprocessing replaces the insight instead of adding a second one. Not a foreign
     # key, so purging old events (retention) keeps their insights.
-    event_id = models.UUIDField(unique=True)
+    event_id = models.UUIDField("event ID", unique=True)
     kind = models.CharField(max_length=20, choices=InsightKind.choices)
     summary = models.CharField(max_length=500)
     score = models.PositiveSmallIntegerField()
@@ -234,7 +244,7 @@ class RejectedEvent(models.Model):
 
     # UUIDv7: time-ordered, so the purge walks the primary-key index by age and the list's
     # cursor uses the same (received_at, id) keyset as events.
-    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    id = models.UUIDField("ID", primary_key=True, default=uuid7, editable=False)
     # Leading column of rejected_event_org_received: no index of its own.
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="rejected_events", db_index=False
@@ -242,6 +252,7 @@ class RejectedEvent(models.Model):
     # Which key sent it. Not a cascade: keys are revoked, not deleted, but a row must not block it.
     api_key = models.ForeignKey(
         "signals_app.ApiKey",
+        verbose_name="API key",
         on_delete=models.SET_NULL,
         null=True,
         blank=True,
@@ -251,9 +262,9 @@ class RejectedEvent(models.Model):
     # The slug as sent; an unknown signal has no row to point to.
     signal_slug = models.CharField(max_length=100)
     reason = models.CharField(max_length=32, choices=RejectionReason.choices)
-    message = models.TextField(help_text="The exact `error` the client got.")
+    message = models.TextField(help_text="The exact error message the client got.")
     violations = models.JSONField(
-        default=list, blank=True, help_text="The `details` the client got (schema violations)."
+        default=list, blank=True, help_text="The error details the client got (schema violations)."
     )
     body = models.TextField(
         blank=True, help_text="The request body (one batch item), cut at a UTF-8 boundary."
@@ -261,10 +272,10 @@ class RejectedEvent(models.Model):
     body_truncated = models.BooleanField(default=False)
     body_bytes = models.PositiveIntegerField(help_text="Size of the original body in bytes.")
     identity_type = models.CharField(max_length=64, blank=True)
-    identity_id = models.CharField(max_length=255, blank=True)
+    identity_id = models.CharField("identity ID", max_length=255, blank=True)
     received_at = models.DateTimeField()
     # Not a foreign key: the event may be purged by retention while the rejection is kept.
-    replayed_event_id = models.UUIDField(null=True, blank=True)
+    replayed_event_id = models.UUIDField("replayed event ID", null=True, blank=True)
     replayed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -339,12 +350,16 @@ class PurgedEventCount(models.Model):
     """
 
     crm_record = models.ForeignKey(
-        CrmRecord, on_delete=models.CASCADE, related_name="purged_counts", db_index=False
+        CrmRecord,
+        on_delete=models.CASCADE,
+        related_name="purged_counts",
+        db_index=False,
+        verbose_name="CRM record",
     )
     signal = models.ForeignKey(Signal, on_delete=models.CASCADE, related_name="+")
     # Only ever changed by an atomic upsert that adds to it.
     count = models.BigIntegerField()
-    last_event_at = models.DateTimeField(help_text="The latest `timestamp` of those events.")
+    last_event_at = models.DateTimeField(help_text="The latest timestamp of those events.")
 
     class Meta:
         constraints = [

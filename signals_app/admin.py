@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -12,20 +15,30 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import IntegerField, OuterRef, QuerySet, Subquery
 from django.forms.fields import InvalidJSONInput
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import ngettext
 
+from bigmind.display import datetime_display
 from bigmind.errors import ApplicationError
 from bigmind.json_path import detail_line
 from events_app.models import Event
 from signals_app import schemas, services
-from signals_app.models import ApiKey, Organization, OrganizationMembership, SchemaVersion, Signal
+from signals_app.models import (
+    ApiKey,
+    Organization,
+    OrganizationMembership,
+    SchemaVersion,
+    Signal,
+    SignalType,
+)
 from signals_app.schemas import schema_check
 from signals_app.services import SIGNAL_SETTINGS
 
@@ -165,11 +178,32 @@ class OrganizationScopedAdmin(admin.ModelAdmin):
         return chosen
 
 
+def _clipped(text: str, limit: int = 60) -> str:
+    """`text` cut to `limit` characters for a list column, the whole of it on hover: a 200-
+    character name would otherwise make its column, and the list, wider than the window."""
+    if len(text) <= limit:
+        return text
+    return format_html('<span title="{}">{}…</span>', text, text[: limit - 1].rstrip())
+
+
+# The signals app's own CSS: lists that fit the window with the sidebar open, schema panes.
+# Only on this app's admins (the events app's admins subclass OrganizationScopedAdmin too).
+SIGNALS_ADMIN_CSS = {"all": ("signals_app/admin.css",)}
+
+
 @admin.register(Organization)
 class OrganizationAdmin(OrganizationScopedAdmin):
-    list_display = ("slug", "name", "created_at")
+    list_display = ("slug", "short_name", "created_at")
+
+    class Media:
+        css = SIGNALS_ADMIN_CSS
+
     search_fields = ("slug", "name")
     organization_lookup = "pk"
+
+    @admin.display(description="Name", ordering="name")
+    def short_name(self, obj: Organization) -> str:
+        return _clipped(obj.name)
 
     # Scoped staff see their own organization, read-only; only superusers add or change them.
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
@@ -203,6 +237,9 @@ class OrganizationMembershipAdmin(admin.ModelAdmin):
     list_filter = ("organization",)
     search_fields = ("user__username", "user__email", "organization__slug")
     raw_id_fields = ("user",)
+
+    class Media:
+        css = SIGNALS_ADMIN_CSS
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.is_active and request.user.is_superuser)
@@ -323,6 +360,13 @@ class SchemaJSONField(forms.JSONField):
             raise ValidationError(problem, code="invalid")
         return parsed
 
+    def prepare_value(self, value: Any) -> Any:
+        # No schema is an empty box, not the JSON text "null" (forms.JSONField's rendering of
+        # None), which would be saved as a schema if the form were posted as shown.
+        if value is None:
+            return ""
+        return super().prepare_value(value)
+
     def bound_data(self, data: Any, initial: Any) -> Any:
         # A refused form shows the schema exactly as typed (indentation included), and never
         # re-parses what to_python turned into an error.
@@ -340,8 +384,8 @@ class SignalForm(forms.ModelForm):
     new_schema = SchemaJSONField(
         required=False,
         label="Add schema version",
-        help_text="A JSON Schema (draft 2020-12) for `data`. Saved as the next version; "
-        "existing versions never change.",
+        help_text="A JSON Schema (draft 2020-12) for the events' <code>data</code>. Saved as the "
+        "next version; existing versions never change.",
         widget=forms.Textarea(attrs={"rows": 8, "cols": 80, "style": "font-family: monospace"}),
     )
 
@@ -349,17 +393,44 @@ class SignalForm(forms.ModelForm):
         model = Signal
         fields = ("organization", "slug", *SIGNAL_SETTINGS)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The model field is a PositiveIntegerField (0 allowed); the service and the database
+        # want at least 1. Checked on the field, so the error is shown beside it.
+        limit = self.fields.get("rate_limit_per_minute")
+        if isinstance(limit, forms.IntegerField):
+            limit.min_value = 1
+            limit.validators.append(MinValueValidator(1))
+            limit.widget.attrs["min"] = "1"
+
     def clean(self) -> dict[str, Any]:
         # The services' own checks, run here so that a problem is a form error next to the
-        # form rather than an exception at save time.
+        # form rather than an exception at save time. A problem with one field is put on that
+        # field: ModelForm then also leaves out the database constraints on it
+        # (signal_metric_has_aggregation_and_period...), whose messages would repeat it at the
+        # top of the form.
         cleaned = super().clean() or {}
+        if cleaned.get("type") == SignalType.METRIC:
+            missing = {
+                "aggregation": "A metric signal needs an aggregation.",
+                "period": "A metric signal needs a period.",
+            }
+            for name, message in missing.items():
+                if not cleaned.get(name) and not self.has_error(name):
+                    self.add_error(name, message)
+        elif cleaned.get("type"):
+            # admin.js disables these for other types; a form posted without it still says where.
+            for name in ("aggregation", "period", "value_field"):
+                if cleaned.get(name):
+                    self.add_error(name, "Applies to metric signals only.")
         settings = {name: cleaned.get(name) for name in SIGNAL_SETTINGS if name in cleaned}
         if "type" not in settings:
             return cleaned  # the field's own error is shown already
-        try:
-            services.signal_settings_check(settings)
-        except ApplicationError as exc:
-            raise forms.ValidationError(exc.message) from exc
+        if not any(self.has_error(name) for name in SIGNAL_SETTINGS):
+            try:
+                services.signal_settings_check(settings)
+            except ApplicationError as exc:
+                raise forms.ValidationError(exc.message) from exc
         if cleaned.get("slug"):
             try:
                 services.signal_slug_check(cleaned["slug"])
@@ -441,17 +512,18 @@ def _diff_line_class(line: str) -> str:
 @admin.register(Signal)
 class SignalAdmin(OrganizationScopedAdmin):
     form = SignalForm
+    # Chosen to fit 1400 px with the sidebar and the filters open: the name under the slug
+    # (cut short), no signal ID (on the signal's page, and searchable).
     list_display = (
-        "slug",
-        "name",
+        "signal",
         "organization",
         "type",
         "latest_schema",
         "events_24h",
         "last_event",
         "active",
-        "public_id",
     )
+    list_display_links = ("signal",)
     list_filter = ("type", "active", "organization")
     list_select_related = ("organization",)
     search_fields = ("slug", "name", "public_id")
@@ -496,7 +568,7 @@ class SignalAdmin(OrganizationScopedAdmin):
 
     class Media:
         js = ("signals_app/admin.js",)
-        css = {"all": ("signals_app/admin.css",)}
+        css = SIGNALS_ADMIN_CSS
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
@@ -530,6 +602,12 @@ class SignalAdmin(OrganizationScopedAdmin):
             )
         )
 
+    @admin.display(description="Signal", ordering="slug")
+    def signal(self, obj: Signal) -> str:
+        return format_html(
+            '{}<span class="bigmind-quiet">{}</span>', obj.slug, _clipped(obj.name, 80)
+        )
+
     @admin.display(description="Latest schema", ordering="latest_version_number")
     def latest_schema(self, obj: Signal) -> str | None:
         number = getattr(obj, "latest_version_number", None)
@@ -543,8 +621,11 @@ class SignalAdmin(OrganizationScopedAdmin):
         return f"{RECENT_EVENTS_CAP:,}+" if count > RECENT_EVENTS_CAP else f"{count:,}"
 
     @admin.display(description="Last event", ordering="last_event_received_at")
-    def last_event(self, obj: Signal) -> Any:
-        return getattr(obj, "last_event_received_at", None)
+    def last_event(self, obj: Signal) -> str | None:
+        # Written here rather than left to Django: a read-only field shows a method's value
+        # with str(), which for a datetime is 2026-12-02 20:00:36.339410+00:00.
+        received_at = getattr(obj, "last_event_received_at", None)
+        return datetime_display(received_at) if received_at else None
 
     def get_urls(self) -> list[Any]:
         view = self.admin_site.admin_view
@@ -676,14 +757,94 @@ class SignalAdmin(OrganizationScopedAdmin):
         obj.__dict__.update(saved.__dict__)
 
 
+class ApiKeyStatusFilter(admin.SimpleListFilter):
+    """Active or revoked, rather than Django's "By revoked: Empty / Not empty"."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("active", "Active"), ("revoked", "Revoked")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+
+# A key created but not yet shown is split in two between the add form's POST and the page it
+# redirects to: the key XORed with a one-time pad in the session ({api key pk: sealed}), and the
+# pad in a cookie only that page receives. Neither half alone tells anything of the key, so the
+# database (where sessions are) never holds it, even if the page is never visited. The page
+# takes both out as it shows the key.
+NEW_API_KEYS_SESSION_KEY = "bigmind_new_api_keys"
+NEW_API_KEY_PAD_COOKIE = "bigmind_new_api_key_pad"
+NEW_API_KEY_PAD_MAX_AGE = 10 * 60
+
+
+def _seal(raw: str) -> tuple[str, str]:
+    """(sealed, pad): `raw` XOR a random pad of its length, and the pad, both base64."""
+    data = raw.encode("utf-8")
+    pad = secrets.token_bytes(len(data))
+    sealed = bytes(a ^ b for a, b in zip(data, pad, strict=True))
+    return base64.urlsafe_b64encode(sealed).decode(), base64.urlsafe_b64encode(pad).decode()
+
+
+def _unseal(sealed: str, pad: str) -> str | None:
+    try:
+        data = base64.urlsafe_b64decode(sealed)
+        key = base64.urlsafe_b64decode(pad)
+    except (binascii.Error, ValueError):
+        return None
+    if len(data) != len(key):
+        return None
+    try:
+        return bytes(a ^ b for a, b in zip(data, key, strict=True)).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(OrganizationScopedAdmin):
-    list_display = ("prefix", "name", "organization", "created_at", "last_used_at", "revoked_at")
-    list_filter = ("organization", ("revoked_at", admin.EmptyFieldListFilter))
+    list_display = ("prefix", "short_name", "organization", "status", "created_at", "last_used_at")
+    list_filter = ("organization", ApiKeyStatusFilter)
     search_fields = ("prefix", "name")
     fields = ("organization", "name", "prefix", "created_at", "last_used_at", "revoked_at")
     readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
     actions = ("revoke_keys",)
+
+    class Media:
+        css = SIGNALS_ADMIN_CSS
+
+    @admin.display(description="Name", ordering="name")
+    def short_name(self, obj: ApiKey) -> str:
+        return _clipped(obj.name)
+
+    @admin.display(description="Status", ordering="revoked_at")
+    def status(self, obj: ApiKey) -> str:
+        if obj.revoked_at is None:
+            return "Active"
+        return format_html(
+            '<span title="Revoked {}">Revoked</span>', datetime_display(obj.revoked_at)
+        )
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "<path:object_id>/created/",
+                view(self.created_view),
+                name="signals_app_apikey_created",
+            ),
+            path(
+                "<path:object_id>/revoke/",
+                view(self.revoke_view),
+                name="signals_app_apikey_revoke",
+            ),
+            *super().get_urls(),
+        ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         return (*self.readonly_fields, "organization") if obj else self.readonly_fields
@@ -696,8 +857,6 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
         api_key, raw = services.api_key_create(organization=organization, name=obj.name)
         obj.pk = api_key.pk
         obj.__dict__.update(api_key.__dict__)
-        # Kept on the request only, so the response can show it once; never in the session,
-        # a message or a log.
         request._bigmind_new_key = raw  # type: ignore[attr-defined]
 
     def response_add(
@@ -706,30 +865,99 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
         raw = getattr(request, "_bigmind_new_key", None)
         if raw is None:
             return super().response_add(request, obj, post_url_continue)
+        # POST/redirect/GET: a reload of the page that shows the key must not post the form
+        # again (a second key). The key waits for that one page sealed in the session, its pad
+        # in a cookie for that page only (NEW_API_KEYS_SESSION_KEY); never in a message, a URL
+        # or a log.
+        sealed, pad = _seal(raw)
+        pending = dict(request.session.get(NEW_API_KEYS_SESSION_KEY) or {})
+        pending[str(obj.pk)] = sealed
+        request.session[NEW_API_KEYS_SESSION_KEY] = pending
+        url = reverse("admin:signals_app_apikey_created", args=[obj.pk])
+        response = HttpResponseRedirect(url)
+        response.set_cookie(
+            NEW_API_KEY_PAD_COOKIE,
+            pad,
+            max_age=NEW_API_KEY_PAD_MAX_AGE,
+            path=url,
+            secure=settings.SESSION_COOKIE_SECURE,
+            httponly=True,
+            samesite="Strict",
+        )
+        return response
+
+    def created_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The new key, shown once; shown again (a reload, the back button) it is gone."""
+        api_key = self.get_object(request, unquote(object_id))
+        if not self.has_view_permission(request, api_key):
+            raise PermissionDenied
+        pending = dict(request.session.get(NEW_API_KEYS_SESSION_KEY) or {})
+        sealed = pending.pop(str(api_key.pk), None)
+        pad = request.COOKIES.get(NEW_API_KEY_PAD_COOKIE)
+        raw = _unseal(sealed, pad) if sealed and pad else None
+        if sealed is not None:
+            if pending:
+                request.session[NEW_API_KEYS_SESSION_KEY] = pending
+            else:
+                del request.session[NEW_API_KEYS_SESSION_KEY]
         context = {
             **self.admin_site.each_context(request),
-            "title": "API key created",
-            "api_key": obj,
+            "title": "API key created" if raw else "API key",
+            "subtitle": None,
+            "api_key": api_key,
             "raw_key": raw,
-            "opts": self.model._meta,
+            "opts": self.opts,
+            "has_change_permission": self.has_change_permission(request, api_key),
         }
         response = TemplateResponse(request, "admin/signals_app/apikey/created.html", context)
         response["Cache-Control"] = "no-store"
+        if pad is not None:
+            response.delete_cookie(NEW_API_KEY_PAD_COOKIE, path=request.path, samesite="Strict")
         return response
 
-    @admin.action(description="Revoke selected API keys")
+    def revoke_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The change page's Revoke button: a confirmation page, and the revocation on its POST."""
+        api_key = self.get_object(request, unquote(object_id))
+        if not self.has_change_permission(request, api_key):
+            raise PermissionDenied
+        change_url = reverse("admin:signals_app_apikey_change", args=[api_key.pk])
+        if request.method == "POST" and request.POST.get("post") == "yes":
+            if api_key.revoked_at is None:
+                services.api_key_revoke(api_key=api_key)
+                self.log_change(request, api_key, "Revoked.")
+                self.message_user(request, f"Revoked the API key {api_key}.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"The API key {api_key} was revoked already.")
+            return HttpResponseRedirect(change_url)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Revoke this API key?",
+            "subtitle": None,
+            "opts": self.opts,
+            "api_keys": [api_key] if api_key.revoked_at is None else [],
+            "single": api_key,
+            "cancel_url": change_url,
+        }
+        return TemplateResponse(
+            request, "admin/signals_app/apikey/revoke_confirmation.html", context
+        )
+
+    # "change", as the Revoke button: without it anyone who may only view keys could revoke them.
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
         # Like Django's delete_selected: a page listing the keys first, and the revocation
         # only when that page's form comes back with post=yes. `queryset` is already cut to
         # the user's organization, so a forged selection cannot reach another's keys.
         if request.POST.get("post") != "yes":
+            api_keys = list(queryset.select_related("organization").order_by("-created_at"))
             context = {
                 **self.admin_site.each_context(request),
-                "title": "Revoke API keys?",
+                "title": ngettext("Revoke this API key?", "Revoke these API keys?", len(api_keys)),
                 "subtitle": None,
                 "opts": self.opts,
-                "api_keys": list(queryset.select_related("organization").order_by("-created_at")),
+                "api_keys": api_keys,
                 "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+                "cancel_url": reverse("admin:signals_app_apikey_changelist"),
             }
             return TemplateResponse(
                 request, "admin/signals_app/apikey/revoke_confirmation.html", context
@@ -737,8 +965,10 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
         count = 0
         for api_key in queryset.filter(revoked_at__isnull=True):
             services.api_key_revoke(api_key=api_key)
+            self.log_change(request, api_key, "Revoked.")
             count += 1
-        self.message_user(request, f"Revoked {count} API key(s).", messages.SUCCESS)
+        message = ngettext("Revoked %(count)d API key.", "Revoked %(count)d API keys.", count)
+        self.message_user(request, message % {"count": count}, messages.SUCCESS)
         return None
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:

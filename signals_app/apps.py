@@ -5,4 +5,4 @@ from django.apps import AppConfig
 
 class SignalsAppConfig(AppConfig):
     name = "signals_app"
-    verbose_name = "Signals (control plane)"
+    verbose_name = "Signals"

@@ -50,13 +50,13 @@ class Compatibility(models.TextChoices):
 class Signal(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="signals")
     # `sig_` + 8 base62 characters; what the API shows as `signal_id`.
-    public_id = models.CharField(max_length=12, unique=True, editable=False)
+    public_id = models.CharField("signal ID", max_length=12, unique=True, editable=False)
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100)
     type = models.CharField(max_length=10, choices=SignalType.choices)
     description = models.TextField(blank=True)
     ai_instructions = models.TextField(
-        blank=True, help_text="Free text telling the AI how to read this signal."
+        "AI instructions", blank=True, help_text="Free text telling the AI how to read this signal."
     )
     active = models.BooleanField(default=True)
     rate_limit_per_minute = models.PositiveIntegerField(
@@ -70,7 +70,11 @@ class Signal(models.Model):
     # Metric signals only.
     aggregation = models.CharField(max_length=10, choices=Aggregation.choices, blank=True)
     period = models.CharField(max_length=10, choices=Period.choices, blank=True)
-    value_field = models.CharField(max_length=100, blank=True)
+    value_field = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="The property of the event's data that holds the number; value when left empty.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -81,16 +85,20 @@ class Signal(models.Model):
                 fields=["organization", "slug"], name="signal_slug_unique_in_org"
             ),
             models.CheckConstraint(
-                condition=Q(type__in=SignalType.values), name="signal_type_valid"
+                condition=Q(type__in=SignalType.values),
+                name="signal_type_valid",
+                violation_error_message="Choose a signal type: event, metric or state.",
             ),
             models.CheckConstraint(
                 condition=~Q(type=SignalType.METRIC)
                 | (Q(aggregation__in=Aggregation.values) & Q(period__in=Period.values)),
                 name="signal_metric_has_aggregation_and_period",
+                violation_error_message="A metric signal needs an aggregation and a period.",
             ),
             models.CheckConstraint(
                 condition=Q(rate_limit_per_minute__isnull=True) | Q(rate_limit_per_minute__gt=0),
                 name="signal_rate_limit_positive",
+                violation_error_message="The rate limit must be at least 1 per minute.",
             ),
         ]
 
@@ -110,7 +118,11 @@ class SchemaVersion(models.Model):
         ordering = ["signal", "-version"]
         constraints = [
             models.UniqueConstraint(fields=["signal", "version"], name="schema_version_unique"),
-            models.CheckConstraint(condition=Q(version__gte=1), name="schema_version_positive"),
+            models.CheckConstraint(
+                condition=Q(version__gte=1),
+                name="schema_version_positive",
+                violation_error_message="Schema versions are numbered from 1.",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -127,8 +139,8 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=16, db_index=True, editable=False)
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
-    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
-    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField("last used", null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField("revoked", null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]

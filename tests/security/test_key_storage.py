@@ -137,8 +137,13 @@ def exercise_every_key_path(admin: Client) -> list[str]:
 
     acme = Organization.objects.get(slug="acme")
     response = admin.post("/admin/signals_app/apikey/add/", {"organization": acme.pk, "name": "ui"})
+    assert response.status_code == 302, response.content[:500]
+    # Between the POST and the page it redirects to, the key is in no store in any form.
+    pending = sessions_dump(admin)
+    response = admin.get(response["Location"])
     assert response.status_code == 200, response.content[:500]
     from_admin = re.search(r'value="(sk_[A-Za-z0-9_\-]+)"', response.content.decode()).group(1)
+    assert_absent("sessions and cookies before the key was shown", pending, [from_admin])
 
     call_command("bootstrap_demo", "--allow-production", stdout=StringIO())
     globex, _ = organization_get_or_create(slug="globex")

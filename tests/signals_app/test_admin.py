@@ -66,9 +66,9 @@ def test_a_new_schema_on_edit_becomes_the_next_version(staff: Client, org: Organ
         ({"new_schema": '{"type": "strange"}'}, "Not a valid JSON Schema"),
         ({"new_schema": '{"$ref": "https://example.com/s.json"}'}, "Only local references"),
         ({"slug": "Has Spaces"}, "slug"),
-        ({"type": "metric"}, "A metric signal needs aggregation"),
-        ({"aggregation": "sum"}, "aggregation applies to metric signals only"),
-        ({"rate_limit_per_minute": "0"}, "rate_limit_per_minute must be a positive integer"),
+        ({"type": "metric"}, "A metric signal needs an aggregation."),
+        ({"aggregation": "sum"}, "Applies to metric signals only."),
+        ({"rate_limit_per_minute": "0"}, "greater than or equal to 1"),
     ],
 )
 def test_bad_input_is_a_form_error_and_saves_nothing(
@@ -94,9 +94,12 @@ def test_a_new_api_key_is_shown_once_and_only_its_hash_is_stored(
     staff: Client, org: Organization
 ) -> None:
     response = staff.post(
-        "/admin/signals_app/apikey/add/", {"organization": org.pk, "name": "backend"}
+        "/admin/signals_app/apikey/add/",
+        {"organization": org.pk, "name": "backend"},
+        follow=True,
     )
     assert response.status_code == 200
+    assert response.redirect_chain[-1][0].endswith("/created/")  # POST/redirect/GET
     page = response.content.decode()
     raw = re.search(r'value="(sk_[A-Za-z0-9_\-]+)"', page).group(1)
     assert "shown only once" in page

@@ -202,7 +202,7 @@ def test_a_metric_signal_is_saved_with_its_settings(staff: Client, tenant: Tenan
 
 def test_a_metric_signal_needs_aggregation_and_period(staff: Client, tenant: Tenant) -> None:
     response = staff.post(ADD_URL, signal_form(tenant.organization, type="metric", period="day"))
-    assert "A metric signal needs aggregation" in response.content.decode()
+    assert form_errors(response)["aggregation"] == ["A metric signal needs an aggregation."]
     assert Signal.objects.count() == 0
 
 
@@ -333,8 +333,10 @@ def _list_rows(response: Any) -> dict[str, dict[str, str]]:
     rows: dict[str, dict[str, str]] = {}
     for row in re.findall(r"<tr>(.*?)</tr>", page, flags=re.S):
         cells = dict(re.findall(r'<t[hd] class="field-([a-z_0-9]+)[^"]*">(.*?)</t[hd]>', row, re.S))
-        if "slug" in cells:
-            slug = re.sub(r"<[^>]+>", "", cells["slug"]).strip()
+        if "signal" in cells:
+            # The slug, without the name written under it.
+            slug = re.sub(r"<[^>]+>", "", cells["signal"].split('<span class="bigmind-quiet"')[0])
+            slug = slug.strip()
             rows[slug] = {k: re.sub(r"<[^>]+>", "", v).strip() for k, v in cells.items()}
     return rows
 
