@@ -55,7 +55,7 @@ def _when(value: datetime | None) -> str:
 #   when_* a date and time as _when writes it
 #   tag_*  a short word (a status, a kind, a period)
 #   num_*  a number
-#   wide_* the list's main text (a third of the table)
+#   wide_* the list's main text (30% of the table)
 # Columns without a prefix share what is left; their text is cut with an ellipsis (CSS) and the
 # whole value is in the cell's title, shown on hover. Detail pages show every value whole.
 
@@ -71,13 +71,18 @@ def _compact_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
 
 
-def _number(value: float | int | None) -> str:
-    # 12 significant digits at most: a float sum's last bits are noise in a list.
+def _number(value: float | int | None, *, exact: bool = False) -> str:
+    """A number for a list column (at most about 14 characters: whole numbers with thousands
+    separators, two decimals, or four significant digits), or `exact` for its hover."""
     if value is None:
         return "-"
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         value = int(value)
-    return f"{value:,}" if isinstance(value, int) else f"{value:,.12g}"
+    if isinstance(value, int):
+        return f"{value:,}" if exact or abs(value) < 10**12 else f"{value:.4g}"
+    if exact:
+        return repr(value)
+    return f"{value:,.2f}" if 1 <= abs(value) < 1e9 else f"{value:.4g}"
 
 
 class DataAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
@@ -482,12 +487,12 @@ class CrmRecordAdmin(DataAdmin):
 
 @admin.register(Insight)
 class InsightAdmin(DataAdmin):
-    # The processor and its version are on the insight's page: the same for nearly every row.
+    # The kind is a filter, and the processor and its version are on the insight's page (the
+    # same for nearly every row).
     list_display = (
         "when_occurred",
         "record_column",
         "signal_column",
-        "tag_kind",
         "num_score",
         "wide_summary",
     )
@@ -509,10 +514,6 @@ class InsightAdmin(DataAdmin):
     @admin.display(description="signal")
     def signal_column(self, obj: Insight) -> SafeString:
         return _signal_column(obj)
-
-    @admin.display(description="kind", ordering="kind")
-    def tag_kind(self, obj: Insight) -> SafeString:
-        return _cut(obj.get_kind_display())
 
     @admin.display(description="score", ordering="score")
     def num_score(self, obj: Insight) -> int:
@@ -563,8 +564,9 @@ class MetricAggregateAdmin(DataAdmin):
         aggregation = obj.signal.aggregation or "sum"
         return _cut(
             _number(_bucket_value(obj, aggregation)),
-            title=f"{aggregation}; count {_number(obj.count)}, sum {_number(obj.sum)}, "
-            f"min {_number(obj.min)}, max {_number(obj.max)}",
+            title=f"{aggregation}: {_number(_bucket_value(obj, aggregation), exact=True)}; "
+            f"count {_number(obj.count, exact=True)}, sum {_number(obj.sum, exact=True)}, "
+            f"min {_number(obj.min, exact=True)}, max {_number(obj.max, exact=True)}",
         )
 
     @admin.display(description="events", ordering="count")
@@ -636,13 +638,12 @@ class _SignalSlugFilter(admin.SimpleListFilter):
 
 @admin.register(RejectedEvent)
 class RejectedEventAdmin(DataAdmin):
-    # The error is the code and message the client got; whether the body was cut is on the
-    # rejection's page, next to the body.
+    # The error is the code and message the client got. The identity, and whether the body
+    # was cut, are on the rejection's page, next to the body (search finds an identity).
     list_display = (
         "ref_id",
         "when_received",
         "signal_column",
-        "identity_column",
         "wide_error",
         "ref_replayed",
     )
@@ -691,10 +692,6 @@ class RejectedEventAdmin(DataAdmin):
     def signal_column(self, obj: RejectedEvent) -> SafeString:
         # Organization and slug, as the event list writes a signal.
         return _cut(f"{obj.organization.slug}/{obj.signal_slug or '-'}")
-
-    @admin.display(description="CRM record")
-    def identity_column(self, obj: RejectedEvent) -> SafeString:
-        return _cut(self.identity(obj))
 
     @admin.display(description="error", ordering="reason")
     def wide_error(self, obj: RejectedEvent) -> SafeString:
