@@ -289,7 +289,7 @@ class EventAdmin(DataAdmin):
             body,
         )
 
-    @admin.display(description="id", ordering="id")
+    @admin.display(description="ID", ordering="id")
     def ref_id(self, obj: Event) -> SafeString:
         return short_id(obj.pk)
 
@@ -337,7 +337,7 @@ class EventAdmin(DataAdmin):
             result = {key: value for key, value in result.items() if key != "rollup"}
         return _pretty_json(result)
 
-    @admin.display(description="rollups applied (once, reused by reprocessing)")
+    @admin.display(description="rollups applied")
     def rollup_applied(self, obj: Event) -> str:
         rollup = obj.rollup
         if rollup is None and isinstance(obj.result, dict):
@@ -680,7 +680,7 @@ class RejectedEventAdmin(DataAdmin):
             return "-"
         return f"{obj.identity_type}:{obj.identity_id}"
 
-    @admin.display(description="id", ordering="id")
+    @admin.display(description="ID", ordering="id")
     def ref_id(self, obj: RejectedEvent) -> SafeString:
         return short_id(obj.pk)
 
