@@ -272,8 +272,8 @@ class EventAdmin(DataAdmin):
             rows.insert(0, ("pending", 0, _when(obj.received_at), "received"))
         body = format_html_join(
             "\n",
-            '<tr class="transition"><td>{}</td><td>{}</td><td>{}</td>'
-            '<td style="white-space: pre-wrap">{}</td></tr>',
+            '<tr class="transition"><td>{}</td><td>{}</td><td class="bigmind-when">{}</td>'
+            '<td class="bigmind-long" style="white-space: pre-wrap">{}</td></tr>',
             rows,
         )
         note = (
