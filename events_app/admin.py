@@ -307,11 +307,11 @@ class EventAdmin(DataAdmin):
 
     @admin.display(description="status (attempts)", ordering="status")
     def tag_status(self, obj: Event) -> SafeString:
+        # "Failed (3)": three attempts; an event not yet tried shows its status alone.
+        status = obj.get_status_display()
+        label = f"{status} ({obj.attempts})" if obj.attempts else status
         return format_html(
-            '<span title="{} processing attempt(s)">{} ({})</span>',
-            obj.attempts,
-            obj.get_status_display(),
-            obj.attempts,
+            '<span title="{}: {} processing attempt(s)">{}</span>', status, obj.attempts, label
         )
 
     @admin.display(description="reference")

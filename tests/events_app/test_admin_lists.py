@@ -208,6 +208,13 @@ def test_the_other_lists_have_their_chosen_columns(staff: Client, rows: dict[str
     assert "sum: 123456789.123456" in value and "count 12,345,678" in value
 
 
+def test_an_event_not_yet_tried_shows_its_status_alone(staff: Client, tenant: Tenant) -> None:
+    store_event(tenant, tenant.signal("visit"), received_at=timezone.now())
+    _, page = _list_page(staff, Event)
+    [status] = _cells(page, "tag_status")
+    assert ">Pending<" in status and 'title="Pending: 0 processing attempt(s)"' in status
+
+
 def test_numbers_are_compact_in_lists_and_exact_on_hover() -> None:
     assert _number(12_345_678) == "12,345,678"
     assert _number(120.0) == "120"
