@@ -11,13 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Runtime packages only: requirements.txt above its "# Tests and tooling" line (pytest,
-# schemathesis, Playwright, linters are not needed to serve). A layer of its own, so a code
-# change does not reinstall them.
+# Runtime packages only: requirements.txt (pytest, schemathesis, Playwright and the linters are
+# in requirements-dev.txt, not needed to serve). A layer of its own, so a code change does not
+# reinstall them.
 COPY requirements.txt ./
-RUN sed '/^# Tests and tooling/,$d' requirements.txt > /tmp/requirements-runtime.txt \
-    && pip install -r /tmp/requirements-runtime.txt \
-    && rm /tmp/requirements-runtime.txt
+RUN pip install -r requirements.txt
 
 COPY manage.py ./
 COPY bigmind ./bigmind

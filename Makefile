@@ -4,26 +4,41 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
-STAMP := $(VENV)/.installed
+# Two installs: the runtime packages (requirements.txt) for `make run`, and on top of them the
+# test and lint tools (requirements-dev.txt) for everything else. Each stamp is redone when its
+# files change.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test install lint migrate demo bench bench-process bench-soak fault api-fuzz clean
+.PHONY: run test install install-runtime lint migrate demo bench bench-process bench-soak fault api-fuzz clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): requirements.txt | $(BIN)/python
+$(RUNTIME_STAMP): requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	@touch $(STAMP)
+	@touch $(RUNTIME_STAMP)
 
-install: $(STAMP)
+# requirements-dev.txt starts with `-r requirements.txt`: this installs the runtime too.
+$(DEV_STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@touch $(DEV_STAMP) $(RUNTIME_STAMP)
+
+install-runtime: $(RUNTIME_STAMP)
+
+install: $(DEV_STAMP)
 
 # Web server, Celery worker and Celery beat on the embedded defaults (SQLite, filesystem
 # broker, SQLite cache); Ctrl-C stops them all. Environment variables (DATABASE_URL, REDIS_URL...) still apply.
+# Only the runtime packages. `.env` gets what is missing of DJANGO_SECRET_KEY (generated once),
+# DJANGO_DEBUG and LOG_FORMAT, for manage.py run by hand later (bigmind/local_env.py).
 run: export DJANGO_DEBUG ?= true
 run: export LOG_FORMAT ?= plain
-run: install
+run: install-runtime
+	$(BIN)/python -m bigmind.local_env
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py bootstrap_demo --base-url http://$(HOST):$(PORT)
 	$(BIN)/python scripts/run_local.py --host $(HOST) --port $(PORT)

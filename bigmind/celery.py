@@ -10,7 +10,8 @@ from kombu import Exchange, Queue
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bigmind.settings")
 
 app = Celery("bigmind")
-app.config_from_object("bigmind.celery_config", namespace="CELERY")
+# The CELERY_* Django settings under Celery's own names (bigmind/celery_config.py: why).
+app.config_from_object("bigmind.celery_config")
 # Queues are declared explicitly so operators can run dedicated workers per queue
 # (`celery -A bigmind worker -Q events.process`).
 app.conf.task_queues = (

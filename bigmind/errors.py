@@ -11,8 +11,11 @@ import json
 import logging
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
@@ -135,7 +138,9 @@ def json_bytes(data: Any) -> bytes:
 
 
 def json_response(data: Any, *, status: int, headers: dict[str, str] | None = None) -> HttpResponse:
-    response = HttpResponse(json_bytes(data), status=status, content_type="application/json")
+    body = json_bytes(data)
+    response = HttpResponse(body, status=status, content_type="application/json")
+    response["Content-Length"] = str(len(body))
     for name, value in (headers or {}).items():
         response[name] = value
     return response
@@ -166,14 +171,88 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return response
 
 
-# Django-level handlers, so even a URL that matches no view answers in the envelope.
-def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return JsonResponse(error_envelope(f"Not found: {request.path}", code="not_found"), status=404)
+# Django-level handlers, so even a URL that matches no view answers in the envelope. Compact
+# JSON with a Content-Length (json_response), like every other answer of the API: an error
+# raised before CommonMiddleware (DisallowedHost) never gets one added.
+API_PREFIX = "/v1/"
 
 
-def handler500(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(error_envelope("Internal server error", code="internal_error"), status=500)
+def is_api_path(request: HttpRequest) -> bool:
+    path = request.path_info
+    return path.startswith(API_PREFIX) or path == API_PREFIX.rstrip("/")
 
 
-def handler400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return JsonResponse(error_envelope("Bad request", code="bad_request"), status=400)
+def _not_found_message(request: HttpRequest) -> str:
+    path = request.path
+    if path.endswith("/") and len(path) > 1:
+        # /v1/events/ or /v1/events/batch/: the route exists without the slash. Say so; a
+        # redirect would lose a POST's body (and APPEND_SLASH adds slashes, not removes them).
+        from django.urls import Resolver404, resolve
+
+        bare = path.rstrip("/")
+        try:
+            match = resolve(request.path_info.rstrip("/"))
+        except Resolver404:
+            match = None
+        if match is not None and match.func is not handler404:
+            return f"Not found: {path} (API paths have no trailing slash: {bare})"
+    return f"Not found: {path}"
+
+
+# Exempt from CSRF: it answers every unknown /v1 path, to every method, and a POST there was
+# refused with Django's HTML "CSRF verification failed" page instead of this 404 (issue #12).
+@csrf_exempt
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return json_response(error_envelope(_not_found_message(request), code="not_found"), status=404)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    return json_response(error_envelope("Internal server error", code="internal_error"), status=500)
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's own refusals before any view: a Host not in ALLOWED_HOSTS, a body over
+    DATA_UPLOAD_MAX_MEMORY_SIZE, too many query or form fields (SuspiciousOperation)."""
+    from django.core.exceptions import (
+        DisallowedHost,
+        RequestDataTooBig,
+        TooManyFieldsSent,
+        TooManyFilesSent,
+    )
+
+    if isinstance(exception, RequestDataTooBig):
+        error: ApplicationError = PayloadTooLarge(
+            f"Request body is too large: the limit is {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes"
+        )
+    elif isinstance(exception, DisallowedHost):
+        error = BadRequest(
+            "Bad request: the Host header names no host of this service", code="invalid_host"
+        )
+    elif isinstance(exception, TooManyFieldsSent | TooManyFilesSent):
+        error = BadRequest(
+            "Bad request: too many query or form fields "
+            f"(the limit is {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS})",
+            code="too_many_fields",
+        )
+    else:
+        error = BadRequest("Bad request")
+    return json_response(error.envelope(), status=error.status_code)
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if not is_api_path(request):  # the admin and the browser pages keep Django's page
+        from django.views.defaults import permission_denied
+
+        return permission_denied(request, exception or PermissionDenied())
+    return json_response(error_envelope("Forbidden", code="forbidden"), status=403)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW. Every /v1 view is exempt (the API takes no cookie); should a
+    refusal reach a /v1 path all the same, it is in the envelope. The admin's forms keep
+    Django's page."""
+    if not is_api_path(request):
+        from django.views.csrf import csrf_failure as django_csrf_failure
+
+        return django_csrf_failure(request, reason)
+    return json_response(error_envelope("Forbidden", code="forbidden"), status=403)

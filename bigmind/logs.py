@@ -174,6 +174,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ERROR_BODY_MAX = 16 * 1024
 UNMATCHED_ROUTE = "<unmatched>"
+# Files under STATIC_URL (the admin's and the docs page's CSS, JS, images), answered by WhiteNoise
+# before URL resolution: one route label for all of them instead of `<unmatched>`.
+STATIC_ROUTE = "/static/<path:path>"
 # What the services may note for the request line (bigmind.metrics' ingest hooks).
 _NOTED = ("signal", "signal_type", "signals", "event_ids", "event_count", "rejected_items")
 
@@ -235,6 +238,7 @@ class RequestLogMiddleware:
         self.get_response = get_response
         self._observe = metrics.http_request_observe
         self._not_found = handler404
+        self._static_prefix = _static_path_prefix()
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
@@ -254,8 +258,11 @@ class RequestLogMiddleware:
         method = request_method_label(request)
         # The URL pattern that answered ("/v1/events/<path:event_id>"), never the raw path.
         match = getattr(request, "resolver_match", None)
+        static = False
         if match is None or match.func is self._not_found:
             route, url_name = UNMATCHED_ROUTE, None
+            if self._static_prefix and request.path.startswith(self._static_prefix):
+                route, static = STATIC_ROUTE, True
         else:
             route, url_name = "/" + str(match.route), match.url_name
         status = response.status_code
@@ -282,5 +289,38 @@ class RequestLogMiddleware:
         for key in _NOTED:
             if key in context:
                 line[key] = context[key]
+        # A static file served (or not modified) is logged at DEBUG: a page of the admin loads
+        # a dozen of them, which made a third of the log of an admin session (issue #12); the
+        # metrics still count them. A refused or failed one (4xx, 5xx) stays at INFO.
+        level = logging.DEBUG if static and status < 400 else logging.INFO
         # The message repeats the essentials for LOG_FORMAT=plain, which prints no extras.
-        request_logger.info("%s %s %s %.1fms", method, route, status, elapsed * 1000, extra=line)
+        request_logger.log(
+            level, "%s %s %s %.1fms", method, route, status, elapsed * 1000, extra=line
+        )
+
+
+def _static_path_prefix() -> str | None:
+    """The path under which this app serves static files ("/static/"), or None when
+    STATIC_URL is another host's (a CDN): then no request here is a static file's."""
+    from urllib.parse import urlsplit
+
+    from django.conf import settings
+
+    url = urlsplit(str(settings.STATIC_URL or ""))
+    if url.scheme or url.netloc or not url.path:
+        return None
+    return "/" + url.path.strip("/") + "/"
+
+
+class ServerRequestLineFilter(logging.Filter):
+    """Drops the request lines of Django's development server (logger `django.server`,
+    `manage.py runserver`): RequestLogMiddleware writes one line per request already, and a
+    second made every request two lines (issue #12). Its other messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # WSGIRequestHandler.log_message: "%s" %s %s with (request line, status, size).
+        return not (
+            getattr(record, "status_code", None) is not None
+            and isinstance(record.args, tuple)
+            and len(record.args) == 3
+        )

@@ -10,12 +10,32 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-env = environ.Env()
+
+
+class _Env(environ.Env):
+    """django-environ, with a value that does not parse reported as ImproperlyConfigured naming
+    its variable (manage.py prints it as one line) instead of a bare ValueError traceback."""
+
+    def get_value(
+        self,
+        var: str,
+        cast: Any = None,
+        default: Any = environ.Env.NOTSET,
+        parse_default: bool = False,
+    ) -> Any:
+        try:
+            return super().get_value(var, cast=cast, default=default, parse_default=parse_default)
+        except (ValueError, TypeError) as exc:
+            raise ImproperlyConfigured(f"{var} has an invalid value ({exc})") from exc
+
+
+env = _Env()
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
@@ -29,7 +49,9 @@ SECRET_KEY = env("DJANGO_SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off (production)."
+            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off (production). Set it in the "
+            "environment; on a development machine, `make run` once writes one to .env, which "
+            "manage.py reads (README, 'Management commands')."
         )
     SECRET_KEY = "insecure-local-development-key-do-not-use-in-production"  # noqa: S105
 
@@ -68,6 +90,10 @@ if env.bool("DJANGO_TRUST_X_FORWARDED_PROTO", default=False):
 # Full origins (https://admin.example.com) allowed to POST admin forms besides the request's
 # own host; needed when the admin is reached under another name than its Host header.
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# Django's page for the admin's forms, the envelope under /v1 (SPEC §2: never a CSRF refusal
+# page there). Every /v1 view is exempt (DRF's, and bigmind.errors.handler404 for unknown
+# paths): the API takes no cookie, so there is nothing to forge; this is for one that is not.
+CSRF_FAILURE_VIEW = "bigmind.errors.csrf_failure"
 # Django's defaults, stated so that a change is a visible decision.
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -217,6 +243,10 @@ for _sub in ("queue", "processed", "control"):
     (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # The filesystem transport ignores the host, but kombu warns "No hostname was supplied"
+    # at every connection of a URL without one (issue #12): name it.
+    if CELERY_BROKER_URL.rstrip("/") == "filesystem:":
+        CELERY_BROKER_URL = "filesystem://localhost/"
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
@@ -352,6 +382,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": [],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "bigmind.negotiation.JsonOnlyNegotiation",
     "EXCEPTION_HANDLER": "bigmind.errors.exception_handler",
+    # OPTIONS answers in the envelope too (events_app/api/metadata.py).
+    "DEFAULT_METADATA_CLASS": "events_app.api.metadata.EnvelopeMetadata",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
@@ -487,7 +519,10 @@ if LOG_FORMAT not in ("json", "plain"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "bigmind.logs.ContextFilter"}},
+    "filters": {
+        "context": {"()": "bigmind.logs.ContextFilter"},
+        "server_request_lines": {"()": "bigmind.logs.ServerRequestLineFilter"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "bigmind.logs.JsonFormatter"},
@@ -506,7 +541,13 @@ LOGGING = {
         # Django's default handlers print plain text past our formatter and e-mail ADMINS
         # reports that include the request's POST data: everything goes through ours instead.
         "django": {"handlers": [], "level": "INFO", "propagate": True},
-        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+        # runserver's own request line would repeat ours (bigmind.logs.ServerRequestLineFilter).
+        "django.server": {
+            "handlers": [],
+            "level": "INFO",
+            "propagate": True,
+            "filters": ["server_request_lines"],
+        },
         # Never the SQL with its parameters (payloads, key hashes), even with LOG_LEVEL=DEBUG.
         "django.db.backends": {"level": "INFO"},
     },

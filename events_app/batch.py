@@ -21,12 +21,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from bigmind import metrics
-from bigmind.errors import ApplicationError, BadRequest, PayloadTooLarge, RateLimited
+from bigmind.errors import ApplicationError, BadRequest, PayloadTooLarge
 from events_app.auth import ApiClient
 from events_app.backpressure import ingest_backpressure_check
 from events_app.models import Event
 from events_app.pipeline.queue import events_enqueue
-from events_app.ratelimits import RateLimitStatus, rate_limit_consume_many
+from events_app.ratelimits import RateLimitStatus, rate_limit_consume_many, rate_limited
 from events_app.rejections import Refusal, rejections_record
 from events_app.services import (
     event_request_resolve,
@@ -204,7 +204,7 @@ def events_ingest_batch(*, client: ApiClient, raw_body: bytes) -> BatchResult:
         assert item.signal is not None and item.request is not None and item.rate is not None
         try:
             if item.rate.exceeded:
-                raise RateLimited("Rate limit exceeded")
+                raise rate_limited(item.signal, item.rate)
             item.schema_version = event_schema_check(item.signal, item.request)
         except ApplicationError as exc:
             item.reject(exc)

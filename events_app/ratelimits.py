@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django_ratelimit.core import get_usage
 
+from bigmind.errors import RateLimited
 from signals_app.selectors import SignalRef
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,26 @@ class RateLimitStatus:
     @property
     def retry_after(self) -> int:
         return max(1, math.ceil(self.reset_epoch - time.time()))
+
+
+def rate_limited(signal: SignalRef, status: RateLimitStatus) -> RateLimited:
+    """The 429 of a request (or a batch item) over its signal's budget: the contract's message,
+    and `details` saying which budget, how large, and when it refills; the names follow the
+    headers (X-RateLimit-Limit, X-RateLimit-Reset, Retry-After)."""
+    retry_after = status.retry_after
+    return RateLimited(
+        "Rate limit exceeded",
+        details=[
+            {
+                "signal": signal.slug,
+                "limit": status.limit,
+                "window_seconds": WINDOW_SECONDS,
+                "reset_at": _reset_text(status.reset_epoch),
+                "retry_after": retry_after,
+            }
+        ],
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 @functools.lru_cache(maxsize=256)

@@ -21,7 +21,6 @@ from bigmind.errors import (
     BadRequest,
     Conflict,
     NotFound,
-    RateLimited,
     ServiceUnavailable,
 )
 from bigmind.logs import log_context, log_context_begin, log_context_end
@@ -31,7 +30,12 @@ from events_app.group_commit import GroupWriter, WriterTimeout
 from events_app.ids import uuid7
 from events_app.models import Event, EventStatus
 from events_app.pipeline.queue import event_enqueue, events_committed
-from events_app.ratelimits import RateLimitStatus, rate_limit_consume, rate_limit_peek
+from events_app.ratelimits import (
+    RateLimitStatus,
+    rate_limit_consume,
+    rate_limit_peek,
+    rate_limited,
+)
 from events_app.rejections import Refusal, rejections_record
 from events_app.store import NewEvent, StoredEvent, StoreOutcome, events_store
 from events_app.validation import EventRequest, event_request_parse, json_body_parse
@@ -263,7 +267,7 @@ def event_ingest(
     rate = rate_limit_consume(signal)
     try:
         if rate.exceeded:
-            raise RateLimited("Rate limit exceeded", headers={"Retry-After": str(rate.retry_after)})
+            raise rate_limited(signal, rate)
         schema_version = event_schema_check(signal, request)
         event, replayed = _event_store(
             client=client, signal=signal, request=request, schema_version=schema_version

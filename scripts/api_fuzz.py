@@ -183,6 +183,10 @@ def main() -> int:
                 python,
                 "-m",
                 "gunicorn",
+                # The deployed configuration: its worker class answers gunicorn's own refusals
+                # (an over-long URL's 414) in the envelope, as the document says.
+                "-c",
+                str(ROOT / "bigmind" / "gunicorn_conf.py"),
                 "bigmind.wsgi:application",
                 "--bind",
                 f"127.0.0.1:{port}",

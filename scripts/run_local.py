@@ -13,6 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
@@ -20,6 +23,12 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", default="8000")
     args = parser.parse_args()
+    # The local .env (`make run` writes it; bigmind/local_env.py), under the real environment:
+    # the three processes then use the secret key and settings that manage.py uses.
+    sys.path.insert(0, str(ROOT))
+    from bigmind.local_env import env_file_load
+
+    env_file_load()
     python = sys.executable
     commands = {
         "web": [

@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from bigmind.errors import ApplicationError
+from bigmind.json_path import detail_line
 from events_app.models import Event
 from signals_app import schemas, services
 from signals_app.models import ApiKey, Organization, OrganizationMembership, SchemaVersion, Signal
@@ -396,7 +397,7 @@ class SignalForm(forms.ModelForm):
                     compatibility=self.cleaned_data.get("compatibility"),
                 )
         except ApplicationError as exc:
-            reasons = [f"{d.get('path', '')}: {d.get('message', '')}" for d in exc.details or []]
+            reasons = [detail_line(d) for d in exc.details or [] if isinstance(d, dict)]
             raise forms.ValidationError([exc.message, *reasons]) from exc
         return schema
 

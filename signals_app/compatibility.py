@@ -19,13 +19,16 @@ compatible with 1 directly.
 The check is a conservative, structural proof that one schema's instances are a subset of
 another's (`_subset_problems`). It never says "compatible" when it is not; it may refuse a
 change that is in fact compatible (then the signal's mode can be set to ``none`` to add it).
-Each reason names the JSON Pointer of the schema location it is about, for example::
+Each reason names the place in the *data* it is about, in the API's JSON path notation
+(`bigmind.json_path`: `$` is `data`, `$.plan` a property, `$.tags[*]` every item of an array,
+`$.tags[0]` the first, `$.*` every property the schema does not name), and the schema keyword
+when the reason is about one (a `$ref` is followed without changing the place), for example::
 
-    #/properties/plan: type changed from string to integer
-    #: new required property 'plan' (data written with version 2 may not have it)
-    #/properties/tier/enum: value 'gold' no longer allowed
-    #: additionalProperties false now refuses properties the old schema allowed
-    #/properties/count/maximum: lowered from 100 to 50
+    $.plan: type changed from string to integer
+    $: new required property 'plan' (data written with version 2 may not have it)
+    $.tier (enum): value 'gold' no longer allowed
+    $: additionalProperties false now refuses properties the old schema allowed
+    $.count (maximum): lowered from 100 to 50
 
 What the checker reasons about (``narrow`` must be a subset of ``wide``):
 
@@ -66,6 +69,7 @@ from urllib.parse import unquote
 from jsonschema import Draft202012Validator
 
 from bigmind.errors import BadRequest
+from bigmind.json_path import ROOT, detail_line, json_path_member
 
 MODES = ("none", "backward", "forward", "full")
 # Enough to fix a schema; a huge enum cut down to one line saying how many more there were.
@@ -120,14 +124,16 @@ class SchemaIncompatible(BadRequest):
 
 @dataclass(frozen=True)
 class CompatibilityProblem:
-    path: str  # JSON Pointer (as a URI fragment) of the schema location
+    path: str  # where in the data, in the API's JSON path notation (bigmind.json_path)
     message: str
+    keyword: str = ""  # the schema keyword the reason is about, when it is about one
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        return detail_line(self.as_detail())
 
     def as_detail(self) -> dict[str, str]:
-        return {"path": self.path, "message": self.message}
+        # The keys of a schema violation's details, so that clients read both alike.
+        return {"path": self.path, "message": self.message, "keyword": self.keyword}
 
 
 def schema_compatibility_check(
@@ -142,13 +148,15 @@ def schema_compatibility_check(
     problems: list[CompatibilityProblem] = []
     try:
         if mode in ("backward", "full"):
-            problems += _Subset(old, new, narrow_is_old=True, old_label=label).check(old, new, "#")
+            problems += _Subset(old, new, narrow_is_old=True, old_label=label).check(old, new, ROOT)
         if mode in ("forward", "full"):
-            problems += _Subset(new, old, narrow_is_old=False, old_label=label).check(new, old, "#")
+            problems += _Subset(new, old, narrow_is_old=False, old_label=label).check(
+                new, old, ROOT
+            )
     except RecursionError:
         return [
             CompatibilityProblem(
-                "#",
+                ROOT,
                 "cannot prove compatibility: the schemas are nested too deeply to compare; "
                 "use compatibility none to add this version",
             )
@@ -156,7 +164,7 @@ def schema_compatibility_check(
     unique = list(dict.fromkeys(problems))  # `full` may find one change from both sides
     if len(unique) > MAX_PROBLEMS:
         rest = len(unique) - MAX_PROBLEMS + 1
-        unique = [*unique[: MAX_PROBLEMS - 1], CompatibilityProblem("#", f"... {rest} more")]
+        unique = [*unique[: MAX_PROBLEMS - 1], CompatibilityProblem(ROOT, f"... {rest} more")]
     return unique
 
 
@@ -175,7 +183,7 @@ def schema_compatibility_problems(
 def _subset_problems(
     narrow: Any,
     wide: Any,
-    path: str = "#",
+    path: str = ROOT,
     *,
     narrow_is_old: bool = True,
     old_label: str = "the previous version",
@@ -189,7 +197,7 @@ def _subset_problems(
     >>> _subset_problems({"type": "integer"}, {"type": "number"})
     []
     >>> _subset_problems({"enum": ["a", "gold"]}, {"enum": ["a"]})
-    ["#/enum: value 'gold' no longer allowed"]
+    ["$ (enum): value 'gold' no longer allowed"]
     """
     checker = _Subset(narrow, wide, narrow_is_old=narrow_is_old, old_label=old_label)
     return [str(problem) for problem in checker.check(narrow, wide, path)]
@@ -233,10 +241,6 @@ def _show_types(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(str(item) for item in value) + "]"
     return str(value)
-
-
-def _escape(name: str) -> str:
-    return name.replace("~", "~0").replace("/", "~1")
 
 
 def _number(value: Any) -> int | float | None:
@@ -330,9 +334,10 @@ class _Subset:
             return narrow_value, wide_value
         return wide_value, narrow_value
 
-    def _added_or_removed(self, path: str, what: str) -> CompatibilityProblem:
+    def _added_or_removed(self, path: str, what: str, keyword: str) -> CompatibilityProblem:
         # The wide side has a constraint the narrow side lacks: new if narrow is old.
-        return CompatibilityProblem(path, f"{what} {'added' if self.narrow_is_old else 'removed'}")
+        verb = "added" if self.narrow_is_old else "removed"
+        return CompatibilityProblem(path, f"{what} {verb}", keyword)
 
     def _cannot_prove(self, keyword: str, path: str) -> CompatibilityProblem:
         return CompatibilityProblem(
@@ -421,24 +426,17 @@ class _Subset:
     ) -> list[CompatibilityProblem] | None:
         """A schema that is only `{"$ref": ...}` means its target: compare the targets."""
         narrow_target, wide_target = narrow, wide
-        new_path = path
         if _asserting_keys(narrow) == {"$ref"} and isinstance(narrow["$ref"], str):
             narrow_target = _resolve(self.narrow_root, narrow["$ref"])
-            if not self.narrow_is_old:
-                new_path = narrow["$ref"]
         if _asserting_keys(wide) == {"$ref"} and isinstance(wide["$ref"], str):
             wide_target = _resolve(self.wide_root, wide["$ref"])
-            if self.narrow_is_old:
-                new_path = wide["$ref"]
         if narrow_target is narrow and wide_target is wide:
             return None
         if narrow_target is _MISSING or wide_target is _MISSING:
             return [self._cannot_prove("$ref", path)]
-        return self._through_ref(narrow_target, wide_target, new_path, path)
+        return self._through_ref(narrow_target, wide_target, path)
 
-    def _through_ref(
-        self, narrow: Any, wide: Any, new_path: str, path: str
-    ) -> list[CompatibilityProblem]:
+    def _through_ref(self, narrow: Any, wide: Any, path: str) -> list[CompatibilityProblem]:
         key = (id(narrow), id(wide))
         if key in self._following:
             if self._following[key] < self._depth:
@@ -446,7 +444,8 @@ class _Subset:
             return [self._cannot_prove("$ref", path)]
         self._following[key] = self._depth
         try:
-            return self.check(narrow, wide, new_path)
+            # A reference does not move in the data: reasons name the place that uses it.
+            return self.check(narrow, wide, path)
         finally:
             del self._following[key]
 
@@ -473,8 +472,7 @@ class _Subset:
         if narrow_target is _MISSING or wide_target is _MISSING:
             return [self._cannot_prove("$ref", path)]
         # The narrow side is inside its target, so target ⊆ target proves this keyword.
-        new_path = wide_ref if self.narrow_is_old else narrow_ref
-        return self._through_ref(narrow_target, wide_target, new_path, path)
+        return self._through_ref(narrow_target, wide_target, path)
 
     # --- finite value sets
     def _finite_values(self, narrow: dict[str, Any]) -> list[Any] | None:
@@ -499,9 +497,7 @@ class _Subset:
     def _values_problems(
         self, narrow: dict[str, Any], wide: dict[str, Any], values: list[Any], path: str
     ) -> list[CompatibilityProblem]:
-        where = (
-            f"{path}/const" if "const" in narrow else f"{path}/enum" if "enum" in narrow else path
-        )
+        keyword = "const" if "const" in narrow else "enum" if "enum" in narrow else ""
         problems = []
         for value in values:
             if self._valid(self._wide_validator, wide, value):
@@ -510,20 +506,18 @@ class _Subset:
                 message = f"value {_show(value)} no longer allowed"
             else:
                 message = f"value {_show(value)} now allowed, but {self.old_label} refuses it"
-            problems.append(CompatibilityProblem(where, message))
+            problems.append(CompatibilityProblem(path, message, keyword))
         return problems
 
     def _const_enum_problems(self, wide: dict[str, Any], path: str) -> list[CompatibilityProblem]:
         # The narrow side is not a finite set here, so a finite wide side cannot hold it all.
         problems = []
         if "const" in wide:
-            problems.append(
-                self._added_or_removed(f"{path}/const", f"const {_show(wide['const'])}")
-            )
+            problems.append(self._added_or_removed(path, f"const {_show(wide['const'])}", "const"))
         if "enum" in wide:
             shown = ", ".join(_show(value) for value in wide["enum"][:10])
             more = ", ..." if len(wide["enum"]) > 10 else ""
-            problems.append(self._added_or_removed(f"{path}/enum", f"enum [{shown}{more}]"))
+            problems.append(self._added_or_removed(path, f"enum [{shown}{more}]", "enum"))
         return problems
 
     # --- type
@@ -586,17 +580,16 @@ class _Subset:
     def _bound_problem(
         self, path: str, keyword: str, partner: str, narrow: dict[str, Any], bound: Any
     ) -> CompatibilityProblem:
-        where = f"{path}/{keyword}"
         same = _number(narrow.get(keyword))
         if same is not None:
             old, new = self._old_new(same, bound)
             verb = "raised" if new > old else "lowered"
-            return CompatibilityProblem(where, f"{verb} from {_show(old)} to {_show(new)}")
+            return CompatibilityProblem(path, f"{verb} from {_show(old)} to {_show(new)}", keyword)
         other = _number(narrow.get(partner))
         if other is not None:
             old, new = self._old_new(f"{partner} {_show(other)}", f"{keyword} {_show(bound)}")
-            return CompatibilityProblem(where, f"changed from {old} to {new}")
-        return self._added_or_removed(where, f"{keyword} {_show(bound)}")
+            return CompatibilityProblem(path, f"changed from {old} to {new}", keyword)
+        return self._added_or_removed(path, f"{keyword} {_show(bound)}", keyword)
 
     def _multiple_of_problems(
         self, narrow: dict[str, Any], wide: dict[str, Any], path: str, *, integers_only: bool
@@ -616,11 +609,11 @@ class _Subset:
                 return []
             if exact_mine is not None and exact_mine % exact_divisor == 0:
                 return []
-        where = f"{path}/multipleOf"
         if _number(mine) is not None:
             old, new = self._old_new(mine, divisor)
-            return [CompatibilityProblem(where, f"changed from {_show(old)} to {_show(new)}")]
-        return [self._added_or_removed(where, f"multipleOf {_show(divisor)}")]
+            message = f"changed from {_show(old)} to {_show(new)}"
+            return [CompatibilityProblem(path, message, "multipleOf")]
+        return [self._added_or_removed(path, f"multipleOf {_show(divisor)}", "multipleOf")]
 
     # --- sizes (minLength, maxItems...)
     def _size_problems(
@@ -635,13 +628,12 @@ class _Subset:
             mine = 0 if declared is None and is_lower else declared
             if mine is not None and (mine >= bound if is_lower else mine <= bound):
                 continue
-            where = f"{path}/{keyword}"
             if declared is not None:
                 old, new = self._old_new(declared, bound)
                 verb = "raised" if new > old else "lowered"
-                problems.append(CompatibilityProblem(where, f"{verb} from {old} to {new}"))
+                problems.append(CompatibilityProblem(path, f"{verb} from {old} to {new}", keyword))
             else:
-                problems.append(self._added_or_removed(where, f"{keyword} {_show(bound)}"))
+                problems.append(self._added_or_removed(path, f"{keyword} {_show(bound)}", keyword))
         return problems
 
     # --- strings
@@ -663,11 +655,11 @@ class _Subset:
     ) -> list[CompatibilityProblem]:
         if keyword not in wide or _json_equal(narrow.get(keyword), wide[keyword]):
             return []
-        where = f"{path}/{keyword}"
         if keyword in narrow:
             old, new = self._old_new(narrow[keyword], wide[keyword])
-            return [CompatibilityProblem(where, f"changed from {_show(old)} to {_show(new)}")]
-        return [self._added_or_removed(where, f"{keyword} {_show(wide[keyword])}")]
+            message = f"changed from {_show(old)} to {_show(new)}"
+            return [CompatibilityProblem(path, message, keyword)]
+        return [self._added_or_removed(path, f"{keyword} {_show(wide[keyword])}", keyword)]
 
     # --- arrays
     def _array_problems(
@@ -677,7 +669,7 @@ class _Subset:
         if wide.get("uniqueItems") is True and narrow.get("uniqueItems") is not True:
             max_items = _number(narrow.get("maxItems"))
             if max_items is None or max_items > 1:
-                problems.append(self._added_or_removed(f"{path}/uniqueItems", "uniqueItems"))
+                problems.append(self._added_or_removed(path, "uniqueItems", "uniqueItems"))
         narrow_prefix = narrow.get("prefixItems") or []
         wide_prefix = wide.get("prefixItems") or []
         narrow_rest = narrow.get("items", True)
@@ -690,11 +682,11 @@ class _Subset:
             if mine is False:
                 return problems
             if index < len(wide_prefix):
-                problems += self._child(mine, wide_prefix[index], f"{path}/prefixItems/{index}")
+                problems += self._child(mine, wide_prefix[index], f"{path}[{index}]")
             else:
-                problems += self._child(mine, wide_rest, f"{path}/items")
+                problems += self._child(mine, wide_rest, f"{path}[{index}]")
         if max_items is None or max_items > max(len(narrow_prefix), len(wide_prefix)):
-            problems += self._child(narrow_rest, wide_rest, f"{path}/items")
+            problems += self._child(narrow_rest, wide_rest, f"{path}[*]")
         return list(dict.fromkeys(problems))
 
     # --- objects
@@ -749,9 +741,7 @@ class _Subset:
                     f"{shown} no longer required when {name!r} is present "
                     f"({self.old_label} requires it)"
                 )
-            problems.append(
-                CompatibilityProblem(f"{path}/dependentRequired/{_escape(name)}", message)
-            )
+            problems.append(CompatibilityProblem(path, message, "dependentRequired"))
         return problems
 
     def _property_schema(self, narrow: dict[str, Any], name: str) -> Any:
@@ -773,7 +763,7 @@ class _Subset:
         narrow_properties = narrow.get("properties") or {}
         problems = []
         for name, wide_schema in (wide.get("properties") or {}).items():
-            where = f"{path}/properties/{_escape(name)}"
+            where = json_path_member(path, name)
             mine = self._property_schema(narrow, name)
             if name not in narrow_properties and _asserts_nothing(mine):
                 if _asserts_nothing(wide_schema):
@@ -808,7 +798,7 @@ class _Subset:
                 continue
             if any(_pattern_matches(pattern, name) for pattern in wide_patterns):
                 continue  # governed by patternProperties, which must be unchanged
-            where = f"{path}/properties/{_escape(name)}"
+            where = json_path_member(path, name)
             if wide_additional is False:
                 if self.narrow_is_old:
                     message = (
@@ -841,9 +831,7 @@ class _Subset:
                 )
             problems.append(CompatibilityProblem(path, message))
         else:
-            problems += self._child(
-                narrow_additional, wide_additional, f"{path}/additionalProperties"
-            )
+            problems += self._child(narrow_additional, wide_additional, f"{path}.*")
         return problems
 
     # --- everything else

@@ -16,6 +16,7 @@ from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from bigmind.errors import BadRequest
+from bigmind.json_path import json_path
 from events_app.validation import InvalidJson, json_body_parse
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
@@ -72,9 +73,9 @@ def schema_check(schema: Any) -> None:
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+        # A place in the schema document, written like every other JSON location we show.
         raise SchemaInvalid(
-            f"Not a valid JSON Schema (draft 2020-12) at ${path}: {exc.message}"
+            f"Not a valid JSON Schema (draft 2020-12) at {json_path(exc.path)}: {exc.message}"
         ) from exc
     # Remote references would be fetched (or fail) at validation time, on the ingest path.
     if _has_nested_id(schema):

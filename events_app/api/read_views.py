@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from bigmind.api_time import iso_utc, iso_utc_text
 from bigmind.errors import BadRequest
 from events_app.api import schema
 from events_app.api.views import EventIngestApi
@@ -40,9 +41,24 @@ _FILTER_MAX_LENGTHS = {
 
 
 def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return iso_utc(value)
+
+
+def event_result_data(result: Any) -> Any:
+    """An event's stored `result`, with its date-times in the API's `Z` form.
+
+    Since issue #12 the pipeline writes them so (`bigmind.api_time.iso_utc`); results stored
+    before it hold `+00:00`. Only the places the pipeline writes a date-time are rewritten
+    (`rollup.metric.bucket_start`), never a string a processor or a client wrote elsewhere."""
+    if not isinstance(result, dict):
+        return result
+    rollup = result.get("rollup")
+    metric = rollup.get("metric") if isinstance(rollup, dict) else None
+    if not isinstance(metric, dict) or not isinstance(metric.get("bucket_start"), str):
+        return result
+    assert isinstance(rollup, dict)
+    metric = {**metric, "bucket_start": iso_utc_text(metric["bucket_start"])}
+    return {**result, "rollup": {**rollup, "metric": metric}}
 
 
 def _invalid(message: str) -> BadRequest:
@@ -65,7 +81,7 @@ def event_full_data(event: Event) -> dict[str, Any]:
         "status": event.status,
         "attempts": event.attempts,
         "last_error": event.last_error or None,
-        "result": event.result,
+        "result": event_result_data(event.result),
         "processed_at": _iso(event.processed_at),
     }
 

@@ -56,7 +56,48 @@ COMPONENTS: dict[str, Schema] = {
             "success": {"type": "boolean", "enum": [False]},
             "error": _string("What went wrong, in a sentence.", example="signal is required"),
             "code": _string("A stable machine-readable word.", example="signal_required"),
-            "details": {"type": "array", "items": ref("SchemaViolation")},
+            "details": ref("ErrorDetails"),
+        },
+    },
+    "ErrorDetails": {
+        "type": "array",
+        "description": (
+            "Each violation of a `schema_validation_failed`; the budget that refused a "
+            "`rate_limited` (one item)."
+        ),
+        "items": {"oneOf": [ref("SchemaViolation"), ref("RateLimitExceeded")]},
+    },
+    "RateLimitExceeded": {
+        "type": "object",
+        "description": (
+            "Which budget refused a 429 and when it refills; the same values as the "
+            "`X-RateLimit-Limit`, `X-RateLimit-Reset` and `Retry-After` headers."
+        ),
+        "required": ["signal", "limit", "window_seconds", "reset_at", "retry_after"],
+        "properties": {
+            "signal": _string("The signal's slug.", example="visited-documentation-page"),
+            "limit": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Requests per window.",
+                "example": 100,
+            },
+            "window_seconds": {
+                "type": "integer",
+                "enum": [60],
+                "description": "The window's length.",
+            },
+            "reset_at": _string(
+                "UTC time the window resets (as `X-RateLimit-Reset`).",
+                format="date-time",
+                example="2026-12-04T16:01:00Z",
+            ),
+            "retry_after": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Seconds until then (as `Retry-After`).",
+                "example": 12,
+            },
         },
     },
     "SchemaViolation": {
@@ -193,7 +234,7 @@ COMPONENTS: dict[str, Schema] = {
                 "description": "The status the item would have had sent alone.",
                 "enum": [400, 404, 409, 413, 429],
             },
-            "details": {"type": "array", "items": ref("SchemaViolation")},
+            "details": ref("ErrorDetails"),
         },
     },
     "EventBatchItem": {
@@ -505,7 +546,7 @@ def _common_headers(codes: list[int]) -> list[OpenApiParameter]:
             "X-Request-ID",
             _string(pattern=_REQUEST_ID_PATTERN),
             "The client's X-Request-ID when it was sane, otherwise a new id.",
-            codes=codes,
+            codes=[*codes, URI_TOO_LONG],
             required=True,
         ),
         _response_header(
@@ -556,6 +597,37 @@ def _error(description: str, *examples: tuple[int, str, str]) -> OpenApiResponse
     )
 
 
+def _rate_limited() -> OpenApiResponse:
+    return OpenApiResponse(
+        response=ref("Error"),
+        description=(
+            "The signal's budget for this minute is spent (`rate_limited`), with `Retry-After`; "
+            "`details` names the signal, its limit, the window and when it resets."
+        ),
+        examples=[
+            OpenApiExample(
+                "rate_limited",
+                value={
+                    "success": False,
+                    "error": "Rate limit exceeded",
+                    "code": "rate_limited",
+                    "details": [
+                        {
+                            "signal": "visited-documentation-page",
+                            "limit": 100,
+                            "window_seconds": 60,
+                            "reset_at": "2026-12-04T16:01:00Z",
+                            "retry_after": 12,
+                        }
+                    ],
+                },
+                status_codes=[429],
+                response_only=True,
+            )
+        ],
+    )
+
+
 def _unauthorized() -> OpenApiResponse:
     return OpenApiResponse(
         response=ref("Error"),
@@ -566,19 +638,20 @@ def _unauthorized() -> OpenApiResponse:
     )
 
 
-# gunicorn refuses a request line over `limit_request_line` (4094 bytes by default) itself,
-# before the app sees it: an HTML page, no envelope, no X-Request-ID. The documented maximum
-# lengths of the parameters, percent-encoded, can add up to more than that.
-URI_TOO_LONG = (414, "text/html")
+# gunicorn refuses a request line over `limit_request_line` (8190 bytes in bigmind/gunicorn_conf.py)
+# itself, before the app sees it; bigmind.gunicorn_worker answers it in the envelope, with an
+# X-Request-ID of its own. The documented maximum lengths of the parameters, percent-encoded,
+# can add up to more than that.
+URI_TOO_LONG = 414
 
 
 def _uri_too_long() -> OpenApiResponse:
-    return OpenApiResponse(
-        response={"type": "string"},
-        description=(
-            "The URL is longer than the web server accepts (gunicorn's `limit_request_line`, "
-            "4094 bytes by default): answered by the server itself, as an HTML page."
-        ),
+    return _error(
+        "The URL is longer than the web server accepts (gunicorn's `limit_request_line`, 8190 "
+        "bytes in the shipped configuration): answered by the server before the app, in the "
+        "envelope (`uri_too_long`). A proxy in front may answer it first, with its own page "
+        '(docs/api.md, "Answers outside the envelope").',
+        (414, "URI Too Long: Request Line is too large (9022 > 8190)", "uri_too_long"),
     )
 
 
@@ -709,10 +782,7 @@ EVENT_INGEST: dict[str, Any] = {
         404: _error(_INGEST_404, (404, "Signal not found: no-such-signal", "signal_not_found")),
         409: _error(_INGEST_409),
         413: _too_large("`BIGMIND_EVENT_MAX_BODY_BYTES`, 1 MiB by default"),
-        429: _error(
-            "The signal's budget for this minute is spent (`rate_limited`), with `Retry-After`.",
-            (429, "Rate limit exceeded", "rate_limited"),
-        ),
+        429: _rate_limited(),
         503: _ingest_unavailable(),
         URI_TOO_LONG: _uri_too_long(),
     },

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
+from django.http import HttpResponseBase
 from django.urls import path, re_path
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import (
@@ -10,6 +12,9 @@ from drf_spectacular.views import (
     SpectacularSwaggerView,
     SpectacularYAMLAPIView,
 )
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
 
 from bigmind.errors import handler404
 from events_app.api.read_views import (
@@ -29,21 +34,41 @@ from events_app.api.views import EventBatchApi, EventValidateApi
 _SCHEMA_LOCK = threading.Lock()
 
 
-class OpenApiJsonApi(SpectacularJSONAPIView):
+class _JsonErrors:
+    """The document views render with their own renderer (YAML, the OpenAPI media type, an
+    HTML template): their errors (405, 406...) and OPTIONS would come out in it. Everything
+    but the document itself is JSON in the envelope, as on every other /v1 path (SPEC §2)."""
+
+    def finalize_response(
+        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        if isinstance(response, Response) and (
+            response.status_code >= 400 or request.method not in ("GET", "HEAD")
+        ):
+            request.accepted_renderer = JSONRenderer()
+            request.accepted_media_type = JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc,no-any-return]
+
+
+class OpenApiJsonApi(_JsonErrors, SpectacularJSONAPIView):
     @extend_schema(exclude=True)  # the document is not an operation of itself
     def get(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         with _SCHEMA_LOCK:
             return super().get(request, *args, **kwargs)
 
 
-class OpenApiYamlApi(SpectacularYAMLAPIView):
+class OpenApiYamlApi(_JsonErrors, SpectacularYAMLAPIView):
     @extend_schema(exclude=True)
     def get(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         with _SCHEMA_LOCK:
             return super().get(request, *args, **kwargs)
 
 
-urlpatterns = [
+class ApiDocsPage(_JsonErrors, SpectacularSwaggerView):
+    pass
+
+
+_ROUTES = [
     path("events", EventCollectionApi.as_view(), name="event-ingest"),
     path("events/batch", EventBatchApi.as_view(), name="event-batch"),
     path("events/validate", EventValidateApi.as_view(), name="event-validate"),
@@ -68,7 +93,17 @@ urlpatterns = [
     # The OpenAPI document and its docs page: no API key needed (SPECTACULAR_SETTINGS).
     path("openapi.json", OpenApiJsonApi.as_view(), name="openapi-json"),
     path("openapi.yaml", OpenApiYamlApi.as_view(), name="openapi-yaml"),
-    path("docs", SpectacularSwaggerView.as_view(url_name="openapi-json"), name="api-docs"),
+    path("docs", ApiDocsPage.as_view(url_name="openapi-json"), name="api-docs"),
+]
+# A route with a trailing slash is not the route: 404 `not_found`, naming the path without it
+# (bigmind.errors.handler404). First, so that `events/<path:event_id>` does not take
+# "batch/" for an event id and answer a POST to /v1/events/batch/ with 405.
+_FIXED_ROUTES = "|".join(
+    re.escape(str(route.pattern)) for route in _ROUTES if "<" not in str(route.pattern)
+)
+urlpatterns = [
+    re_path(rf"^(?:{_FIXED_ROUTES})/+$", handler404, name="trailing-slash"),
+    *_ROUTES,
     # Unknown /v1 paths answer in the envelope even with DEBUG on (Django's debug 404 is HTML).
     re_path(r"^.*$", handler404),
 ]

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from bigmind.errors import (
+    ApplicationError,
     BadRequest,
     PayloadTooLarge,
     as_application_error,
@@ -56,8 +57,16 @@ def request_body_read(request: HttpRequest | Request, *, limit: int) -> bytes:
             raise _body_incomplete()
         return raw
     if "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
-        # gunicorn hands chunked bodies to the app with no Content-Length; read one byte past
-        # the limit to tell "at the limit" from "over it".
+        # gunicorn hands chunked bodies to the app with no Content-Length, decoded, and says so
+        # with `wsgi.input_terminated`. A server that does not (runserver, wsgiref) hands over
+        # nothing: refuse that plainly, rather than calling a valid body empty (issue #12).
+        if not meta.get("wsgi.input_terminated"):
+            raise ApplicationError(
+                "This server cannot read a chunked request body; send it with Content-Length",
+                status_code=411,
+                code="length_required",
+            )
+        # Read one byte past the limit to tell "at the limit" from "over it".
         try:
             raw = meta["wsgi.input"].read(limit + 1)
         except Exception as exc:

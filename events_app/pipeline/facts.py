@@ -15,6 +15,7 @@ from uuid import UUID
 
 from django.db import connection
 
+from bigmind.api_time import iso_utc
 from events_app.models import Event, Insight, MetricAggregate, RecordState
 from events_app.pipeline import bulk
 from events_app.pipeline.processors import PermanentProcessingError
@@ -271,7 +272,7 @@ def record_states_and_insights(
             "signal": row["signal__slug"],
             "summary": row["summary"],
             "score": row["score"],
-            "occurred_at": row["occurred_at"].isoformat(),
+            "occurred_at": iso_utc(row["occurred_at"]),
         }
         for row in Insight.objects.filter(crm_record_id=crm_record_id)
         .exclude(event_id=event_id)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError
 
+from bigmind.api_time import iso_utc
 from events_app.models import InsightKind
 from events_app.pipeline import facts as F
 from events_app.pipeline.facts import Pair, StateRow
@@ -164,7 +165,7 @@ def works_fold(
                 history = F.metric_history_of([(s, lo, hi) for s, (lo, hi) in earlier.items()])
                 metric: dict[str, Any] = {
                     "period": signal.period,
-                    "bucket_start": work.bucket.isoformat(),
+                    "bucket_start": iso_utc(work.bucket),  # the API's Z form: it is in `result`
                     "value": work.value,
                     "unusual": F.metric_unusual(value=work.value, history=history),
                 }

@@ -1,9 +1,9 @@
 """Hand-written abuse cases against a real gunicorn over raw sockets.
 
 Each test sends the exact bytes of one nasty request and checks the answer: the app's JSON
-envelope with its `code` when the request reaches the app, gunicorn's own 4xx (HTML, no
-envelope) when gunicorn refuses it first (oversized request line or headers, malformed
-framing). After every test the server must still serve a normal event, no worker may have
+envelope with its `code` when the request reaches the app, and the same envelope when gunicorn
+refuses it first (oversized request line or headers, malformed framing, an unknown transfer
+coding): bigmind.gunicorn_worker answers gunicorn's refusals in it. After every test the server must still serve a normal event, no worker may have
 died, and neither the access log nor the error log may show a 5xx or a traceback.
 """
 
@@ -352,15 +352,34 @@ def test_a_body_in_another_format_is_refused_as_invalid_json(
     envelope(post(server, body, content_type=content_type), 400, "invalid_json")
 
 
-# --- Oversized request line and headers (gunicorn's own 4xx) -----------------------------------
+# --- Oversized request line and headers (gunicorn's own refusals, in the envelope) -------------
+_GUNICORN_CODES = {
+    400: "bad_request",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    501: "unsupported_transfer_coding",
+}
+
+
 def _gunicorn_refusal(answer: tuple[int, dict[str, str], bytes], status: int) -> None:
-    got, _, body = answer
-    assert got == status, (got, body[:300])
+    """Refused by gunicorn before the app, answered by bigmind.gunicorn_worker in the
+    envelope, with an X-Request-ID and a closed connection."""
+    envelope(answer, status, _GUNICORN_CODES[status])
+    _, headers, body = answer
+    assert headers["content-length"] == str(len(body))
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"]), headers
+    assert headers["connection"] == "close"
 
 
 def test_a_url_over_8_kb_is_refused_by_gunicorn_with_414(server: Gunicorn) -> None:
     path = "/v1/events?reference=" + "a" * 9000
     _gunicorn_refusal(get(server, path), 414)
+
+
+def test_an_unknown_transfer_coding_is_refused_by_gunicorn_with_501(server: Gunicorn) -> None:
+    raw = post_head(server, {"Transfer-Encoding": "br, chunked"})
+    _gunicorn_refusal(request(server.port, raw + b"0\r\n\r\n"), 501)
 
 
 def test_a_100_kb_header_is_refused_by_gunicorn_with_431(server: Gunicorn) -> None:
@@ -507,6 +526,50 @@ def test_a_broken_chunked_body_is_refused_as_incomplete(
             sock.shutdown(socket.SHUT_WR)
         answer = read_response(sock)
     envelope(answer, 400, "body_incomplete")
+
+
+# --- Every /v1 answer in the envelope, through gunicorn (tests/events_app/test_api_envelope.py
+# walks every route and method through Django's test client) -----------------------------------
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("POST", "/v1/events/", 404, "not_found"),
+        ("POST", "/v1/event", 404, "not_found"),
+        ("POST", "/v1/nope", 404, "not_found"),
+        ("POST", "/v1/events/batch/", 404, "not_found"),
+        ("DELETE", "/v1/events/validate/", 404, "not_found"),
+        ("GET", "/v1", 404, "not_found"),
+        ("PUT", "/v1/events", 405, "method_not_allowed"),
+        ("POST", "/v1/openapi.yaml", 405, "method_not_allowed"),
+    ],
+)
+def test_unknown_paths_and_methods_answer_in_the_envelope(
+    server: Gunicorn, method: str, path: str, status: int, code: str
+) -> None:
+    body = json_bytes(event_body())
+    headers = {
+        "Authorization": f"Bearer {server.raw_key}",
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+    }
+    answer = request(server.port, http_request(method, path, body, headers=headers))
+    envelope(answer, status, code)
+    assert answer[1]["content-length"] == str(len(answer[2]))
+    if status == 405:
+        assert answer[1]["allow"]
+
+
+def test_options_and_head_answer_json(server: Gunicorn) -> None:
+    auth = {"Authorization": f"Bearer {server.raw_key}"}
+    status, headers, body = request(
+        server.port, http_request("OPTIONS", "/v1/events", headers=auth)
+    )
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert json.loads(body)["data"]["methods"] == ["GET", "POST", "HEAD", "OPTIONS"]
+    for path, expected in (("/v1/signals", 200), ("/v1/nope", 404), ("/v1/events/batch", 405)):
+        status, headers, body = request(server.port, http_request("HEAD", path, headers=auth))
+        assert (status, body) == (expected, b""), path
+        assert headers["content-type"] == "application/json", path
 
 
 def test_the_signal_used_by_these_cases_exists(server: Gunicorn) -> None:

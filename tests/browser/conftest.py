@@ -36,7 +36,7 @@ TIMEOUT_MS = 15_000
 
 def _missing() -> str | None:
     if importlib.util.find_spec("playwright") is None:
-        return "the playwright package is not installed (pip install -r requirements.txt)"
+        return "the playwright package is not installed (pip install -r requirements-dev.txt)"
     if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
         return f"{CHROMIUM} is missing (apt-get install -y chromium)"
     return None

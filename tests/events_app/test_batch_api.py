@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import pytest
 
@@ -156,7 +157,22 @@ def test_each_item_spends_one_unit_of_its_own_signal(api: ApiClient, tenant: Ten
     assert response.status_code == 207
     statuses = [slot.get("status_code", 202) for slot in response.json()["data"]]
     assert statuses == [202, 202, 202, 429, 429, 202]
-    assert response.json()["data"][3]["error"] == "Rate limit exceeded"
+    refused = response.json()["data"][3]
+    assert (refused["error"], refused["code"]) == ("Rate limit exceeded", "rate_limited")
+    # The slot says which budget refused it and when it refills, as a single 429 does.
+    (details,) = refused["details"]
+    # Another unit's status than the headers' (the last of the signal): a second may tick.
+    reset_at, header = (
+        datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+        for text in (details["reset_at"], response["X-RateLimit-Reset"])
+    )
+    assert abs((reset_at - header).total_seconds()) <= 1
+    assert {key: details[key] for key in ("signal", "limit", "window_seconds")} == {
+        "signal": "small",
+        "limit": 3,
+        "window_seconds": 60,
+    }
+    assert 1 <= details["retry_after"] <= 60
     # The headers describe the most constrained signal of the batch.
     assert response["X-RateLimit-Limit"] == "3"
     assert response["X-RateLimit-Remaining"] == "0"

@@ -353,17 +353,27 @@ def test_the_budget_counts_down_and_then_answers_429(api: ApiClient, tenant: Ten
 
     refused = api.post(URL, event(signal="limited"))
     assert refused.status_code == 429
-    assert refused.json() == {
-        "success": False,
-        "error": "Rate limit exceeded",
-        "code": "rate_limited",
-    }
     assert refused["X-RateLimit-Remaining"] == "0"
     assert 1 <= int(refused["Retry-After"]) <= 60
     reset = datetime.strptime(refused["X-RateLimit-Reset"], "%Y-%m-%dT%H:%M:%SZ").replace(
         tzinfo=UTC
     )
     assert timezone.now() - timedelta(seconds=1) <= reset <= timezone.now() + timedelta(seconds=61)
+    # The contract's message, and details that agree with the headers.
+    assert refused.json() == {
+        "success": False,
+        "error": "Rate limit exceeded",
+        "code": "rate_limited",
+        "details": [
+            {
+                "signal": "limited",
+                "limit": 3,
+                "window_seconds": 60,
+                "reset_at": refused["X-RateLimit-Reset"],
+                "retry_after": int(refused["Retry-After"]),
+            }
+        ],
+    }
     assert Event.objects.count() == 3
 
 

@@ -215,7 +215,7 @@ def job(
                     "signal": "visited-pricing",
                     "summary": "Looked at pricing twice",
                     "score": 61,
-                    "occurred_at": "2026-03-09T10:00:00+00:00",
+                    "occurred_at": "2026-03-09T10:00:00Z",
                 }
             ],
         ),
@@ -255,7 +255,7 @@ def test_the_request_carries_model_key_format_signal_event_and_context(fake_ai: 
     assert user["event"] == {
         "id": "0190a000-0000-7000-8000-000000000001",
         "identity": {"type": "account", "id": "001ABC000000123"},
-        "timestamp": "2026-03-10T12:00:00+00:00",
+        "timestamp": "2026-03-10T12:00:00Z",
         "data": {"page": "/docs/quickstart", "seconds": 120},
     }
     assert user["record_context"]["signal_events_7d"] == 2

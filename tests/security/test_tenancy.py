@@ -230,6 +230,20 @@ def _catch_all_probes(victim: Org) -> list[Probe]:
     ]
 
 
+def _trailing_slash_probes(victim: Org) -> list[Probe]:
+    # A fixed route with a trailing slash (/v1/events/batch/) is a 404 whatever the body names.
+    return [
+        Probe(
+            path="/v1/events/batch/",
+            missing_path="/v1/events/batch/",
+            ident=victim.only_signal.slug,
+            missing_ident=MISSING_SLUG,
+            body={"events": [{"signal": victim.only_signal.slug}]},
+            missing_body={"events": [{"signal": MISSING_SLUG}]},
+        )
+    ]
+
+
 ENDPOINTS: dict[str, Endpoint] = {
     "event-ingest": Endpoint(frozenset({"get", "post"}), _event_collection_probes),
     "event-batch": Endpoint(
@@ -249,6 +263,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "schema-version-detail": Endpoint(frozenset({"get"}), _schema_version_probes),
     "record-detail": Endpoint(frozenset({"get"}), _record_probes),
     "^.*$": Endpoint(frozenset({"*"}), _catch_all_probes),
+    "trailing-slash": Endpoint(frozenset({"*"}), _trailing_slash_probes),
 }
 # The OpenAPI description and its docs page need no key and hold no tenant data.
 PUBLIC = {

@@ -142,94 +142,94 @@ BACKWARD_INCOMPATIBLE = {
     "a type changed": (
         obj({"plan": STRING}),
         obj({"plan": INTEGER}),
-        ["#/properties/plan: type changed from string to integer"],
+        ["$.plan: type changed from string to integer"],
     ),
     "a new required property": (
         obj({"plan": STRING}),
         obj({"plan": STRING}, ["plan"]),
-        ["#: new required property 'plan' (data written with version 2 may not have it)"],
+        ["$: new required property 'plan' (data written with version 2 may not have it)"],
     ),
     "an enum value removed": (
         obj({"tier": {"enum": ["gold", "silver"]}}),
         obj({"tier": {"enum": ["silver"]}}),
-        ["#/properties/tier/enum: value 'gold' no longer allowed"],
+        ["$.tier (enum): value 'gold' no longer allowed"],
     ),
     "an object closed": (
         obj({"a": STRING}),
         obj({"a": STRING}, **CLOSED),
-        ["#: additionalProperties false now refuses properties the old schema allowed"],
+        ["$: additionalProperties false now refuses properties the old schema allowed"],
     ),
     "a maximum lowered": (
         obj({"count": {"type": "integer", "maximum": 100}}),
         obj({"count": {"type": "integer", "maximum": 50}}),
-        ["#/properties/count/maximum: lowered from 100 to 50"],
+        ["$.count (maximum): lowered from 100 to 50"],
     ),
-    "a minimum added": (NUMBER, {"type": "number", "minimum": 0}, ["#/minimum: minimum 0 added"]),
+    "a minimum added": (NUMBER, {"type": "number", "minimum": 0}, ["$ (minimum): minimum 0 added"]),
     "a minimum turned exclusive": (
         {"minimum": 0},
         {"exclusiveMinimum": 0},
-        ["#/exclusiveMinimum: changed from minimum 0 to exclusiveMinimum 0"],
+        ["$ (exclusiveMinimum): changed from minimum 0 to exclusiveMinimum 0"],
     ),
     "an exclusiveMaximum lowered": (
         {"exclusiveMaximum": 10},
         {"exclusiveMaximum": 9.5},
-        ["#/exclusiveMaximum: lowered from 10 to 9.5"],
+        ["$ (exclusiveMaximum): lowered from 10 to 9.5"],
     ),
     "string lengths narrowed": (
         {"type": "string", "minLength": 1},
         {"type": "string", "minLength": 2, "maxLength": 10},
-        ["#/minLength: raised from 1 to 2", "#/maxLength: maxLength 10 added"],
+        ["$ (minLength): raised from 1 to 2", "$ (maxLength): maxLength 10 added"],
     ),
     "a pattern added": (
         STRING,
         {"type": "string", "pattern": "^a"},
-        ["#/pattern: pattern '^a' added"],
+        ["$ (pattern): pattern '^a' added"],
     ),
     "a pattern changed": (
         {"type": "string", "pattern": "^a"},
         {"type": "string", "pattern": "^ab"},
-        ["#/pattern: changed from '^a' to '^ab'"],
+        ["$ (pattern): changed from '^a' to '^ab'"],
     ),
     "a format added": (
         STRING,
         {"type": "string", "format": "email"},
-        ["#/format: format 'email' added"],
+        ["$ (format): format 'email' added"],
     ),
     "a multipleOf narrowed": (
         {"type": "integer", "multipleOf": 2},
         {"type": "integer", "multipleOf": 4},
-        ["#/multipleOf: changed from 2 to 4"],
+        ["$ (multipleOf): changed from 2 to 4"],
     ),
     "a float multipleOf is never proven": (
         {"multipleOf": 0.3},
         {"multipleOf": 0.1},
-        ["#/multipleOf: changed from 0.3 to 0.1"],
+        ["$ (multipleOf): changed from 0.3 to 0.1"],
     ),
     "array items narrowed": (
         {"type": "array", "items": NUMBER},
         {"type": "array", "items": INTEGER},
-        ["#/items: type changed from number to integer"],
+        ["$[*]: type changed from number to integer"],
     ),
     "a prefixItems position narrowed": (
         {"type": "array", "prefixItems": [STRING]},
         {"type": "array", "prefixItems": [{"type": "string", "maxLength": 3}]},
-        ["#/prefixItems/0/maxLength: maxLength 3 added"],
+        ["$[0] (maxLength): maxLength 3 added"],
     ),
     "array sizes narrowed and uniqueItems added": (
         {"type": "array", "maxItems": 10},
         {"type": "array", "minItems": 1, "maxItems": 5, "uniqueItems": True},
         [
-            "#/minItems: minItems 1 added",
-            "#/maxItems: lowered from 10 to 5",
-            "#/uniqueItems: uniqueItems added",
+            "$ (minItems): minItems 1 added",
+            "$ (maxItems): lowered from 10 to 5",
+            "$ (uniqueItems): uniqueItems added",
         ],
     ),
-    "a const changed": ({"const": "a"}, {"const": "b"}, ["#/const: value 'a' no longer allowed"]),
+    "a const changed": ({"const": "a"}, {"const": "b"}, ["$ (const): value 'a' no longer allowed"]),
     "a property removed from a closed object": (
         obj({"a": STRING, "b": STRING}, **CLOSED),
         obj({"a": STRING}, **CLOSED),
         [
-            "#/properties/b: property 'b' removed while additionalProperties is false "
+            "$.b: property 'b' removed while additionalProperties is false "
             "(data written with version 2 may have it)"
         ],
     ),
@@ -237,33 +237,30 @@ BACKWARD_INCOMPATIBLE = {
         obj({"value": NUMBER}, ["value"]),
         obj({"value": NUMBER, "region": STRING}, ["value"]),
         [
-            "#/properties/region: new property 'region' is constrained, but version 2 allowed "
+            "$.region: new property 'region' is constrained, but version 2 allowed "
             "any value under that name (its additionalProperties are open)"
         ],
     ),
     "a nested object narrowed": (
         obj({"address": obj({"zip": STRING})}),
         obj({"address": obj({"zip": STRING}, ["zip"])}),
-        [
-            "#/properties/address: new required property 'zip' "
-            "(data written with version 2 may not have it)"
-        ],
+        ["$.address: new required property 'zip' (data written with version 2 may not have it)"],
     ),
     "an allOf changed": (
         {"allOf": [{"minimum": 1}]},
         {"allOf": [{"minimum": 2}]},
-        ["#: cannot prove compatibility of allOf; use compatibility none to add this version"],
+        ["$: cannot prove compatibility of allOf; use compatibility none to add this version"],
     ),
     "an if/then/else added": (
         {},
         {"if": {"required": ["a"]}, "then": {"required": ["b"]}},
-        ["#: cannot prove compatibility of if; use compatibility none to add this version"],
+        ["$: cannot prove compatibility of if; use compatibility none to add this version"],
     ),
     "patternProperties changed": (
         {"patternProperties": {"^x": STRING}},
         {"patternProperties": {"^x": INTEGER}},
         [
-            "#: cannot prove compatibility of patternProperties; "
+            "$: cannot prove compatibility of patternProperties; "
             "use compatibility none to add this version"
         ],
     ),
@@ -271,52 +268,51 @@ BACKWARD_INCOMPATIBLE = {
         {"properties": {"a": STRING}, "unevaluatedProperties": False},
         {"properties": {"b": STRING}, "unevaluatedProperties": False},
         [
-            "#/properties/b: new property 'b' is constrained, but version 2 allowed any value "
+            "$.b: new property 'b' is constrained, but version 2 allowed any value "
             "under that name (its additionalProperties are open)",
-            "#: cannot prove compatibility of unevaluatedProperties; "
+            "$: cannot prove compatibility of unevaluatedProperties; "
             "use compatibility none to add this version",
         ],
     ),
     "a $ref whose target narrows": (
         {"$defs": {"n": NUMBER}, "properties": {"a": {"$ref": "#/$defs/n"}}},
         {"$defs": {"n": INTEGER}, "properties": {"a": {"$ref": "#/$defs/n"}}},
-        ["#/$defs/n: type changed from number to integer"],
+        ["$.a: type changed from number to integer"],
     ),
     "a $ref added": (
         {"properties": {"a": NUMBER}, "$defs": {"n": NUMBER}},
         {"properties": {"a": {"$ref": "#/$defs/n", "minimum": 0}}, "$defs": {"n": NUMBER}},
         [
-            "#/properties/a/minimum: minimum 0 added",
-            "#/properties/a: cannot prove compatibility of $ref; "
-            "use compatibility none to add this version",
+            "$.a (minimum): minimum 0 added",
+            "$.a: cannot prove compatibility of $ref; use compatibility none to add this version",
         ],
     ),
-    "everything refused": (STRING, False, ["#: the new version refuses every value here"]),
+    "everything refused": (STRING, False, ["$: the new version refuses every value here"]),
     "anything narrowed to objects": (
         True,
         {"type": "object"},
-        ["#: type changed from any type to object"],
+        ["$: type changed from any type to object"],
     ),
     "a type list narrowed": (
         {"type": ["string", "null"]},
         STRING,
-        ["#: type changed from [string, null] to string"],
+        ["$: type changed from [string, null] to string"],
     ),
-    "number to integer": (NUMBER, INTEGER, ["#: type changed from number to integer"]),
+    "number to integer": (NUMBER, INTEGER, ["$: type changed from number to integer"]),
     "booleans narrowed": (
         {"type": "boolean"},
         {"const": True},
-        ["#: value false no longer allowed"],
+        ["$: value false no longer allowed"],
     ),
     "a dependentRequired added": (
         {},
         {"dependentRequired": {"card": ["billing"]}},
-        ["#/dependentRequired/card: 'billing' now required when 'card' is present"],
+        ["$ (dependentRequired): 'billing' now required when 'card' is present"],
     ),
     "an enum added to a string": (
         STRING,
         {"enum": ["a", "b"]},
-        ["#/enum: enum ['a', 'b'] added"],
+        ["$ (enum): enum ['a', 'b'] added"],
     ),
 }
 
@@ -354,61 +350,58 @@ FORWARD_INCOMPATIBLE = {
     "a required property made optional": (
         obj({"plan": STRING}, ["plan"]),
         obj({"plan": STRING}),
-        ["#: property 'plan' is no longer required (version 2 requires it)"],
+        ["$: property 'plan' is no longer required (version 2 requires it)"],
     ),
     "a maximum raised": (
         obj({"count": {"maximum": 50}}),
         obj({"count": {"maximum": 100}}),
-        ["#/properties/count/maximum: raised from 50 to 100"],
+        ["$.count (maximum): raised from 50 to 100"],
     ),
     "an enum value added": (
         obj({"tier": {"enum": ["silver"]}}),
         obj({"tier": {"enum": ["silver", "gold"]}}),
-        ["#/properties/tier/enum: value 'gold' now allowed, but version 2 refuses it"],
+        ["$.tier (enum): value 'gold' now allowed, but version 2 refuses it"],
     ),
     "an object opened": (
         obj({"a": STRING}, **CLOSED),
         obj({"a": STRING}),
         [
-            "#: additionalProperties false removed; version 2 refuses properties the new "
+            "$: additionalProperties false removed; version 2 refuses properties the new "
             "version allows"
         ],
     ),
     "a property added to a closed object": (
         obj({"a": STRING}, **CLOSED),
         obj({"a": STRING, "b": STRING}, **CLOSED),
-        [
-            "#/properties/b: new property 'b', but version 2 has additionalProperties false "
-            "and refuses it"
-        ],
+        ["$.b: new property 'b', but version 2 has additionalProperties false and refuses it"],
     ),
     "a constrained property removed from an open object": (
         obj({"a": STRING, "b": STRING}),
         obj({"a": STRING}),
         [
-            "#/properties/b: property 'b' removed, so the new version allows any value under "
+            "$.b: property 'b' removed, so the new version allows any value under "
             "that name, which version 2 constrains"
         ],
     ),
-    "integer widened to number": (INTEGER, NUMBER, ["#: type changed from integer to number"]),
+    "integer widened to number": (INTEGER, NUMBER, ["$: type changed from integer to number"]),
     "a pattern dropped": (
         {"type": "string", "pattern": "^a"},
         STRING,
-        ["#/pattern: pattern '^a' removed"],
+        ["$ (pattern): pattern '^a' removed"],
     ),
-    "a minimum lowered": ({"minimum": 5}, {"minimum": 0}, ["#/minimum: lowered from 5 to 0"]),
+    "a minimum lowered": ({"minimum": 5}, {"minimum": 0}, ["$ (minimum): lowered from 5 to 0"]),
     "a dependentRequired dropped": (
         {"dependentRequired": {"card": ["billing"]}},
         {},
         [
-            "#/dependentRequired/card: 'billing' no longer required when 'card' is present "
+            "$ (dependentRequired): 'billing' no longer required when 'card' is present "
             "(version 2 requires it)"
         ],
     ),
     "everything allowed": (
         False,
         STRING,
-        ["#: version 2 refuses every value the new one allows here"],
+        ["$: version 2 refuses every value the new one allows here"],
     ),
 }
 
@@ -435,20 +428,17 @@ def test_full_accepts_a_change_that_keeps_the_same_data() -> None:
         (
             obj({"count": {"maximum": 50}}),
             obj({"count": {"maximum": 100}}),
-            ["#/properties/count/maximum: raised from 50 to 100"],
+            ["$.count (maximum): raised from 50 to 100"],
         ),
         (
             obj({"count": {"maximum": 100}}),
             obj({"count": {"maximum": 50}}),
-            ["#/properties/count/maximum: lowered from 100 to 50"],
+            ["$.count (maximum): lowered from 100 to 50"],
         ),
         (
             obj({"a": STRING}, **CLOSED),
             obj({"a": STRING, "b": STRING}, **CLOSED),
-            [
-                "#/properties/b: new property 'b', but version 2 has additionalProperties false "
-                "and refuses it"
-            ],
+            ["$.b: new property 'b', but version 2 has additionalProperties false and refuses it"],
         ),
     ],
     ids=["wider only", "narrower only", "optional property on a closed object"],
@@ -461,7 +451,7 @@ def test_full_refuses_a_change_either_way_with_the_reasons(
 
 def test_full_gives_a_change_both_directions_see_once() -> None:
     assert problems(obj({"plan": STRING}), obj({"plan": INTEGER}), "full") == [
-        "#/properties/plan: type changed from string to integer"
+        "$.plan: type changed from string to integer"
     ]
 
 
@@ -485,26 +475,53 @@ def test_a_reason_carries_its_path_and_message_apart() -> None:
         old=obj({"plan": STRING}), new=obj({"plan": INTEGER}), mode="backward"
     )
     assert problem.as_detail() == {
-        "path": "#/properties/plan",
+        "path": "$.plan",
         "message": "type changed from string to integer",
+        "keyword": "",
     }
+
+
+def test_a_reason_about_one_keyword_names_it_apart_from_the_path() -> None:
+    (problem,) = schema_compatibility_check(
+        old=obj({"tier": {"enum": ["gold", "silver"]}}),
+        new=obj({"tier": {"enum": ["silver"]}}),
+        mode="backward",
+    )
+    assert problem.as_detail() == {
+        "path": "$.tier",
+        "message": "value 'gold' no longer allowed",
+        "keyword": "enum",
+    }
+    assert str(problem) == "$.tier (enum): value 'gold' no longer allowed"
+
+
+def test_array_items_and_unnamed_properties_have_their_own_paths() -> None:
+    old = obj({"tags": {"type": "array", "prefixItems": [STRING], "items": STRING}})
+    new = obj({"tags": {"type": "array", "prefixItems": [INTEGER], "items": INTEGER}})
+    assert problems(old, new, "backward") == [
+        "$.tags[0]: type changed from string to integer",
+        "$.tags[*]: type changed from string to integer",
+    ]
+    old = {"type": "object", "additionalProperties": STRING}
+    new = {"type": "object", "additionalProperties": INTEGER}
+    assert problems(old, new, "backward") == ["$.*: type changed from string to integer"]
 
 
 def test_without_a_version_number_the_old_side_is_the_previous_version() -> None:
     assert schema_compatibility_problems(old=obj({}), new=obj({}, ["a"]), mode="backward") == [
-        "#: new required property 'a' (data written with the previous version may not have it)"
+        "$: new required property 'a' (data written with the previous version may not have it)"
     ]
 
 
 def test_a_huge_enum_is_reported_in_bounded_size() -> None:
     reasons = problems({"enum": list(range(200))}, {"enum": [0]}, "backward")
     assert len(reasons) == 50
-    assert reasons[-1] == "#: ... 150 more"
+    assert reasons[-1] == "$: ... 150 more"
 
 
-def test_property_names_with_slashes_and_tildes_are_escaped_in_paths() -> None:
-    assert _subset_problems(obj({"a/b~": STRING}), obj({"a/b~": INTEGER}), "#") == [
-        "#/properties/a~1b~0: type changed from string to integer"
+def test_property_names_that_are_not_identifiers_are_quoted_in_paths() -> None:
+    assert _subset_problems(obj({"a/b~": STRING}), obj({"a/b~": INTEGER})) == [
+        "$['a/b~']: type changed from string to integer"
     ]
 
 
@@ -529,10 +546,11 @@ def test_the_service_refuses_an_incompatible_version_with_the_reasons_and_saves_
     )
     assert error.details == [
         {
-            "path": "#",
+            "path": "$",
             "message": "new required property 'plan' (data written with version 1 may not have it)",
+            "keyword": "",
         },
-        {"path": "#/properties/plan", "message": "type changed from string to integer"},
+        {"path": "$.plan", "message": "type changed from string to integer", "keyword": ""},
     ]
     assert list(signal.schema_versions.values_list("version", flat=True)) == [1]
 
@@ -616,7 +634,7 @@ def test_sync_refuses_an_incompatible_version_of_a_new_signal_and_creates_nothin
     with pytest.raises(SchemaIncompatible) as caught:
         signals_sync(document=sync_document(obj({"plan": STRING}), obj({"plan": INTEGER})))
     assert caught.value.details == [
-        {"path": "#/properties/plan", "message": "type changed from string to integer"}
+        {"path": "$.plan", "message": "type changed from string to integer", "keyword": ""}
     ]
     assert control_plane() == {"organizations": [], "signals": [], "versions": []}
 
@@ -691,8 +709,8 @@ def test_the_admin_shows_why_a_new_version_is_incompatible_and_saves_nothing(
     assert (
         "Schema version 2 of signal visited-documentation-page is not backward compatible" in page
     )
-    assert "#: new required property 'plan' (data written with version 1 may not have it)" in page
-    assert "#/properties/plan: type changed from string to integer" in page
+    assert "$: new required property 'plan' (data written with version 1 may not have it)" in page
+    assert "$.plan: type changed from string to integer" in page
     assert control_plane() == before
 
 
@@ -706,7 +724,7 @@ def test_the_admin_checks_against_the_mode_the_form_sets(staff: Client, org: Org
     form = change_form(signal, compatibility="full", new_schema=json.dumps(obj({"plan": NUMBER})))
     response = staff.post(f"/admin/signals_app/signal/{signal.pk}/change/", form)
     assert response.status_code == 200
-    assert "#: type changed" not in html.unescape(response.content.decode())
+    assert "$: type changed" not in html.unescape(response.content.decode())
     assert "type changed from integer to number" in html.unescape(response.content.decode())
     assert signal.schema_versions.count() == 2
 

@@ -43,9 +43,15 @@ def _clamp(score: float) -> int:
 
 
 def _describe(data: dict[str, Any], limit: int = 3) -> str:
-    """A short 'k=v, k=v' of the first scalar fields, for a one-line summary."""
+    """A short 'k=v, k=v' of the first scalar fields, for a one-line summary.
+
+    "First" in the order PostgreSQL's jsonb keeps an object's keys (shorter names first, then by
+    bytes), not the order the client sent: jsonb does not keep that, SQLite does, and the same
+    event must get the same summary on either database (issue #12: docs/api.md's examples are
+    run on both)."""
     parts = []
-    for key, value in data.items():
+    for key in sorted(data, key=lambda name: (len(name.encode()), name.encode())):
+        value = data[key]
         if isinstance(value, str | int | float | bool) and not isinstance(value, dict):
             text = str(value)
             parts.append(f"{key}={text[:40]}")

@@ -25,6 +25,7 @@ from django.conf import settings
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from bigmind.api_time import iso_utc
 from events_app.pipeline.processors import (
     INSIGHT_JSON_SCHEMA,
     InsightDraft,
@@ -178,7 +179,7 @@ class OpenAIProcessor:
             "event": {
                 "id": event.id,
                 "identity": {"type": event.identity_type, "id": event.identity_id},
-                "timestamp": event.timestamp.isoformat(),
+                "timestamp": iso_utc(event.timestamp),
                 "data": _bounded(event.data),
             },
             "record_context": _bounded(

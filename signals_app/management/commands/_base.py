@@ -6,6 +6,7 @@ from typing import Any, TypeVar
 from django.core.management.base import CommandError
 
 from bigmind.errors import ApplicationError
+from bigmind.json_path import detail_line
 
 T = TypeVar("T")
 
@@ -19,8 +20,7 @@ def run_service(call: Callable[..., T], /, **kwargs: Any) -> T:
         lines = [exc.message]
         for item in exc.details or []:
             if isinstance(item, dict) and "message" in item:
-                path = item.get("path")
-                lines.append(f"  {path}: {item['message']}" if path else f"  {item['message']}")
+                lines.append(f"  {detail_line(item)}")
             else:
                 lines.append(f"  {item}")
         raise CommandError("\n".join(lines)) from exc
