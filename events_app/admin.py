@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from bigmind.display import datetime_display
+from bigmind.display import datetime_display, short_id
 from bigmind.errors import ApplicationError
 from events_app.models import (
     CrmRecord,
@@ -44,6 +44,62 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 def _when(value: datetime | None) -> str:
     return datetime_display(value)
+
+
+# --- List columns -----------------------------------------------------------------------------
+# Every list must fit 1400 px with the nav sidebar and the filter open (issue #12): about 750 px
+# for the table. events_app/static/events_app/admin.css lays each list out at its container's
+# width (table-layout: fixed) and gives columns a width by the prefix of their method's name,
+# which Django puts in the header's class (column-<name>):
+#   ref_*  a short id (8 characters, the whole id on hover)
+#   when_* a date and time as _when writes it
+#   tag_*  a short word (a status, a kind, a period)
+#   num_*  a number
+#   wide_* the list's main text (30% of the table)
+# Columns without a prefix share what is left; their text is cut with an ellipsis (CSS) and the
+# whole value is in the cell's title, shown on hover. Detail pages show every value whole.
+
+
+def _cut(value: Any, *, title: str | None = None) -> SafeString:
+    """A list cell for text that may be longer than its column: the CSS cuts it with an
+    ellipsis, the whole text (or `title`) shows on hover."""
+    text = "-" if value is None or value == "" else str(value)
+    return format_html('<span class="bigmind-cut" title="{}">{}</span>', title or text, text)
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
+
+
+def _number(value: float | int | None, *, exact: bool = False) -> str:
+    """A number for a list column (at most about 14 characters: whole numbers with thousands
+    separators, two decimals, or four significant digits), or `exact` for its hover."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)
+    if isinstance(value, int):
+        return f"{value:,}" if exact or abs(value) < 10**12 else f"{value:.4g}"
+    if exact:
+        return repr(value)
+    return f"{value:,.2f}" if 1 <= abs(value) < 1e9 else f"{value:.4g}"
+
+
+class DataAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
+    """The data plane's lists and pages: scoped to the user's organization, read-only, laid out
+    by events_app/admin.css (list widths, readable names in both themes)."""
+
+    class Media:
+        css = {"all": ("events_app/admin.css",)}
+
+
+def _record_column(obj: Any) -> SafeString:
+    record = obj.crm_record
+    return _cut(record, title=f"{record} ({record.organization.slug})")
+
+
+def _signal_column(obj: Any) -> SafeString:
+    return _cut(obj.signal, title=f"{obj.signal} ({obj.signal.name})")
 
 
 def _pretty_json(value: Any) -> SafeString:
@@ -121,17 +177,17 @@ STATUS_HISTORY_LIMIT = 200
 
 
 @admin.register(Event)
-class EventAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
+class EventAdmin(DataAdmin):
+    # identity_type and identity_id are one column (the record); attempts go with the status.
     list_display = (
-        "id",
-        "signal",
-        "identity_type",
-        "identity_id",
-        "status",
-        "attempts",
-        "received_at",
-        "reference",
+        "ref_id",
+        "when_received",
+        "signal_column",
+        "identity_column",
+        "tag_status",
+        "reference_column",
     )
+    list_display_links = ("ref_id",)
     list_filter = ("status", SignalListFilter, "signal__type", "organization", "received_at")
     search_fields = ("=id", "=reference", "=identity_id", "=idempotency_key")
     list_select_related = ("signal", "signal__organization")
@@ -216,8 +272,8 @@ class EventAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
             rows.insert(0, ("pending", 0, _when(obj.received_at), "received"))
         body = format_html_join(
             "\n",
-            '<tr class="transition"><td>{}</td><td>{}</td><td>{}</td>'
-            '<td style="white-space: pre-wrap">{}</td></tr>',
+            '<tr class="transition"><td>{}</td><td>{}</td><td class="bigmind-when">{}</td>'
+            '<td class="bigmind-long" style="white-space: pre-wrap">{}</td></tr>',
             rows,
         )
         note = (
@@ -233,14 +289,60 @@ class EventAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
             body,
         )
 
+    @admin.display(description="ID", ordering="id")
+    def ref_id(self, obj: Event) -> SafeString:
+        return short_id(obj.pk)
+
+    @admin.display(description="received", ordering="received_at")
+    def when_received(self, obj: Event) -> str:
+        return _when(obj.received_at)
+
+    @admin.display(description="signal", ordering="signal__slug")
+    def signal_column(self, obj: Event) -> SafeString:
+        return _cut(obj.signal, title=f"{obj.signal} ({obj.signal.name})")
+
+    @admin.display(description="CRM record")
+    def identity_column(self, obj: Event) -> SafeString:
+        return _cut(f"{obj.identity_type}:{obj.identity_id}")
+
+    @admin.display(description="status (attempts)", ordering="status")
+    def tag_status(self, obj: Event) -> SafeString:
+        # "Failed (3)": three attempts; an event not yet tried shows its status alone.
+        status = obj.get_status_display()
+        label = f"{status} ({obj.attempts})" if obj.attempts else status
+        return format_html(
+            '<span title="{}: {} processing attempt(s)">{}</span>', status, obj.attempts, label
+        )
+
+    @admin.display(description="reference")
+    def reference_column(self, obj: Event) -> SafeString:
+        return _cut(obj.reference)
+
     occurred = _time_display("timestamp", "timestamp (when it happened)")
     received = _time_display("received_at", "received")
     claimed = _time_display("claimed_at", "claimed by a worker")
-    due = _time_display("due_at", "not queued again before")
+    # due_at: before it, the sweep does not queue a pending event again (retry backoff).
+    due = _time_display("due_at", "next attempt, not before")
     processed = _time_display("processed_at", "processed")
     payload = _json_display("data", "data")
-    processing_result = _json_display("result", "result")
-    rollup_applied = _json_display("rollup", "rollups applied")
+
+    @admin.display(description="result (processor and insight)")
+    def processing_result(self, obj: Event) -> str:
+        # The result carries a copy of the rollups; they are shown once, below, from the
+        # `rollup` column that reprocessing reuses.
+        if obj.result is None:
+            return "-"
+        result = obj.result
+        if isinstance(result, dict):
+            result = {key: value for key, value in result.items() if key != "rollup"}
+        return _pretty_json(result)
+
+    @admin.display(description="rollups applied")
+    def rollup_applied(self, obj: Event) -> str:
+        rollup = obj.rollup
+        if rollup is None and isinstance(obj.result, dict):
+            rollup = obj.result.get("rollup")
+        return "-" if rollup is None else _pretty_json(rollup)
 
     @admin.action(description="Reprocess selected events (rollups are never counted twice)")
     def reprocess(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
@@ -327,12 +429,40 @@ def _profile_context(profile: CrmRecordProfile) -> dict[str, Any]:
 
 
 @admin.register(CrmRecord)
-class CrmRecordAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
-    list_display = ("type", "external_id", "organization", "first_seen_at", "last_seen_at")
+class CrmRecordAdmin(DataAdmin):
+    list_display = (
+        "tag_type",
+        "external_id_column",
+        "organization_column",
+        "when_first_seen",
+        "when_last_seen",
+    )
+    list_display_links = ("external_id_column",)
     list_filter = ("type", "organization")
     list_select_related = ("organization",)
     search_fields = ("=external_id",)
     show_full_result_count = False
+
+    @admin.display(description="type", ordering="type")
+    def tag_type(self, obj: CrmRecord) -> SafeString:
+        return _cut(obj.type)
+
+    @admin.display(description="external id", ordering="external_id")
+    def external_id_column(self, obj: CrmRecord) -> SafeString:
+        return _cut(obj.external_id)
+
+    @admin.display(description="organization", ordering="organization__slug")
+    def organization_column(self, obj: CrmRecord) -> SafeString:
+        return _cut(obj.organization)
+
+    @admin.display(description="first seen", ordering="first_seen_at")
+    def when_first_seen(self, obj: CrmRecord) -> str:
+        return _when(obj.first_seen_at)
+
+    @admin.display(description="last seen", ordering="last_seen_at")
+    def when_last_seen(self, obj: CrmRecord) -> str:
+        return _when(obj.last_seen_at)
+
     fields = ("organization", "type", "external_id", "first_seen_at", "last_seen_at")
     readonly_fields = fields
 
@@ -356,33 +486,129 @@ class CrmRecordAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
 
 
 @admin.register(Insight)
-class InsightAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
-    list_display = ("summary", "score", "kind", "signal", "crm_record", "occurred_at", "processor")
+class InsightAdmin(DataAdmin):
+    # The kind is a filter, and the processor and its version are on the insight's page (the
+    # same for nearly every row).
+    list_display = (
+        "when_occurred",
+        "record_column",
+        "signal_column",
+        "num_score",
+        "wide_summary",
+    )
+    list_display_links = ("when_occurred",)
     list_filter = ("kind", SignalListFilter, "signal__type", "organization")
-    list_select_related = ("signal", "signal__organization", "crm_record")
+    list_select_related = ("signal", "signal__organization", "crm_record__organization")
     search_fields = ("=event_id",)
     raw_id_fields = ("crm_record",)
     show_full_result_count = False
 
+    @admin.display(description="occurred", ordering="occurred_at")
+    def when_occurred(self, obj: Insight) -> str:
+        return _when(obj.occurred_at)
+
+    @admin.display(description="CRM record")
+    def record_column(self, obj: Insight) -> SafeString:
+        return _record_column(obj)
+
+    @admin.display(description="signal")
+    def signal_column(self, obj: Insight) -> SafeString:
+        return _signal_column(obj)
+
+    @admin.display(description="score", ordering="score")
+    def num_score(self, obj: Insight) -> int:
+        return obj.score
+
+    @admin.display(description="summary")
+    def wide_summary(self, obj: Insight) -> SafeString:
+        return _cut(obj.summary, title=f"{obj.summary}\n\nNext: {obj.next_action}")
+
 
 @admin.register(MetricAggregate)
-class MetricAggregateAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
+class MetricAggregateAdmin(DataAdmin):
     organization_lookup = "crm_record__organization"
-    list_display = ("crm_record", "signal", "period", "bucket_start", "count", "sum", "min", "max")
+    # The value the signal's aggregation asks for (as the API reports it); count, sum, min and
+    # max are all on the bucket's page and in the value's hover.
+    list_display = (
+        "record_column",
+        "signal_column",
+        "tag_period",
+        "when_bucket_start",
+        "num_value",
+        "num_count",
+    )
+    list_display_links = ("record_column",)
     list_filter = ("period", SignalListFilter)
-    list_select_related = ("signal", "signal__organization", "crm_record")
+    list_select_related = ("signal", "signal__organization", "crm_record__organization")
     raw_id_fields = ("crm_record",)
     show_full_result_count = False
+
+    @admin.display(description="CRM record")
+    def record_column(self, obj: MetricAggregate) -> SafeString:
+        return _record_column(obj)
+
+    @admin.display(description="signal")
+    def signal_column(self, obj: MetricAggregate) -> SafeString:
+        return _signal_column(obj)
+
+    @admin.display(description="period", ordering="period")
+    def tag_period(self, obj: MetricAggregate) -> SafeString:
+        return _cut(obj.period)
+
+    @admin.display(description="period start", ordering="bucket_start")
+    def when_bucket_start(self, obj: MetricAggregate) -> str:
+        return _when(obj.bucket_start)
+
+    @admin.display(description="value")
+    def num_value(self, obj: MetricAggregate) -> SafeString:
+        aggregation = obj.signal.aggregation or "sum"
+        return _cut(
+            _number(_bucket_value(obj, aggregation)),
+            title=f"{aggregation}: {_number(_bucket_value(obj, aggregation), exact=True)}; "
+            f"count {_number(obj.count, exact=True)}, sum {_number(obj.sum, exact=True)}, "
+            f"min {_number(obj.min, exact=True)}, max {_number(obj.max, exact=True)}",
+        )
+
+    @admin.display(description="events", ordering="count")
+    def num_count(self, obj: MetricAggregate) -> SafeString:
+        return _cut(_number(obj.count))
 
 
 @admin.register(RecordState)
-class RecordStateAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
+class RecordStateAdmin(DataAdmin):
     organization_lookup = "crm_record__organization"
-    list_display = ("crm_record", "signal", "value", "timestamp", "updated_at")
+    list_display = (
+        "record_column",
+        "signal_column",
+        "value_column",
+        "when_timestamp",
+        "when_updated",
+    )
+    list_display_links = ("record_column",)
     list_filter = (SignalListFilter,)
-    list_select_related = ("signal", "signal__organization", "crm_record")
+    list_select_related = ("signal", "signal__organization", "crm_record__organization")
     raw_id_fields = ("crm_record",)
     show_full_result_count = False
+
+    @admin.display(description="CRM record")
+    def record_column(self, obj: RecordState) -> SafeString:
+        return _record_column(obj)
+
+    @admin.display(description="signal")
+    def signal_column(self, obj: RecordState) -> SafeString:
+        return _signal_column(obj)
+
+    @admin.display(description="value")
+    def value_column(self, obj: RecordState) -> SafeString:
+        return _cut(_compact_json(obj.value))
+
+    @admin.display(description="as of (event timestamp)", ordering="timestamp")
+    def when_timestamp(self, obj: RecordState) -> str:
+        return _when(obj.timestamp)
+
+    @admin.display(description="updated", ordering="updated_at")
+    def when_updated(self, obj: RecordState) -> str:
+        return _when(obj.updated_at)
 
 
 class _SignalSlugFilter(admin.SimpleListFilter):
@@ -411,16 +637,17 @@ class _SignalSlugFilter(admin.SimpleListFilter):
 
 
 @admin.register(RejectedEvent)
-class RejectedEventAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
+class RejectedEventAdmin(DataAdmin):
+    # The error is the code and message the client got. The identity, and whether the body
+    # was cut, are on the rejection's page, next to the body (search finds an identity).
     list_display = (
-        "received_at",
-        "organization",
-        "signal_slug",
-        "reason",
-        "identity",
-        "body_truncated",
-        "replayed_event_id",
+        "ref_id",
+        "when_received",
+        "signal_column",
+        "wide_error",
+        "ref_replayed",
     )
+    list_display_links = ("ref_id",)
     list_filter = ("reason", "organization", _SignalSlugFilter, "received_at")
     search_fields = ("=id", "=signal_slug", "=identity_id", "=replayed_event_id")
     list_select_related = ("organization",)
@@ -452,6 +679,36 @@ class RejectedEventAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
         if not obj.identity_type:
             return "-"
         return f"{obj.identity_type}:{obj.identity_id}"
+
+    @admin.display(description="ID", ordering="id")
+    def ref_id(self, obj: RejectedEvent) -> SafeString:
+        return short_id(obj.pk)
+
+    @admin.display(description="received", ordering="received_at")
+    def when_received(self, obj: RejectedEvent) -> str:
+        return _when(obj.received_at)
+
+    @admin.display(description="signal (as sent)", ordering="signal_slug")
+    def signal_column(self, obj: RejectedEvent) -> SafeString:
+        # Organization and slug, as the event list writes a signal.
+        return _cut(f"{obj.organization.slug}/{obj.signal_slug or '-'}")
+
+    @admin.display(description="error", ordering="reason")
+    def wide_error(self, obj: RejectedEvent) -> SafeString:
+        text = f"{obj.reason}: {obj.message}"
+        return format_html(
+            '<span class="bigmind-cut" title="{}"><code>{}</code> {}</span>',
+            text,
+            obj.reason,
+            obj.message,
+        )
+
+    @admin.display(description="replayed as", ordering="replayed_event_id")
+    def ref_replayed(self, obj: RejectedEvent) -> SafeString | str:
+        if obj.replayed_event_id is None:
+            return "-"
+        url = reverse("admin:events_app_event_change", args=[obj.replayed_event_id])
+        return short_id(obj.replayed_event_id, url=url)
 
     @admin.display(description="violations")
     def violations_pretty(self, obj: RejectedEvent) -> str:

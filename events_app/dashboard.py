@@ -163,6 +163,8 @@ class Latency:
     p50: timedelta | None
     p95: timedelta | None
     max: timedelta | None
+    # How the percentiles were computed, for tests and debugging; the page explains what they
+    # mean instead (templates/admin/dashboard.html).
     method: str
 
     @property
