@@ -50,9 +50,6 @@ LONG_SLUG = "visited-documentation-page-" + "x" * 73  # signal_slug: max_length 
 LONG_SUMMARY = ("Account " + LONG_ID[:40] + " read the pricing page three times this week; ") * 6
 T0 = datetime(2026, 12, 2, 20, 0, 36, tzinfo=UTC)
 
-# signals_app's lists are another helper's (issue #12, branch i12-admin-control).
-OTHER_BRANCH = "fixed on the admin-control branch"
-SIGNALS_APP_LISTS = {"signals_app.signal", "signals_app.apikey"}
 
 
 def _changelists() -> list[str]:
@@ -230,18 +227,7 @@ def seeded(tenant: Tenant) -> dict[str, Any]:
     return _seed(tenant)
 
 
-@pytest.mark.parametrize(
-    "label",
-    [
-        pytest.param(
-            label,
-            marks=[pytest.mark.xfail(reason=OTHER_BRANCH, strict=False)]
-            if label in SIGNALS_APP_LISTS
-            else [],
-        )
-        for label in _changelists()
-    ],
-)
+@pytest.mark.parametrize("label", _changelists())
 def test_every_changelist_fits_1400px_with_the_sidebar_open(
     label: str,
     wide_page: Any,

@@ -17,6 +17,7 @@ from django.db.models import Model
 from django.test import Client
 from django.utils import timezone
 
+from bigmind.display import short_id_text
 from events_app.admin import DataAdmin, _number
 from events_app.ids import uuid7
 from events_app.models import (
@@ -167,7 +168,7 @@ def test_the_event_list_shows_short_ids_one_identity_column_and_status_with_atte
         "Reference",
     ]
     [id_cell] = _cells(page, "ref_id")
-    assert f'title="{event.pk}"' in id_cell and f">{str(event.pk)[:8]}<" in id_cell
+    assert f'title="{event.pk}"' in id_cell and f">{short_id_text(event.pk)}<" in id_cell
     [identity] = _cells(page, "identity_column")
     assert f'title="account:{LONG_ID}"' in identity  # type and id in one column, whole on hover
     assert "Failed (3)" in _cells(page, "tag_status")[0]
@@ -188,7 +189,7 @@ def test_the_rejected_event_list_has_an_error_column_with_code_and_message(
     assert error.count(html.escape("has no schema version 7", quote=True)) >= 2
     [replayed] = _cells(page, "ref_replayed")
     assert f"/admin/events_app/event/{rejection.replayed_event_id}/change/" in replayed
-    assert f">{str(rejection.replayed_event_id)[:8]}<" in replayed
+    assert f">{short_id_text(rejection.replayed_event_id)}<" in replayed
 
 
 def test_the_other_lists_have_their_chosen_columns(staff: Client, rows: dict[str, Any]) -> None:
@@ -263,3 +264,13 @@ def test_the_dashboard_explains_latency_for_sales_ops(staff: Client, tenant: Ten
     assert "p95: 95 in 100 were" in text
     assert "percentile_cont" not in page and "interpolation" not in page
     assert "received_at" not in text and "processed_at" not in text
+
+
+def test_short_ids_of_ids_made_in_the_same_minute_differ() -> None:
+    # UUIDv7: the first 8 characters are the same for ids made within about 65 seconds.
+    from events_app.ids import uuid7
+
+    ids = [uuid7() for _ in range(50)]
+    assert len({str(value)[:8] for value in ids}) < 5
+    assert len({short_id_text(value) for value in ids}) == 50
+    assert short_id_text(ids[0]) == "\u2026" + str(ids[0])[-8:]
