@@ -4,6 +4,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.core.cache import cache
@@ -12,6 +13,7 @@ from django.test import Client
 
 from bigmind.cache import counter_leases_clear
 from events_app.auth import _last_used_written
+from events_app.pipeline.processors import processor_get
 from events_app.services import ingest_writer_stop
 from signals_app.models import ApiKey, Organization, Signal
 from signals_app.selectors import lookups
@@ -206,3 +208,17 @@ def bulk_insert_events(
         inserted = cursor.rowcount
         cursor.execute("ANALYZE events_app_event")
     return inserted
+
+
+@pytest.fixture
+def pipeline_in_process() -> Iterator[None]:
+    """Nothing is published to a broker (the tests run the pipeline here, in-process), and the
+    processor is loaded afresh from each test's settings."""
+    processor_get.cache_clear()
+    with (
+        mock.patch("events_app.tasks.process_event_task.delay"),
+        mock.patch("events_app.tasks.process_event_task.apply_async"),
+        mock.patch("events_app.tasks.process_events_task.delay"),
+    ):
+        yield
+    processor_get.cache_clear()

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
 from typing import Any
-from unittest import mock
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -287,18 +286,11 @@ def replay(example: Example, client: Client, variables: dict[str, str]) -> list[
 
 
 @pytest.fixture
-def demo(db: None, settings: Any) -> Iterator[None]:
+def demo(db: None, settings: Any, pipeline_in_process: None) -> None:
     """`bootstrap_demo`'s data, the local processor, and no broker (events are processed here)."""
     settings.BIGMIND_PROCESSOR = "local"
     processor_get.cache_clear()
     call_command("bootstrap_demo", "--allow-production", stdout=StringIO())
-    with (
-        mock.patch("events_app.tasks.process_event_task.delay"),
-        mock.patch("events_app.tasks.process_event_task.apply_async"),
-        mock.patch("events_app.tasks.process_events_task.delay"),
-    ):
-        yield
-    processor_get.cache_clear()
 
 
 @pytest.mark.parametrize(("page", "at_least"), [("docs/api.md", 14), ("README.md", 1)])

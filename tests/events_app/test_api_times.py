@@ -7,7 +7,6 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-from unittest import mock
 
 import pytest
 from django.test import Client
@@ -15,7 +14,6 @@ from django.test import Client
 from bigmind.api_time import iso_utc, iso_utc_text
 from events_app.models import Event
 from events_app.pipeline.processing import events_process
-from events_app.pipeline.processors import processor_get
 from tests.conftest import ApiClient, Tenant
 
 # A string the API writes as a date-time: anything starting like ISO 8601 date and time.
@@ -23,16 +21,7 @@ DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 Z_FORM = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{6})?Z$")
 
 
-@pytest.fixture(autouse=True)
-def _no_publish() -> Iterator[None]:
-    processor_get.cache_clear()
-    with (
-        mock.patch("events_app.tasks.process_event_task.delay"),
-        mock.patch("events_app.tasks.process_event_task.apply_async"),
-        mock.patch("events_app.tasks.process_events_task.delay"),
-    ):
-        yield
-    processor_get.cache_clear()
+pytestmark = pytest.mark.usefixtures("pipeline_in_process")
 
 
 def strings(value: Any, where: str = "$") -> Iterator[tuple[str, str]]:
