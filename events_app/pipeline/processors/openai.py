@@ -26,6 +26,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from bigmind.api_time import iso_utc
+from bigmind.json_path import json_path
 from events_app.pipeline.processors import (
     INSIGHT_JSON_SCHEMA,
     InsightDraft,
@@ -300,7 +301,7 @@ class OpenAIProcessor:
             )
         error = best_match(_VALIDATOR.iter_errors(answer))
         if error is not None:
-            where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+            where = json_path(error.absolute_path)  # the API's notation: $, $.score, $.reasons[0]
             raise TransientProcessingError(
                 self._scrub(
                     f"AI answer does not match the insight schema at {where}: "
