@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.translation import ngettext
 
 from bigmind.display import datetime_display, short_id
 from bigmind.errors import ApplicationError
@@ -310,9 +311,10 @@ class EventAdmin(DataAdmin):
         # "Failed (3)": three attempts; an event not yet tried shows its status alone.
         status = obj.get_status_display()
         label = f"{status} ({obj.attempts})" if obj.attempts else status
-        return format_html(
-            '<span title="{}: {} processing attempt(s)">{}</span>', status, obj.attempts, label
-        )
+        attempts = ngettext(
+            "%(count)d processing attempt", "%(count)d processing attempts", obj.attempts
+        ) % {"count": obj.attempts}
+        return format_html('<span title="{}: {}">{}</span>', status, attempts, label)
 
     @admin.display(description="reference")
     def reference_column(self, obj: Event) -> SafeString:
@@ -350,7 +352,11 @@ class EventAdmin(DataAdmin):
         selected = queryset.count()  # before: reprocessing moves them out of a status filter
         queued = events_reprocess(events=queryset.filter(status__in=REPROCESSABLE))
         skipped = selected - queued
-        message = f"{queued} event(s) queued for reprocessing."
+        message = ngettext(
+            "%(count)d event queued for reprocessing.",
+            "%(count)d events queued for reprocessing.",
+            queued,
+        ) % {"count": queued}
         if skipped:
             message += f" {skipped} skipped: being processed right now."
         self.message_user(request, message, messages.SUCCESS if queued else messages.WARNING)
@@ -733,8 +739,14 @@ class RejectedEventAdmin(DataAdmin):
         if overflow:
             self.message_user(
                 request,
-                f"{overflow} more rejection(s) within retention were over the per-minute cap "
-                "and only counted, not stored.",
+                ngettext(
+                    "%(count)d more rejection within retention was over the per-minute cap "
+                    "and only counted, not stored.",
+                    "%(count)d more rejections within retention were over the per-minute cap "
+                    "and only counted, not stored.",
+                    overflow,
+                )
+                % {"count": overflow},
                 messages.INFO,
             )
         return super().changelist_view(request, extra_context)

@@ -213,7 +213,7 @@ def test_an_event_not_yet_tried_shows_its_status_alone(staff: Client, tenant: Te
     store_event(tenant, tenant.signal("visit"), received_at=timezone.now())
     _, page = _list_page(staff, Event)
     [status] = _cells(page, "tag_status")
-    assert ">Pending<" in status and 'title="Pending: 0 processing attempt(s)"' in status
+    assert ">Pending<" in status and 'title="Pending: 0 processing attempts"' in status
 
 
 def test_numbers_are_compact_in_lists_and_exact_on_hover() -> None:
@@ -274,3 +274,23 @@ def test_short_ids_of_ids_made_in_the_same_minute_differ() -> None:
     assert len({str(value)[:8] for value in ids}) < 5
     assert len({short_id_text(value) for value in ids}) == 50
     assert short_id_text(ids[0]) == "\u2026" + str(ids[0])[-8:]
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        ([1], "1 more rejection within retention was over the per-minute cap"),
+        ([2, 3], "5 more rejections within retention were over the per-minute cap"),
+    ],
+)
+def test_the_rejected_events_list_counts_what_was_over_the_cap_in_words(
+    staff: Client, tenant: Tenant, counts: list[int], message: str
+) -> None:
+    from events_app.models import RejectionOverflow
+
+    for minute, count in enumerate(counts):
+        RejectionOverflow.objects.create(
+            organization=tenant.organization, minute=T0.replace(minute=minute), count=count
+        )
+    page = staff.get("/admin/events_app/rejectedevent/").content.decode()
+    assert message in page and "(s)" not in page

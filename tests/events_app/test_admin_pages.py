@@ -207,7 +207,7 @@ def test_the_reprocess_action_requeues_a_failed_event(
     )
 
     assert response.status_code == 200
-    assert any("1 event(s) queued" in str(m) for m in response.context["messages"])
+    assert any("1 event queued" in str(m) for m in response.context["messages"])
     event.refresh_from_db()
     assert event.status == "pending"
 

@@ -749,7 +749,7 @@ def test_staff_reprocess_events_from_the_admin_without_double_counting(
         )
     assert response.status_code == 200
     text = response.content.decode()
-    assert "2 event(s) queued for reprocessing." in text and "1 skipped" in text
+    assert "2 events queued for reprocessing." in text and "1 skipped" in text
     [(args, _)] = _no_publish.many.call_args_list
     assert sorted(args[0]) == sorted(ids)
 
@@ -940,7 +940,7 @@ def test_the_admin_counts_skipped_events_before_reprocessing_moves_them(
         follow=True,
     )
     text = response.content.decode()
-    assert "2 event(s) queued for reprocessing." in text and "skipped" not in text
+    assert "2 events queued for reprocessing." in text and "skipped" not in text
 
 
 def test_the_sweep_leaves_the_backoff_of_an_event_that_failed_meanwhile(
