@@ -551,5 +551,8 @@ LOGGING = {
         },
         # Never the SQL with its parameters (payloads, key hashes), even with LOG_LEVEL=DEBUG.
         "django.db.backends": {"level": "INFO"},
+        # A Host outside DJANGO_ALLOWED_HOSTS is the client's 400 (`invalid_host`, on our request
+        # line); Django also logs it at ERROR with a whole traceback, once per probe or scanner.
+        "django.security.DisallowedHost": {"handlers": [], "level": "CRITICAL", "propagate": False},
     },
 }

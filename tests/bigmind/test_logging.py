@@ -249,3 +249,15 @@ def test_a_server_error_is_logged_without_the_request_or_its_body(
     [line] = logs.lines("bigmind.request")
     assert (line["status"], line["outcome"], line["code"]) == (500, "error", "internal_error")
     assert MARKER not in logs.text() and tenant.raw_key not in logs.text()
+
+
+def test_a_disallowed_host_is_one_request_line_without_a_traceback(
+    client: Client, logs: Captured, db: None
+) -> None:
+    response = client.get("/v1/signals", HTTP_HOST="scanner.example")
+    assert response.status_code == 400
+    lines = logs.lines()
+    assert [(line["logger"], line["code"]) for line in lines] == [
+        ("bigmind.request", "invalid_host")
+    ]
+    assert "Traceback" not in logs.text() and "DisallowedHost" not in logs.text()
