@@ -184,11 +184,12 @@ class ConfigurationErrorWorker:
     def load_wsgi(self) -> None:
         from django.core.exceptions import ImproperlyConfigured
 
+        from bigmind.startup import configuration_error_line
+
         try:
             super().load_wsgi()  # type: ignore[misc]
         except ImproperlyConfigured as exc:
-            message = " ".join(str(exc).split())
-            raise AppImportError(f"gunicorn: configuration error: {message}") from None
+            raise AppImportError(configuration_error_line("gunicorn", exc)) from None
 
 
 class ReadDeadlineSyncWorker(ConfigurationErrorWorker, EnvelopeErrors, SyncWorker):

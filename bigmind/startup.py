@@ -22,8 +22,13 @@ def settings_load_or_exit(program: str) -> None:
         configuration_error_exit(program, exc)
 
 
-def configuration_error_exit(program: str, error: Exception) -> NoReturn:
-    """One line on stderr, `<program>: configuration error: <message>`, then exit status 1."""
+def configuration_error_line(program: str, error: Exception) -> str:
+    """`<program>: configuration error: <message>`, the message folded onto one line."""
     message = " ".join(str(error).split())
-    print(f"{program}: configuration error: {message}", file=sys.stderr)
+    return f"{program}: configuration error: {message}"
+
+
+def configuration_error_exit(program: str, error: Exception) -> NoReturn:
+    """`configuration_error_line` on stderr, then exit status 1."""
+    print(configuration_error_line(program, error), file=sys.stderr)
     raise SystemExit(1) from None

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from django.contrib import admin, messages
@@ -43,17 +42,13 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-def _when(value: datetime | None) -> str:
-    return datetime_display(value)
-
-
 # --- List columns -----------------------------------------------------------------------------
 # Every list must fit 1400 px with the nav sidebar and the filter open (issue #12): about 750 px
-# for the table. events_app/static/events_app/admin.css lays each list out at its container's
+# for the table. events_app/static/events_app/lists.css lays each list out at its container's
 # width (table-layout: fixed) and gives columns a width by the prefix of their method's name,
 # which Django puts in the header's class (column-<name>):
 #   ref_*  a short id (8 characters, the whole id on hover)
-#   when_* a date and time as _when writes it
+#   when_* a date and time as bigmind.display.datetime_display writes it
 #   tag_*  a short word (a status, a kind, a period)
 #   num_*  a number
 #   wide_* the list's main text (30% of the table)
@@ -94,13 +89,31 @@ class DataAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
         css = {"all": ("events_app/admin.css",)}
 
 
-def _record_column(obj: Any) -> SafeString:
-    record = obj.crm_record
-    return _cut(record, title=f"{record} ({record.organization.slug})")
+class _SignalColumn:
+    @admin.display(description="signal", ordering="signal__slug")
+    def signal_column(self, obj: Any) -> SafeString:
+        return _cut(obj.signal, title=f"{obj.signal} ({obj.signal.name})")
 
 
-def _signal_column(obj: Any) -> SafeString:
-    return _cut(obj.signal, title=f"{obj.signal} ({obj.signal.name})")
+class _RecordSignalColumns(_SignalColumn):
+    """The CRM record and signal columns of the lists of what the pipeline derived."""
+
+    @admin.display(description="CRM record")
+    def record_column(self, obj: Any) -> SafeString:
+        record = obj.crm_record
+        return _cut(record, title=f"{record} ({record.organization.slug})")
+
+
+class _IdReceivedColumns:
+    """The short id and reception time of the lists of requests (events, rejections)."""
+
+    @admin.display(description="ID", ordering="id")
+    def ref_id(self, obj: Any) -> SafeString:
+        return short_id(obj.pk)
+
+    @admin.display(description="received", ordering="received_at")
+    def when_received(self, obj: Any) -> str:
+        return datetime_display(obj.received_at)
 
 
 def _pretty_json(value: Any) -> SafeString:
@@ -112,11 +125,11 @@ def _pretty_json(value: Any) -> SafeString:
 
 
 def _time_display(attribute: str, description: str) -> Callable[[Any, Any], str]:
-    """A read-only field showing the object's `attribute` time as `_when` writes it."""
+    """A read-only field showing the object's `attribute` time as `datetime_display` writes it."""
 
     @admin.display(description=description)
     def show(model_admin: Any, obj: Any) -> str:
-        return _when(getattr(obj, attribute))
+        return datetime_display(getattr(obj, attribute))
 
     return show
 
@@ -178,7 +191,7 @@ STATUS_HISTORY_LIMIT = 200
 
 
 @admin.register(Event)
-class EventAdmin(DataAdmin):
+class EventAdmin(_IdReceivedColumns, _SignalColumn, DataAdmin):
     # identity_type and identity_id are one column (the record); attempts go with the status.
     list_display = (
         "ref_id",
@@ -267,10 +280,13 @@ class EventAdmin(DataAdmin):
         steps = list(obj.transitions.order_by("-at", "-id")[: STATUS_HISTORY_LIMIT + 1])
         cut = len(steps) > STATUS_HISTORY_LIMIT
         steps = steps[:STATUS_HISTORY_LIMIT][::-1]
-        rows = [(step.status, step.attempt, _when(step.at), step.note or "-") for step in steps]
+        rows = [
+            (step.status, step.attempt, datetime_display(step.at), step.note or "-")
+            for step in steps
+        ]
         if not cut:
             # Arrival is not written as a step: the event row itself says it.
-            rows.insert(0, ("pending", 0, _when(obj.received_at), "received"))
+            rows.insert(0, ("pending", 0, datetime_display(obj.received_at), "received"))
         body = format_html_join(
             "\n",
             '<tr class="transition"><td>{}</td><td>{}</td><td class="bigmind-when">{}</td>'
@@ -289,18 +305,6 @@ class EventAdmin(DataAdmin):
             note,
             body,
         )
-
-    @admin.display(description="ID", ordering="id")
-    def ref_id(self, obj: Event) -> SafeString:
-        return short_id(obj.pk)
-
-    @admin.display(description="received", ordering="received_at")
-    def when_received(self, obj: Event) -> str:
-        return _when(obj.received_at)
-
-    @admin.display(description="signal", ordering="signal__slug")
-    def signal_column(self, obj: Event) -> SafeString:
-        return _cut(obj.signal, title=f"{obj.signal} ({obj.signal.name})")
 
     @admin.display(description="CRM record")
     def identity_column(self, obj: Event) -> SafeString:
@@ -384,15 +388,19 @@ def _profile_context(profile: CrmRecordProfile) -> dict[str, Any]:
         "events_url": reverse("admin:events_app_event_changelist")
         + f"?crm_record__id__exact={profile.record.pk}",
         "events_by_signal": [
-            {"signal": item.signal, "count": item.count, "last_event_at": _when(item.last_event_at)}
+            {
+                "signal": item.signal,
+                "count": item.count,
+                "last_event_at": datetime_display(item.last_event_at),
+            }
             for item in profile.events_by_signal
         ],
         "states": [
             {
                 "signal": state.signal.slug,
                 "value": json.dumps(state.value, indent=2, ensure_ascii=False, default=str),
-                "timestamp": _when(state.timestamp),
-                "updated_at": _when(state.updated_at),
+                "timestamp": datetime_display(state.timestamp),
+                "updated_at": datetime_display(state.updated_at),
                 "event_url": event_url(state.event_id),
             }
             for state in profile.states
@@ -405,7 +413,7 @@ def _profile_context(profile: CrmRecordProfile) -> dict[str, Any]:
                 "value_field": series.signal.value_field or "value",
                 "buckets": [
                     {
-                        "start": _when(bucket.bucket_start),
+                        "start": datetime_display(bucket.bucket_start),
                         "value": _bucket_value(bucket, series.signal.aggregation),
                         "count": bucket.count,
                         "sum": bucket.sum,
@@ -419,7 +427,7 @@ def _profile_context(profile: CrmRecordProfile) -> dict[str, Any]:
         ],
         "insights": [
             {
-                "occurred_at": _when(insight.occurred_at),
+                "occurred_at": datetime_display(insight.occurred_at),
                 "signal": insight.signal.slug,
                 "kind": insight.get_kind_display(),
                 "score": insight.score,
@@ -463,11 +471,11 @@ class CrmRecordAdmin(DataAdmin):
 
     @admin.display(description="first seen", ordering="first_seen_at")
     def when_first_seen(self, obj: CrmRecord) -> str:
-        return _when(obj.first_seen_at)
+        return datetime_display(obj.first_seen_at)
 
     @admin.display(description="last seen", ordering="last_seen_at")
     def when_last_seen(self, obj: CrmRecord) -> str:
-        return _when(obj.last_seen_at)
+        return datetime_display(obj.last_seen_at)
 
     fields = ("organization", "type", "external_id", "first_seen_at", "last_seen_at")
     readonly_fields = fields
@@ -492,7 +500,7 @@ class CrmRecordAdmin(DataAdmin):
 
 
 @admin.register(Insight)
-class InsightAdmin(DataAdmin):
+class InsightAdmin(_RecordSignalColumns, DataAdmin):
     # The kind is a filter, and the processor and its version are on the insight's page (the
     # same for nearly every row).
     list_display = (
@@ -511,15 +519,7 @@ class InsightAdmin(DataAdmin):
 
     @admin.display(description="occurred", ordering="occurred_at")
     def when_occurred(self, obj: Insight) -> str:
-        return _when(obj.occurred_at)
-
-    @admin.display(description="CRM record")
-    def record_column(self, obj: Insight) -> SafeString:
-        return _record_column(obj)
-
-    @admin.display(description="signal")
-    def signal_column(self, obj: Insight) -> SafeString:
-        return _signal_column(obj)
+        return datetime_display(obj.occurred_at)
 
     @admin.display(description="score", ordering="score")
     def num_score(self, obj: Insight) -> int:
@@ -531,7 +531,7 @@ class InsightAdmin(DataAdmin):
 
 
 @admin.register(MetricAggregate)
-class MetricAggregateAdmin(DataAdmin):
+class MetricAggregateAdmin(_RecordSignalColumns, DataAdmin):
     organization_lookup = "crm_record__organization"
     # The value the signal's aggregation asks for (as the API reports it); count, sum, min and
     # max are all on the bucket's page and in the value's hover.
@@ -549,28 +549,21 @@ class MetricAggregateAdmin(DataAdmin):
     raw_id_fields = ("crm_record",)
     show_full_result_count = False
 
-    @admin.display(description="CRM record")
-    def record_column(self, obj: MetricAggregate) -> SafeString:
-        return _record_column(obj)
-
-    @admin.display(description="signal")
-    def signal_column(self, obj: MetricAggregate) -> SafeString:
-        return _signal_column(obj)
-
     @admin.display(description="period", ordering="period")
     def tag_period(self, obj: MetricAggregate) -> SafeString:
         return _cut(obj.period)
 
     @admin.display(description="period start", ordering="bucket_start")
     def when_bucket_start(self, obj: MetricAggregate) -> str:
-        return _when(obj.bucket_start)
+        return datetime_display(obj.bucket_start)
 
     @admin.display(description="value")
     def num_value(self, obj: MetricAggregate) -> SafeString:
         aggregation = obj.signal.aggregation or "sum"
+        value = _bucket_value(obj, aggregation)
         return _cut(
-            _number(_bucket_value(obj, aggregation)),
-            title=f"{aggregation}: {_number(_bucket_value(obj, aggregation), exact=True)}; "
+            _number(value),
+            title=f"{aggregation}: {_number(value, exact=True)}; "
             f"count {_number(obj.count, exact=True)}, sum {_number(obj.sum, exact=True)}, "
             f"min {_number(obj.min, exact=True)}, max {_number(obj.max, exact=True)}",
         )
@@ -581,7 +574,7 @@ class MetricAggregateAdmin(DataAdmin):
 
 
 @admin.register(RecordState)
-class RecordStateAdmin(DataAdmin):
+class RecordStateAdmin(_RecordSignalColumns, DataAdmin):
     organization_lookup = "crm_record__organization"
     list_display = (
         "record_column",
@@ -596,25 +589,17 @@ class RecordStateAdmin(DataAdmin):
     raw_id_fields = ("crm_record",)
     show_full_result_count = False
 
-    @admin.display(description="CRM record")
-    def record_column(self, obj: RecordState) -> SafeString:
-        return _record_column(obj)
-
-    @admin.display(description="signal")
-    def signal_column(self, obj: RecordState) -> SafeString:
-        return _signal_column(obj)
-
     @admin.display(description="value")
     def value_column(self, obj: RecordState) -> SafeString:
         return _cut(_compact_json(obj.value))
 
     @admin.display(description="as of (event timestamp)", ordering="timestamp")
     def when_timestamp(self, obj: RecordState) -> str:
-        return _when(obj.timestamp)
+        return datetime_display(obj.timestamp)
 
     @admin.display(description="updated", ordering="updated_at")
     def when_updated(self, obj: RecordState) -> str:
-        return _when(obj.updated_at)
+        return datetime_display(obj.updated_at)
 
 
 class _SignalSlugFilter(admin.SimpleListFilter):
@@ -643,7 +628,7 @@ class _SignalSlugFilter(admin.SimpleListFilter):
 
 
 @admin.register(RejectedEvent)
-class RejectedEventAdmin(DataAdmin):
+class RejectedEventAdmin(_IdReceivedColumns, DataAdmin):
     # The error is the code and message the client got. The identity, and whether the body
     # was cut, are on the rejection's page, next to the body (search finds an identity).
     list_display = (
@@ -685,14 +670,6 @@ class RejectedEventAdmin(DataAdmin):
         if not obj.identity_type:
             return "-"
         return f"{obj.identity_type}:{obj.identity_id}"
-
-    @admin.display(description="ID", ordering="id")
-    def ref_id(self, obj: RejectedEvent) -> SafeString:
-        return short_id(obj.pk)
-
-    @admin.display(description="received", ordering="received_at")
-    def when_received(self, obj: RejectedEvent) -> str:
-        return _when(obj.received_at)
 
     @admin.display(description="signal (as sent)", ordering="signal_slug")
     def signal_column(self, obj: RejectedEvent) -> SafeString:

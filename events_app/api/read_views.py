@@ -40,10 +40,6 @@ _FILTER_MAX_LENGTHS = {
 }
 
 
-def _iso(value: datetime | None) -> str | None:
-    return iso_utc(value)
-
-
 def event_result_data(result: Any) -> Any:
     """An event's stored `result`, with its date-times in the API's `Z` form.
 
@@ -74,15 +70,15 @@ def event_full_data(event: Event) -> dict[str, Any]:
         "schema_version": event.schema_version,
         "identity": {"type": event.identity_type, "id": event.identity_id},
         "data": event.data,
-        "timestamp": _iso(event.timestamp),
-        "received_at": _iso(event.received_at),
+        "timestamp": iso_utc(event.timestamp),
+        "received_at": iso_utc(event.received_at),
         "reference": event.reference,
         "idempotency_key": event.idempotency_key,
         "status": event.status,
         "attempts": event.attempts,
         "last_error": event.last_error or None,
         "result": event_result_data(event.result),
-        "processed_at": _iso(event.processed_at),
+        "processed_at": iso_utc(event.processed_at),
     }
 
 
@@ -206,7 +202,8 @@ def signal_data(signal: Signal) -> dict[str, Any]:
         data["value_field"] = signal.value_field
     data["latest_version"] = versions[-1].version if versions else None
     data["versions"] = [
-        {"version": version.version, "created_at": _iso(version.created_at)} for version in versions
+        {"version": version.version, "created_at": iso_utc(version.created_at)}
+        for version in versions
     ]
     return data
 
@@ -217,7 +214,7 @@ def schema_version_data(version: SchemaVersion) -> dict[str, Any]:
         "slug": version.signal.slug,
         "version": version.version,
         "schema": version.schema,
-        "created_at": _iso(version.created_at),
+        "created_at": iso_utc(version.created_at),
     }
 
 
@@ -256,15 +253,15 @@ def crm_record_data(profile: CrmRecordProfile) -> dict[str, Any]:
     return {
         "type": record.type,
         "id": record.external_id,
-        "first_seen_at": _iso(record.first_seen_at),
-        "last_seen_at": _iso(record.last_seen_at),
+        "first_seen_at": iso_utc(record.first_seen_at),
+        "last_seen_at": iso_utc(record.last_seen_at),
         "event_count": profile.event_count,
         "events_by_signal": [
             {
                 "signal": item.signal,
                 "signal_id": item.signal_id,
                 "count": item.count,
-                "last_event_at": _iso(item.last_event_at),
+                "last_event_at": iso_utc(item.last_event_at),
             }
             for item in profile.events_by_signal
         ],
@@ -273,9 +270,9 @@ def crm_record_data(profile: CrmRecordProfile) -> dict[str, Any]:
                 "signal": state.signal.slug,
                 "signal_id": state.signal.public_id,
                 "value": state.value,
-                "timestamp": _iso(state.timestamp),
+                "timestamp": iso_utc(state.timestamp),
                 "event_id": str(state.event_id),
-                "updated_at": _iso(state.updated_at),
+                "updated_at": iso_utc(state.updated_at),
             }
             for state in profile.states
         ],
@@ -305,7 +302,7 @@ def _bucket_data(bucket: MetricAggregate, aggregation: str) -> dict[str, Any]:
         "max": bucket.max,
     }
     return {
-        "start": _iso(bucket.bucket_start),
+        "start": iso_utc(bucket.bucket_start),
         "value": values.get(aggregation),
         "count": bucket.count,
         "sum": bucket.sum,
@@ -325,8 +322,8 @@ def insight_data(insight: Insight) -> dict[str, Any]:
         "next_action": insight.next_action,
         "reasons": insight.reasons,
         "processor": {"name": insight.processor, "version": insight.processor_version},
-        "occurred_at": _iso(insight.occurred_at),
-        "created_at": _iso(insight.created_at),
+        "occurred_at": iso_utc(insight.occurred_at),
+        "created_at": iso_utc(insight.created_at),
     }
 
 

@@ -10,10 +10,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from bigmind.api_time import iso_utc
 from events_app.api import schema
 from events_app.api.read_views import (
     _invalid,
-    _iso,
     _query_datetime,
     _query_limit,
     _query_text,
@@ -36,11 +36,11 @@ def rejection_data(rejection: RejectedEvent) -> dict[str, Any]:
         "body_truncated": rejection.body_truncated,
         "body_bytes": rejection.body_bytes,
         "identity": identity,
-        "received_at": _iso(rejection.received_at),
+        "received_at": iso_utc(rejection.received_at),
         "replayed_event_id": (
             str(rejection.replayed_event_id) if rejection.replayed_event_id else None
         ),
-        "replayed_at": _iso(rejection.replayed_at),
+        "replayed_at": iso_utc(rejection.replayed_at),
     }
 
 
