@@ -200,7 +200,7 @@ class CounterCache:
     the shared counter, so a budget of n never admits an (n+1)th request, whatever the number
     of processes; units a process leased and did not use before its window ended are never
     spent, so up to (units - 1) per process and window may be refused early. The rate-limit
-    service picks `units` (events_app/ratelimits.py: small against the budget).
+    service picks `units` (events_app/ingest/ratelimits.py: small against the budget).
     """
 
     def _count(self, key: str, delta: int, timeout: Any) -> int:

@@ -6,7 +6,7 @@ file too, so what is measured is what is deployed.
 
 Worker class: threaded (`gthread`: bigmind/gunicorn_worker.py's variant with a read deadline),
 WEB_CONCURRENCY processes of GUNICORN_THREADS threads. Threads are what group commit needs
-(events_app/group_commit.py): a process's writer stores the events of all its request threads
+(events_app/ingest/group_commit.py): a process's writer stores the events of all its request threads
 that arrive while it commits, in one statement and one WAL flush; a sync worker serves one
 request at a time, so every event would be a commit of its own. Processes still use every core
 (the ingest path is Python CPU between round trips, and threads of one process share the GIL).

@@ -185,13 +185,13 @@ def ingest_event_stored(*, signal: Any, event_id: Any, replayed: bool) -> None:
 
 
 def ingest_group_committed(rows: int, seconds: float) -> None:
-    """The ingest writer committed a group (events_app/group_commit.py)."""
+    """The ingest writer committed a group (events_app/ingest/group_commit.py)."""
     INGEST_GROUP_ROWS.observe(rows)
     INGEST_GROUP_SECONDS.observe(seconds)
 
 
 def ingest_batch_observe(items: Iterable[Any]) -> None:
-    """Count a batch's items (events_app.batch._Item) and note them in the log line."""
+    """Count a batch's items (events_app.ingest.batch._Item) and note them in the log line."""
     accepted: Tally[str] = Tally()
     rate_limited: Tally[str] = Tally()
     rejected: Tally[str] = Tally()

@@ -175,7 +175,7 @@ else:
     # Off: Django's health check is a `SELECT 1` before the first query of every request (7%
     # of an ingest worker's time, measured). Without it a connection the server dropped fails
     # its next query once (a 503 for that request) and is then replaced; the ingest writer
-    # (events_app/group_commit.py), the workers and the key, signal and schema lookups
+    # (events_app/ingest/group_commit.py), the workers and the key, signal and schema lookups
     # (bigmind.db.read_on_live_connection) retry on a new connection themselves.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool(
         "DATABASE_CONN_HEALTH_CHECKS", default=False
@@ -230,7 +230,7 @@ CACHES = {"default": _default_cache, "ratelimit": _ratelimit_cache}
 # django-ratelimit counts in this cache with add()/incr(): atomic in Redis and in SQLiteCache.
 RATELIMIT_USE_CACHE = "ratelimit"
 # Our rate-limit service decides what an unreachable store means (accept and log); see
-# events_app/ratelimits.py and the README.
+# events_app/ingest/ratelimits.py and the README.
 RATELIMIT_FAIL_OPEN = True
 SILENCED_SYSTEM_CHECKS = [
     # django-ratelimit only knows the built-in shared caches; SQLiteCache is shared and atomic.
@@ -302,7 +302,7 @@ CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1_000_000)
 # the admin always commit synchronously.
 BIGMIND_WORKER_SYNCHRONOUS_COMMIT = env.bool("BIGMIND_WORKER_SYNCHRONOUS_COMMIT", default=False)
 BIGMIND_SWEEP_INTERVAL_SECONDS = env.float("BIGMIND_SWEEP_INTERVAL_SECONDS", default=30.0)
-# Rejected events (events_app/rejections.py, docs/operations.md "Rejected events"): how long
+# Rejected events (events_app/ingest/rejections.py, docs/operations.md "Rejected events"): how long
 # they are kept and how often, and in what chunks, the purge deletes older ones.
 BIGMIND_REJECTION_RETENTION_DAYS = env.int("BIGMIND_REJECTION_RETENTION_DAYS", default=14)
 BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS = env.float(
@@ -376,7 +376,7 @@ BIGMIND_ENGAGEMENT_HALF_LIFE_DAYS = env.float("BIGMIND_ENGAGEMENT_HALF_LIFE_DAYS
 
 # --- API ------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["events_app.auth.ApiKeyAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["events_app.ingest.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
@@ -419,7 +419,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": ["events_app.api.schema.postprocess"],
 }
 
-# Group commit (events_app/group_commit.py, docs/architecture.md): each web process has one
+# Group commit (events_app/ingest/group_commit.py, docs/architecture.md): each web process has one
 # writer thread that stores the single events its request threads hand it, up to MAX_ROWS in
 # one statement and commit; with fewer waiting it waits up to MAX_WAIT_MS for more (0: only
 # what queued while the previous group committed). A request waits at most TIMEOUT_SECONDS for
@@ -462,9 +462,9 @@ BIGMIND_LOOKUP_CACHE_SECONDS = env.int("BIGMIND_LOOKUP_CACHE_SECONDS", default=3
 BIGMIND_LOCAL_CACHE_SECONDS = env.float("BIGMIND_LOCAL_CACHE_SECONDS", default=2.0)
 # Adds the bare baseline view at /bench/bare (bigmind/bench.py) for scripts/bench_ingest.py.
 BIGMIND_BENCHMARK_ENDPOINTS = env.bool("BIGMIND_BENCHMARK_ENDPOINTS", default=False)
-# Backpressure (events_app/backpressure.py, docs/operations.md "Backpressure"): ingest answers
-# 503 `overloaded` while more events than this are pending; 0 (the default) turns it off. The
-# backlog is counted at most once per REFRESH_SECONDS across all processes.
+# Backpressure (events_app/ingest/backpressure.py, docs/operations.md "Backpressure"): ingest
+# answers 503 `overloaded` while more events than this are pending; 0 (the default) turns it
+# off. The backlog is counted at most once per REFRESH_SECONDS across all processes.
 BIGMIND_BACKPRESSURE_MAX_PENDING = env.int("BIGMIND_BACKPRESSURE_MAX_PENDING", default=0)
 BIGMIND_BACKPRESSURE_REFRESH_SECONDS = env.int("BIGMIND_BACKPRESSURE_REFRESH_SECONDS", default=5)
 BIGMIND_BACKPRESSURE_RETRY_AFTER_SECONDS = env.int(

@@ -15,6 +15,8 @@ from django.utils.translation import ngettext
 
 from bigmind.display import datetime_display, short_id
 from bigmind.errors import ApplicationError
+from events_app.ingest.rejections import rejection_overflow_total
+from events_app.ingest.replay import rejection_replay
 from events_app.models import (
     CrmRecord,
     Event,
@@ -24,7 +26,6 @@ from events_app.models import (
     RejectedEvent,
 )
 from events_app.pipeline.reprocess import REPROCESSABLE, events_reprocess
-from events_app.rejections import rejection_overflow_total, rejection_replay
 from events_app.selectors import CrmRecordProfile, crm_record_profile
 from signals_app.admin import OrganizationScopedAdmin, admin_scope, admin_scope_filter
 from signals_app.models import Signal

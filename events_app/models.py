@@ -236,7 +236,7 @@ class RejectionReason(models.TextChoices):
 
 class RejectedEvent(models.Model):
     """A request refused for a schema violation or an unknown signal, kept so the client can see
-    what it sent wrong and staff can replay it after a fix (events_app/rejections.py).
+    what it sent wrong and staff can replay it after a fix (events_app/ingest/rejections.py).
 
     At most BIGMIND_REJECTIONS_PER_MINUTE rows per organization and minute (the rest are only
     counted, in RejectionOverflow); rows older than BIGMIND_REJECTION_RETENTION_DAYS are purged.
@@ -304,7 +304,7 @@ class RejectionOverflow(models.Model):
         Organization, on_delete=models.CASCADE, related_name="+", db_index=False
     )
     minute = models.DateTimeField(help_text="Start of the minute, UTC.")
-    # Only ever changed by an F() increment (events_app/rejections.py).
+    # Only ever changed by an F() increment (events_app/ingest/rejections.py).
     count = models.PositiveIntegerField(default=0)
 
     class Meta:

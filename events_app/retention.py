@@ -6,8 +6,8 @@
   cause is fixed). `pending` and `processing` events are never deleted, however old.
 - **Metric buckets** whose whole period ended more than BIGMIND_METRIC_BUCKET_RETENTION_DAYS
   ago. A bucket is deleted whole or not at all, so newer buckets are never touched.
-- **Rejected events** keep their own purge (events_app/rejections.py, `events.purge_rejections`);
-  the `purge_expired` command runs it too.
+- **Rejected events** keep their own purge (events_app/ingest/rejections.py,
+  `events.purge_rejections`); the `purge_expired` command runs it too.
 
 0 days keeps that kind forever.
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
+from events_app.ingest.rejections import rejections_purge
 from events_app.pipeline.processing import batch_time_budget, events_process
 from events_app.pipeline.sweep import events_sweep
-from events_app.rejections import rejections_purge
 from events_app.retention import retention_purge
 
 TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}

@@ -12,9 +12,9 @@ from django.db import connection
 from django.test import Client
 
 from bigmind.cache import counter_leases_clear
-from events_app.auth import _last_used_written
+from events_app.ingest.auth import _last_used_written
+from events_app.ingest.services import ingest_writer_stop
 from events_app.pipeline.processors import processor_get
-from events_app.services import ingest_writer_stop
 from signals_app.models import ApiKey, Organization, Signal
 from signals_app.selectors import lookups
 from signals_app.services import (

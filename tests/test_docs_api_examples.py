@@ -25,10 +25,10 @@ from django.core.cache import cache
 from django.core.management import call_command
 from django.test import Client
 
+from events_app.ingest.ratelimits import rate_limit_consume_many, rate_limit_for
 from events_app.models import Event, EventStatus
 from events_app.pipeline.processing import events_process
 from events_app.pipeline.processors import processor_get
-from events_app.ratelimits import rate_limit_consume_many, rate_limit_for
 from signals_app.models import Organization
 from signals_app.selectors import signal_get_active_ref
 

@@ -1,5 +1,5 @@
 """GET /v1/rejections: the key's organization's refused events (schema violations and unknown
-signals), newest first, a page at a time; events_app/rejections.py keeps them."""
+signals), newest first, a page at a time; events_app/ingest/rejections.py keeps them."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from events_app.api.read_views import (
     _query_limit,
     _query_text,
 )
+from events_app.ingest.rejections import RejectionFilters, rejection_list
 from events_app.models import RejectedEvent, RejectionReason
-from events_app.rejections import RejectionFilters, rejection_list
 
 
 def rejection_data(rejection: RejectedEvent) -> dict[str, Any]:

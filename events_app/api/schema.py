@@ -1179,7 +1179,7 @@ REJECTION_LIST: dict[str, Any] = {
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     """`Authorization: Bearer sk_...` as the document's one security scheme."""
 
-    target_class = "events_app.auth.ApiKeyAuthentication"
+    target_class = "events_app.ingest.auth.ApiKeyAuthentication"
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema: Any) -> Schema:

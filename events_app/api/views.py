@@ -19,11 +19,11 @@ from bigmind.errors import (
     json_response,
 )
 from events_app.api import schema
-from events_app.auth import ApiClient, ApiKeyAuthentication
-from events_app.batch import events_ingest_batch
+from events_app.ingest.auth import ApiClient, ApiKeyAuthentication
+from events_app.ingest.batch import events_ingest_batch
+from events_app.ingest.services import event_ingest, event_validate
+from events_app.ingest.store import StoredEvent
 from events_app.models import Event
-from events_app.services import event_ingest, event_validate
-from events_app.store import StoredEvent
 
 
 def _body_incomplete() -> BadRequest:

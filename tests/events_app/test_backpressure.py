@@ -15,9 +15,9 @@ from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from events_app import backpressure
-from events_app.backpressure import backlog_pending_count, backpressure_reset
 from events_app.ids import uuid7
+from events_app.ingest import backpressure
+from events_app.ingest.backpressure import backlog_pending_count, backpressure_reset
 from events_app.models import CrmRecord, Event, EventStatus
 from signals_app.models import Signal
 from tests.conftest import SEED_REQUEST, ApiClient, Tenant, on_postgres
@@ -285,7 +285,7 @@ def test_if_the_count_fails_requests_are_accepted_and_it_is_logged(
         raise DatabaseError("statement timeout")
 
     monkeypatch.setattr(backpressure, "backlog_pending_count", broken)
-    with caplog.at_level(logging.WARNING, logger="events_app.backpressure"):
+    with caplog.at_level(logging.WARNING, logger="events_app.ingest.backpressure"):
         assert api.post(URL, event()).status_code == 202
 
     assert "could not count the backlog" in caplog.text

@@ -1,4 +1,4 @@
-"""Group commit (events_app/group_commit.py, events_app/store.py): many requests' events stored
+"""Group commit (events_app/ingest/group_commit.py, events_app/ingest/store.py): many requests' events stored
 by one writer per process, each answered with its own outcome, and only after the commit.
 
 The writer is used whenever a request is not inside a transaction, so these tests run with real
@@ -20,10 +20,10 @@ import pytest
 from django.db import IntegrityError, OperationalError, connection
 
 from bigmind import metrics
-from events_app import services
-from events_app.group_commit import GroupWriter, WriterTimeout
+from events_app.ingest import services
+from events_app.ingest.group_commit import GroupWriter, WriterTimeout
+from events_app.ingest.store import NewEvent, StoreOutcome, events_store
 from events_app.models import CrmRecord, Event
-from events_app.store import NewEvent, StoreOutcome, events_store
 from tests.conftest import SEED_REQUEST, ApiClient, Tenant
 
 URL = "/v1/events"
@@ -469,7 +469,7 @@ def test_the_prepared_group_statements_probe_indexes_even_when_planned_on_an_emp
     empty table, seconds on a large one."""
     if connection.vendor != "postgresql":
         pytest.skip("the prepared group statements are PostgreSQL's")
-    from events_app.store import _existing_sql, _group_sql, _rows_json
+    from events_app.ingest.store import _existing_sql, _group_sql, _rows_json
 
     event_table = Event._meta.db_table
     rows = [_row(tenant, signal_id, idempotency_key="k-1")]

@@ -105,7 +105,7 @@ def test_a_database_outage_is_a_503_in_the_envelope(api: ApiClient, signal) -> N
     from django.db import OperationalError as DbOperationalError
 
     with mock.patch(
-        "events_app.services.events_store",
+        "events_app.ingest.services.events_store",
         side_effect=DbOperationalError("connection refused"),
     ):
         response = api.post(URL, SEED_REQUEST)

@@ -13,7 +13,11 @@ import pytest
 from django.core.cache import caches
 
 from bigmind.cache import CounterCache, SQLiteCounterCache, counter_leases_clear
-from events_app.ratelimits import rate_limit_consume, rate_limit_consume_many, rate_limit_peek
+from events_app.ingest.ratelimits import (
+    rate_limit_consume,
+    rate_limit_consume_many,
+    rate_limit_peek,
+)
 from signals_app.selectors import signal_get_active_ref
 from tests.conftest import Tenant
 from tests.counter_support import spend

@@ -16,13 +16,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from events_app.ingest.rejections import rejection_body_cut, rejections_purge
+from events_app.ingest.replay import RejectionNotReplayable, rejection_replay
 from events_app.models import Event, RejectedEvent, RejectionOverflow
-from events_app.rejections import (
-    RejectionNotReplayable,
-    rejection_body_cut,
-    rejection_replay,
-    rejections_purge,
-)
 from events_app.tasks import purge_rejections_task
 from signals_app.models import Signal
 from signals_app.services import schema_version_create
@@ -205,7 +201,7 @@ def test_an_accepted_request_does_not_touch_the_rejections(api: ApiClient, tenan
     tenant.signal("visited-documentation-page", schema=PAGE_SCHEMA)
     with (
         CaptureQueriesContext(connection) as queries,
-        mock.patch("events_app.rejections.cache") as counter,
+        mock.patch("events_app.ingest.rejections.cache") as counter,
     ):
         assert api.post(URL, SEED_REQUEST).status_code == 202
         assert api.post(BATCH, {"events": [SEED_REQUEST, SEED_REQUEST]}).status_code == 202
@@ -219,7 +215,7 @@ def test_over_the_cap_per_minute_rejections_are_counted_not_stored(
 ) -> None:
     settings.BIGMIND_REJECTIONS_PER_MINUTE = 3
     minute = timezone.now().replace(second=30, microsecond=0)
-    with mock.patch("events_app.rejections.timezone.now", return_value=minute):
+    with mock.patch("events_app.ingest.rejections.timezone.now", return_value=minute):
         answers = [api.post(URL, event(signal=f"nope-{n}")).status_code for n in range(5)]
         batch = api.post(BATCH, {"events": [event(signal="nope-b")] * 4})
         ApiClient(other.raw_key).post(URL, event(signal="nope"))  # its own budget
@@ -234,7 +230,7 @@ def test_over_the_cap_per_minute_rejections_are_counted_not_stored(
 
     # A new minute, a new budget.
     later = minute + timedelta(minutes=1)
-    with mock.patch("events_app.rejections.timezone.now", return_value=later):
+    with mock.patch("events_app.ingest.rejections.timezone.now", return_value=later):
         api.post(BATCH, {"events": [event(signal="nope-c")] * 4})
     assert kept.filter(signal_slug="nope-c").count() == 3
     assert RejectionOverflow.objects.get(minute=later.replace(second=0)).count == 1
@@ -247,10 +243,10 @@ def test_with_the_cache_down_the_cap_is_checked_in_the_database(
     down = ConnectionError("cache unreachable")
     minute = timezone.now().replace(second=30, microsecond=0)
     with (
-        mock.patch("events_app.rejections.timezone.now", return_value=minute),
+        mock.patch("events_app.ingest.rejections.timezone.now", return_value=minute),
         mock.patch.object(cache, "incr", side_effect=down),
         mock.patch.object(cache, "add", side_effect=down),
-        caplog.at_level(logging.WARNING, logger="events_app.rejections"),
+        caplog.at_level(logging.WARNING, logger="events_app.ingest.rejections"),
     ):
         answers = [api.post(URL, event(signal="nope")).status_code for _ in range(3)]
 
@@ -608,7 +604,7 @@ def test_a_recording_failure_still_answers_the_original_error(
     failing = mock.patch.object(
         RejectedEvent.objects, "bulk_create", side_effect=DatabaseError("disk full")
     )
-    with failing, caplog.at_level(logging.ERROR, logger="events_app.rejections"):
+    with failing, caplog.at_level(logging.ERROR, logger="events_app.ingest.rejections"):
         single = api.post(URL, event(signal="nope"))
         schema = api.post(URL, SEED_REQUEST)
         batch = api.post(

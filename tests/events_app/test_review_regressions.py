@@ -77,7 +77,7 @@ def test_a_reader_cannot_put_an_invalidated_entry_back() -> None:
 def test_a_key_revoked_behind_the_caches_back_is_refused_at_its_next_use_write(
     api: ApiClient, tenant: Tenant, monkeypatch
 ) -> None:
-    from events_app import auth
+    from events_app.ingest import auth
 
     tenant.signal("visited-documentation-page")
     assert api.post(URL, SEED_REQUEST).status_code == 202  # cached as valid

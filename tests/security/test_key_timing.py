@@ -1,6 +1,6 @@
 """How long a key lookup takes does not depend on how much of a guess is right.
 
-Why it holds (events_app/auth.py, signals_app/selectors.py): the presented key is first hashed
+Why it holds (events_app/ingest/auth.py, signals_app/selectors.py): the presented key is first hashed
 with SHA-256 (time depends on length only), and everything after that — the process-local
 cache, the shared cache and the database's unique index — is keyed by the digest. Nothing ever
 compares the presented characters with a stored key's characters, so no early exit on the first
@@ -44,7 +44,7 @@ from django.test.utils import CaptureQueriesContext
 
 import bigmind.cache
 from bigmind.errors import Unauthorized
-from events_app.auth import api_key_authenticate
+from events_app.ingest.auth import api_key_authenticate
 from signals_app.models import ApiKey
 from signals_app.selectors import _api_key_cache_key, lookups
 from signals_app.services import api_key_hash

@@ -298,7 +298,7 @@ def test_a_key_revoked_directly_in_the_database_is_refused_when_last_used_is_nex
 ) -> None:
     """A write that bypasses the services leaves the cached "live" entry, but the conditional
     last_used_at update (at most once a minute per key and process) catches it."""
-    from events_app.auth import _last_used_written
+    from events_app.ingest.auth import _last_used_written
 
     client = Client()
     assert send(client, "GET", "/v1/signals", key=acme.key).status_code == 200

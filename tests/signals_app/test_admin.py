@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from events_app.auth import api_key_authenticate
+from events_app.ingest.auth import api_key_authenticate
 from signals_app.models import ApiKey, Organization, SchemaVersion, Signal
 from signals_app.services import api_key_hash
 from tests.conftest import signal_form

@@ -16,7 +16,7 @@ from django.test import Client
 from django.utils import timezone
 
 from bigmind.errors import ApplicationError
-from events_app.auth import api_key_authenticate
+from events_app.ingest.auth import api_key_authenticate
 from events_app.models import (
     CrmRecord,
     Event,

@@ -19,7 +19,7 @@ from django.core.management.base import CommandError
 from django.db.models import Count
 
 from bigmind.errors import Unauthorized
-from events_app.auth import api_key_authenticate
+from events_app.ingest.auth import api_key_authenticate
 from signals_app.management.commands.bootstrap_demo import DEMO_API_KEY
 from signals_app.models import ApiKey, Organization, SchemaVersion, Signal
 from signals_app.services import api_key_create, schema_version_create

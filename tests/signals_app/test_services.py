@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bigmind.errors import BadRequest, Conflict, Unauthorized
-from events_app.auth import api_key_authenticate
+from events_app.ingest.auth import api_key_authenticate
 from signals_app.models import Organization, SchemaVersion, Signal
 from signals_app.schemas import SchemaInvalid, schema_compile
 from signals_app.selectors import signal_get_active_ref

@@ -7,8 +7,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
+from events_app.ingest.rejections import rejections_purge
 from events_app.models import RejectedEvent
-from events_app.rejections import rejections_purge
 from events_app.retention import retention_purge
 
 

@@ -1,8 +1,8 @@
 """Storing events and touching their CRM records, atomically.
 
 `events_store` stores a group of single events, each on its own: POST /v1/events hands its row
-to the process's group-commit writer (events_app/group_commit.py), which stores everything the
-request threads handed it meanwhile with one call. On PostgreSQL that is one statement in
+to the process's group-commit writer (events_app/ingest/group_commit.py), which stores everything
+the request threads handed it meanwhile with one call. On PostgreSQL that is one statement in
 autocommit (one round trip and one WAL flush for the whole group): a data-modifying CTE
 upserts the CRM records and inserts the events. Other databases run the ORM upsert and insert
 per row, each in a savepoint of one transaction. Both give each row its own outcome: stored,

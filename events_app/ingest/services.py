@@ -24,21 +24,21 @@ from bigmind.errors import (
     ServiceUnavailable,
 )
 from bigmind.logs import log_context, log_context_begin, log_context_end
-from events_app.auth import ApiClient
-from events_app.backpressure import ingest_backpressure_check
-from events_app.group_commit import GroupWriter, WriterTimeout
 from events_app.ids import uuid7
-from events_app.models import Event, EventStatus
-from events_app.pipeline.queue import event_enqueue, events_committed
-from events_app.ratelimits import (
+from events_app.ingest.auth import ApiClient
+from events_app.ingest.backpressure import ingest_backpressure_check
+from events_app.ingest.group_commit import GroupWriter, WriterTimeout
+from events_app.ingest.ratelimits import (
     RateLimitStatus,
     rate_limit_consume,
     rate_limit_peek,
     rate_limited,
 )
-from events_app.rejections import Refusal, rejections_record
-from events_app.store import NewEvent, StoredEvent, StoreOutcome, events_store
-from events_app.validation import EventRequest, event_request_parse, json_body_parse
+from events_app.ingest.rejections import Refusal, rejections_record
+from events_app.ingest.store import NewEvent, StoredEvent, StoreOutcome, events_store
+from events_app.ingest.validation import EventRequest, event_request_parse, json_body_parse
+from events_app.models import Event, EventStatus
+from events_app.pipeline.queue import event_enqueue, events_committed
 from signals_app.schemas import schema_violations
 from signals_app.selectors import SignalRef, schema_version_validator, signal_get_active_ref
 from signals_app.services import signal_slug_check
@@ -252,8 +252,8 @@ def event_ingest(
     idempotency_header: str | None = None,
     record_rejection: bool = True,
 ) -> IngestResult:
-    """`record_rejection`: keep an unknown-signal or schema refusal (events_app/rejections.py);
-    off for a replay of one, which must not record another."""
+    """`record_rejection`: keep an unknown-signal or schema refusal
+    (events_app/ingest/rejections.py); off for a replay of one, which must not record another."""
     # First: refused work must cost nothing, and nothing of it is stored.
     ingest_backpressure_check()
     payload = json_body_parse(raw_body)

@@ -1,8 +1,8 @@
 """Rejected events: requests refused for a schema violation or an unknown signal, kept so the
 client can see what it sent wrong (GET /v1/rejections) and staff can replay them after a fix.
 
-Writes and reads in one module: recording (called by ingest on its error path), the list
-selector, replay and the retention purge.
+Recording (called by ingest on its error path), the list selector and the retention purge;
+replaying a rejection is `events_app.ingest.replay` (it runs ingest, which records here).
 
 - **Recorded**: `signal_not_found` and `schema_validation_failed` refusals of POST /v1/events
   and of each item of POST /v1/events/batch. Not authentication, rate limits, malformed bodies,
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,8 +34,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from bigmind.errors import ApplicationError, Conflict
-from events_app.auth import ApiClient
+from bigmind.errors import ApplicationError
+from events_app.ingest.auth import ApiClient
 from events_app.models import RejectedEvent, RejectionOverflow, RejectionReason
 from events_app.selectors import keyset_page
 
@@ -193,7 +192,7 @@ class RejectionPage:
 
 
 # Its own salt: an event-list cursor is not a rejection-list cursor.
-_CURSOR_SALT = "events_app.rejections.rejection_list.cursor"
+_CURSOR_SALT = "events_app.ingest.rejections.rejection_list.cursor"
 
 
 def rejection_list(
@@ -220,62 +219,6 @@ def rejection_overflow_total(*, organization_id: int | None = None) -> int:
     if organization_id is not None:
         rows = rows.filter(organization_id=organization_id)
     return int(rows.aggregate(total=Sum("count"))["total"] or 0)
-
-
-# --- Replay -----------------------------------------------------------------------------------
-class RejectionNotReplayable(Conflict):
-    code = "rejection_not_replayable"
-
-
-@dataclass(frozen=True)
-class RejectionReplayResult:
-    rejection: RejectedEvent
-    event_id: uuid.UUID | None  # the event ingest stored (or an idempotent replay's event)
-    error: ApplicationError | None  # what ingest answered when it refused the body again
-
-    @property
-    def accepted(self) -> bool:
-        return self.error is None
-
-
-def rejection_replay(*, rejection: RejectedEvent) -> RejectionReplayResult:
-    """Run ingest again on the stored body, for the rejection's organization.
-
-    Accepted: the rejection links the event and the time. Refused again: the new error is
-    returned and nothing is stored (no second rejection row: a replay is not a client request).
-    Raises RejectionNotReplayable for a truncated body or a rejection already replayed.
-    """
-    # Imported here: services imports this module to record its refusals.
-    from events_app.services import event_ingest
-
-    if rejection.body_truncated:
-        raise RejectionNotReplayable(
-            f"The stored body was truncated ({rejection.body_bytes} bytes sent, "
-            f"{settings.BIGMIND_REJECTION_BODY_MAX_BYTES} kept), so it cannot be replayed; "
-            "the client must send the event again"
-        )
-    with transaction.atomic():
-        # Locked until the outcome is written: two staff replaying together make one event.
-        locked = RejectedEvent.objects.select_for_update().filter(pk=rejection.pk).first()
-        if locked is None:
-            raise RejectionNotReplayable("The rejection no longer exists (retention purge)")
-        if locked.replayed_event_id is not None:
-            raise RejectionNotReplayable(
-                f"The rejection was already replayed as event {locked.replayed_event_id}"
-            )
-        client = ApiClient(
-            api_key_id=locked.api_key_id or 0, organization_id=locked.organization_id
-        )
-        try:
-            result = event_ingest(
-                client=client, raw_body=locked.body.encode(), record_rejection=False
-            )
-        except ApplicationError as exc:
-            return RejectionReplayResult(rejection=locked, event_id=None, error=exc)
-        locked.replayed_event_id = result.event.id
-        locked.replayed_at = timezone.now()
-        locked.save(update_fields=["replayed_event_id", "replayed_at"])
-    return RejectionReplayResult(rejection=locked, event_id=result.event.id, error=None)
 
 
 # --- Retention --------------------------------------------------------------------------------

@@ -22,20 +22,20 @@ from django.utils import timezone
 
 from bigmind import metrics
 from bigmind.errors import ApplicationError, BadRequest, PayloadTooLarge
-from events_app.auth import ApiClient
-from events_app.backpressure import ingest_backpressure_check
-from events_app.models import Event
-from events_app.pipeline.queue import events_enqueue
-from events_app.ratelimits import RateLimitStatus, rate_limit_consume_many, rate_limited
-from events_app.rejections import Refusal, rejections_record
-from events_app.services import (
+from events_app.ingest.auth import ApiClient
+from events_app.ingest.backpressure import ingest_backpressure_check
+from events_app.ingest.ratelimits import RateLimitStatus, rate_limit_consume_many, rate_limited
+from events_app.ingest.rejections import Refusal, rejections_record
+from events_app.ingest.services import (
     event_request_resolve,
     event_row_new,
     event_schema_check,
     idempotency_conflict,
 )
-from events_app.store import event_model, events_insert_many
-from events_app.validation import EventRequest, json_body_parse
+from events_app.ingest.store import event_model, events_insert_many
+from events_app.ingest.validation import EventRequest, json_body_parse
+from events_app.models import Event
+from events_app.pipeline.queue import events_enqueue
 from signals_app.selectors import SignalRef
 
 
