@@ -9,7 +9,7 @@ from bigmind.errors import handler404 as api_not_found
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
-    path("admin/dashboard/", include(("events_app.dashboard", "dashboard"))),
+    path("admin/dashboard/", include(("events_app.dashboard.urls", "dashboard"))),
     path("admin/", admin.site.urls),
     path("v1/", include("events_app.api.urls")),
     # "/v1" itself: the envelope's 404, not CommonMiddleware's APPEND_SLASH redirect to "/v1/".

@@ -225,7 +225,7 @@ def _unfinished_wording(page: Any) -> list[str]:
 
 
 # A list cell whose text is cut (an ellipsis) must hold the whole value in a title, for hover;
-# short ids, dates and numbers are never cut (events_app/admin.py, "List columns").
+# short ids, dates and numbers are never cut (events_app/admin/display.py, "List columns").
 CUT_WITHOUT_TITLE_JS = """() => {
   const out = [];
   for (const cell of document.querySelectorAll('#result_list tbody td, #result_list tbody th')) {

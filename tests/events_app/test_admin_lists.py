@@ -18,7 +18,8 @@ from django.test import Client
 from django.utils import timezone
 
 from bigmind.display import short_id_text
-from events_app.admin import DataAdmin, _number
+from events_app.admin.display import number_text
+from events_app.admin.registrations import DataAdmin
 from events_app.ids import uuid7
 from events_app.models import (
     CrmRecord,
@@ -35,7 +36,7 @@ T0 = datetime(2026, 12, 2, 20, 0, 36, tzinfo=UTC)
 LONG_ID = "0015g00000" + "X" * 245
 LONG_MESSAGE = "Signal 'visited-documentation-page' has no schema version 7; " * 10
 ROLLUP = {"metric": {"bucket_start": "2026-12-02T00:00:00Z", "value": 120.5}}
-# Column name prefixes whose cells are never cut (events_app/admin.py, "List columns").
+# Column name prefixes whose cells are never cut (events_app/admin/display.py, "List columns").
 WHOLE = ("ref_", "when_", "num_", "tag_")
 
 
@@ -217,12 +218,12 @@ def test_an_event_not_yet_tried_shows_its_status_alone(staff: Client, tenant: Te
 
 
 def test_numbers_are_compact_in_lists_and_exact_on_hover() -> None:
-    assert _number(12_345_678) == "12,345,678"
-    assert _number(120.0) == "120"
-    assert _number(0.000123456789) == "0.0001235"
-    assert _number(0.000123456789, exact=True) == "0.000123456789"
-    assert _number(1.5e13) == "1.5e+13"
-    assert _number(None) == "-"
+    assert number_text(12_345_678) == "12,345,678"
+    assert number_text(120.0) == "120"
+    assert number_text(0.000123456789) == "0.0001235"
+    assert number_text(0.000123456789, exact=True) == "0.000123456789"
+    assert number_text(1.5e13) == "1.5e+13"
+    assert number_text(None) == "-"
 
 
 # --- Pages ------------------------------------------------------------------------------------

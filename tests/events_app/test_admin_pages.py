@@ -176,9 +176,9 @@ def test_the_payload_cannot_inject_markup_anywhere_on_the_event_page(
 
 
 def test_the_status_history_is_bounded(staff: Client, tenant: Tenant, monkeypatch) -> None:
-    from events_app import admin as events_admin
+    from events_app.admin import registrations
 
-    monkeypatch.setattr(events_admin, "STATUS_HISTORY_LIMIT", 3)
+    monkeypatch.setattr(registrations, "STATUS_HISTORY_LIMIT", 3)
     event = store_event(tenant, tenant.signal("visit"), received_at=timezone.now())
     start = timezone.now()
     for n in range(5):
@@ -313,7 +313,7 @@ def test_a_malformed_signal_filter_is_refused_not_a_crash(staff: Client, tenant:
 def test_the_signal_filter_offers_a_bounded_list(
     staff: Client, tenant: Tenant, monkeypatch
 ) -> None:
-    from events_app.admin import SignalListFilter
+    from events_app.admin.selectors import SignalListFilter
 
     monkeypatch.setattr(SignalListFilter, "max_choices", 3)
     for n in range(5):

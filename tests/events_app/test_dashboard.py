@@ -16,8 +16,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from events_app import models as event_models
-from events_app.dashboard import (
-    chart_of,
+from events_app.dashboard.charts import chart_of
+from events_app.dashboard.selectors import (
     dashboard_backlog,
     dashboard_get,
     dashboard_latency,
@@ -166,7 +166,7 @@ def test_percentile_cont_interpolates_like_postgresql() -> None:
 def test_the_backlog_count_stops_at_its_cap(
     tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("events_app.dashboard.BACKLOG_COUNT_CAP", 3)
+    monkeypatch.setattr("events_app.dashboard.selectors.BACKLOG_COUNT_CAP", 3)
     signal = tenant.signal("page-viewed")
     now = timezone.now()
     for minutes in range(6):
@@ -197,7 +197,7 @@ def test_rejections_read_n_a_where_they_are_not_recorded(
     staff: Client, fixture_events: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A deployment without events_app.models.RejectedEvent.
-    monkeypatch.setattr("events_app.dashboard._rejection_models", lambda: (None, None))
+    monkeypatch.setattr("events_app.dashboard.selectors._rejection_models", lambda: (None, None))
 
     html = page(staff).content.decode()
 

@@ -1,4 +1,4 @@
-"""The admin dashboard: per-signal event counts, queue backlog and processing latency.
+"""The dashboard's numbers: per-signal event counts, queue backlog and processing latency.
 
 Every query is bounded and filtered by organization first, so it is served by the
 `event_org_received` index (organization, -received_at) or `event_status_received`:
@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.contrib import admin
-from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.db.models import (
     Aggregate,
@@ -39,26 +37,18 @@ from django.db.models import (
     When,
 )
 from django.db.models.functions import TruncDay, TruncHour
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
-from django.urls import URLPattern, path
 from django.utils import timezone
-from django.utils.html import escape
-from django.utils.safestring import SafeString, mark_safe
 
 from events_app import models as event_models
 from events_app.models import Event, EventStatus
-from signals_app.admin import admin_organizations
 from signals_app.models import Organization, Signal
 
 HOURS = 24
 DAYS = 30
 LATENCY_SAMPLE_SIZE = 5_000
 BACKLOG_COUNT_CAP = 10_000
-ORGANIZATION_LIST_LIMIT = 500
 
 
-# --- Selectors --------------------------------------------------------------------------------
 @dataclass
 class Bucket:
     start: datetime
@@ -435,6 +425,7 @@ def dashboard_latency(*, organization: Organization, now: datetime) -> Latency:
         # Newest first along the (organization, -received_at) index: the scan stops at the cap.
         .order_by("-received_at")
     )
+    # Vendor-specific SQL: to move to the one module of SQL that differs between databases.
     if connection.vendor == "postgresql":
         sql, params = sample.values("latency")[:LATENCY_SAMPLE_SIZE].query.sql_with_params()
         with connection.cursor() as cursor:
@@ -481,167 +472,3 @@ def dashboard_get(*, organization: Organization, now: datetime | None = None) ->
         latency=dashboard_latency(organization=organization, now=now),
         rejections_known=known,
     )
-
-
-# --- Charts (inline SVG, drawn on the server) -------------------------------------------------
-SLOT = 10  # px per bucket
-BAR = 8
-PLOT_HEIGHT = 60
-TOP = 12  # room for the max label
-BOTTOM = 14  # room for the time labels
-SEGMENTS = ("completed", "failed", "queued")  # bottom to top; rejected goes on top of them
-
-
-@dataclass(frozen=True)
-class Rect:
-    x: int
-    y: float
-    height: float
-    css: str
-
-
-@dataclass(frozen=True)
-class Column:
-    x: int
-    title: str
-    rects: list[Rect]
-
-
-@dataclass(frozen=True)
-class Chart:
-    label: str
-    width: int
-    height: int
-    baseline: int
-    peak: int
-    columns: list[Column]
-    first_label: str
-    last_label: str
-
-
-def chart_of(buckets: list[Bucket], *, hourly: bool) -> Chart:
-    """Stacked bars, one per bucket: completed, failed and queued (together: ingested), then
-    rejected on top. One scale per chart; the peak is labelled."""
-    peak = max((b.ingested + (b.rejected or 0) for b in buckets), default=0)
-    scale = PLOT_HEIGHT / peak if peak else 0.0
-    baseline = TOP + PLOT_HEIGHT
-    label_format = "%H:%M" if hourly else "%b %d"
-    columns = []
-    for index, bucket in enumerate(buckets):
-        x = index * SLOT + 1
-        y = float(baseline)
-        rects = []
-        parts = [(css, getattr(bucket, css)) for css in SEGMENTS]
-        parts.append(("rejected", bucket.rejected or 0))
-        for css, value in parts:
-            if value:
-                height = value * scale
-                y -= height
-                rects.append(Rect(x=x, y=round(y, 2), height=round(height, 2), css=css))
-        when = bucket.start.strftime("%Y-%m-%d %H:00" if hourly else "%Y-%m-%d")
-        rejected = "n/a" if bucket.rejected is None else str(bucket.rejected)
-        title = (
-            f"{when} UTC: ingested {bucket.ingested} (completed {bucket.completed}, "
-            f"failed {bucket.failed}, queued {bucket.queued}), rejected {rejected}"
-        )
-        columns.append(Column(x=x, title=title, rects=rects))
-    return Chart(
-        label="per hour, last 24 h" if hourly else "per day, last 30 days",
-        width=len(buckets) * SLOT + 2,
-        height=baseline + BOTTOM,
-        baseline=baseline,
-        peak=peak,
-        columns=columns,
-        first_label=buckets[0].start.strftime(label_format) if buckets else "",
-        last_label=buckets[-1].start.strftime(label_format) if buckets else "",
-    )
-
-
-def chart_svg(chart: Chart, *, name: str) -> SafeString:
-    """The chart as inline SVG markup. Built here rather than in the template: a template loop
-    over ~2,000 rects per page costs more than every query of the page together."""
-    parts = [
-        f'<svg class="chart" width="{chart.width}" height="{chart.height}"'
-        f' viewBox="0 0 {chart.width} {chart.height}" role="img"'
-        f' aria-label="{escape(name)}: {escape(chart.label)}, peak {chart.peak}">'
-        f'<text x="0" y="9">{chart.peak}</text>'
-    ]
-    for column in chart.columns:
-        parts.append(
-            f"<g><title>{escape(column.title)}</title>"
-            f'<rect class="hit" x="{column.x}" y="{TOP}" width="{BAR}" height="{PLOT_HEIGHT}"/>'
-        )
-        parts.extend(
-            f'<rect class="{rect.css}" x="{rect.x}" y="{rect.y}" width="{BAR}"'
-            f' height="{rect.height}"/>'
-            for rect in column.rects
-        )
-        parts.append("</g>")
-    parts.append(
-        f'<line class="axis" x1="0" y1="{chart.baseline}" x2="{chart.width}"'
-        f' y2="{chart.baseline}"/>'
-        f'<text x="0" y="{chart.height}">{escape(chart.first_label)}</text>'
-        f'<text x="{chart.width}" y="{chart.height}" text-anchor="end">'
-        f"{escape(chart.last_label)}</text></svg>"
-    )
-    # Every interpolated text above is escaped; the rest are numbers and fixed class names.
-    return mark_safe("".join(parts))  # noqa: S308
-
-
-# --- Views ------------------------------------------------------------------------------------
-def _require_event_view_permission(request: HttpRequest) -> None:
-    # admin_view has already required an active staff user; the numbers are events' numbers.
-    if not request.user.has_perm("events_app.view_event"):
-        raise PermissionDenied
-
-
-def dashboard_index_view(request: HttpRequest) -> HttpResponse:
-    _require_event_view_permission(request)
-    # Only the organizations the user may see (a staff user limited to one: that one).
-    organizations = list(
-        admin_organizations(request)
-        .order_by("slug")
-        .only("slug", "name")[: ORGANIZATION_LIST_LIMIT + 1]
-    )
-    context = {
-        **admin.site.each_context(request),
-        "title": "Dashboard",
-        "organizations": organizations[:ORGANIZATION_LIST_LIMIT],
-        "more_organizations": len(organizations) > ORGANIZATION_LIST_LIMIT,
-        "limit": ORGANIZATION_LIST_LIMIT,
-    }
-    return render(request, "admin/dashboard.html", context)
-
-
-def dashboard_organization_view(request: HttpRequest, slug: str) -> HttpResponse:
-    _require_event_view_permission(request)
-    # Another organization's page is "not found", like one that does not exist.
-    organization = get_object_or_404(admin_organizations(request), slug=slug)
-    dashboard = dashboard_get(organization=organization)
-    rows = [
-        {
-            "signal": signal,
-            "charts": [
-                chart_svg(chart_of(signal.hourly, hourly=True), name=signal.name),
-                chart_svg(chart_of(signal.daily, hourly=False), name=signal.name),
-            ],
-        }
-        for signal in dashboard.signals
-    ]
-    context = {
-        **admin.site.each_context(request),
-        "title": f"Dashboard: {organization.name or organization.slug}",
-        "organization": organization,
-        "dashboard": dashboard,
-        "rows": rows,
-        "latency_sample_limit": f"{LATENCY_SAMPLE_SIZE:,}",
-    }
-    return render(request, "admin/dashboard.html", context)
-
-
-# Mounted at admin/dashboard/ in bigmind/urls.py, before admin.site.urls (whose catch-all
-# would answer first). admin_view: staff only, anyone else goes to the admin login.
-urlpatterns: list[URLPattern] = [
-    path("", admin.site.admin_view(dashboard_index_view), name="index"),
-    path("<slug:slug>/", admin.site.admin_view(dashboard_organization_view), name="organization"),
-]
