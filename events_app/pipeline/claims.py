@@ -19,11 +19,11 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db import connection, transaction
 from django.utils import timezone
 
+from events_app import dialect
 from events_app.models import Event, EventStatus, EventTransition
-from events_app.pipeline import bulk, rollups
+from events_app.pipeline import rollups
 
 # For hand-written SQL (constants of the code, never input).
 # The claim by ids and the fenced updates test the status as an expression no index matches,
@@ -73,7 +73,7 @@ _RETURNED = (
 def _claims_read(rows: list[tuple[Any, ...]], claimed_at: datetime) -> list[Claim]:
     claims = [
         Claim(
-            event_id=bulk.uuid_read(row[0]),
+            event_id=dialect.uuid_read(row[0]),
             claimed_at=claimed_at,
             attempt=row[1],
             signal_id=row[2],
@@ -81,11 +81,11 @@ def _claims_read(rows: list[tuple[Any, ...]], claimed_at: datetime) -> list[Clai
             crm_record_id=row[4],
             identity_type=row[5],
             identity_id=row[6],
-            data=bulk.json_read(row[7]),
-            timestamp=bulk.datetime_read(row[8]),
-            received_at=bulk.datetime_read(row[9]),
-            processed_at=bulk.datetime_read(row[10]),
-            rollup=bulk.json_read(row[11]),
+            data=dialect.json_read(row[7]),
+            timestamp=dialect.datetime_read(row[8]),
+            received_at=dialect.datetime_read(row[9]),
+            processed_at=dialect.datetime_read(row[10]),
+            rollup=dialect.json_read(row[11]),
         )
         for row in rows
     ]
@@ -96,28 +96,16 @@ def _claims_read(rows: list[tuple[Any, ...]], claimed_at: datetime) -> list[Clai
 
 def _claim_run(update: str, params: list[Any], now: datetime) -> list[Claim]:
     """Run a claiming `UPDATE ... RETURNING` and write its `processing` history rows with it."""
-    table = EventTransition._meta.db_table
-    if bulk.postgres():
-        sql = f"""
-            WITH "claimed" AS ({update}),
-            "history" AS (
-                INSERT INTO "{table}" ("event_id", "status", "attempt", "at", "note")
-                SELECT "id", '{_PROCESSING}', "attempts", %s, '' FROM "claimed"
-            )
-            SELECT {_RETURNED} FROM "claimed"
-        """  # noqa: S608
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [*params, now])
-            return _claims_read(cursor.fetchall(), now)
-    # SQLite: no data-modifying CTE, so two statements; the claim and its history commit together.
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(update, params)
-            claims = _claims_read(cursor.fetchall(), now)
-        rollups.transitions_insert(
+    return dialect.claim_with_history(
+        update,
+        params,
+        returned=_RETURNED,
+        now=now,
+        read=lambda rows: _claims_read(rows, now),
+        history=lambda claims: rollups.transitions_insert(
             rows=[(c.event_id, EventStatus.PROCESSING, c.attempt, now, "") for c in claims]
-        )
-    return claims
+        ),
+    )
 
 
 def events_claim(*, event_ids: Iterable[UUID | str], now: datetime | None = None) -> list[Claim]:
@@ -133,19 +121,14 @@ def events_claim(*, event_ids: Iterable[UUID | str], now: datetime | None = None
     now = now or timezone.now()
     table = Event._meta.db_table
     first_only = ' AND "attempts" = 0' if len(ids) > 1 else ""
-    id_params: list[Any]
-    if bulk.postgres():
-        where, id_params = '"id" = ANY(%s::uuid[])', [ids]
-    else:
-        where = '"id" IN (' + ", ".join(["%s"] * len(ids)) + ")"
-        id_params = [i.hex for i in ids]
+    where, id_params = dialect.ids_in('"id"', ids)
     update = f"""
         UPDATE "{table}" SET "status" = '{_PROCESSING}', "attempts" = "attempts" + 1,
                              "claimed_at" = %s, "due_at" = NULL
         WHERE {where} AND "status" || '' = '{_PENDING}'{first_only}
         RETURNING {_RETURNED}
     """  # noqa: S608
-    return _claim_run(update, [bulk.datetime_value(now), *id_params], now)
+    return _claim_run(update, [dialect.datetime_value(now), *id_params], now)
 
 
 def events_claim_due(*, limit: int, now: datetime | None = None) -> list[Claim]:
@@ -161,34 +144,23 @@ def events_claim_due(*, limit: int, now: datetime | None = None) -> list[Claim]:
         return []
     now = now or timezone.now()
     table = Event._meta.db_table
-    # The candidates are picked once, in a materialized CTE: as a plain `IN (subquery)` the
-    # planner may re-run the LIMIT subquery and claim more rows than asked for (seen here).
     due = f"""
         SELECT "id" FROM "{table}"
         WHERE "status" = '{_PENDING}' AND "attempts" = 0
           AND ("due_at" IS NULL OR "due_at" <= %s)
         ORDER BY "received_at" LIMIT %s
     """  # noqa: S608
-    claimed_at = bulk.datetime_value(now)
     set_claimed = f"""
         UPDATE "{table}" SET "status" = '{_PROCESSING}', "attempts" = "attempts" + 1,
                              "claimed_at" = %s, "due_at" = NULL
     """  # noqa: S608
-    if bulk.postgres():
-        update = f"""
-            WITH "due" AS MATERIALIZED ({due} FOR UPDATE SKIP LOCKED)
-            {set_claimed}
-            WHERE "id" IN (SELECT "id" FROM "due") AND "status" = '{_PENDING}'
-            RETURNING {_RETURNED}
-        """  # noqa: S608
-        params = [claimed_at, limit, claimed_at]
-    else:
-        update = f"""
-            {set_claimed}
-            WHERE "id" IN ({due}) AND "status" = '{_PENDING}'
-            RETURNING {_RETURNED}
-        """
-        params = [claimed_at, claimed_at, limit]
+    update, params = dialect.claim_due_update(
+        due=due,
+        set_claimed=set_claimed,
+        returned=_RETURNED,
+        claimed_at=dialect.datetime_value(now),
+        limit=limit,
+    )
     return _claim_run(update, params, now)
 
 

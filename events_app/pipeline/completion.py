@@ -25,8 +25,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from bigmind import metrics
+from events_app import dialect
 from events_app.models import Event, EventStatus
-from events_app.pipeline import bulk, rollups
+from events_app.pipeline import rollups
 from events_app.pipeline.claims import STATUS_IS_PROCESSING, Claim
 from events_app.pipeline.engagement import engagement_mass_of
 from events_app.pipeline.facts import Pair, StateRow
@@ -140,7 +141,7 @@ def _events_complete(works: list[Work], processor: Processor, now: datetime) -> 
                 work.rollup,
             )
         )
-    source, params = bulk.rows(
+    source, params = dialect.rows(
         [("eid", "uuid"), ("tok", "timestamptz"), ("res", "jsonb"), ("rol", "jsonb")], values
     )
     sql = f"""
@@ -153,8 +154,8 @@ def _events_complete(works: list[Work], processor: Processor, now: datetime) -> 
         RETURNING "id"
     """  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, [bulk.datetime_value(now), *params])
-        return {bulk.uuid_read(row[0]) for row in cursor.fetchall()}
+        cursor.execute(sql, [dialect.datetime_value(now), *params])
+        return {dialect.uuid_read(row[0]) for row in cursor.fetchall()}
 
 
 def events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, float]], list[Work]]:
@@ -175,7 +176,7 @@ def events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, fl
             if work.transient:
                 error = f"{error} (gave up after {attempt} attempts)"
             plans.append((work, EventStatus.FAILED, error, None, error))
-    source, params = bulk.rows(
+    source, params = dialect.rows(
         [
             ("eid", "uuid"),
             ("tok", "timestamptz"),
@@ -205,8 +206,8 @@ def events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, fl
         RETURNING "id"
     """  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, [bulk.datetime_value(now), *params])
-        moved = {bulk.uuid_read(row[0]) for row in cursor.fetchall()}
+        cursor.execute(sql, [dialect.datetime_value(now), *params])
+        moved = {dialect.uuid_read(row[0]) for row in cursor.fetchall()}
     plans = [p for p in plans if p[0].claim.event_id in moved]
     rollups.transitions_insert(
         rows=[
