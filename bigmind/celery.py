@@ -60,6 +60,7 @@ def _worker_database_sessions(**_: object) -> None:
 
 
 def _asynchronous_commit(sender: object, connection: Any, **_: object) -> None:
+    # A vendor check of its own, not events_app/dialect.py's: the kernel imports no app.
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SET synchronous_commit TO OFF")

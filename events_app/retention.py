@@ -38,6 +38,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from events_app import dialect
 from events_app.models import Event, EventStatus, MetricAggregate, PurgedEventCount, db_value
 from events_app.pipeline.facts import bucket_start
 
@@ -78,9 +79,9 @@ def retention_cutoffs(*, now: datetime) -> dict[str, datetime | None]:
     }
 
 
-def _tally_sql(vendor: str, rows: int) -> str:
+def _tally_sql(rows: int) -> str:
     table = PurgedEventCount._meta.db_table
-    greatest = "GREATEST" if vendor == "postgresql" else "MAX"
+    _, greatest = dialect.least_greatest()
     values = ", ".join(["(%s, %s, %s, %s)"] * rows)
     # Only model metadata is interpolated; values go as parameters.
     return f"""
@@ -111,7 +112,7 @@ def _tally_add(events: Iterable[tuple[Any, int, int, datetime]]) -> None:
             db_value(PurgedEventCount, "last_event_at", last),
         ]
     with connection.cursor() as cursor:
-        cursor.execute(_tally_sql(connection.vendor, len(tally)), params)
+        cursor.execute(_tally_sql(len(tally)), params)
 
 
 def _events_chunk(status: str, cutoff: datetime, size: int) -> int:

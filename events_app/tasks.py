@@ -19,6 +19,7 @@ from django.db import InterfaceError, OperationalError
 
 from events_app.ingest.rejections import rejections_purge
 from events_app.pipeline.processing import batch_time_budget, events_process
+from events_app.pipeline.queue import PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK
 from events_app.pipeline.sweep import events_sweep
 from events_app.retention import retention_purge
 
@@ -35,13 +36,13 @@ PROCESSING_RETRY = {
 }
 
 
-@shared_task(name="events.process_event", **TASK_OPTIONS, **PROCESSING_RETRY)
+@shared_task(name=PROCESS_EVENT_TASK, **TASK_OPTIONS, **PROCESSING_RETRY)
 def process_event_task(event_id: str) -> None:
     """One event, then other due pending ones (draining: see `events_process`)."""
     events_process(event_ids=[event_id], time_budget=batch_time_budget(), drain=True)
 
 
-@shared_task(name="events.process_events", **TASK_OPTIONS, **PROCESSING_RETRY)
+@shared_task(name=PROCESS_EVENTS_TASK, **TASK_OPTIONS, **PROCESSING_RETRY)
 def process_events_task(event_ids: list[str]) -> None:
     """Several events in one message (a batch request, the sweep, a reprocess): one claim."""
     events_process(event_ids=event_ids, time_budget=batch_time_budget())

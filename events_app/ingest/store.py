@@ -17,7 +17,6 @@ import json
 import threading
 from dataclasses import dataclass, fields
 from datetime import datetime
-from functools import cache
 from typing import Any
 from uuid import UUID
 
@@ -35,6 +34,7 @@ from django.db import (
 from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg.types.json import Jsonb
 
+from events_app import dialect
 from events_app.models import CrmRecord, Event, EventStatus
 
 
@@ -111,109 +111,6 @@ def crm_record_touch(
     return record
 
 
-# The NewEvent fields as the group statement reads them from its JSON rows, with their types.
-_NEW_EVENT_COLUMNS = {
-    "id": "uuid",
-    "organization_id": "bigint",
-    "signal_id": "bigint",
-    "schema_version": "integer",
-    "identity_type": "text",
-    "identity_id": "text",
-    "data": "jsonb",
-    "timestamp": "timestamptz",
-    "received_at": "timestamptz",
-    "reference": "text",
-    "idempotency_key": "text",
-    "request_hash": "text",
-}
-
-
-@cache
-def _group_sql() -> str:
-    record, event = CrmRecord._meta.db_table, Event._meta.db_table
-    names = list(_NEW_EVENT_COLUMNS)
-    typed = ", ".join(f'"{name}" {kind}' for name, kind in _NEW_EVENT_COLUMNS.items())
-    columns = ", ".join(f'"{name}"' for name in names)
-    selected = ", ".join(f'f."{name}"' for name in names)
-    # Only model metadata and constants are interpolated; the rows go as one JSON parameter
-    # (json.dumps in C costs a third less client CPU than psycopg dumping a dozen arrays).
-    # - `fresh`: rows whose idempotency key no committed event holds. A replay, or a
-    #   conflicting reuse of a key, must not touch its record either. A LATERAL lookup per
-    #   row (LIMIT 1), not NOT EXISTS: the statement is prepared, and a generic plan made while
-    #   the event table was small turned NOT EXISTS into a hashed subplan, a sequential scan of
-    #   the whole table on every statement for as long as the plan stayed cached (a fresh
-    #   database without autovacuum: 2.4 ms a statement at 10,000 events and growing). A
-    #   LIMIT subquery cannot be hashed; it probes the unique index row by row.
-    # - `record`: one upsert per distinct identity (ON CONFLICT DO UPDATE may touch a row only
-    #   once per statement), in key order, so that two groups touching the same records lock
-    #   them in the same order and cannot deadlock.
-    # - The insert: ON CONFLICT DO NOTHING with no target skips a row that conflicts on any
-    #   unique index: an idempotency key stored meanwhile by another process (PostgreSQL waits
-    #   for that transaction, then skips), a repeated key inside the group (the first row
-    #   wins), or its own primary key when the writer retries a group whose commit it could not
-    #   confirm. The rows it returns are the ones stored now; `_existing` sorts out the rest.
-    return f"""
-        WITH "input" AS (
-            SELECT * FROM jsonb_to_recordset(%s::jsonb) AS t({typed})
-        ),
-        "fresh" AS (
-            SELECT i.* FROM "input" i
-            LEFT JOIN LATERAL (
-                SELECT 1 AS "held" FROM "{event}" e
-                WHERE e."organization_id" = i."organization_id"
-                  AND e."idempotency_key" = i."idempotency_key"
-                LIMIT 1
-            ) k ON TRUE
-            WHERE k."held" IS NULL
-        ),
-        "record" AS (
-            INSERT INTO "{record}" ("organization_id", "type", "external_id",
-                                    "first_seen_at", "last_seen_at")
-            SELECT "organization_id", "identity_type", "identity_id",
-                   max("received_at"), max("received_at")
-            FROM "fresh"
-            GROUP BY "organization_id", "identity_type", "identity_id"
-            ORDER BY "organization_id", "identity_type", "identity_id"
-            ON CONFLICT ("organization_id", "type", "external_id")
-            DO UPDATE SET "last_seen_at" = EXCLUDED."last_seen_at"
-            RETURNING "id", "organization_id", "type", "external_id"
-        )
-        INSERT INTO "{event}" ({columns}, "status", "attempts", "last_error", "crm_record_id")
-        SELECT {selected}, '{EventStatus.PENDING.value}', 0, '', r."id"
-        FROM "fresh" f
-        JOIN "record" r ON r."organization_id" = f."organization_id"
-                       AND r."type" = f."identity_type" AND r."external_id" = f."identity_id"
-        ON CONFLICT DO NOTHING
-        RETURNING "id"
-    """  # noqa: S608
-
-
-@cache
-def _existing_sql() -> str:
-    event = Event._meta.db_table
-    columns = (
-        '"id", "organization_id", "idempotency_key", "request_hash", "schema_version", '
-        '"status", "reference"'
-    )
-    # One index probe per id and per key (LATERAL ... LIMIT 1), whatever the plan cached for
-    # this prepared statement: as `id = ANY(...) OR (org, key) IN (...)` it was a sequential
-    # scan of the event table, on every replay (4.7 ms at 20,000 events). A row found both
-    # ways comes twice; the caller keys them by id and by key.
-    return f"""
-        SELECT e.* FROM unnest(%b::uuid[]) AS w("id")
-        CROSS JOIN LATERAL (
-            SELECT {columns} FROM "{event}" WHERE "id" = w."id" LIMIT 1
-        ) e
-        UNION ALL
-        SELECT e.* FROM unnest(%b::bigint[], %b::text[]) AS k("organization_id", "key")
-        CROSS JOIN LATERAL (
-            SELECT {columns} FROM "{event}"
-            WHERE "organization_id" = k."organization_id" AND "idempotency_key" = k."key"
-            LIMIT 1
-        ) e
-    """  # noqa: S608
-
-
 # The group statement's cursor, per thread and connection: a psycopg cursor copies the
 # connection's adapters when it is made, which was a tenth of a small group's client CPU.
 # psycopg's own cursor binds parameters server-side (Django's binds client-side).
@@ -258,14 +155,14 @@ def _group_insert_postgres(db: BaseDatabaseWrapper, rows: list[NewEvent]) -> lis
     payload = _rows_json(rows)
     with db.wrap_database_errors:
         cursor = _group_cursor(db)
-        cursor.execute(_group_sql(), [payload])
+        cursor.execute(dialect.events_group_insert_sql(), [payload])
         stored = {record[0] for record in cursor.fetchall()}
         missing = [row for row in rows if row.id not in stored]
         found: list[Any] = []
         if missing:
             keyed = [row for row in missing if row.idempotency_key is not None]
             cursor.execute(
-                _existing_sql(),
+                dialect.events_existing_sql(),
                 [
                     [row.id for row in missing],
                     [row.organization_id for row in keyed],
@@ -405,43 +302,15 @@ def events_store(rows: list[NewEvent]) -> list[StoreOutcome]:
     if not rows:
         return []
     db = connections[DEFAULT_DB_ALIAS]  # this thread's wrapper, looked up once
-    if db.vendor == "postgresql":
+    if dialect.postgres(db):
         return _store_postgres(db, rows)
     return _store_orm(rows)
-
-
-_EVENT_COLUMN_TYPES = {
-    **_NEW_EVENT_COLUMNS,
-    "status": "text",
-    "attempts": "integer",
-    "last_error": "text",
-    "crm_record_id": "bigint",
-}
-
-
-@cache
-def _postgres_many_sql() -> tuple[str, str]:
-    record, event = CrmRecord._meta.db_table, Event._meta.db_table
-    columns = ", ".join(f'"{name}"' for name in _EVENT_COLUMN_TYPES)
-    # %b: binary parameters, so arrays are not quoted element by element.
-    arrays = ", ".join(f"%b::{kind}[]" for kind in _EVENT_COLUMN_TYPES.values())
-    records = f"""
-        INSERT INTO "{record}" ("organization_id", "type", "external_id",
-                                "first_seen_at", "last_seen_at")
-        SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[],
-                             %b::timestamptz[], %b::timestamptz[])
-        ON CONFLICT ("organization_id", "type", "external_id")
-        DO UPDATE SET "last_seen_at" = EXCLUDED."last_seen_at"
-        RETURNING "id", "type", "external_id"
-    """  # noqa: S608
-    events = f'INSERT INTO "{event}" ({columns}) SELECT * FROM unnest({arrays})'  # noqa: S608
-    return records, events
 
 
 def _insert_many_postgres(events: list[Event]) -> None:
     # Column arrays and unnest(): two statements whatever the batch size, and none of the ORM's
     # per-field preparation (most of a batch's CPU through bulk_create).
-    records_sql, events_sql = _postgres_many_sql()
+    records_sql, events_sql = dialect.events_insert_many_sql()
     organization_id = events[0].organization_id
     identities = list(dict.fromkeys((e.identity_type, e.identity_id) for e in events))
     seen_at = events[0].received_at
@@ -465,9 +334,9 @@ def _insert_many_postgres(events: list[Event]) -> None:
         record_ids = {(kind, external): pk for pk, kind, external in cursor.fetchall()}
         for event in events:
             event.crm_record_id = record_ids[(event.identity_type, event.identity_id)]
-        columns: list[list[Any]] = [[] for _ in _EVENT_COLUMN_TYPES]
+        columns: list[list[Any]] = [[] for _ in dialect.EVENT_COLUMN_TYPES]
         for event in events:
-            for column, name in zip(columns, _EVENT_COLUMN_TYPES, strict=True):
+            for column, name in zip(columns, dialect.EVENT_COLUMN_TYPES, strict=True):
                 value = getattr(event, name)
                 column.append(Jsonb(value) if name == "data" else value)
         cursor.execute(events_sql, columns)
@@ -480,7 +349,7 @@ def events_insert_many(events: list[Event]) -> None:
     IntegrityError and stores nothing)."""
     if not events:
         return
-    if connection.vendor == "postgresql":
+    if dialect.postgres():
         _insert_many_postgres(events)
         return
     with transaction.atomic():

@@ -16,8 +16,8 @@ from uuid import UUID
 from django.db import connection
 
 from bigmind.api_time import iso_utc
-from events_app.models import Event, Insight, MetricAggregate, RecordState
-from events_app.pipeline import bulk
+from events_app import dialect
+from events_app.models import Insight, RecordState
 from events_app.pipeline.processors import PermanentProcessingError
 
 # A metric value is compared with this many earlier periods, and only once this many exist.
@@ -85,8 +85,7 @@ def metric_histories(*, keys: list[HistoryKey]) -> dict[HistoryKey, list[Bucket]
     """For each key, up to HISTORY_PERIODS buckets before it, newest first; one query."""
     if not keys:
         return {}
-    table = MetricAggregate._meta.db_table
-    source, params = bulk.rows(
+    source, params = dialect.rows(
         [
             ("k", "integer"),
             ("rec", "bigint"),
@@ -103,28 +102,12 @@ def metric_histories(*, keys: list[HistoryKey]) -> dict[HistoryKey, list[Bucket]
         'a."crm_record_id" = v."rec" AND a."signal_id" = v."sig" AND a."period" = v."per" '
         'AND a."bucket_start" < v."before"'
     )
-    if bulk.postgres():
-        # Per key, a backward scan of the unique (record, signal, period, start) index.
-        sql = f"""
-            SELECT v."k", CAST(h."bucket_start" AS text), h."min", h."max" FROM {source}
-            CROSS JOIN LATERAL (
-                SELECT a."bucket_start", a."min", a."max" FROM "{table}" a WHERE {match}
-                ORDER BY a."bucket_start" DESC LIMIT {HISTORY_PERIODS}
-            ) h
-        """  # noqa: S608
-    else:
-        sql = f"""
-            SELECT "k", CAST("bucket_start" AS text), "min", "max" FROM (
-                SELECT v."k", a."bucket_start", a."min", a."max", ROW_NUMBER() OVER (
-                    PARTITION BY v."k" ORDER BY a."bucket_start" DESC) AS "n"
-                FROM {source} JOIN "{table}" a ON {match}
-            ) WHERE "n" <= {HISTORY_PERIODS}
-        """  # noqa: S608
+    sql = dialect.metric_histories_sql(source=source, match=match, periods=HISTORY_PERIODS)
     found: dict[HistoryKey, list[Bucket]] = {}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         for index, start, low, high in cursor.fetchall():
-            found.setdefault(keys[index], []).append((bulk.datetime_read(start), low, high))
+            found.setdefault(keys[index], []).append((dialect.datetime_read(start), low, high))
     for buckets in found.values():
         buckets.sort(reverse=True)
     return found
@@ -178,14 +161,14 @@ def record_states_sql(pairs: list[Pair], *, lock: bool) -> tuple[str, list[Any]]
     """The current states of these pairs; `lock` (PostgreSQL): FOR UPDATE, in key order, so
     two transactions locking overlapping pairs queue instead of deadlocking."""
     table = RecordState._meta.db_table
-    source, params = bulk.rows([("rec", "bigint"), ("sig", "bigint")], pairs)
+    source, params = dialect.rows([("rec", "bigint"), ("sig", "bigint")], pairs)
     sql = f"""
         SELECT s."crm_record_id", s."signal_id", s."value", CAST(s."timestamp" AS text),
                s."event_id"
         FROM "{table}" s JOIN {source} ON s."crm_record_id" = v."rec" AND s."signal_id" = v."sig"
     """  # noqa: S608
-    if lock and bulk.postgres():
-        sql += ' ORDER BY s."crm_record_id", s."signal_id" FOR UPDATE OF s'
+    if lock:
+        sql += dialect.for_update_in_key_order('s."crm_record_id", s."signal_id"', "s")
     return sql, params
 
 
@@ -194,9 +177,9 @@ def record_states_read(sql: str, params: list[Any]) -> dict[Pair, StateRow]:
         cursor.execute(sql, params)
         return {
             (record, signal): StateRow(
-                value=bulk.json_read(value),
-                timestamp=bulk.datetime_read(timestamp),
-                event_id=bulk.uuid_read(event_id),
+                value=dialect.json_read(value),
+                timestamp=dialect.datetime_read(timestamp),
+                event_id=dialect.uuid_read(event_id),
             )
             for record, signal, value, timestamp, event_id in cursor.fetchall()
         }
@@ -227,30 +210,14 @@ def event_counts(*, keys: list[CountKey]) -> dict[CountKey, dict[int, int]]:
     """
     if not keys:
         return {}
-    table = Event._meta.db_table
-    source, params = bulk.rows(
+    source, params = dialect.rows(
         [("k", "integer"), ("rec", "bigint"), ("since", "timestamptz"), ("until", "timestamptz")],
         [(index, record, since, until) for index, (record, since, until) in enumerate(keys)],
     )
     match = (
         'e."crm_record_id" = v."rec" AND e."timestamp" >= v."since" AND e."timestamp" < v."until"'
     )
-    if bulk.postgres():
-        # LATERAL: an index range scan per key, whatever the statistics say. As a plain join,
-        # once ANALYZE had run the planner hashed the keys against a parallel sequential scan
-        # of the whole events table (54 ms for a chunk of 200 in the benchmark, against 13).
-        sql = f"""
-            SELECT v."k", c."signal_id", c."n" FROM {source}
-            CROSS JOIN LATERAL (
-                SELECT e."signal_id", COUNT(*) AS "n" FROM "{table}" e WHERE {match}
-                GROUP BY e."signal_id"
-            ) c
-        """  # noqa: S608
-    else:
-        sql = f"""
-            SELECT v."k", e."signal_id", COUNT(*) FROM {source} JOIN "{table}" e ON {match}
-            GROUP BY v."k", e."signal_id"
-        """  # noqa: S608
+    sql = dialect.event_counts_sql(source=source, match=match)
     counts: dict[CountKey, dict[int, int]] = {key: {} for key in keys}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -14,7 +14,7 @@ for the default processor). An event whose processor fails leaves the chunk: the
 after it are folded again without it, and asked again only if their facts changed.
 
 Everything here runs outside any transaction; the completing transaction checks the state facts
-again under row locks (events_app/pipeline/processing.py).
+again under row locks (events_app/pipeline/completion.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError
@@ -31,6 +31,7 @@ from django.db import InterfaceError, OperationalError
 from bigmind.api_time import iso_utc
 from events_app.models import InsightKind
 from events_app.pipeline import facts as F
+from events_app.pipeline.claims import Claim
 from events_app.pipeline.facts import Pair, StateRow
 from events_app.pipeline.processors import (
     EventInfo,
@@ -43,9 +44,6 @@ from events_app.pipeline.processors import (
     SignalInfo,
 )
 from signals_app.models import Signal, SignalType
-
-if TYPE_CHECKING:
-    from events_app.pipeline.processing import Claim
 
 logger = logging.getLogger(__name__)
 

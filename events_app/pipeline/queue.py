@@ -2,6 +2,11 @@
 
 A publish that fails (broker down) is logged and dropped: the event is already stored as
 `pending`, and the sweep (events_app/pipeline/sweep.py) queues it again once the broker is back.
+
+Tasks are looked up by name in the Celery app's registry (`current_app.tasks[name]`), so the
+pipeline never imports events_app/tasks.py, which imports the pipeline (tasks -> pipeline, one
+way). The registered task's own `delay` / `apply_async` publish, so a message carries the
+task's options and the routes of settings.CELERY_TASK_ROUTES exactly as a direct call would.
 """
 
 from __future__ import annotations
@@ -10,10 +15,15 @@ import logging
 from collections.abc import Sequence
 from uuid import UUID
 
+from celery import Task, current_app
 from django.conf import settings
 from django.core.cache import cache
 
 logger = logging.getLogger(__name__)
+
+# The names the tasks of events_app/tasks.py are registered under (their `name=`).
+PROCESS_EVENT_TASK = "events.process_event"
+PROCESS_EVENTS_TASK = "events.process_events"
 
 # Ids per `events.process_events` message: one claim statement and one transaction per event,
 # within a task time limit even for a slow processor (a batch also re-queues what it cannot
@@ -69,14 +79,16 @@ def wakeup_started() -> None:
         logger.warning("could not clear the wake-up flag; it expires on its own")
 
 
-def _wakeup_publish(event_id: str) -> None:
-    # Imported here: tasks import the pipeline, and the task module pulls in Celery's machinery.
-    from events_app.tasks import process_event_task
+def _task(name: str) -> Task:
+    # The registry, read at publish time: the app is finalized then (its tasks discovered).
+    return current_app.tasks[name]
 
+
+def _wakeup_publish(event_id: str) -> None:
     if _wakeup_queued():
         return
     try:
-        process_event_task.delay(event_id)
+        _task(PROCESS_EVENT_TASK).delay(event_id)
     except Exception:
         logger.exception(
             "queueing %s failed; the sweep will find what is pending", event_id or "a wake-up"
@@ -99,23 +111,19 @@ def _wakeup_queued() -> bool:
 
 
 def event_enqueue_later(*, event_id: UUID, countdown: float) -> None:
-    from events_app.tasks import process_event_task
-
     try:
-        process_event_task.apply_async((str(event_id),), countdown=countdown)
+        _task(PROCESS_EVENT_TASK).apply_async((str(event_id),), countdown=countdown)
     except Exception:
         logger.exception("queueing the retry of %s failed; the sweep will queue it", event_id)
 
 
 def events_enqueue(*, event_ids: Sequence[UUID]) -> int:
     """Queue events in messages of BATCH_MESSAGE_SIZE ids; returns how many were published."""
-    from events_app.tasks import process_events_task
-
     published = 0
     for start in range(0, len(event_ids), BATCH_MESSAGE_SIZE):
         chunk = [str(event_id) for event_id in event_ids[start : start + BATCH_MESSAGE_SIZE]]
         try:
-            process_events_task.delay(chunk)
+            _task(PROCESS_EVENTS_TASK).delay(chunk)
         except Exception:
             logger.exception("queueing %d event(s) failed; they stay pending", len(chunk))
             break

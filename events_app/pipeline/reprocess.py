@@ -19,7 +19,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from events_app.models import Event, EventStatus
-from events_app.pipeline.processing import transitions_record
+from events_app.pipeline.claims import transitions_record
 from events_app.pipeline.queue import BATCH_MESSAGE_SIZE, events_enqueue
 
 REPROCESSABLE = (EventStatus.COMPLETED, EventStatus.FAILED, EventStatus.PENDING)

@@ -1,10 +1,10 @@
 """Rollups of CRM records, written only inside the transaction that completes a chunk of events.
 
-Each write takes the whole chunk at once (events_app/pipeline/bulk.py): one upsert for every
-metric bucket the chunk adds to, one statement each for new and replaced states, one upsert for
-the insights, one update for the engagement sums. Rows are written in key order, so two workers
-whose chunks touch the same rows take their locks in the same order and queue instead of
-deadlocking: record states, then metric buckets, then CRM records, always in that order.
+Each write takes the whole chunk at once (`rows` of events_app/dialect.py): one upsert for
+every metric bucket the chunk adds to, one statement each for new and replaced states, one
+upsert for the insights, one update for the engagement sums. Rows are written in key order, so
+two workers whose chunks touch the same rows take their locks in the same order and queue
+instead of deadlocking: record states, then metric buckets, then CRM records, always in that order.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from uuid import UUID
 
 from django.db import connection
 
+from events_app import dialect
 from events_app.models import CrmRecord, EventTransition, Insight, MetricAggregate, RecordState
-from events_app.pipeline import bulk
 from events_app.pipeline.facts import Pair, StateRow, record_states_read, record_states_sql
 
 # (crm_record_id, signal_id, period, bucket_start) -> (count, sum, min, max) this chunk adds.
@@ -33,8 +33,8 @@ def metric_aggregates_add(*, deltas: MetricDeltas, now: datetime) -> None:
     if not deltas:
         return
     table = MetricAggregate._meta.db_table
-    least, greatest = ("LEAST", "GREATEST") if bulk.postgres() else ("MIN", "MAX")
-    source, params = bulk.rows(
+    least, greatest = dialect.least_greatest()
+    source, params = dialect.rows(
         [
             ("rec", "bigint"),
             ("sig", "bigint"),
@@ -64,7 +64,7 @@ def metric_aggregates_add(*, deltas: MetricDeltas, now: datetime) -> None:
             "updated_at" = EXCLUDED."updated_at"
     """  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, [bulk.datetime_value(now), *params])
+        cursor.execute(sql, [dialect.datetime_value(now), *params])
 
 
 def record_states_lock(*, pairs: list[Pair]) -> dict[Pair, StateRow]:
@@ -76,7 +76,7 @@ def record_states_lock(*, pairs: list[Pair]) -> dict[Pair, StateRow]:
 
 
 def _state_rows(states: dict[Pair, StateRow]) -> tuple[str, list[Any]]:
-    return bulk.rows(
+    return dialect.rows(
         [
             ("rec", "bigint"),
             ("sig", "bigint"),
@@ -113,7 +113,7 @@ def record_states_insert(*, states: dict[Pair, StateRow], now: datetime) -> set[
         RETURNING "crm_record_id", "signal_id"
     """  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, [bulk.datetime_value(now), *params])
+        cursor.execute(sql, [dialect.datetime_value(now), *params])
         return {(record, signal) for record, signal in cursor.fetchall()}
 
 
@@ -129,7 +129,7 @@ def record_states_replace(*, states: dict[Pair, StateRow], now: datetime) -> Non
         FROM {source} WHERE "{table}"."crm_record_id" = v."rec" AND "{table}"."signal_id" = v."sig"
     """  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, [bulk.datetime_value(now), *params])
+        cursor.execute(sql, [dialect.datetime_value(now), *params])
 
 
 def engagement_masses_add(*, masses: dict[int, float]) -> None:
@@ -141,14 +141,9 @@ def engagement_masses_add(*, masses: dict[int, float]) -> None:
     table = CrmRecord._meta.db_table
     records = sorted(masses)
     with connection.cursor() as cursor:
-        if bulk.postgres() and len(records) > 1:
-            # The UPDATE's join may visit rows in any order; lock them in key order first.
-            cursor.execute(
-                f'SELECT 1 FROM "{table}" WHERE "id" = ANY(%s::bigint[]) '  # noqa: S608
-                'ORDER BY "id" FOR UPDATE',
-                [records],
-            )
-        source, params = bulk.rows(
+        # The UPDATE's join may visit rows in any order; lock them in key order first.
+        dialect.crm_records_lock(cursor, ids=records)
+        source, params = dialect.rows(
             [("rec", "bigint"), ("mass", "float8")], [(r, masses[r]) for r in records]
         )
         cursor.execute(
@@ -158,14 +153,14 @@ def engagement_masses_add(*, masses: dict[int, float]) -> None:
         )
 
 
-# Model field types whose values `bulk.rows` adapts; other columns take PostgreSQL's own type.
+# Model field types whose values `dialect.rows` adapts; other columns take PostgreSQL's own type.
 _TYPES = {"UUIDField": "uuid", "DateTimeField": "timestamptz", "JSONField": "jsonb"}
 
 
 @cache
 def _insight_columns() -> list[tuple[str, str]]:
     """(column, type) of every Insight column but the key, from the model (the type is only
-    used by `bulk.rows`: PostgreSQL's, and which values to adapt on SQLite)."""
+    used by `dialect.rows`: PostgreSQL's, and which values to adapt on SQLite)."""
     columns = []
     for field in Insight._meta.concrete_fields:
         if field.primary_key:
@@ -185,7 +180,7 @@ def insights_upsert(*, insights: Sequence[dict[str, Any]]) -> None:
     table = Insight._meta.db_table
     columns = _insight_columns()
     values = [[insight[name] for name, _ in columns] for insight in insights]
-    source, params = bulk.rows([(f"c_{name}", pg_type) for name, pg_type in columns], values)
+    source, params = dialect.rows([(f"c_{name}", pg_type) for name, pg_type in columns], values)
     names = ", ".join(f'"{name}"' for name, _ in columns)
     selected = ", ".join(f'v."c_{name}"' for name, _ in columns)
     updates = ", ".join(
@@ -207,7 +202,7 @@ def transitions_insert(*, rows: Iterable[tuple[UUID, str, int, datetime, str]]) 
     if not values:
         return
     table = EventTransition._meta.db_table
-    source, params = bulk.rows(
+    source, params = dialect.rows(
         [
             ("eid", "uuid"),
             ("st", "text"),

@@ -24,7 +24,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from events_app.models import Event, EventStatus
-from events_app.pipeline.processing import transitions_record
+from events_app.pipeline.claims import transitions_record
 from events_app.pipeline.queue import events_enqueue
 
 logger = logging.getLogger(__name__)

@@ -469,12 +469,15 @@ def test_the_prepared_group_statements_probe_indexes_even_when_planned_on_an_emp
     empty table, seconds on a large one."""
     if connection.vendor != "postgresql":
         pytest.skip("the prepared group statements are PostgreSQL's")
-    from events_app.ingest.store import _existing_sql, _group_sql, _rows_json
+    from events_app.dialect import events_existing_sql, events_group_insert_sql
+    from events_app.ingest.store import _rows_json
 
     event_table = Event._meta.db_table
     rows = [_row(tenant, signal_id, idempotency_key="k-1")]
-    group = _generic_plan(_group_sql(), [_rows_json(rows)])
-    existing = _generic_plan(_existing_sql(), [[uuid.uuid4()], [tenant.organization.pk], ["k-1"]])
+    group = _generic_plan(events_group_insert_sql(), [_rows_json(rows)])
+    existing = _generic_plan(
+        events_existing_sql(), [[uuid.uuid4()], [tenant.organization.pk], ["k-1"]]
+    )
     for plan in (group, existing):
         assert f"Seq Scan on {event_table}" not in plan, plan
         assert "hashed SubPlan" not in plan, plan

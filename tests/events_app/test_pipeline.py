@@ -17,9 +17,10 @@ from django.test import Client
 from django.utils import timezone
 
 from events_app.models import Event, Insight, MetricAggregate, RecordState
-from events_app.pipeline import facts, processing
+from events_app.pipeline import completion, facts, processing
+from events_app.pipeline.claims import events_claim
 from events_app.pipeline.engagement import engagement_score
-from events_app.pipeline.processing import events_claim, events_process
+from events_app.pipeline.processing import events_process
 from events_app.pipeline.processors import (
     InsightDraft,
     PermanentProcessingError,
@@ -479,7 +480,7 @@ def test_a_transient_error_is_retried_with_backoff_then_fails_after_the_last_try
 
 def test_backoff_is_capped(settings) -> None:
     settings.BIGMIND_RETRY_BACKOFF_MAX_SECONDS = 10
-    delays = [processing.retry_delay(n) for n in range(1, 30)]
+    delays = [completion.retry_delay(n) for n in range(1, 30)]
     assert all(0 < d <= 10 for d in delays)
     assert min(delays[5:]) >= 5
 

@@ -29,7 +29,8 @@ from events_app.models import (
     RecordState,
 )
 from events_app.pipeline import processing
-from events_app.pipeline.processing import events_claim_due, events_process
+from events_app.pipeline.claims import events_claim_due
+from events_app.pipeline.processing import events_process
 from events_app.pipeline.processors import (
     InsightDraft,
     PermanentProcessingError,

@@ -17,7 +17,8 @@ from django.db import connection
 from django.utils import timezone
 
 from events_app.models import Event, EventTransition, MetricAggregate
-from events_app.pipeline.processing import events_claim_due, events_process
+from events_app.pipeline.claims import events_claim_due
+from events_app.pipeline.processing import events_process
 from events_app.tasks import process_event_task
 from tests.conftest import ApiClient, Tenant
 

@@ -1,0 +1,417 @@
+"""The SQL that differs between PostgreSQL and SQLite, and the one place that asks which it is.
+
+Hand-written because the ORM cannot say it in one statement, and each statement here is on a
+hot path whose cost is measured (docs/benchmarks.md):
+- ingest's group commit: one data-modifying CTE that skips held idempotency keys, upserts the
+  CRM records in key order and inserts the events, in autocommit (one round trip and one WAL
+  flush per group), and the lookups of what it skipped; a batch's insert by column arrays;
+- the claim: a conditional `UPDATE ... RETURNING` whose history rows ride in the same CTE, and
+  the drain's pick of due events under `FOR UPDATE SKIP LOCKED`;
+- the chunk's facts: a LATERAL index scan per key that PostgreSQL's planner would otherwise
+  turn into a sequential scan;
+- upserts that add to counters (`count = count + EXCLUDED.count`, F-style) and keep a
+  minimum, maximum or latest value in one statement (GREATEST / LEAST, SQLite's MAX / MIN);
+- locks taken in key order, so that concurrent writers queue instead of deadlocking.
+
+Callers build the SQL both databases share and ask this module for what differs: a fragment, a
+statement, or a whole pick between two shapes (`postgres()` for code paths only PostgreSQL
+has). The text of every statement is as it was before it moved here: its plans are measured.
+
+A chunk of events is worked on in a few statements, each taking every event's values at once
+(`rows`). On PostgreSQL they travel as ONE parameter, a JSON array of row objects that
+`json_to_recordset(...)` turns back into typed rows: the statement's text is the same whatever
+the chunk's size, Python encodes the whole chunk with one (C) `json.dumps`, and JSON columns
+(results, rollups, states) are nested as they are instead of being encoded twice. (Arrays per
+column with `unnest`, tried first, spent most of the worker's time quoting array elements in
+psycopg's Python array dumper.) SQLite reads the same rows from a `VALUES` list (3.35+ also has
+the RETURNING and upserts used with it).
+
+`rows` takes Python values and adapts them by the column's type: UUIDs, datetimes, JSON.
+Rows read back from raw SQL are turned into Python values by `uuid_read`, `datetime_read` and
+`json_read`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any, TypeVar
+from uuid import UUID
+
+from django.db import connection, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from events_app.models import CrmRecord, Event, EventStatus, EventTransition, MetricAggregate
+
+T = TypeVar("T")
+
+
+def postgres(db: BaseDatabaseWrapper | None = None) -> bool:
+    """The one vendor check: PostgreSQL, or SQLite (tests, development)."""
+    return (db or connection).vendor == "postgresql"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, UUID | datetime):
+        return str(value) if isinstance(value, UUID) else value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def rows(columns: Sequence[tuple[str, str]], values: Sequence[Sequence[Any]]) -> tuple[str, list]:
+    """`<row source> AS v` for a FROM clause, and its parameters.
+
+    `columns` are (name, PostgreSQL type) pairs, `values` rows of Python values in that order
+    (never empty: a VALUES list needs a row). Column names must not clash with the columns of a
+    table the statement also reads, since SQLite's UPDATE ... FROM cannot qualify them in
+    RETURNING.
+    """
+    assert values, "a row source needs at least one row"
+    names = [name for name, _ in columns]
+    if postgres():
+        typed = ", ".join(f'"{name}" {pg_type}' for name, pg_type in columns)
+        document = json.dumps(
+            [dict(zip(names, row, strict=True)) for row in values], default=_json_default
+        )
+        return f"json_to_recordset(%s::json) AS v({typed})", [document]
+    adapters = [_SQLITE_ADAPTERS.get(pg_type) for _, pg_type in columns]
+    params = [
+        value if adapt is None or value is None else adapt(value)
+        for row in values
+        for adapt, value in zip(adapters, row, strict=True)
+    ]
+    row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    aliases = ", ".join(f'column{i} AS "{name}"' for i, name in enumerate(names, start=1))
+    listed = ", ".join([row] * len(values))
+    return f"(SELECT {aliases} FROM (VALUES {listed})) AS v", params  # noqa: S608
+
+
+def datetime_value(value: datetime | None) -> Any:
+    """A datetime as a parameter of its own (not in `rows`)."""
+    if value is None or postgres():
+        return value
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _sqlite_datetime(value: datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+_SQLITE_ADAPTERS: dict[str, Any] = {
+    "uuid": lambda value: value.hex,
+    "timestamptz": _sqlite_datetime,
+    "timestamp with time zone": _sqlite_datetime,
+    "jsonb": json.dumps,
+}
+
+
+def uuid_read(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+def datetime_read(value: Any) -> Any:
+    """An aware datetime, or None. SQLite gives Django's naive UTC as a naive datetime (a
+    column it knows the type of) or as text (one it does not, as in some RETURNING lists)."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def json_read(value: Any) -> Any:
+    """Django reads jsonb (PostgreSQL) and JSON text (SQLite) as text; None stays None."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+# --- fragments ------------------------------------------------------------------------------
+
+
+def least_greatest() -> tuple[str, str]:
+    """The two-argument minimum and maximum: SQLite's MIN and MAX are PostgreSQL's LEAST and
+    GREATEST (PostgreSQL's MIN and MAX are aggregates only)."""
+    return ("LEAST", "GREATEST") if postgres() else ("MIN", "MAX")
+
+
+def ids_in(column: str, ids: Sequence[UUID]) -> tuple[str, list[Any]]:
+    """`<column> is one of ids`: one array parameter on PostgreSQL (the statement's text is the
+    same for any number of ids), a list of parameters on SQLite (UUIDs as Django stores them)."""
+    if postgres():
+        return f"{column} = ANY(%s::uuid[])", [list(ids)]
+    return f"{column} IN (" + ", ".join(["%s"] * len(ids)) + ")", [i.hex for i in ids]
+
+
+def for_update_in_key_order(order_by: str, of: str) -> str:
+    """A SELECT's suffix locking its rows in key order (PostgreSQL), so that two transactions
+    locking overlapping rows queue instead of deadlocking. SQLite: nothing, a transaction that
+    writes is the only writer."""
+    return f" ORDER BY {order_by} FOR UPDATE OF {of}" if postgres() else ""
+
+
+# --- the pipeline's claims ------------------------------------------------------------------
+
+
+def claim_with_history(
+    update: str,
+    params: list[Any],
+    *,
+    returned: str,
+    now: datetime,
+    read: Callable[[list[tuple[Any, ...]]], list[T]],
+    history: Callable[[list[T]], None],
+) -> list[T]:
+    """Run a claiming `UPDATE ... RETURNING <returned>` and write its `processing` history rows
+    with it: on PostgreSQL in the same statement (a data-modifying CTE), on SQLite (no such
+    CTE) by `history` after it, in one transaction. `read` turns the returned rows into claims.
+    """
+    if postgres():
+        table = EventTransition._meta.db_table
+        sql = f"""
+            WITH "claimed" AS ({update}),
+            "history" AS (
+                INSERT INTO "{table}" ("event_id", "status", "attempt", "at", "note")
+                SELECT "id", '{EventStatus.PROCESSING.value}', "attempts", %s, '' FROM "claimed"
+            )
+            SELECT {returned} FROM "claimed"
+        """  # noqa: S608
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*params, now])
+            return read(cursor.fetchall())
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(update, params)
+            claimed = read(cursor.fetchall())
+        history(claimed)
+    return claimed
+
+
+def claim_due_update(
+    *, due: str, set_claimed: str, returned: str, claimed_at: Any, limit: int
+) -> tuple[str, list[Any]]:
+    """The drain's claim: `set_claimed` applied to the rows `due` picks (its parameters: the
+    claim time, then the limit), RETURNING `returned`.
+
+    On PostgreSQL the candidates are picked once, in a materialized CTE, and locked with FOR
+    UPDATE SKIP LOCKED: two workers draining at once take different events instead of queueing
+    on the same rows. (As a plain `IN (subquery)` the planner may re-run the LIMIT subquery and
+    claim more rows than asked for: seen here.) SQLite has one writer at a time, so the
+    statement is atomic as is.
+    """
+    pending = EventStatus.PENDING.value
+    if postgres():
+        sql = f"""
+            WITH "due" AS MATERIALIZED ({due} FOR UPDATE SKIP LOCKED)
+            {set_claimed}
+            WHERE "id" IN (SELECT "id" FROM "due") AND "status" = '{pending}'
+            RETURNING {returned}
+        """  # noqa: S608
+        return sql, [claimed_at, limit, claimed_at]
+    sql = f"""
+            {set_claimed}
+            WHERE "id" IN ({due}) AND "status" = '{pending}'
+            RETURNING {returned}
+        """
+    return sql, [claimed_at, claimed_at, limit]
+
+
+# --- the pipeline's facts and rollups -------------------------------------------------------
+
+
+def metric_histories_sql(*, source: str, match: str, periods: int) -> str:
+    """For each key `v."k"` of `source`, the `periods` newest metric buckets `a` matching it:
+    rows of (k, bucket_start as text, min, max).
+
+    PostgreSQL: per key, a backward scan of the unique (record, signal, period, start) index.
+    SQLite (no LATERAL): a window over the join."""
+    table = MetricAggregate._meta.db_table
+    if postgres():
+        return f"""
+            SELECT v."k", CAST(h."bucket_start" AS text), h."min", h."max" FROM {source}
+            CROSS JOIN LATERAL (
+                SELECT a."bucket_start", a."min", a."max" FROM "{table}" a WHERE {match}
+                ORDER BY a."bucket_start" DESC LIMIT {periods}
+            ) h
+        """  # noqa: S608
+    return f"""
+            SELECT "k", CAST("bucket_start" AS text), "min", "max" FROM (
+                SELECT v."k", a."bucket_start", a."min", a."max", ROW_NUMBER() OVER (
+                    PARTITION BY v."k" ORDER BY a."bucket_start" DESC) AS "n"
+                FROM {source} JOIN "{table}" a ON {match}
+            ) WHERE "n" <= {periods}
+        """  # noqa: S608
+
+
+def event_counts_sql(*, source: str, match: str) -> str:
+    """For each key `v."k"` of `source`, the events `e` matching it counted by signal: rows of
+    (k, signal_id, count).
+
+    PostgreSQL: LATERAL, an index range scan per key, whatever the statistics say. As a plain
+    join, once ANALYZE had run the planner hashed the keys against a parallel sequential scan
+    of the whole events table (54 ms for a chunk of 200 in the benchmark, against 13)."""
+    table = Event._meta.db_table
+    if postgres():
+        return f"""
+            SELECT v."k", c."signal_id", c."n" FROM {source}
+            CROSS JOIN LATERAL (
+                SELECT e."signal_id", COUNT(*) AS "n" FROM "{table}" e WHERE {match}
+                GROUP BY e."signal_id"
+            ) c
+        """  # noqa: S608
+    return f"""
+            SELECT v."k", e."signal_id", COUNT(*) FROM {source} JOIN "{table}" e ON {match}
+            GROUP BY v."k", e."signal_id"
+        """  # noqa: S608
+
+
+def crm_records_lock(cursor: Any, *, ids: list[int]) -> None:
+    """Lock these CRM records in key order before an UPDATE ... FROM that may visit them in any
+    order (PostgreSQL). SQLite: a transaction that writes is the only writer."""
+    if postgres() and len(ids) > 1:
+        cursor.execute(
+            f'SELECT 1 FROM "{CrmRecord._meta.db_table}" WHERE "id" = ANY(%s::bigint[]) '  # noqa: S608
+            'ORDER BY "id" FOR UPDATE',
+            [ids],
+        )
+
+
+# --- ingest (PostgreSQL only: other databases store through the ORM) ----------------------
+
+
+# The fields of ingest's NewEvent (events_app/ingest/store.py) as the group statement reads
+# them from its JSON rows, with their types.
+NEW_EVENT_COLUMNS = {
+    "id": "uuid",
+    "organization_id": "bigint",
+    "signal_id": "bigint",
+    "schema_version": "integer",
+    "identity_type": "text",
+    "identity_id": "text",
+    "data": "jsonb",
+    "timestamp": "timestamptz",
+    "received_at": "timestamptz",
+    "reference": "text",
+    "idempotency_key": "text",
+    "request_hash": "text",
+}
+
+
+@cache
+def events_group_insert_sql() -> str:
+    """Ingest's group commit (PostgreSQL): one statement stores a group of single events,
+    its one parameter the rows as JSON; returns the ids it stored."""
+    record, event = CrmRecord._meta.db_table, Event._meta.db_table
+    names = list(NEW_EVENT_COLUMNS)
+    typed = ", ".join(f'"{name}" {kind}' for name, kind in NEW_EVENT_COLUMNS.items())
+    columns = ", ".join(f'"{name}"' for name in names)
+    selected = ", ".join(f'f."{name}"' for name in names)
+    # Only model metadata and constants are interpolated; the rows go as one JSON parameter
+    # (json.dumps in C costs a third less client CPU than psycopg dumping a dozen arrays).
+    # - `fresh`: rows whose idempotency key no committed event holds. A replay, or a
+    #   conflicting reuse of a key, must not touch its record either. A LATERAL lookup per
+    #   row (LIMIT 1), not NOT EXISTS: the statement is prepared, and a generic plan made while
+    #   the event table was small turned NOT EXISTS into a hashed subplan, a sequential scan of
+    #   the whole table on every statement for as long as the plan stayed cached (a fresh
+    #   database without autovacuum: 2.4 ms a statement at 10,000 events and growing). A
+    #   LIMIT subquery cannot be hashed; it probes the unique index row by row.
+    # - `record`: one upsert per distinct identity (ON CONFLICT DO UPDATE may touch a row only
+    #   once per statement), in key order, so that two groups touching the same records lock
+    #   them in the same order and cannot deadlock.
+    # - The insert: ON CONFLICT DO NOTHING with no target skips a row that conflicts on any
+    #   unique index: an idempotency key stored meanwhile by another process (PostgreSQL waits
+    #   for that transaction, then skips), a repeated key inside the group (the first row
+    #   wins), or its own primary key when the writer retries a group whose commit it could not
+    #   confirm. The rows it returns are the ones stored now; `events_existing_sql` finds the
+    #   rest.
+    return f"""
+        WITH "input" AS (
+            SELECT * FROM jsonb_to_recordset(%s::jsonb) AS t({typed})
+        ),
+        "fresh" AS (
+            SELECT i.* FROM "input" i
+            LEFT JOIN LATERAL (
+                SELECT 1 AS "held" FROM "{event}" e
+                WHERE e."organization_id" = i."organization_id"
+                  AND e."idempotency_key" = i."idempotency_key"
+                LIMIT 1
+            ) k ON TRUE
+            WHERE k."held" IS NULL
+        ),
+        "record" AS (
+            INSERT INTO "{record}" ("organization_id", "type", "external_id",
+                                    "first_seen_at", "last_seen_at")
+            SELECT "organization_id", "identity_type", "identity_id",
+                   max("received_at"), max("received_at")
+            FROM "fresh"
+            GROUP BY "organization_id", "identity_type", "identity_id"
+            ORDER BY "organization_id", "identity_type", "identity_id"
+            ON CONFLICT ("organization_id", "type", "external_id")
+            DO UPDATE SET "last_seen_at" = EXCLUDED."last_seen_at"
+            RETURNING "id", "organization_id", "type", "external_id"
+        )
+        INSERT INTO "{event}" ({columns}, "status", "attempts", "last_error", "crm_record_id")
+        SELECT {selected}, '{EventStatus.PENDING.value}', 0, '', r."id"
+        FROM "fresh" f
+        JOIN "record" r ON r."organization_id" = f."organization_id"
+                       AND r."type" = f."identity_type" AND r."external_id" = f."identity_id"
+        ON CONFLICT DO NOTHING
+        RETURNING "id"
+    """  # noqa: S608
+
+
+@cache
+def events_existing_sql() -> str:
+    """The events holding the ids or the (organization, idempotency key) pairs the group
+    statement skipped (PostgreSQL; binary array parameters: ids, organizations, keys)."""
+    event = Event._meta.db_table
+    columns = (
+        '"id", "organization_id", "idempotency_key", "request_hash", "schema_version", '
+        '"status", "reference"'
+    )
+    # One index probe per id and per key (LATERAL ... LIMIT 1), whatever the plan cached for
+    # this prepared statement: as `id = ANY(...) OR (org, key) IN (...)` it was a sequential
+    # scan of the event table, on every replay (4.7 ms at 20,000 events). A row found both
+    # ways comes twice; the caller keys them by id and by key.
+    return f"""
+        SELECT e.* FROM unnest(%b::uuid[]) AS w("id")
+        CROSS JOIN LATERAL (
+            SELECT {columns} FROM "{event}" WHERE "id" = w."id" LIMIT 1
+        ) e
+        UNION ALL
+        SELECT e.* FROM unnest(%b::bigint[], %b::text[]) AS k("organization_id", "key")
+        CROSS JOIN LATERAL (
+            SELECT {columns} FROM "{event}"
+            WHERE "organization_id" = k."organization_id" AND "idempotency_key" = k."key"
+            LIMIT 1
+        ) e
+    """  # noqa: S608
+
+
+EVENT_COLUMN_TYPES = {
+    **NEW_EVENT_COLUMNS,
+    "status": "text",
+    "attempts": "integer",
+    "last_error": "text",
+    "crm_record_id": "bigint",
+}
+
+
+@cache
+def events_insert_many_sql() -> tuple[str, str]:
+    """A batch request's two statements (PostgreSQL): the CRM records' upsert, RETURNING their
+    ids, and the events' insert, both from column arrays (unnest)."""
+    record, event = CrmRecord._meta.db_table, Event._meta.db_table
+    columns = ", ".join(f'"{name}"' for name in EVENT_COLUMN_TYPES)
+    # %b: binary parameters, so arrays are not quoted element by element.
+    arrays = ", ".join(f"%b::{kind}[]" for kind in EVENT_COLUMN_TYPES.values())
+    records = f"""
+        INSERT INTO "{record}" ("organization_id", "type", "external_id",
+                                "first_seen_at", "last_seen_at")
+        SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[],
+                             %b::timestamptz[], %b::timestamptz[])
+        ON CONFLICT ("organization_id", "type", "external_id")
+        DO UPDATE SET "last_seen_at" = EXCLUDED."last_seen_at"
+        RETURNING "id", "type", "external_id"
+    """  # noqa: S608
+    events = f'INSERT INTO "{event}" ({columns}) SELECT * FROM unnest({arrays})'  # noqa: S608
+    return records, events
