@@ -11,7 +11,9 @@ hot path whose cost is measured (docs/benchmarks.md):
   turn into a sequential scan;
 - upserts that add to counters (`count = count + EXCLUDED.count`, F-style) and keep a
   minimum, maximum or latest value in one statement (GREATEST / LEAST, SQLite's MAX / MIN);
-- locks taken in key order, so that concurrent writers queue instead of deadlocking.
+- locks taken in key order, so that concurrent writers queue instead of deadlocking;
+- the dashboard's latency percentiles: PostgreSQL's `percentile_cont` over a sample (SQLite has
+  no ordered-set aggregate; the dashboard computes the same interpolation in Python there).
 
 Callers build the SQL both databases share and ask this module for what differs: a fragment, a
 statement, or a whole pick between two shapes (`postgres()` for code paths only PostgreSQL
@@ -42,6 +44,7 @@ from uuid import UUID
 
 from django.db import connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import QuerySet
 
 from events_app.models import CrmRecord, Event, EventStatus, EventTransition, MetricAggregate
 
@@ -415,3 +418,19 @@ def events_insert_many_sql() -> tuple[str, str]:
     """  # noqa: S608
     events = f'INSERT INTO "{event}" ({columns}) SELECT * FROM unnest({arrays})'  # noqa: S608
     return records, events
+
+
+def latency_percentiles(sample: QuerySet[Any, Any]) -> tuple[int, Any, Any, Any]:
+    """(count, p50, p95, max) of a queryset of `latency` values, by `percentile_cont` in one
+    statement (PostgreSQL only): the sample never travels to Python."""
+    sql, params = sample.query.sql_with_params()
+    with connection.cursor() as cursor:
+        # `sql` is Django's own compiled query; every value is in `params`.
+        cursor.execute(
+            "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY latency),"  # noqa: S608
+            " percentile_cont(0.95) WITHIN GROUP (ORDER BY latency), max(latency)"
+            f" FROM ({sql}) AS sample",
+            params,
+        )
+        size, p50, p95, longest = cursor.fetchone()
+    return size, p50, p95, longest

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import connection
 from django.db.models import (
     Aggregate,
     Case,
@@ -39,6 +38,7 @@ from django.db.models import (
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
+from events_app import dialect
 from events_app import models as event_models
 from events_app.models import Event, EventStatus
 from signals_app.models import Organization, Signal
@@ -425,18 +425,10 @@ def dashboard_latency(*, organization: Organization, now: datetime) -> Latency:
         # Newest first along the (organization, -received_at) index: the scan stops at the cap.
         .order_by("-received_at")
     )
-    # Vendor-specific SQL: to move to the one module of SQL that differs between databases.
-    if connection.vendor == "postgresql":
-        sql, params = sample.values("latency")[:LATENCY_SAMPLE_SIZE].query.sql_with_params()
-        with connection.cursor() as cursor:
-            # `sql` is Django's own compiled query; every value is in `params`.
-            cursor.execute(
-                "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY latency),"  # noqa: S608
-                " percentile_cont(0.95) WITHIN GROUP (ORDER BY latency), max(latency)"
-                f" FROM ({sql}) AS sample",
-                params,
-            )
-            size, p50, p95, longest = cursor.fetchone()
+    if dialect.postgres():
+        size, p50, p95, longest = dialect.latency_percentiles(
+            sample.values("latency")[:LATENCY_SAMPLE_SIZE]
+        )
         return Latency(
             sample_size=size,
             p50=p50,
