@@ -368,7 +368,7 @@ class EventAdmin(_IdReceivedColumns, _SignalColumn, DataAdmin):
 
 
 def _bucket_value(bucket: MetricAggregate, aggregation: str) -> float | int | None:
-    # As the API reports it (events_app/api/read_views.py).
+    # As the API reports it (events_app/api/events.py).
     if aggregation == "avg":
         return bucket.sum / bucket.count if bucket.count else None
     return {"sum": bucket.sum, "count": bucket.count, "min": bucket.min, "max": bucket.max}.get(

@@ -6,17 +6,21 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from bigmind.api_time import iso_utc
 from events_app.api import schema
-from events_app.api.read_views import (
-    _invalid,
-    _query_datetime,
-    _query_limit,
-    _query_text,
+from events_app.api.common import (
+    ApiView,
+    QueryChoice,
+    QueryCursor,
+    QueryDateTime,
+    QueryLimit,
+    QueryText,
+    query_parse,
+    success,
 )
 from events_app.ingest.rejections import RejectionFilters, rejection_list
 from events_app.models import RejectedEvent, RejectionReason
@@ -44,36 +48,38 @@ def rejection_data(rejection: RejectedEvent) -> dict[str, Any]:
     }
 
 
-def _rejection_filters(request: Request) -> RejectionFilters:
-    reason = _query_text(request, "reason")
-    if reason is not None and reason not in RejectionReason.values:
-        raise _invalid(f"reason must be one of {', '.join(RejectionReason.values)}")
-    return RejectionFilters(
-        signal=_query_text(request, "signal"),
-        reason=reason,
-        since=_query_datetime(request, "since"),
-        until=_query_datetime(request, "until"),
+class RejectionListQuery(serializers.Serializer):
+    """The filters and page of GET /v1/rejections."""
+
+    signal = QueryText(max_length=100, help_text="Exact match on the `signal` sent.")
+    reason = QueryChoice(list(RejectionReason.values), help_text="The refusal's `code`.")
+    since = QueryDateTime(
+        help_text=(
+            "Refused at or after it. ISO 8601 (a date alone is midnight UTC; no offset means "
+            "UTC; percent-encode `+` as `%2B`)."
+        )
     )
+    until = QueryDateTime(help_text="Refused before it (exclusive). Same forms.")
+    limit = QueryLimit(help_text="Page size.")
+    cursor = QueryCursor()
 
 
-class RejectionListApi(APIView):
+class RejectionListApi(ApiView):
     """GET /v1/rejections: refused events of the key's organization, newest first, by cursor."""
 
-    @extend_schema(**schema.REJECTION_LIST)
+    @extend_schema(**schema.REJECTION_LIST, parameters=[RejectionListQuery, *schema.LIST_HEADERS])
     def get(self, request: Request) -> Response:
-        filters = _rejection_filters(request)
-        limit = _query_limit(request)
-        cursor = request.query_params.get("cursor") or None
+        query = query_parse(RejectionListQuery, request)
+        limit, cursor = query.pop("limit"), query.pop("cursor")
         page = rejection_list(
             organization_id=request.user.organization_id,
-            filters=filters,
+            filters=RejectionFilters(**query),
             limit=limit,
             cursor=cursor,
         )
         return Response(
-            {
-                "success": True,
-                "data": [rejection_data(rejection) for rejection in page.rejections],
-                "next_cursor": page.next_cursor,
-            }
+            success(
+                [rejection_data(rejection) for rejection in page.rejections],
+                next_cursor=page.next_cursor,
+            )
         )
