@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from bigmind.api_time import iso_utc
 from events_app.api import schema
 from events_app.api.common import (
     ApiView,
@@ -22,30 +21,65 @@ from events_app.api.common import (
     query_parse,
     success,
 )
+from events_app.api.events import IdentitySerializer
+from events_app.api.fields import Boolean, Choice, DateTime, Integer, Text, Uuid
 from events_app.ingest.rejections import RejectionFilters, rejection_list
-from events_app.models import RejectedEvent, RejectionReason
+from events_app.models import RejectionReason
 
 
-def rejection_data(rejection: RejectedEvent) -> dict[str, Any]:
-    identity = None
-    if rejection.identity_type and rejection.identity_id:
-        identity = {"type": rejection.identity_type, "id": rejection.identity_id}
-    return {
-        "id": str(rejection.id),
-        "signal": rejection.signal_slug,
-        "reason": rejection.reason,
-        "error": rejection.message,
-        "details": rejection.violations,
-        "body": rejection.body,
-        "body_truncated": rejection.body_truncated,
-        "body_bytes": rejection.body_bytes,
-        "identity": identity,
-        "received_at": iso_utc(rejection.received_at),
-        "replayed_event_id": (
-            str(rejection.replayed_event_id) if rejection.replayed_event_id else None
-        ),
-        "replayed_at": iso_utc(rejection.replayed_at),
-    }
+class SchemaViolationSerializer(serializers.Serializer):
+    """One way `data` fails its JSON Schema."""
+
+    path = Text(
+        help_text="JSON path of the offending value; `$` is `data` itself.",
+        example="$.duration_seconds",
+    )
+    message = Text(example="-5 is less than the minimum of 0")
+    keyword = Text(help_text="The JSON Schema keyword that failed.", example="minimum")
+
+
+class RejectionSerializer(serializers.Serializer):
+    """A request refused for a schema violation or an unknown signal (one batch item counts as one request), as the API answered it."""  # noqa: E501
+
+    id = Uuid()
+    signal = Text(
+        source="signal_slug", help_text="The `signal` as sent (empty when it was not a string)."
+    )
+    reason = Choice(list(RejectionReason.values), help_text="The `code` the API answered with.")
+    error = Text(
+        source="message",
+        help_text="The exact `error` the API answered with.",
+        example="Signal not found: no-such-signal",
+    )
+    details = serializers.ListField(
+        source="violations",
+        child=SchemaViolationSerializer(),
+        help_text="The violations (`schema_validation_failed`); empty otherwise.",
+    )
+    body = Text(
+        help_text=(
+            "The request body as sent (a batch item: the item, re-encoded as compact JSON), "
+            "cut to `BIGMIND_REJECTION_BODY_MAX_BYTES` (16 KiB by default) at a UTF-8 "
+            "character boundary."
+        )
+    )
+    body_truncated = Boolean(help_text="Whether `body` was cut.")
+    body_bytes = Integer(min_value=0, help_text="Size of the body as sent, in bytes.")
+    identity = IdentitySerializer(
+        source="*", allow_null=True, help_text="The event's identity, when it had one."
+    )
+    received_at = DateTime(help_text="When the API refused it, UTC.")
+    replayed_event_id = Uuid(
+        allow_null=True, help_text="The event stored when staff replayed it after a fix."
+    )
+    replayed_at = DateTime(allow_null=True)
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)
+        # A refused request may have had no (usable) identity: null, not two empty strings.
+        if not (instance.identity_type and instance.identity_id):
+            data["identity"] = None
+        return data
 
 
 class RejectionListQuery(serializers.Serializer):
@@ -67,7 +101,35 @@ class RejectionListQuery(serializers.Serializer):
 class RejectionListApi(ApiView):
     """GET /v1/rejections: refused events of the key's organization, newest first, by cursor."""
 
-    @extend_schema(**schema.REJECTION_LIST, parameters=[RejectionListQuery, *schema.LIST_HEADERS])
+    @extend_schema(
+        operation_id="rejection_list",
+        summary="List rejected events",
+        description=(
+            "Requests of the key's organization refused for a schema violation "
+            "(`schema_validation_failed`) or an unknown signal (`signal_not_found`), by "
+            "`POST /v1/events` or per item by `POST /v1/events/batch`: what was sent and what "
+            "the API answered. Newest first (`received_at`, then `id`), a page at a time, like "
+            "`GET /v1/events`. At most 60 are kept per organization and minute (the rest are "
+            "counted only) and for 14 days (both configurable, docs/operations.md)."
+        ),
+        tags=["events"],
+        parameters=[RejectionListQuery, *schema.LIST_HEADERS],
+        responses={
+            200: OpenApiResponse(
+                response=RejectionSerializer(many=True), description="One page of rejections."
+            ),
+            400: schema.list_invalid(
+                (
+                    400,
+                    "reason must be one of schema_validation_failed, signal_not_found",
+                    "invalid_parameter",
+                )
+            ),
+            401: schema.unauthorized(),
+            503: schema.unavailable(),
+            schema.URI_TOO_LONG: schema.uri_too_long(),
+        },
+    )
     def get(self, request: Request) -> Response:
         query = query_parse(RejectionListQuery, request)
         limit, cursor = query.pop("limit"), query.pop("cursor")
@@ -79,7 +141,7 @@ class RejectionListApi(ApiView):
         )
         return Response(
             success(
-                [rejection_data(rejection) for rejection in page.rejections],
+                RejectionSerializer(page.rejections, many=True).data,
                 next_cursor=page.next_cursor,
             )
         )
