@@ -112,3 +112,10 @@ class Const(Documented, serializers.Field):
 
     def get_attribute(self, instance: Any) -> Any:
         return self.value
+
+
+class PassedList(serializers.ListField):
+    """A list rendered as it is stored (its items' schema is the `child`'s)."""
+
+    def to_representation(self, data: Any) -> Any:
+        return data

@@ -22,20 +22,9 @@ from events_app.api.common import (
     success,
 )
 from events_app.api.events import IdentitySerializer
-from events_app.api.fields import Boolean, Choice, DateTime, Integer, Text, Uuid
+from events_app.api.fields import Boolean, Choice, DateTime, Integer, PassedList, Text, Uuid
 from events_app.ingest.rejections import RejectionFilters, rejection_list
 from events_app.models import RejectionReason
-
-
-class SchemaViolationSerializer(serializers.Serializer):
-    """One way `data` fails its JSON Schema."""
-
-    path = Text(
-        help_text="JSON path of the offending value; `$` is `data` itself.",
-        example="$.duration_seconds",
-    )
-    message = Text(example="-5 is less than the minimum of 0")
-    keyword = Text(help_text="The JSON Schema keyword that failed.", example="minimum")
 
 
 class RejectionSerializer(serializers.Serializer):
@@ -51,9 +40,9 @@ class RejectionSerializer(serializers.Serializer):
         help_text="The exact `error` the API answered with.",
         example="Signal not found: no-such-signal",
     )
-    details = serializers.ListField(
+    details = PassedList(
         source="violations",
-        child=SchemaViolationSerializer(),
+        child=schema.SchemaViolationSerializer(),
         help_text="The violations (`schema_validation_failed`); empty otherwise.",
     )
     body = Text(

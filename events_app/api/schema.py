@@ -1,9 +1,11 @@
-"""The OpenAPI 3 description of /v1 (drf-spectacular), kept next to the views it describes.
+"""What the OpenAPI document of /v1 (drf-spectacular) shares around the resources' shapes.
 
-The views build their JSON by hand (no serializers), so the shapes are written here as plain
-OpenAPI schemas: `COMPONENTS` becomes `#/components/schemas`, and one `extend_schema` keyword
-set per endpoint lists its request, parameters and every status it can answer, with the headers
-that status carries. Each view carries a single `@extend_schema(**...)` naming its set.
+Each resource module declares its shapes once, as serializers that both render its answers and
+write `#/components/schemas`, and its operations with `@extend_schema` next to its views. This
+module holds what they share: the error envelope's declaration, the error answers, the headers
+(X-Request-ID, rate limits, Retry-After...), path parameters, request examples, the security
+scheme, the OpenAPI links, and the postprocessing hook that puts each 2xx shape in the success
+envelope.
 
 What the document says is checked against the running app by `make api-fuzz` (schemathesis);
 docs/api.md is the prose version of the same contract.
@@ -14,18 +16,20 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+)
+from rest_framework import serializers
 
+from events_app.api.fields import Choice, Const, DateTime, Integer, PassedList, Text
 from events_app.ingest.auth import ApiKeyAuthentication
-from events_app.models import EventStatus
 
 Schema = dict[str, Any]
 
 DEMO_KEY_HINT = "sk_demo_local_only_not_for_production_000000"
-
-
-def ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def string(description: str = "", **extra: Any) -> Schema:
@@ -40,139 +44,63 @@ def nullable(schema: Schema) -> Schema:
 
 
 DATE_TIME = string(format="date-time", example="2026-03-16T12:00:00Z")
-_EVENT_STATUSES = list(EventStatus.values)
-_FREE_OBJECT: Schema = {"type": "object", "additionalProperties": True}
+
 
 # --- Shapes -----------------------------------------------------------------------------------
-COMPONENTS: dict[str, Schema] = {
-    "Error": {
-        "type": "object",
-        "description": (
-            "The error envelope of every non-2xx answer. `error` is for people, `code` (a "
-            "stable word) for programs; `details` is there when there is a list to give."
-        ),
-        "required": ["success", "error", "code"],
-        "properties": {
-            "success": {"type": "boolean", "enum": [False]},
-            "error": string("What went wrong, in a sentence.", example="signal is required"),
-            "code": string("A stable machine-readable word.", example="signal_required"),
-            "details": ref("ErrorDetails"),
-        },
-    },
-    "ErrorDetails": {
-        "type": "array",
-        "description": (
-            "Each violation of a `schema_validation_failed`; the budget that refused a "
-            "`rate_limited` (one item)."
-        ),
-        "items": {"oneOf": [ref("SchemaViolation"), ref("RateLimitExceeded")]},
-    },
-    "RateLimitExceeded": {
-        "type": "object",
-        "description": (
-            "Which budget refused a 429 and when it refills; the same values as the "
-            "`X-RateLimit-Limit`, `X-RateLimit-Reset` and `Retry-After` headers."
-        ),
-        "required": ["signal", "limit", "window_seconds", "reset_at", "retry_after"],
-        "properties": {
-            "signal": string("The signal's slug.", example="visited-documentation-page"),
-            "limit": {
-                "type": "integer",
-                "minimum": 1,
-                "description": "Requests per window.",
-                "example": 100,
-            },
-            "window_seconds": {
-                "type": "integer",
-                "enum": [60],
-                "description": "The window's length.",
-            },
-            "reset_at": string(
-                "UTC time the window resets (as `X-RateLimit-Reset`).",
-                format="date-time",
-                example="2026-12-04T16:01:00Z",
+# --- The error envelope ----------------------------------------------------------------------
+# bigmind.errors renders it (the kernel, for every /v1 answer and Django's own 404 and 500);
+# these serializers are its declaration for the document.
+class SchemaViolationSerializer(serializers.Serializer):
+    """One way `data` fails its JSON Schema."""
+
+    path = Text(
+        help_text="JSON path of the offending value; `$` is `data` itself.",
+        example="$.duration_seconds",
+    )
+    message = Text(example="-5 is less than the minimum of 0")
+    keyword = Text(help_text="The JSON Schema keyword that failed.", example="minimum")
+
+
+class RateLimitExceededSerializer(serializers.Serializer):
+    """Which budget refused a 429 and when it refills; the same values as the `X-RateLimit-Limit`, `X-RateLimit-Reset` and `Retry-After` headers."""  # noqa: E501
+
+    signal = Text(help_text="The signal's slug.", example="visited-documentation-page")
+    limit = Integer(min_value=1, help_text="Requests per window.", example=100)
+    window_seconds = Choice([60], help_text="The window's length.")
+    reset_at = DateTime(
+        help_text="UTC time the window resets (as `X-RateLimit-Reset`).",
+        example="2026-12-04T16:01:00Z",
+    )
+    retry_after = Integer(
+        min_value=1, help_text="Seconds until then (as `Retry-After`).", example=12
+    )
+
+
+class ErrorDetailsField(PassedList):
+    """`details` of an error: a list of violations, or the one budget that refused."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            child=PolymorphicProxySerializer(
+                component_name="ErrorDetail",
+                serializers=[SchemaViolationSerializer, RateLimitExceededSerializer],
+                resource_type_field_name=None,
             ),
-            "retry_after": {
-                "type": "integer",
-                "minimum": 1,
-                "description": "Seconds until then (as `Retry-After`).",
-                "example": 12,
-            },
-        },
-    },
-    "SchemaViolation": {
-        "type": "object",
-        "description": "One way `data` fails its JSON Schema.",
-        "required": ["path", "message", "keyword"],
-        "properties": {
-            "path": string(
-                "JSON path of the offending value; `$` is `data` itself.",
-                example="$.duration_seconds",
+            help_text=(
+                "Each violation of a `schema_validation_failed`; the budget that refused a "
+                "`rate_limited` (one item)."
             ),
-            "message": string(example="-5 is less than the minimum of 0"),
-            "keyword": string("The JSON Schema keyword that failed.", example="minimum"),
-        },
-    },
-    "EventBatchRequest": {
-        "type": "object",
-        "required": ["events"],
-        "properties": {
-            "events": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": 100,
-                "items": ref("EventRequest"),
-            },
-        },
-    },
-    "EventBatchItemAccepted": {
-        "type": "object",
-        "required": ["id", "signal_id", "schema_version", "status", "reference", "index"],
-        "properties": {
-            "id": string(format="uuid"),
-            "signal_id": string(),
-            "schema_version": nullable({"type": "integer"}),
-            "status": string(enum=_EVENT_STATUSES),
-            "reference": nullable(string()),
-            "index": {"type": "integer", "minimum": 0},
-            "replayed": {
-                "type": "boolean",
-                "enum": [True],
-                "description": "Present when the item was an idempotent replay.",
-            },
-        },
-    },
-    "EventBatchItemRejected": {
-        "type": "object",
-        "required": ["status", "index", "reference", "error", "code", "status_code"],
-        "properties": {
-            "status": string(enum=["rejected"]),
-            "index": {"type": "integer", "minimum": 0},
-            "reference": nullable(string()),
-            "error": string(example="Signal not found: no-such-signal"),
-            "code": string(example="signal_not_found"),
-            "status_code": {
-                "type": "integer",
-                "description": "The status the item would have had sent alone.",
-                "enum": [400, 404, 409, 413, 429],
-            },
-            "details": ref("ErrorDetails"),
-        },
-    },
-    "EventBatchItem": {
-        "description": "An accepted or a rejected item, in request order.",
-        "oneOf": [ref("EventBatchItemAccepted"), ref("EventBatchItemRejected")],
-    },
-    "EventValidated": {
-        "type": "object",
-        "required": ["valid", "signal_id", "schema_version"],
-        "properties": {
-            "valid": {"type": "boolean", "enum": [True]},
-            "signal_id": string(),
-            "schema_version": nullable({"type": "integer"}),
-        },
-    },
-}
+            **kwargs,
+        )
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The error envelope of every non-2xx answer. `error` is for people, `code` (a stable word) for programs; `details` is there when there is a list to give."""  # noqa: E501
+
+    success = Const(False)
+    error = Text(help_text="What went wrong, in a sentence.", example="signal is required")
+    code = Text(help_text="A stable machine-readable word.", example="signal_required")
+    details = ErrorDetailsField(required=False)
 
 
 def envelope(data: Schema, *, success: bool = True, **extra: Schema) -> Schema:
@@ -288,7 +216,7 @@ def list_invalid(*examples: tuple[int, str, str]) -> OpenApiResponse:
 
 def error_response(description: str, *examples: tuple[int, str, str]) -> OpenApiResponse:
     return OpenApiResponse(
-        response=ref("Error"),
+        response=ErrorSerializer,
         description=description,
         examples=[
             OpenApiExample(
@@ -304,7 +232,7 @@ def error_response(description: str, *examples: tuple[int, str, str]) -> OpenApi
 
 def rate_limited() -> OpenApiResponse:
     return OpenApiResponse(
-        response=ref("Error"),
+        response=ErrorSerializer,
         description=(
             "The signal's budget for this minute is spent (`rate_limited`), with `Retry-After`; "
             "`details` names the signal, its limit, the window and when it resets."
@@ -335,7 +263,7 @@ def rate_limited() -> OpenApiResponse:
 
 def unauthorized() -> OpenApiResponse:
     return OpenApiResponse(
-        response=ref("Error"),
+        response=ErrorSerializer,
         description=(
             "Missing, malformed, unknown or revoked API key (`missing_api_key`, "
             "`invalid_api_key`, `revoked_api_key`), with `WWW-Authenticate: Bearer`."
@@ -433,85 +361,6 @@ def request_examples() -> list[OpenApiExample]:
 
 
 # --- Per endpoint -----------------------------------------------------------------------------
-
-EVENT_BATCH: dict[str, Any] = {
-    "operation_id": "event_batch",
-    "summary": "Send up to 100 events",
-    "description": (
-        "Each item goes through exactly the checks of `POST /v1/events` and succeeds or fails "
-        "on its own; `data` lists the items in request order. Each item spends one unit of its "
-        "own signal's budget; the `X-RateLimit-*` headers describe the most constrained signal. "
-        "Idempotency per item, by its `idempotency_key` field only."
-    ),
-    "tags": ["events"],
-    "request": {"application/json": ref("EventBatchRequest")},
-    "examples": [
-        OpenApiExample(
-            "three events",
-            value={"events": [EVENT_EXAMPLE, METRIC_EXAMPLE, STATE_EXAMPLE]},
-            request_only=True,
-        )
-    ],
-    "parameters": [
-        *common_headers([202, 207, 400, 401, 413, 503]),
-        *rate_limit_headers(codes=[202], required=True),
-        # Absent when no item named a known signal.
-        *rate_limit_headers(codes=[207], required=False),
-    ],
-    "responses": {
-        202: OpenApiResponse(
-            response=envelope({"type": "array", "items": ref("EventBatchItemAccepted")}),
-            description="Every item was accepted (replays count as accepted).",
-        ),
-        207: OpenApiResponse(
-            response=envelope({"type": "array", "items": ref("EventBatchItem")}, success=False),
-            description=(
-                "At least one item was rejected; accepted items were stored all the same."
-            ),
-        ),
-        400: error_response(
-            'The body is not JSON (`invalid_json`) or not `{"events": [...]}` with 1 to 100 '
-            "items (`invalid_batch`), or it ended before its `Content-Length` or last chunk "
-            "(`body_incomplete`). Nothing is stored.",
-            (400, "events must not be empty", "invalid_batch"),
-        ),
-        401: unauthorized(),
-        413: too_large("`BIGMIND_BATCH_MAX_BODY_BYTES`, 5 MiB by default"),
-        503: ingest_unavailable(),
-        URI_TOO_LONG: uri_too_long(),
-    },
-}
-
-EVENT_VALIDATE: dict[str, Any] = {
-    "operation_id": "event_validate",
-    "summary": "Check an event without sending it",
-    "description": (
-        "Every check of `POST /v1/events` except storing and rate limiting: an invalid event "
-        "gets exactly the answer ingest would give. Spends no budget (the `X-RateLimit-*` "
-        "headers report it as it is)."
-    ),
-    "tags": ["events"],
-    "request": {"application/json": ref("EventRequest")},
-    "examples": request_examples(),
-    "parameters": [
-        IDEMPOTENCY_KEY,
-        *common_headers([200, 400, 401, 404, 409, 413, 503]),
-        *rate_limit_headers(codes=[200], required=True),
-        *rate_limit_headers(codes=[400, 404, 409], required=False),
-    ],
-    "responses": {
-        200: OpenApiResponse(
-            response=envelope(ref("EventValidated")), description="The event would be accepted."
-        ),
-        400: error_response(INGEST_400),
-        401: unauthorized(),
-        404: error_response(INGEST_404),
-        409: error_response(INGEST_409),
-        413: too_large("`BIGMIND_EVENT_MAX_BODY_BYTES`, 1 MiB by default"),
-        503: unavailable(),
-        URI_TOO_LONG: uri_too_long(),
-    },
-}
 
 
 def path_parameter(
@@ -614,7 +463,6 @@ def postprocess(result: Schema, generator: Any, request: Any, public: bool) -> S
     """drf-spectacular hook: add the shapes and links above, share the response headers
     (X-Request-ID alone is on every answer) and mark every request body required."""
     components = result.setdefault("components", {})
-    components.setdefault("schemas", {}).update(COMPONENTS)
     shared_headers = components.setdefault("headers", {})
     for path_item in result.get("paths", {}).values():
         for operation in path_item.values():
