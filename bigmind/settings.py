@@ -389,8 +389,8 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
-# The OpenAPI document (/v1/openapi.json) and the docs page (/v1/docs); the shapes are in
-# events_app/api/schema.py.
+# The OpenAPI document (/v1/openapi.json) and the docs page (/v1/docs); the shapes are the
+# serializers of the resource modules in events_app/api/, the shared pieces api/schema.py.
 SPECTACULAR_SETTINGS = {
     "TITLE": "Bigmind Signals API",
     "VERSION": "1.0.0",

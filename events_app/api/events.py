@@ -131,21 +131,17 @@ class EventAcceptedSerializer(serializers.Serializer):
     reference = Text(allow_null=True)
 
 
-ACCEPTED = EventAcceptedSerializer()
-
-
 def event_public_data(event: Event | StoredEvent, *, signal_public_id: str) -> dict[str, Any]:
-    """An accepted event, as POST /v1/events and each accepted batch item answer it."""
-    data: dict[str, Any] = ACCEPTED.to_representation(
-        {
-            "id": event.id,
-            "signal_id": signal_public_id,
-            "schema_version": event.schema_version,
-            "status": event.status,
-            "reference": event.reference,
-        }
-    )
-    return data
+    """An accepted event, as POST /v1/events and each accepted batch item answer it: the shape
+    of EventAcceptedSerializer, built by hand because it is on the ingest hot path (the
+    serializer's rendering costs about four times as much CPU); a test pins the two equal."""
+    return {
+        "id": str(event.id),
+        "signal_id": signal_public_id,
+        "schema_version": event.schema_version,
+        "status": event.status,
+        "reference": event.reference,
+    }
 
 
 def event_result_data(result: Any) -> Any:
