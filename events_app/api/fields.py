@@ -20,10 +20,11 @@ DATE_TIME_EXAMPLE = "2026-03-16T12:00:00Z"
 
 
 class Documented:
-    """A field with extra OpenAPI keywords (`example`, and `schema` for any other), and for the
-    fields DRF cannot describe, the whole schema of a value (`openapi_type`)."""
+    """A field with its OpenAPI type (`openapi_type`) and extra keywords (`example`, and
+    `schema` for any other). drf-spectacular adds what the field's arguments say (nullable,
+    description, maxLength, minimum...)."""
 
-    openapi_type: Schema | None = None
+    openapi_type: Schema = {}
 
     def __init__(
         self, *args: Any, example: Any = None, schema: Schema | None = None, **kwargs: Any
@@ -39,10 +40,7 @@ class DocumentedExtension(OpenApiSerializerFieldExtension):
 
     def map_serializer_field(self, auto_schema: Any, direction: str) -> Schema:
         field = self.target
-        if field.openapi_type is not None:
-            schema = dict(field.openapi_type)
-        else:
-            schema = auto_schema._map_serializer_field(field, direction, bypass_extensions=True)
+        schema = dict(field.openapi_type)
         if field.example is not None:
             schema["example"] = field.example
         schema.update(field.schema_extra)
@@ -50,32 +48,39 @@ class DocumentedExtension(OpenApiSerializerFieldExtension):
 
 
 class Text(Documented, serializers.CharField):
-    pass
+    openapi_type = {"type": "string"}
 
 
 class Integer(Documented, serializers.IntegerField):
+    openapi_type = {"type": "integer"}
+
     def to_representation(self, value: Any) -> Any:
         return value
 
 
 class Boolean(Documented, serializers.BooleanField):
+    openapi_type = {"type": "boolean"}
+
     def to_representation(self, value: Any) -> Any:
         return value
 
 
 class Choice(Documented, serializers.ChoiceField):
+    def __init__(self, choices: list[Any], **kwargs: Any) -> None:
+        kind = "integer" if all(isinstance(choice, int) for choice in choices) else "string"
+        self.openapi_type = {"type": kind, "enum": list(choices)}
+        super().__init__(choices, **kwargs)
+
     def to_representation(self, value: Any) -> Any:
         return value
 
 
 class Uuid(Documented, serializers.UUIDField):
-    pass
+    openapi_type = {"type": "string", "format": "uuid"}
 
 
 class Passed(Documented, serializers.Field):
     """A value rendered as it is stored; its schema is the `schema` given."""
-
-    openapi_type: Schema | None = {}
 
     def to_representation(self, value: Any) -> Any:
         return value

@@ -24,7 +24,15 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers
 
-from events_app.api.fields import Choice, Const, DateTime, Integer, PassedList, Text
+from events_app.api.fields import (
+    DATE_TIME_EXAMPLE,
+    Choice,
+    Const,
+    DateTime,
+    Integer,
+    PassedList,
+    Text,
+)
 from events_app.ingest.auth import ApiKeyAuthentication
 
 Schema = dict[str, Any]
@@ -39,11 +47,7 @@ def string(description: str = "", **extra: Any) -> Schema:
     return schema
 
 
-def nullable(schema: Schema) -> Schema:
-    return {**schema, "nullable": True}
-
-
-DATE_TIME = string(format="date-time", example="2026-03-16T12:00:00Z")
+DATE_TIME = string(format="date-time", example=DATE_TIME_EXAMPLE)
 
 
 # --- Shapes -----------------------------------------------------------------------------------
