@@ -132,7 +132,7 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 
 def json_bytes(data: Any) -> bytes:
     """JSON exactly as DRF's JSONRenderer writes it (compact, UTF-8, U+2028/9 escaped), for the
-    views that answer without DRF (events_app/api/views.py: POST /v1/events)."""
+    views that answer without DRF (events_app/api/events.py: POST /v1/events)."""
     text = _ENCODER.encode(data)
     return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode()
 

@@ -389,8 +389,8 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
-# The OpenAPI document (/v1/openapi.json) and the docs page (/v1/docs); the shapes are in
-# events_app/api/schema.py.
+# The OpenAPI document (/v1/openapi.json) and the docs page (/v1/docs); the shapes are the
+# serializers of the resource modules in events_app/api/, the shared pieces api/schema.py.
 SPECTACULAR_SETTINGS = {
     "TITLE": "Bigmind Signals API",
     "VERSION": "1.0.0",
@@ -417,6 +417,8 @@ SPECTACULAR_SETTINGS = {
     # validatorUrl null: Swagger UI would otherwise send the document to an outside validator.
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "POSTPROCESSING_HOOKS": ["events_app.api.schema.postprocess"],
+    # An enum's values are its description; the fields' help texts say what they mean.
+    "ENUM_GENERATE_CHOICE_DESCRIPTION": False,
 }
 
 # Group commit (events_app/ingest/group_commit.py, docs/architecture.md): each web process has one

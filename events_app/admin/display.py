@@ -114,7 +114,7 @@ def json_field(attribute: str, description: str) -> Callable[[Any, Any], str]:
 
 
 def bucket_value(bucket: MetricAggregate, aggregation: str) -> float | int | None:
-    # As the API reports it (events_app/api/read_views.py).
+    # As the API reports it (events_app/api/records.py).
     if aggregation == "avg":
         return bucket.sum / bucket.count if bucket.count else None
     return {"sum": bucket.sum, "count": bucket.count, "min": bucket.min, "max": bucket.max}.get(

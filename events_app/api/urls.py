@@ -1,72 +1,19 @@
+"""The /v1 URLconf: one route per path, each to its resource module's view."""
+
 from __future__ import annotations
 
 import re
-import threading
-from typing import Any
 
-from django.http import HttpResponseBase
 from django.urls import path, re_path
-from drf_spectacular.utils import extend_schema
-from drf_spectacular.views import (
-    SpectacularJSONAPIView,
-    SpectacularSwaggerView,
-    SpectacularYAMLAPIView,
-)
-from rest_framework.renderers import JSONRenderer
-from rest_framework.request import Request
-from rest_framework.response import Response
 
 from bigmind.errors import handler404
-from events_app.api.read_views import (
-    CrmRecordDetailApi,
-    EventCollectionApi,
-    EventDetailApi,
-    SchemaVersionDetailApi,
-    SignalDetailApi,
-    SignalListApi,
-)
-from events_app.api.rejection_views import RejectionListApi
-from events_app.api.views import EventBatchApi, EventValidateApi
-
-# drf-spectacular loads its extensions lazily during the first schema generation, and that is
-# not thread-safe: two first requests in one threaded worker made one of them a 500
-# (docs/fuzzing.md). One generation at a time per process; the document is small.
-_SCHEMA_LOCK = threading.Lock()
-
-
-class _JsonErrors:
-    """The document views render with their own renderer (YAML, the OpenAPI media type, an
-    HTML template): their errors (405, 406...) and OPTIONS would come out in it. Everything
-    but the document itself is JSON in the envelope, as on every other /v1 path (SPEC §2)."""
-
-    def finalize_response(
-        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
-    ) -> HttpResponseBase:
-        if isinstance(response, Response) and (
-            response.status_code >= 400 or request.method not in ("GET", "HEAD")
-        ):
-            request.accepted_renderer = JSONRenderer()
-            request.accepted_media_type = JSONRenderer.media_type
-        return super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc,no-any-return]
-
-
-class OpenApiJsonApi(_JsonErrors, SpectacularJSONAPIView):
-    @extend_schema(exclude=True)  # the document is not an operation of itself
-    def get(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        with _SCHEMA_LOCK:
-            return super().get(request, *args, **kwargs)
-
-
-class OpenApiYamlApi(_JsonErrors, SpectacularYAMLAPIView):
-    @extend_schema(exclude=True)
-    def get(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        with _SCHEMA_LOCK:
-            return super().get(request, *args, **kwargs)
-
-
-class ApiDocsPage(_JsonErrors, SpectacularSwaggerView):
-    pass
-
+from events_app.api.batch import EventBatchApi
+from events_app.api.events import EventCollectionApi, EventDetailApi
+from events_app.api.openapi import ApiDocsPage, OpenApiJsonApi, OpenApiYamlApi
+from events_app.api.records import CrmRecordDetailApi
+from events_app.api.rejections import RejectionListApi
+from events_app.api.signals import SchemaVersionDetailApi, SignalDetailApi, SignalListApi
+from events_app.api.validate import EventValidateApi
 
 _ROUTES = [
     path("events", EventCollectionApi.as_view(), name="event-ingest"),

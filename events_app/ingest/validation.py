@@ -26,6 +26,8 @@ MAX_SIGNAL_LENGTH = 100
 MAX_IDENTITY_ID_LENGTH = 255
 MAX_REFERENCE_LENGTH = 255
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+# Schema version numbers are PostgreSQL integers.
+MAX_VERSION = 2**31 - 1
 MAX_FUTURE_SKEW = timedelta(hours=24)
 
 
@@ -177,7 +179,7 @@ def _parse_version(value: Any) -> int | None:
         if not value.is_integer():
             raise InvalidField('version must be a positive integer or "latest"')
         value = int(value)
-    if value < 1 or value > 2**31 - 1:
+    if value < 1 or value > MAX_VERSION:
         raise InvalidField('version must be a positive integer or "latest"')
     return value
 

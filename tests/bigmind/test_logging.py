@@ -235,7 +235,7 @@ def test_a_server_error_is_logged_without_the_request_or_its_body(
 ) -> None:
     tenant.signal("visit")
     client = Client(raise_request_exception=False)
-    with mock.patch("events_app.api.views.event_ingest", side_effect=RuntimeError("boom")):
+    with mock.patch("events_app.api.events.event_ingest", side_effect=RuntimeError("boom")):
         response = client.post(
             "/v1/events",
             json.dumps(body(data={"note": MARKER})),
