@@ -95,7 +95,7 @@ class RunResult(loadgen.LoadRun):
 def post_once(port: int, name: str, reference: str) -> tuple[int, bytes]:
     endpoint = ENDPOINTS_BY_NAME[name]
     body = body_for(endpoint, reference, offset=0, first=1, identities=1)
-    return loadgen.post(port, endpoint.path, body, auth=endpoint.auth, timeout=10)
+    return stack.post(port, endpoint.path, body, auth=endpoint.auth, timeout=10)
 
 
 def one_run(

@@ -82,7 +82,7 @@ def preload(
                 for n in numbers
             ]
             body = json.dumps({"events": events} if batch else events[0]).encode()
-            status, answer = loadgen.post(port, "/v1/events/batch" if batch else "/v1/events", body)
+            status, answer = stack.post(port, "/v1/events/batch" if batch else "/v1/events", body)
             if status != 202:
                 raise RuntimeError(f"preload: {status} {answer[:300]!r}")
 

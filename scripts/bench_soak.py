@@ -16,8 +16,9 @@ One command (`make bench-soak`, i.e. `.venv/bin/python scripts/bench_soak.py`), 
      maximum for --duration seconds (300); every 5 s it samples the backlog (events pending or
      processing) and the resident memory (RSS) of every process of gunicorn (master and
      workers) and of the Celery worker (main process and pool children);
-  4. after the load, the time to drain what is left; then scripts/bench_process.py's
-     integrity checks (every event completed exactly once, aggregates, states, engagement);
+  4. after the load, the time to drain what is left; then the integrity checks that
+     scripts/bench_process.py runs too (every event completed exactly once, aggregates,
+     states, engagement);
   5. prints markdown: the rates, errors by status, backlog (max, at each minute, slope of the
      last half), and RSS (first minute against last minute, and the peak) per process.
 

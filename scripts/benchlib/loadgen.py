@@ -1,5 +1,5 @@
 """Load generators: wrk with a generated Lua script, the Python fallback (processes x threads,
-http.client), and a paced client on raw keep-alive sockets; plus one plain POST."""
+http.client), and a paced client on raw keep-alive sockets."""
 
 from __future__ import annotations
 
@@ -19,28 +19,8 @@ from typing import Any
 
 from benchlib.events import MIX_NEXT_EVENT_LUA, Endpoint, body_for
 from benchlib.machine import children_cpu, self_cpu
-from benchlib.stack import DEMO_API_KEY
+from benchlib.stack import DEMO_API_KEY, headers
 from benchlib.stats import percentile
-
-
-def headers(*, auth: bool) -> dict[str, str]:
-    found = {"Content-Type": "application/json"}
-    if auth:
-        found["Authorization"] = f"Bearer {DEMO_API_KEY}"
-    return found
-
-
-def post(
-    port: int, path: str, body: bytes, *, auth: bool = True, timeout: float = 30
-) -> tuple[int, bytes]:
-    """One POST on a connection of its own: (status, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", path, body, headers(auth=auth))
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -44,6 +45,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def headers(*, auth: bool) -> dict[str, str]:
+    found = {"Content-Type": "application/json"}
+    if auth:
+        found["Authorization"] = f"Bearer {DEMO_API_KEY}"
+    return found
+
+
+def post(
+    port: int, path: str, body: bytes, *, auth: bool = True, timeout: float = 30
+) -> tuple[int, bytes]:
+    """One POST on a connection of its own: (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, body, headers(auth=auth))
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 def trap_signals() -> None:
@@ -191,8 +212,6 @@ def gunicorn_stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 def gunicorn_wait_ready(proc: subprocess.Popen[bytes], port: int, logfile: Path) -> None:
     """Until the bare view answers 202 (bigmind/bench.py)."""
-    from benchlib.loadgen import post
-
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
