@@ -38,37 +38,29 @@ The load generator is wrk with a generated Lua script when wrk is installed (apt
 wrk), otherwise a Python one (processes x threads, http.client). Its own CPU use is reported,
 and its throughput against the bare view is the ceiling of what this machine can measure.
 
-Only stdlib, psycopg and redis (both in requirements.txt) are used.
+The endpoints, the load generators, gunicorn and the database come from the shared harness
+(scripts/benchlib/); this script holds what it measures and reports. Only stdlib, psycopg and
+redis (both in requirements.txt) are used.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
-import multiprocessing
 import os
-import platform
-import resource
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO_API_KEY = "sk_demo_local_only_not_for_production_000000"
-HUGE_RATE_LIMIT = 100_000_000  # per minute: never reached, so no request is a 429
-BROKER_QUEUE = "events.process"  # CELERY_TASK_ROUTES sends process_event(s) here
+from benchlib import cli, loadgen, stack
+from benchlib.db import Db
+from benchlib.events import ENDPOINTS, ENDPOINTS_BY_NAME, body_for, endpoint_next_event_lua
+from benchlib.machine import cpu_by_parent, cpu_delta, machine_description, self_cpu, versions
+from benchlib.stack import BROKER_QUEUE, log
+from benchlib.stats import machine_lines
+
 INGEST_BARE_TARGET = 0.5  # ingest requests/s at least half the bare view's
 INGEST_BARE_INSERT_TARGET = 1.0  # ... and at least the bare+INSERT view's
 INGEST_P99_TARGET_MS = 50.0  # ingest's p99 at --concurrency 16
@@ -76,208 +68,11 @@ BATCH_INGEST_TARGET = 5.0  # ingest-batch events/s at least 5 times ingest's
 BASELINES = ("bare", "bare-insert")  # endpoints that store no event
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    name: str
-    path: str
-    signal: str
-    data_template: str  # a JSON object; {n} becomes the event's sequence number
-    auth: bool
-    note: str
-    batch_size: int = 0  # 0: the body is one event; n: {"events": [n events]}
-
-    @property
-    def events_per_request(self) -> int:
-        return self.batch_size or 1
-
-    def accepts(self, status: int) -> bool:
-        """Whether an answer counts as a success (a batch only if every event was accepted)."""
-        return status == 202 if self.batch_size else 200 <= status <= 299
-
-
-ENDPOINTS = [
-    Endpoint(
-        "bare",
-        "/bench/bare",
-        "visited-documentation-page",
-        '{{"page":"/docs/quickstart","duration_seconds":{n}}}',
-        auth=False,
-        note="bigmind/bench.py: read body, json.loads, 202",
-    ),
-    Endpoint(
-        "bare-insert",
-        "/bench/bare-insert",
-        "visited-documentation-page",
-        '{{"page":"/docs/quickstart","duration_seconds":{n}}}',
-        auth=False,
-        note="bigmind/bench.py: the bare view plus one autocommit INSERT of the body",
-    ),
-    Endpoint(
-        "ingest",
-        "/v1/events",
-        "visited-documentation-page",
-        '{{"page":"/docs/quickstart","duration_seconds":{n}}}',
-        auth=True,
-        note="signal without schema",
-    ),
-    Endpoint(
-        "ingest-schema",
-        "/v1/events",
-        "api-calls",
-        '{{"value":{n}}}',
-        auth=True,
-        note="signal with JSON Schema v1 (required number `value`)",
-    ),
-    Endpoint(
-        "ingest-batch",
-        "/v1/events/batch",
-        "visited-documentation-page",
-        '{{"page":"/docs/quickstart","duration_seconds":{n}}}',
-        auth=True,
-        note="100 events of `ingest`'s kind per request",
-        batch_size=100,
-    ),
-]
-ENDPOINTS_BY_NAME = {e.name: e for e in ENDPOINTS}
-
-
-# --- small helpers ---------------------------------------------------------------------------
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# One event; the Lua script of wrk is generated from the same template (wrk_script).
-EVENT_TEMPLATE = (
-    '{{"signal":"{signal}","version":"latest","identity":{{"type":"account","id":"{identity}"}},'
-    '"data":{data},"reference":"{reference}"}}'
-)
-
-
-def identity_for(offset: int, n: int, identities: int) -> str:
-    return f"acct-{(offset + n) % identities:06d}"
-
-
-def body_for(endpoint: Endpoint, prefix: str, offset: int, first: int, identities: int) -> bytes:
-    """The body of one request: events first, first + 1, ... (one, or a batch of them).
-
-    Event n has reference `{prefix}-{n}`, identity number (offset + n) % identities and n in its
-    data, exactly as in the wrk script, so a batch holds the events that consecutive
-    single-event requests of the same connection would have sent.
-    """
-    events = [
-        EVENT_TEMPLATE.format(
-            signal=endpoint.signal,
-            identity=identity_for(offset, n, identities),
-            data=endpoint.data_template.format(n=n),
-            reference=f"{prefix}-{n}",
-        )
-        for n in range(first, first + endpoint.events_per_request)
-    ]
-    if not endpoint.batch_size:
-        return events[0].encode()
-    return ('{"events":[' + ",".join(events) + "]}").encode()
-
-
-def headers_for(endpoint: Endpoint) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
-    if endpoint.auth:
-        headers["Authorization"] = f"Bearer {DEMO_API_KEY}"
-    return headers
-
-
-def post_once(port: int, endpoint: Endpoint, reference: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(
-            "POST",
-            endpoint.path,
-            body_for(endpoint, reference, offset=0, first=1, identities=1),
-            headers_for(endpoint),
-        )
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-# --- CPU accounting from /proc ---------------------------------------------------------------
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_stat(pid: str, *, reaped: bool = False) -> tuple[str, int, float] | None:
-    """(comm, ppid, cpu seconds) of one process, or None if it is gone; with `reaped`, plus
-    the CPU of its children that ended (a gunicorn master: workers it replaced)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
-    fields = raw[raw.rindex(")") + 2 :].split()
-    # fields[0] is state (field 3); utime/stime are fields 14/15 of the file, cutime/cstime
-    # (children waited for) 16/17.
-    ticks = int(fields[11]) + int(fields[12])
-    if reaped:
-        ticks += int(fields[13]) + int(fields[14])
-    return comm, int(fields[1]), ticks / CLK_TCK
-
-
-def cpu_snapshot(gunicorn_pid: int | None) -> dict[str, float]:
-    """CPU seconds so far of gunicorn (master + workers), PostgreSQL, Redis, and the machine."""
-    totals = {"gunicorn": 0.0, "postgres": 0.0, "redis": 0.0}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        master = gunicorn_pid is not None and int(pid) == gunicorn_pid
-        stat = _proc_stat(pid, reaped=master)
-        if stat is None:
-            continue
-        comm, ppid, seconds = stat
-        if gunicorn_pid is not None and (int(pid) == gunicorn_pid or ppid == gunicorn_pid):
-            totals["gunicorn"] += seconds
-        elif comm.startswith("postgres"):
-            totals["postgres"] += seconds
-        elif comm.startswith("redis-server"):
-            totals["redis"] += seconds
-    with open("/proc/stat") as fh:
-        parts = fh.readline().split()[1:]
-    values = [int(v) for v in parts]
-    # user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
-    values = (values + [0] * 8)[:8]
-    totals["machine_busy"] = (sum(values) - values[3] - values[4] - values[7]) / CLK_TCK
-    totals["steal"] = values[7] / CLK_TCK  # a noisy host taking the vCPU away
-    totals["wall"] = time.monotonic()
-    return totals
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-# --- results ---------------------------------------------------------------------------------
-@dataclass
-class RunResult:
+@dataclass(kw_only=True)
+class RunResult(loadgen.LoadRun):
     endpoint: str
-    round: int
-    duration: float
-    requests: int
-    errors: int
-    p50_ms: float
-    p99_ms: float
-    loadgen_cpu: float = 0.0
+    round: int = 0
     cpu: dict[str, float] = field(default_factory=dict)
-    first_error: str = ""
     ref: str = ""  # the run's reference prefix: its events' references are {ref}-{thread}-{n}
 
     @property
@@ -297,508 +92,103 @@ class RunResult:
         return self.rps * self.per_request
 
 
-# --- load generator: wrk ---------------------------------------------------------------------
-WRK_LUA = r"""
--- generated by scripts/bench_ingest.py
-local path = "%(path)s"
-local run_id = "%(run_id)s"
-local identities = %(identities)d
-local auth = %(auth)s
-local batch = %(batch)d  -- 0: the body is one event; n: {"events": [n events]}
--- format of one event; its %%s/%%d are, in this order: identity, data's number, reference
-local event_format = '%(event_format)s'
-local counter = 0  -- events of this thread so far
-local non2xx = 0
-local first_error = ""
-local threads = {}
-local next_tid = 0
-
-local headers = { ["Content-Type"] = "application/json" }
-if auth then headers["Authorization"] = "Bearer %(api_key)s" end
-
-function setup(thread)
-  next_tid = next_tid + 1
-  thread:set("tid", next_tid)
-  table.insert(threads, thread)
-end
-
-local function next_event()
-  counter = counter + 1
-  local identity = string.format("acct-%%06d", (tid * 7919 + counter) %% identities)
-  local reference = string.format("%%s-%%d-%%d", run_id, tid, counter)
-  return string.format(event_format, identity, counter, reference)
-end
-
-function request()
-  local body
-  if batch == 0 then
-    body = next_event()
-  else
-    local events = {}
-    for i = 1, batch do events[i] = next_event() end
-    body = '{"events":[' .. table.concat(events, ",") .. ']}'
-  end
-  return wrk.format("POST", path, headers, body)
-end
-
-function response(status, hdrs, body)
-  -- a batch counts only if every event was accepted: 207 means some were rejected
-  if status < 200 or status > 299 or (batch > 0 and status ~= 202) then
-    non2xx = non2xx + 1
-    if first_error == "" then first_error = status .. " " .. string.sub(body or "", 1, 300) end
-  end
-end
-
-function done(summary, latency, requests)
-  local bad, sample = 0, ""
-  for _, t in ipairs(threads) do
-    bad = bad + (t:get("non2xx") or 0)
-    local e = t:get("first_error")
-    if sample == "" and e and e ~= "" then sample = e end
-  end
-  sample = string.gsub(sample, '[%%c"\\]', " ")  -- safe inside a JSON string
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH_JSON {"requests":%%d,"duration_us":%%d,"non2xx":%%d,"connect":%%d,"read":%%d,' ..
-    '"write":%%d,"timeout":%%d,"p50_us":%%d,"p99_us":%%d,"first_error":"%%s"}\n',
-    summary.requests, summary.duration, bad, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99), sample))
-end
-"""
+def post_once(port: int, name: str, reference: str) -> tuple[int, bytes]:
+    endpoint = ENDPOINTS_BY_NAME[name]
+    body = body_for(endpoint, reference, offset=0, first=1, identities=1)
+    return stack.post(port, endpoint.path, body, auth=endpoint.auth, timeout=10)
 
 
-def wrk_script(endpoint: Endpoint, run_id: str, identities: int, directory: Path) -> Path:
-    event_format = EVENT_TEMPLATE.format(
-        signal=endpoint.signal,
-        identity="%s",
-        data=endpoint.data_template.format(n="%d"),
-        reference="%s",
-    )
-    script = WRK_LUA % {
-        "path": endpoint.path,
-        "run_id": run_id,
-        "identities": identities,
-        "auth": "true" if endpoint.auth else "false",
-        "batch": endpoint.batch_size,
-        "api_key": DEMO_API_KEY,
-        "event_format": event_format,
-    }
-    target = directory / f"{endpoint.name}-{run_id}.lua"
-    target.write_text(script)
-    return target
-
-
-def run_wrk(
-    args: argparse.Namespace,
-    port: int,
-    endpoint: Endpoint,
-    seconds: float,
-    run_id: str,
-    workdir: Path,
-    procs: list[subprocess.Popen[str]],
+def one_run(
+    args: argparse.Namespace, harness: stack.Stack, name: str, seconds: float, rid: str
 ) -> RunResult:
-    script = wrk_script(endpoint, run_id, args.identities, workdir)
-    threads = min(args.threads, args.concurrency)
-    command = [
-        args.wrk,
-        "-t",
-        str(threads),
-        "-c",
-        str(args.concurrency),
-        "-d",
-        f"{seconds:g}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(script),
-        f"http://127.0.0.1:{port}{endpoint.path}",
-    ]
-    before = children_cpu()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    procs.append(proc)
-    out, err = proc.communicate()  # on Ctrl-C, main() still finds and stops it in `procs`
-    procs.remove(proc)
-    loadgen_cpu = children_cpu() - before
-    line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_JSON ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed (exit {proc.returncode}):\n{out}\n{err}")
-    data = json.loads(line[len("BENCH_JSON ") :])
-    socket_errors = data["connect"] + data["read"] + data["write"] + data["timeout"]
-    first_error = data["first_error"]
-    if socket_errors and not first_error:
-        first_error = (
-            f"socket errors: connect {data['connect']}, read {data['read']}, "
-            f"write {data['write']}, timeout {data['timeout']}"
-        )
-    return RunResult(
-        endpoint=endpoint.name,
-        round=0,
-        duration=data["duration_us"] / 1e6,
-        requests=data["requests"],
-        errors=data["non2xx"] + socket_errors,
-        p50_ms=data["p50_us"] / 1000,
-        p99_ms=data["p99_us"] / 1000,
-        loadgen_cpu=loadgen_cpu,
-        first_error=first_error,
-    )
-
-
-# --- load generator: Python (fallback) -------------------------------------------------------
-def _py_worker(
-    port: int,
-    endpoint_name: str,
-    seconds: float,
-    run_id: str,
-    identities: int,
-    threads: int,
-    proc_index: int,
-    queue: Any,
-) -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)  # the parent stops us; no tracebacks
-    endpoint = ENDPOINTS_BY_NAME[endpoint_name]
-    headers = headers_for(endpoint)
-    per_request = endpoint.events_per_request
-    deadline = time.monotonic() + seconds
-    latencies: list[float] = []
-    counts = {"requests": 0, "errors": 0}
-    first_error: list[str] = []
-    lock = threading.Lock()
-
-    def loop(tid: int) -> None:
-        local_lat: list[float] = []
-        requests = errors = 0
-        n = 1  # this thread's next event
-        prefix = f"{run_id}-{proc_index}.{tid}"
-        offset = tid * 7919 + proc_index * 104729
-        conn: http.client.HTTPConnection | None = None
-        while time.monotonic() < deadline:
-            body = body_for(endpoint, prefix, offset, n, identities)
-            n += per_request
-            started = time.perf_counter()
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request("POST", endpoint.path, body, headers)
-                response = conn.getresponse()
-                payload = response.read()
-                status = response.status
-                if response.will_close:  # gunicorn's sync workers close after every response
-                    conn.close()
-                    conn = None
-            except (OSError, http.client.HTTPException) as exc:
-                status, payload = 0, repr(exc).encode()
-                if conn is not None:
-                    conn.close()
-                conn = None
-            local_lat.append(time.perf_counter() - started)
-            requests += 1
-            if not endpoint.accepts(status):
-                errors += 1
-                if not first_error:
-                    first_error.append(f"{status} {payload[:300].decode(errors='replace')}")
-        if conn is not None:
-            conn.close()
-        with lock:
-            latencies.extend(local_lat)
-            counts["requests"] += requests
-            counts["errors"] += errors
-
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    queue.put(
-        {
-            "latencies": latencies,
-            **counts,
-            "first_error": first_error[0] if first_error else "",
-            "cpu": usage.ru_utime + usage.ru_stime,
-        }
-    )
-
-
-def run_python(
-    args: argparse.Namespace, port: int, endpoint: Endpoint, seconds: float, run_id: str
-) -> RunResult:
-    procs_n = max(1, min(args.threads, args.concurrency))
-    per_proc = [
-        args.concurrency // procs_n + (1 if i < args.concurrency % procs_n else 0)
-        for i in range(procs_n)
-    ]
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_py_worker,
-            args=(port, endpoint.name, seconds, run_id, args.identities, per_proc[i], i, queue),
-        )
-        for i in range(procs_n)
-    ]
-    started = time.monotonic()
-    for proc in procs:
-        proc.daemon = True  # never outlive the benchmark
-        proc.start()
-    try:
-        parts = [queue.get() for _ in procs]
-        for proc in procs:
-            proc.join()
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-    duration = time.monotonic() - started
-    latencies = sorted(x for part in parts for x in part["latencies"])
-
-    def pct(p: float) -> float:
-        if not latencies:
-            return 0.0
-        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
-
-    return RunResult(
-        endpoint=endpoint.name,
-        round=0,
-        duration=duration,
-        requests=sum(p["requests"] for p in parts),
-        errors=sum(p["errors"] for p in parts),
-        p50_ms=pct(50),
-        p99_ms=pct(99),
-        loadgen_cpu=sum(p["cpu"] for p in parts),
-        first_error=next((p["first_error"] for p in parts if p["first_error"]), ""),
-    )
-
-
-# --- setup -----------------------------------------------------------------------------------
-def bench_env(args: argparse.Namespace) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "bigmind.settings",
-            "DJANGO_DEBUG": "false",  # DEBUG keeps every SQL query in memory: never benchmark it
-            "DJANGO_SECRET_KEY": "bench-only-secret-key-not-for-production-0123456789abcdef",
-            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "DATABASE_URL": args.database_url,
-            "REDIS_URL": args.redis_url,
-            "CELERY_BROKER_URL": args.broker_url,
-            "BIGMIND_BENCHMARK_ENDPOINTS": "true",
-            "BIGMIND_RATE_LIMIT_EVENT": str(HUGE_RATE_LIMIT),
-            "BIGMIND_RATE_LIMIT_METRIC": str(HUGE_RATE_LIMIT),
-            "BIGMIND_RATE_LIMIT_STATE": str(HUGE_RATE_LIMIT),
-            "BIGMIND_VAR_DIR": str(ROOT / "var" / "bench"),
-            "LOG_LEVEL": "WARNING",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        }
-    )
-    env.pop("CACHE_URL", None)  # REDIS_URL must be the cache
-    return env
-
-
-def database_prepare(args: argparse.Namespace) -> None:
-    import psycopg
-    from psycopg import sql
-
-    url = urlsplit(args.database_url)
-    name = unquote(url.path.lstrip("/"))
-    if not name:
-        raise SystemExit("--database-url must name a database")
-    conninfo: dict[str, Any] = {
-        "host": url.hostname or "127.0.0.1",
-        "port": url.port or 5432,
-        "user": unquote(url.username or "postgres"),
-        "dbname": "postgres",
-    }
-    if url.password:
-        conninfo["password"] = unquote(url.password)
-    with psycopg.connect(**conninfo, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if exists and args.reset:
-            if "bench" not in name:
-                raise SystemExit(f"--reset drops the database; refusing for {name!r} (no 'bench')")
-            log(f"dropping database {name} (--reset)")
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-            exists = None
-        if not exists:
-            log(f"creating database {name}")
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def bench_table_prepare(args: argparse.Namespace) -> None:
-    """The table the bare+INSERT view writes to (bigmind/bench.py), emptied."""
-    import psycopg
-
-    sys.path.insert(0, str(ROOT))
-    from bigmind.bench import BENCH_INSERT_DDL, BENCH_INSERT_TABLE
-
-    with psycopg.connect(args.database_url, autocommit=True) as conn:
-        conn.execute(BENCH_INSERT_DDL)
-        conn.execute(f"TRUNCATE {BENCH_INSERT_TABLE}")
-
-
-def manage(env: dict[str, str], *command: str) -> None:
-    subprocess.run(
-        [sys.executable, "manage.py", *command],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-
-
-def db_counts(args: argparse.Namespace) -> int:
-    import psycopg
-
-    with psycopg.connect(args.database_url) as conn:
-        row = conn.execute("SELECT count(*) FROM events_app_event").fetchone()
-        return int(row[0]) if row else 0
-
-
-def db_counts_by_run(args: argparse.Namespace, run_id: str) -> dict[str, int]:
-    """Events stored per run of this benchmark, from their references ({ref}-{thread}-{n})."""
-    import psycopg
-
-    with psycopg.connect(args.database_url) as conn:
-        rows = conn.execute(
-            "SELECT substring(reference from '^(.*)-[0-9.]+-[0-9]+$') AS ref, count(*) "
-            "FROM events_app_event WHERE reference LIKE %s GROUP BY ref",
-            (f"{run_id}-%",),
-        ).fetchall()
-    return {str(ref): int(count) for ref, count in rows if ref is not None}
-
-
-def broker_client(args: argparse.Namespace) -> Any:
-    import redis
-
-    return redis.Redis.from_url(args.broker_url)
-
-
-def broker_depth(client: Any) -> int:
-    return sum(int(client.llen(key)) for key in client.scan_iter(f"{BROKER_QUEUE}*"))
-
-
-def server_description(args: argparse.Namespace) -> str:
-    """How gunicorn runs: bigmind/gunicorn_conf.py's defaults unless --workers/--server-threads."""
-    workers = args.workers if args.workers else "default"
-    threads = getattr(args, "server_threads", None) or "default"
-    return f"gunicorn -c bigmind/gunicorn_conf.py (workers {workers}, threads {threads})"
-
-
-def start_gunicorn(
-    args: argparse.Namespace, env: dict[str, str], port: int, logfile: Path
-) -> subprocess.Popen[bytes]:
-    # As docs/deployment.md runs it: the project's configuration file, with only the address,
-    # the log and the listen backlog given here (command-line options override the file).
-    server_env = dict(env)
-    server_env["GUNICORN_BIND"] = f"127.0.0.1:{port}"
-    server_env["GUNICORN_LOG_LEVEL"] = "warning"
-    if args.workers:
-        server_env["WEB_CONCURRENCY"] = str(args.workers)
-    threads = getattr(args, "server_threads", None)
-    if threads:
-        server_env["GUNICORN_THREADS"] = str(threads)
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        str(ROOT / "bigmind" / "gunicorn_conf.py"),
-        args.app,
-        "--backlog",
-        "2048",
-        "--error-logfile",
-        str(logfile),
-    ]
-    log(f"starting {server_description(args)} on 127.0.0.1:{port}")
-    handle = open(logfile, "ab")  # noqa: SIM115 (kept open for the server's lifetime)
-    # A session of its own: Ctrl-C in the terminal reaches only us, and we stop it in order.
-    return subprocess.Popen(
-        command, cwd=ROOT, env=server_env, stdout=handle, stderr=handle, start_new_session=True
-    )
-
-
-def stop_gunicorn(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    log(f"stopping gunicorn (pid {proc.pid})")
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-    except ProcessLookupError:
-        pass
-
-
-def wait_ready(proc: subprocess.Popen[bytes], port: int, logfile: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = logfile.read_text()[-3000:]
-            raise RuntimeError(f"gunicorn exited ({proc.returncode}):\n{tail}")
-        try:
-            status, _ = post_once(port, ENDPOINTS_BY_NAME["bare"], "ready")
-            if status == 202:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"gunicorn did not answer within 30 s:\n{logfile.read_text()[-3000:]}")
-
-
-def machine_description() -> dict[str, str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 1024 / 1024:.1f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return {
-        "cpu": f"{os.cpu_count()} CPU ({model})",
-        "memory": mem,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-
-
-def versions(args: argparse.Namespace) -> dict[str, str]:
-    found: dict[str, str] = {}
-    try:
-        import django
-        import gunicorn
-
-        found["django"] = django.get_version()
-        found["gunicorn"] = gunicorn.__version__
-    except ImportError:
-        pass
-    try:
-        import psycopg
-
-        with psycopg.connect(args.database_url) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            found["postgresql"] = str(row[0]) if row else "?"
-    except Exception as exc:  # informational only
-        log(f"PostgreSQL version unknown: {exc}")
-    try:
-        import redis
-
-        found["redis"] = str(redis.Redis.from_url(args.redis_url).info("server")["redis_version"])
-    except Exception as exc:
-        log(f"Redis version unknown: {exc}")
+    """Load one endpoint for `seconds`; its events' references start with `rid`."""
+    endpoint = ENDPOINTS_BY_NAME[name]
+    pid = harness.gunicorn.pid if harness.gunicorn else None
+    before_cpu = cpu_by_parent(pid)
     if args.loadgen == "wrk":
-        out = subprocess.run([args.wrk, "--version"], capture_output=True, text=True)
-        found["wrk"] = (out.stdout or out.stderr).split("\n")[0].split(" Copyright")[0]
-    return found
+        script = harness.workdir / f"{endpoint.name}-{rid}.lua"
+        script.write_text(
+            loadgen.wrk_lua(
+                path=endpoint.path,
+                run_id=rid,
+                identities=args.identities,
+                auth=endpoint.auth,
+                batch=endpoint.batch_size,
+                next_event=endpoint_next_event_lua(endpoint),
+            )
+        )
+        load = loadgen.wrk_run(args, harness.port, endpoint.path, seconds, script)
+    else:
+        before_self = self_cpu()
+        load = loadgen.python_run(args, harness.port, endpoint, seconds, rid)
+        load.loadgen_cpu += self_cpu() - before_self
+    result = RunResult(**vars(load), endpoint=name, ref=rid)
+    result.first_error = result.first_error or result.socket_errors
+    result.cpu = cpu_delta(before_cpu, cpu_by_parent(pid))
+    harness.gunicorn_alive()
+    return result
+
+
+def integrity(
+    args: argparse.Namespace,
+    harness: stack.Stack,
+    ingest_runs: list[RunResult],
+    run_id: str,
+    events_before: int,
+    queue_before: int,
+) -> list[str]:
+    """Every accepted ingest request stored its events (1, or all of a batch's) and published
+    one message (a batch's events go in one message)."""
+    with Db(args.database_url) as db:
+        stored = db.events() - events_before
+        by_run = db.events_by_run(run_id)
+    accepted = sum(r.ok for r in ingest_runs)
+    accepted_events = sum(r.ok * r.per_request for r in ingest_runs)
+    published = stack.broker_depth(harness.broker) - queue_before
+    checks = [
+        f"Integrity: {accepted} ingest requests answered as accepted, holding "
+        f"{accepted_events} events; {stored} events stored; {published} messages published "
+        f"to {BROKER_QUEUE} (coalesced wake-ups: with no worker to start them, about one "
+        "per BIGMIND_WAKEUP_TTL_SECONDS, plus one per batch request; stored may exceed "
+        "accepted by the requests in flight when a run stops)."
+    ]
+    # wrk stops counting at the deadline, but the requests in flight then (at most one per
+    # connection and run) are still served and stored. Per run: the stored events are
+    # whole requests (a batch is all or nothing), at least the accepted ones and at most
+    # one more request per connection; each of those requests published one message.
+    problems = []
+    stored_requests = 0
+    for r in ingest_runs:
+        got, size = by_run.get(r.ref, 0), r.per_request
+        low, high = r.ok * size, (r.ok + args.concurrency) * size
+        if got % size or not low <= got <= high:
+            problems.append(f"{r.ref}: {got} events stored, expected {low}-{high}")
+        stored_requests += got // size
+    if sum(by_run.values()) != stored:
+        problems.append(f"{stored - sum(by_run.values())} stored events belong to no run")
+    batch_requests = sum(
+        by_run.get(r.ref, 0) // r.per_request for r in ingest_runs if r.per_request > 1
+    )
+    if stored_requests and not batch_requests <= published <= stored_requests:
+        problems.append(
+            f"{published} messages for the {stored_requests} requests that stored events "
+            f"({batch_requests} of them batches, one message each)"
+        )
+    logfile = harness.gunicorn_log
+    if problems:
+        checks.append(
+            "WARNING: stored events, published messages and accepted requests disagree "
+            f"beyond the requests in flight when runs end: {'; '.join(problems[:5])}. "
+            f"See the gunicorn log {logfile} (a failed publish is logged, not answered "
+            "as an error)."
+        )
+    log_errors = harness.gunicorn_log_errors()
+    if log_errors:
+        checks.append(
+            f"gunicorn log has {len(log_errors)} error lines, first: "
+            f"{log_errors[0][:200]} (log: {logfile})"
+        )
+    return checks
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -840,15 +230,11 @@ def print_report(
     out: list[str] = []
     out.append(
         f"## Ingest benchmark ({args.rounds} rounds x {args.duration:g} s per endpoint, "
-        f"concurrency {args.concurrency}, {server_description(args)}, "
+        f"concurrency {args.concurrency}, {stack.server_description(args)}, "
         f"load generator: {args.loadgen})"
     )
     out.append("")
-    out.append(
-        f"Machine: {machine['cpu']}, {machine['memory']}, {machine['os']}, "
-        f"Python {machine['python']}, load average at start {machine['load']}"
-    )
-    out.append("Software: " + ", ".join(f"{k} {v}" for k, v in found.items()))
+    out.extend(machine_lines(machine, found))
     out.append("")
     out.append(
         "| endpoint | events/request | requests/s (median, min-max) "
@@ -968,40 +354,61 @@ def print_report(
     return ratios
 
 
+# The verdicts printed after the report: (ratio's key, line, target, whether more is better).
+VERDICTS = [
+    (
+        "ingest/bare",
+        "Ingest/bare ratio {value:.2f}: {verdict} the target of >= {target:.2f}.",
+        INGEST_BARE_TARGET,
+        True,
+    ),
+    (
+        "ingest/bare-insert",
+        "Ingest/bare-insert ratio {value:.2f}: {verdict} the target of >= {target:.2f}.",
+        INGEST_BARE_INSERT_TARGET,
+        True,
+    ),
+    (
+        "ingest p99",
+        "Ingest p99 {value:.1f} ms at {concurrency} connections: {verdict} the "
+        "target of <= {target:g} ms.",
+        INGEST_P99_TARGET_MS,
+        False,
+    ),
+    (
+        "batch/ingest",
+        "Batch/single events/s ratio {value:.1f}x (ingest-batch ÷ ingest, same run): "
+        "{verdict} the target of >= {target:g}x.",
+        BATCH_INGEST_TARGET,
+        True,
+    ),
+]
+
+
+def print_verdicts(args: argparse.Namespace, ratios: dict[str, float]) -> None:
+    for key, line, target, more_is_better in VERDICTS:
+        if key not in ratios:
+            continue
+        value = ratios[key]
+        meets = value >= target if more_is_better else value <= target
+        verdict = "meets" if meets else "does NOT meet"
+        print(
+            line.format(value=value, verdict=verdict, target=target, concurrency=args.concurrency)
+        )
+    if "batch/ingest" not in ratios and "ingest-batch" in args.names:
+        print("Batch/single ratio: needs `ingest` in the same run (--endpoints).")
+
+
 # --- main ------------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
-    cores = os.cpu_count() or 1
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],  # type: ignore[union-attr]
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = cli.parser_for(__doc__)
+    cli.add_service_arguments(
+        parser, database="bench", cache_db=2, broker_db=3, broker="Celery broker"
     )
-    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/bench")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/2", help="the cache")
-    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/3", help="Celery broker")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="gunicorn worker processes (0: bigmind/gunicorn_conf.py's default)",
-    )
-    parser.add_argument(
-        "--server-threads",
-        type=int,
-        default=0,
-        help="threads per gunicorn worker (0: bigmind/gunicorn_conf.py's default)",
-    )
-    parser.add_argument(
-        "--concurrency",
-        "-c",
-        type=int,
-        default=16,
-        help="open connections of the load generator",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=min(2, cores),
-        help="load generator threads (wrk -t) or processes (Python)",
+    cli.add_server_arguments(
+        parser,
+        connections="open connections of the load generator",
+        threads="load generator threads (wrk -t) or processes (Python)",
     )
     parser.add_argument("--duration", "-d", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--rounds", "-r", type=int, default=3)
@@ -1053,75 +460,40 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    os.chdir(ROOT)
-    env = bench_env(args)
-    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")})
+    harness = stack.Stack(args, "ingest")
     machine = machine_description()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    # Also when started from a non-interactive shell, which ignores SIGINT in background jobs.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, on_signal)
-
-    gunicorn: subprocess.Popen[bytes] | None = None
-    loadgens: list[subprocess.Popen[str]] = []
-    broker = broker_client(args)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    logfile = workdir / "gunicorn.log"
     try:
         if not args.skip_setup:
-            database_prepare(args)
-            log("migrating")
-            manage(env, "migrate", "--noinput")
-            log("bootstrap_demo --allow-production")
-            manage(env, "bootstrap_demo", "--allow-production")
-            bench_table_prepare(args)
+            harness.prepare_database()
+            stack.bench_table_prepare(args)
         found = versions(args)
-        port = args.port or free_port()
-        gunicorn = start_gunicorn(args, env, port, logfile)
-        wait_ready(gunicorn, port, logfile)
+        port = harness.start_gunicorn()
 
         run_id = uuid.uuid4().hex[:10]
         for name in args.names:
-            endpoint = ENDPOINTS_BY_NAME[name]
-            status, body = post_once(port, endpoint, f"{run_id}-check-{name}")
+            status, body = post_once(port, name, f"{run_id}-check-{name}")
             if status != 202:
-                raise RuntimeError(f"{name}: {endpoint.path} answered {status}: {body[:500]!r}")
+                path = ENDPOINTS_BY_NAME[name].path
+                raise RuntimeError(f"{name}: {path} answered {status}: {body[:500]!r}")
         log("all endpoints answer 202")
 
-        events_before = db_counts(args)
-        queue_before = broker_depth(broker)
-
-        def one_run(name: str, seconds: float, tag: str) -> RunResult:
-            endpoint = ENDPOINTS_BY_NAME[name]
-            rid = f"{run_id}-{tag}"
-            before_cpu = cpu_snapshot(gunicorn.pid if gunicorn else None)
-            if args.loadgen == "wrk":
-                result = run_wrk(args, port, endpoint, seconds, rid, workdir, loadgens)
-            else:
-                before_self = self_cpu()
-                result = run_python(args, port, endpoint, seconds, rid)
-                result.loadgen_cpu += self_cpu() - before_self
-            after_cpu = cpu_snapshot(gunicorn.pid if gunicorn else None)
-            result.cpu = {k: after_cpu[k] - before_cpu[k] for k in after_cpu}
-            result.ref = rid
-            if gunicorn and gunicorn.poll() is not None:
-                raise RuntimeError(f"gunicorn died:\n{logfile.read_text()[-3000:]}")
-            return result
+        with Db(args.database_url) as db:
+            events_before = db.events()
+        queue_before = stack.broker_depth(harness.broker)
 
         warm: list[RunResult] = []
         if args.warmup > 0:
             log(f"warming up {args.warmup:g} s per endpoint")
-            warm = [one_run(name, args.warmup, f"warm-{name}") for name in args.names]
+            warm = [
+                one_run(args, harness, name, args.warmup, f"{run_id}-warm-{name}")
+                for name in args.names
+            ]
         results: list[RunResult] = []
         for rnd in range(1, args.rounds + 1):
             shift = (rnd - 1) % len(args.names)
-            order = args.names[shift:] + args.names[:shift]
-            for name in order:
+            for name in args.names[shift:] + args.names[:shift]:
                 log(f"round {rnd}/{args.rounds}: {name} for {args.duration:g} s")
-                result = one_run(name, args.duration, f"r{rnd}-{name}")
+                result = one_run(args, harness, name, args.duration, f"{run_id}-r{rnd}-{name}")
                 result.round = rnd
                 log(
                     f"  {result.rps:.0f} req/s, p50 {result.p50_ms:.1f} ms, "
@@ -1129,120 +501,24 @@ def main() -> int:
                 )
                 results.append(result)
 
-        # Integrity: every accepted ingest request stored its events (1, or all of a batch's)
-        # and published one message (a batch's events go in one message).
         time.sleep(0.5)
         ingest_runs = [r for r in warm + results if r.endpoint not in BASELINES]
-        accepted = sum(r.ok for r in ingest_runs)
-        accepted_events = sum(r.ok * r.per_request for r in ingest_runs)
-        stored = db_counts(args) - events_before
-        published = broker_depth(broker) - queue_before
-        checks = [
-            f"Integrity: {accepted} ingest requests answered as accepted, holding "
-            f"{accepted_events} events; {stored} events stored; {published} messages published "
-            f"to {BROKER_QUEUE} (coalesced wake-ups: with no worker to start them, about one "
-            "per BIGMIND_WAKEUP_TTL_SECONDS, plus one per batch request; stored may exceed "
-            "accepted by the requests in flight when a run stops)."
-        ]
-        # wrk stops counting at the deadline, but the requests in flight then (at most one per
-        # connection and run) are still served and stored. Per run: the stored events are
-        # whole requests (a batch is all or nothing), at least the accepted ones and at most
-        # one more request per connection; each of those requests published one message.
-        by_run = db_counts_by_run(args, run_id)
-        problems = []
-        stored_requests = 0
-        for r in ingest_runs:
-            got, size = by_run.get(r.ref, 0), r.per_request
-            low, high = r.ok * size, (r.ok + args.concurrency) * size
-            if got % size or not low <= got <= high:
-                problems.append(f"{r.ref}: {got} events stored, expected {low}-{high}")
-            stored_requests += got // size
-        if sum(by_run.values()) != stored:
-            problems.append(f"{stored - sum(by_run.values())} stored events belong to no run")
-        batch_requests = sum(
-            by_run.get(r.ref, 0) // r.per_request for r in ingest_runs if r.per_request > 1
-        )
-        if stored_requests and not batch_requests <= published <= stored_requests:
-            problems.append(
-                f"{published} messages for the {stored_requests} requests that stored events "
-                f"({batch_requests} of them batches, one message each)"
-            )
-        if problems:
-            checks.append(
-                "WARNING: stored events, published messages and accepted requests disagree "
-                f"beyond the requests in flight when runs end: {'; '.join(problems[:5])}. "
-                f"See the gunicorn log {logfile} (a failed publish is logged, not answered "
-                "as an error)."
-            )
-        log_errors = [
-            ln
-            for ln in logfile.read_text(errors="replace").splitlines()
-            if " ERROR " in ln or "Traceback" in ln
-        ]
-        if log_errors:
-            checks.append(
-                f"gunicorn log has {len(log_errors)} error lines, first: "
-                f"{log_errors[0][:200]} (log: {logfile})"
-            )
+        checks = integrity(args, harness, ingest_runs, run_id, events_before, queue_before)
         ratios = print_report(args, results, args.names, machine, found, checks)
         print()
-        if "ingest/bare" in ratios:
-            ratio = ratios["ingest/bare"]
-            verdict = "meets" if ratio >= INGEST_BARE_TARGET else "does NOT meet"
-            print(
-                f"Ingest/bare ratio {ratio:.2f}: {verdict} the target of "
-                f">= {INGEST_BARE_TARGET:.2f}."
-            )
-        if "ingest/bare-insert" in ratios:
-            ratio = ratios["ingest/bare-insert"]
-            verdict = "meets" if ratio >= INGEST_BARE_INSERT_TARGET else "does NOT meet"
-            print(
-                f"Ingest/bare-insert ratio {ratio:.2f}: {verdict} the target of "
-                f">= {INGEST_BARE_INSERT_TARGET:.2f}."
-            )
-        if "ingest p99" in ratios:
-            p99 = ratios["ingest p99"]
-            verdict = "meets" if p99 <= INGEST_P99_TARGET_MS else "does NOT meet"
-            print(
-                f"Ingest p99 {p99:.1f} ms at {args.concurrency} connections: {verdict} the "
-                f"target of <= {INGEST_P99_TARGET_MS:g} ms."
-            )
-        if "batch/ingest" in ratios:
-            ratio = ratios["batch/ingest"]
-            verdict = "meets" if ratio >= BATCH_INGEST_TARGET else "does NOT meet"
-            print(
-                f"Batch/single events/s ratio {ratio:.1f}x (ingest-batch ÷ ingest, same run): "
-                f"{verdict} the target of >= {BATCH_INGEST_TARGET:g}x."
-            )
-        elif "ingest-batch" in args.names:
-            print("Batch/single ratio: needs `ingest` in the same run (--endpoints).")
+        print_verdicts(args, ratios)
         return 0
     except KeyboardInterrupt:
         log("interrupted")
         return 130
     finally:
-        for proc in list(loadgens):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        stop_gunicorn(gunicorn)
+        harness.close()
         if not args.keep_queue:
             try:
-                keys = list(broker.scan_iter(f"{BROKER_QUEUE}*"))
-                if keys:
-                    broker.delete(*keys)
+                if stack.broker_queue_delete(harness.broker):
                     log(f"deleted the benchmark's messages from {args.broker_url} {BROKER_QUEUE}")
             except Exception as exc:
                 log(f"could not empty the broker queue: {exc}")
-        log_text = logfile.read_text(errors="replace") if logfile.exists() else ""
-        # Plain-text and JSON (LOG_FORMAT=json, the default) log lines.
-        if "Traceback" in log_text or " ERROR " in log_text or '"level": "ERROR"' in log_text:
-            log(f"kept the gunicorn log: {logfile}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,10 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import bench_ingest as bi  # noqa: E402 (the sibling scripts, after the path above)
-from bench_middleware import wsgi_post  # noqa: E402
+from benchlib.events import ENDPOINTS_BY_NAME, body_for
+from benchlib.stack import DEMO_API_KEY, ROOT, bench_env
+from benchlib.wsgi import wsgi_call, wsgi_post
 
 
 def main() -> int:
@@ -39,33 +34,26 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1500, help="per round and variant")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    os.environ.update(bi.bench_env(args))
+    sys.path.insert(0, str(ROOT))
+    os.environ.update(bench_env(args))
     os.environ["DJANGO_ALLOWED_HOSTS"] = "127.0.0.1"
 
     from django.conf import settings
     from django.core.wsgi import get_wsgi_application
 
     app = get_wsgi_application()
-    ingest = bi.ENDPOINTS_BY_NAME["ingest"]
+    ingest = ENDPOINTS_BY_NAME["ingest"]
     counter = [0]
-    status = [""]
-
-    def start_response(line: str, headers: list[Any], exc_info: Any = None) -> None:
-        status[0] = line
 
     def call(path: str, auth: bool) -> None:
         counter[0] += 1
         n = counter[0]
         # The body `make bench` sends for the ingest endpoint (the bare views read it alike).
-        body = bi.body_for(ingest, "inprocess", offset=0, first=n, identities=10_000)
-        headers = {"HTTP_AUTHORIZATION": f"Bearer {bi.DEMO_API_KEY}"} if auth else {}
-        environ = wsgi_post(path, body, **headers)
-        result = app(environ, start_response)
-        for _chunk in result:
-            pass
-        result.close()
-        if not status[0].startswith("20"):
-            raise RuntimeError(f"{path} answered {status[0]}")
+        body = body_for(ingest, "inprocess", offset=0, first=n, identities=10_000)
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {DEMO_API_KEY}"} if auth else {}
+        status = wsgi_call(app, wsgi_post(path, body, **headers))
+        if not status.startswith("20"):
+            raise RuntimeError(f"{path} answered {status}")
 
     def measure(path: str, auth: bool, count: int) -> tuple[float, float]:
         cpu, wall = time.process_time(), time.perf_counter()

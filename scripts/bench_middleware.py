@@ -19,51 +19,24 @@ docs/benchmarks.md ("What each middleware costs") has the last run and what was 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-
+from benchlib.stack import ROOT
+from benchlib.wsgi import wsgi_call, wsgi_post
 
 UNAUTHENTICATED_BODY = (
     b'{"signal":"visited-documentation-page","identity":{"type":"account","id":"a"}}'
 )
 
 
-def wsgi_post(path: str, body: bytes = UNAUTHENTICATED_BODY, **headers: str) -> dict[str, Any]:
-    """The WSGI environ of a JSON POST to `path` from 127.0.0.1 (`headers` are extra CGI
-    variables, e.g. HTTP_AUTHORIZATION); scripts/bench_inprocess.py sends its own."""
-    return {
-        **headers,
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": path,
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "127.0.0.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.url_scheme": "http",
-    }
-
-
 def _cpu_per_request(app: Any, path: str, requests: int) -> float:
-    def start_response(status: str, headers: list[Any], exc_info: Any = None) -> None:
-        return None
-
     started = time.process_time()
     for _ in range(requests):
-        result = app(wsgi_post(path), start_response)
-        for _chunk in result:
-            pass
-        result.close()
+        wsgi_call(app, wsgi_post(path, UNAUTHENTICATED_BODY))
     return (time.process_time() - started) / requests * 1e6
 
 

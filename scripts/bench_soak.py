@@ -16,14 +16,16 @@ One command (`make bench-soak`, i.e. `.venv/bin/python scripts/bench_soak.py`), 
      maximum for --duration seconds (300); every 5 s it samples the backlog (events pending or
      processing) and the resident memory (RSS) of every process of gunicorn (master and
      workers) and of the Celery worker (main process and pool children);
-  4. after the load, the time to drain what is left; then scripts/bench_process.py's
-     integrity checks (every event completed exactly once, aggregates, states, engagement);
+  4. after the load, the time to drain what is left; then the integrity checks that
+     scripts/bench_process.py runs too (every event completed exactly once, aggregates,
+     states, engagement);
   5. prints markdown: the rates, errors by status, backlog (max, at each minute, slope of the
      last half), and RSS (first minute against last minute, and the peak) per process.
 
 The exit status is 1 when any request failed, an integrity check failed or the backlog grew
-over the last half of the soak. Only stdlib, psycopg and redis (both in requirements.txt) and
-wrk (apt-get install wrk).
+over the last half of the soak. The database, gunicorn, the worker, wrk, the paced client and the
+integrity checks come from the shared harness (scripts/benchlib/). Only stdlib, psycopg and
+redis (both in requirements.txt) and wrk (apt-get install wrk).
 """
 
 from __future__ import annotations
@@ -31,48 +33,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_ingest as bi  # the sibling scripts (the path above)
-import bench_process as bp
+from benchlib import cli, loadgen, stack
+from benchlib.db import Db, integrity
+from benchlib.events import event_dict, identity_for
+from benchlib.machine import session_rss
+from benchlib.stack import log
+from benchlib.stats import percentile, slope
 
-ROOT = bi.ROOT
 SAMPLE_SECONDS = 5.0
-
-
-def log(message: str) -> None:
-    print(f"[soak {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def session_rss(session: int) -> dict[int, tuple[str, int]]:
-    """{pid: (name, RSS in KiB)} of the processes in one session (a process group we started)."""
-    found: dict[int, tuple[str, int]] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{pid}/stat").read_text()
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        if int(raw[raw.rindex(")") + 2 :].split()[3]) != session:
-            continue
-        rss = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")), "0")
-        found[int(pid)] = (raw[raw.index("(") + 1 : raw.rindex(")")], int(rss))
-    return found
 
 
 # The tables the service updates (the rest only grow): what autovacuum would vacuum during a soak.
@@ -97,7 +72,8 @@ class VacuumStandIn:
         import psycopg
 
         self.conn = psycopg.connect(url, autocommit=True)
-        self.needed = self.conn.execute("SHOW autovacuum").fetchone()[0] != "on"
+        row = self.conn.execute("SHOW autovacuum").fetchone()
+        self.needed = row is None or row[0] != "on"
         self.interval = interval
         self.runs: list[float] = []  # seconds each VACUUM took
         self._stop = threading.Event()
@@ -129,16 +105,12 @@ class VacuumStandIn:
         )
 
 
-@dataclass
-class Soak:
+@dataclass(kw_only=True)
+class Soak(loadgen.PacedTally):
     target_rate: float
     seconds: float = 0.0
-    statuses: Counter[str] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
-    late: int = 0  # requests sent more than one second after their slot (the client fell behind)
     client_cpu: float = 0.0  # CPU seconds of this script (mostly the load generator) meanwhile
     vacuum: str = ""  # what vacuumed the tables meanwhile (VacuumStandIn.describe)
-    retried: int = 0  # requests sent again on a new connection (the server closed the old one)
     # (seconds since start, backlog, {group: {pid: rss KiB}})
     samples: list[tuple[float, int, dict[str, dict[int, int]]]] = field(default_factory=list)
     # (seconds since start, messages waiting in the broker): drained events leave their own
@@ -148,17 +120,23 @@ class Soak:
     messages_left: int = 0
     messages_seconds: float = 0.0
 
-    @property
-    def sent(self) -> int:
-        return sum(self.statuses.values())
-
-    @property
-    def errors(self) -> int:
-        return sum(n for status, n in self.statuses.items() if status not in ("202", "200"))
-
     def backlog_slope(self) -> float:
         """Least-squares slope (events/s) of the backlog over the last half of the soak."""
-        return bp.slope([(t, b) for t, b, _ in self.samples if t >= self.seconds / 2])
+        return slope([(t, b) for t, b, _ in self.samples if t >= self.seconds / 2])
+
+
+@dataclass
+class Probe:
+    """The maximum: wrk with the workers running."""
+
+    load: loadgen.LoadRun
+    completed_per_s: float
+
+    @property
+    def maximum(self) -> float:
+        # What the whole service sustains is the smaller of the two: when the workers fall
+        # behind during the probe, wrk's rate takes CPU the workers would need to keep up.
+        return min(self.load.ok_per_s, self.completed_per_s)
 
 
 def paced_requests(args: argparse.Namespace, port: int, total: int) -> list[bytes]:
@@ -167,109 +145,42 @@ def paced_requests(args: argparse.Namespace, port: int, total: int) -> list[byte
     CPU, taken from the two cores the server and the workers share."""
     now = int(time.time())
     run_id = uuid.uuid4().hex[:8]
-    head = (
-        "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        "Authorization: Bearer {key}\r\nIdempotency-Key: {reference}\r\n"
-        "Content-Length: {length}\r\n\r\n"
-    )
     requests = []
     for i in range(total):
         stream = i % args.clients
         reference = f"soak-{run_id}-{i}"
         body = json.dumps(
-            bp.event_dict(i + 1, bp.identity_for(stream, i, args.identities), reference, now),
+            event_dict(i + 1, identity_for(stream, i, args.identities), reference, now),
             separators=(",", ":"),
         ).encode()
-        framing = head.format(port=port, key=bi.DEMO_API_KEY, reference=reference, length=len(body))
-        requests.append(framing.encode() + body)
+        requests.append(loadgen.raw_post(port, "/v1/events", body, reference))
     return requests
 
 
-def _response_status(sock: socket.socket, buffer: bytearray) -> str:
-    """Read one HTTP/1.1 response (Content-Length framed, as gunicorn answers) off a keep-alive
-    socket; its status code. What follows it stays in `buffer`."""
-    while True:
-        end = buffer.find(b"\r\n\r\n")
-        if end >= 0:
-            head = bytes(buffer[:end]).decode("latin-1")
-            length = 0
-            for line in head.split("\r\n")[1:]:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            if len(buffer) >= end + 4 + length:
-                del buffer[: end + 4 + length]
-                return head[9:12]
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        buffer += chunk
-
-
-def paced_load(
-    args: argparse.Namespace, port: int, rate: float, requests: list[bytes], result: Soak
-) -> None:
-    """Send request i at t0 + i / rate from a pool of keep-alive connections (raw sockets: the
-    prepared bytes out, the status line and Content-Length in)."""
-    total = len(requests)
-    lock = threading.Lock()
-    next_index = [0]
-    t0 = time.monotonic() + 0.5
-
-    def connect() -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-    def client() -> None:
-        sock, buffer = connect(), bytearray()
-        while True:
-            with lock:
-                i = next_index[0]
-                next_index[0] += 1
-            if i >= total:
-                break
-            wait = t0 + i / rate - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            started = time.monotonic()
-            retried = False
-            while True:
-                try:
-                    sock.sendall(requests[i])
-                    status = _response_status(sock, buffer)
-                    break
-                except OSError as exc:
-                    sock.close()
-                    sock, buffer = connect(), bytearray()
-                    # gunicorn closes its idle keep-alive connections when it recycles a
-                    # process (GUNICORN_MAX_REQUESTS): resend once on a new connection, with the
-                    # same Idempotency-Key, as a client should (a replay answers 200).
-                    if retried:
-                        status = f"error:{type(exc).__name__}"
-                        break
-                    retried = True
-            elapsed = time.monotonic() - started
-            with lock:
-                result.retried += retried
-                result.statuses[status] += 1
-                result.latencies.append(elapsed)
-                if wait < -1.0:
-                    result.late += 1
-        sock.close()
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(args.clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def probe_run(args: argparse.Namespace, harness: stack.Stack, db: Db) -> Probe:
+    """wrk on the pipeline's mix for --probe seconds with the workers running; then the wait
+    until they have drained its backlog."""
+    log(f"maximum: wrk for {args.probe:g} s with the workers running")
+    before = db.sample()
+    load = loadgen.wrk_mix_run(
+        args, harness.workdir, harness.port, args.probe, f"probe-{uuid.uuid4().hex[:6]}"
+    )
+    after = db.sample()
+    completed = (after[2] - after[0]) - (before[2] - before[0])
+    probe = Probe(load, completed / load.duration if load.duration else 0.0)
+    log(
+        f"  {load.ok_per_s:.1f} events/s accepted, {probe.completed_per_s:.1f}/s "
+        f"completed, errors {load.errors}"
+    )
+    if load.errors:
+        raise RuntimeError(f"the probe had errors: {load.first_error}")
+    started = time.monotonic()
+    while db.backlog():
+        if time.monotonic() - started > args.timeout:
+            raise RuntimeError("the probe's backlog was not drained")
+        time.sleep(0.5)
+    log(f"  probe backlog drained in {time.monotonic() - started:.1f} s")
+    return probe
 
 
 def rss_table(soak: Soak) -> list[str]:
@@ -304,7 +215,7 @@ def rss_table(soak: Soak) -> list[str]:
     ]
 
 
-def report(args: argparse.Namespace, probe: dict[str, Any], soak: Soak, checks: list[str]) -> str:
+def report(args: argparse.Namespace, probe: Probe, soak: Soak, checks: list[str]) -> str:
     backlog_max = max((b for _, b, _ in soak.samples), default=0)
     minutes = [
         f"{b}" for t, b, _ in soak.samples if abs(t / 60 - round(t / 60)) * 60 < SAMPLE_SECONDS / 2
@@ -317,12 +228,12 @@ def report(args: argparse.Namespace, probe: dict[str, Any], soak: Soak, checks: 
     lines = [
         f"## Soak run ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
-        f"- Machine: {os.cpu_count()} cores; {bi.server_description(args)}; one Celery "
+        f"- Machine: {os.cpu_count()} cores; {stack.server_description(args)}; one Celery "
         f"worker with {args.processes} pool processes; PostgreSQL and Redis on the same host.",
         f"- Maximum single-event rate with the workers running (wrk, {args.probe:g} s, "
-        f"{args.concurrency} connections): accepted {probe['ok_per_s']:.1f} events/s, "
-        f"completed {probe['completed_per_s']:.1f}/s; the maximum the service sustains is the "
-        f"smaller: **{probe['maximum']:.1f} events/s** ({probe['errors']} errors).",
+        f"{args.concurrency} connections): accepted {probe.load.ok_per_s:.1f} events/s, "
+        f"completed {probe.completed_per_s:.1f}/s; the maximum the service sustains is the "
+        f"smaller: **{probe.maximum:.1f} events/s** ({probe.load.errors} errors).",
         f"- Soak: {args.fraction:.0%} of that = **{soak.target_rate:.1f} events/s** for "
         f"{soak.seconds:.0f} s: {soak.sent} requests, {ok} answered 202 "
         f"({ok / soak.seconds:.1f}/s), {soak.statuses.get('200', 0)} answered 200 (a replay "
@@ -356,20 +267,15 @@ def report(args: argparse.Namespace, probe: dict[str, Any], soak: Soak, checks: 
 
 def parse_args() -> argparse.Namespace:
     cores = os.cpu_count() or 1
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],  # type: ignore[union-attr]
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/bench_soak")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="the cache")
-    parser.add_argument(
-        "--broker-url", default="redis://127.0.0.1:6379/15", help="emptied at the start"
+    parser = cli.parser_for(__doc__)
+    cli.add_service_arguments(
+        parser, database="bench_soak", cache_db=14, broker_db=15, broker="emptied at the start"
     )
     parser.add_argument("--duration", "-d", type=float, default=300.0, help="soak seconds")
     parser.add_argument("--probe", type=float, default=30.0, help="seconds of the maximum probe")
     parser.add_argument("--fraction", type=float, default=0.8, help="of the maximum, for the soak")
     parser.add_argument("--processes", type=int, default=cores, help="Celery pool processes")
-    bp.add_server_arguments(parser, cores)
+    cli.add_server_arguments(parser)
     parser.add_argument(
         "--clients", type=int, default=16, help="paced load client threads (keep-alive)"
     )
@@ -382,7 +288,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a drain may take")
     args = parser.parse_args()
-    bp.finish_server_arguments(parser, args)
+    cli.finish_server_arguments(parser, args)
     args.reset = True
     args.keep_database = False
     args.pool = "prefork"
@@ -390,110 +296,75 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def soak_run(args: argparse.Namespace, harness: stack.Stack, db: Db, soak: Soak) -> None:
+    """The paced load for --duration; every SAMPLE_SECONDS the backlog, the broker's queue and
+    the RSS of gunicorn's and the worker's processes; then the wait until all is drained."""
+    assert harness.gunicorn is not None
+    worker = harness.workers[0]
+    requests = paced_requests(args, harness.port, int(soak.target_rate * args.duration))
+    log(f"soak: {soak.target_rate:.1f} events/s for {args.duration:g} s")
+    load = threading.Thread(
+        target=loadgen.paced_load,
+        args=(harness.port, soak.target_rate, requests, args.clients, soak),
+        daemon=True,
+    )
+    vacuum = VacuumStandIn(args.database_url, args.vacuum_interval)
+    t0 = time.monotonic()
+    cpu0 = time.process_time()
+    vacuum.start()
+    load.start()
+    next_sample = t0
+    while load.is_alive():
+        groups = {
+            "gunicorn": {p: r for p, (_, r) in session_rss(harness.gunicorn.pid).items()},
+            "celery": {p: r for p, (_, r) in session_rss(worker.pid).items()},
+        }
+        at = time.monotonic() - t0
+        soak.samples.append((at, db.backlog(), groups))
+        soak.messages.append((at, stack.broker_messages(harness.broker)[0]))
+        if int(at) % 60 < SAMPLE_SECONDS:
+            log(f"  {at:.0f} s: backlog {soak.samples[-1][1]}, sent {soak.sent}")
+        next_sample += SAMPLE_SECONDS
+        load.join(max(0.0, next_sample - time.monotonic()))
+    soak.seconds = time.monotonic() - t0
+    vacuum.stop()
+    soak.vacuum = vacuum.describe()
+    soak.client_cpu = time.process_time() - cpu0
+    tail = time.monotonic()
+    while db.backlog():
+        if time.monotonic() - tail > args.timeout:
+            raise RuntimeError("the soak's backlog was not drained")
+        time.sleep(0.5)
+    soak.tail_seconds = time.monotonic() - tail
+    emptying = time.monotonic()
+    soak.messages_left = stack.broker_wait_empty(harness.broker, [worker], args.timeout)
+    soak.messages_seconds = time.monotonic() - emptying
+
+
 def main() -> int:
     args = parse_args()
-    os.chdir(ROOT)
-    env = bi.bench_env(args)
-    env["BIGMIND_VAR_DIR"] = str(ROOT / "var" / "bench-soak")
-    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")})
-
-    def on_signal(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, on_signal)
-
-    gunicorn: subprocess.Popen[bytes] | None = None
-    worker: bp.Worker | None = None
-    broker = bi.broker_client(args)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-soak-"))
-    logfile = workdir / "gunicorn.log"
-    db: bp.Db | None = None
+    stack.set_log_tag("soak", clock=True)
+    harness = stack.Stack(args, "soak", var_dir="bench-soak")
+    db: Db | None = None
     failed = True
     try:
-        bi.database_prepare(args)
-        log("migrating")
-        bi.manage(env, "migrate", "--noinput")
-        bi.manage(env, "bootstrap_demo", "--allow-production")
-        broker.flushdb()
-        db = bp.Db(args.database_url)
+        harness.prepare_database()
+        harness.broker.flushdb()
+        db = Db(args.database_url)
         # The backlog polls walk the status index itself, whose scans skip the entries of dead
         # row versions once seen; a bitmap scan (the planner's pick without statistics) visits
         # every such row again on every poll, a cost that grew to 0.6 s a poll by the fifth
         # minute and that the service under test paid for.
         db.conn.execute("SET enable_bitmapscan = off")
-        port = bi.free_port()
-        gunicorn = bi.start_gunicorn(args, env, port, logfile)
-        bi.wait_ready(gunicorn, port, logfile)
-        worker = bp.worker_start(args, env, args.processes, workdir, "soak")
-        deadline = time.monotonic() + 60
-        while bp.broker_consumers(broker, args.broker_db) < 1:
-            bp.workers_alive([worker])
-            if time.monotonic() > deadline:
-                raise RuntimeError("the worker is not waiting for messages after 60 s")
-            time.sleep(0.1)
+        harness.start_gunicorn()
+        workers = harness.start_workers(args.processes, "soak")
+        stack.broker_wait_consumers(harness.broker, args.broker_db, workers, 1, 60)
 
-        log(f"maximum: wrk for {args.probe:g} s with the workers running")
-        before = db.sample()
-        probe = bp.run_wrk(args, port, args.probe, f"probe-{uuid.uuid4().hex[:6]}", workdir)
-        after = db.sample()
-        # What the whole service sustains is the smaller of the two: when the workers fall
-        # behind during the probe, wrk's rate takes CPU the workers would need to keep up.
-        completed = (after[2] - after[0]) - (before[2] - before[0])
-        probe["completed_per_s"] = completed / probe["duration"] if probe["duration"] else 0.0
-        probe["maximum"] = min(probe["ok_per_s"], probe["completed_per_s"])
-        log(
-            f"  {probe['ok_per_s']:.1f} events/s accepted, {probe['completed_per_s']:.1f}/s "
-            f"completed, errors {probe['errors']}"
-        )
-        if probe["errors"]:
-            raise RuntimeError(f"the probe had errors: {probe['first_error']}")
-        started = time.monotonic()
-        while db.backlog():
-            if time.monotonic() - started > args.timeout:
-                raise RuntimeError("the probe's backlog was not drained")
-            time.sleep(0.5)
-        log(f"  probe backlog drained in {time.monotonic() - started:.1f} s")
-
-        soak = Soak(target_rate=probe["maximum"] * args.fraction)
-        requests = paced_requests(args, port, int(soak.target_rate * args.duration))
-        log(f"soak: {soak.target_rate:.1f} events/s for {args.duration:g} s")
-        load = threading.Thread(
-            target=paced_load, args=(args, port, soak.target_rate, requests, soak), daemon=True
-        )
-        vacuum = VacuumStandIn(args.database_url, args.vacuum_interval)
-        t0 = time.monotonic()
-        cpu0 = time.process_time()
-        vacuum.start()
-        load.start()
-        next_sample = t0
-        while load.is_alive():
-            groups = {
-                "gunicorn": {p: r for p, (_, r) in session_rss(gunicorn.pid).items()},
-                "celery": {p: r for p, (_, r) in session_rss(worker.pid).items()},
-            }
-            at = time.monotonic() - t0
-            soak.samples.append((at, db.backlog(), groups))
-            soak.messages.append((at, bp.broker_messages(broker)[0]))
-            if int(at) % 60 < SAMPLE_SECONDS:
-                log(f"  {at:.0f} s: backlog {soak.samples[-1][1]}, sent {soak.sent}")
-            next_sample += SAMPLE_SECONDS
-            load.join(max(0.0, next_sample - time.monotonic()))
-        soak.seconds = time.monotonic() - t0
-        vacuum.stop()
-        soak.vacuum = vacuum.describe()
-        soak.client_cpu = time.process_time() - cpu0
-        tail = time.monotonic()
-        while db.backlog():
-            if time.monotonic() - tail > args.timeout:
-                raise RuntimeError("the soak's backlog was not drained")
-            time.sleep(0.5)
-        soak.tail_seconds = time.monotonic() - tail
-        emptying = time.monotonic()
-        soak.messages_left = bp.broker_wait_empty(args, broker, [worker])
-        soak.messages_seconds = time.monotonic() - emptying
-        worker.stop()
-        checks = bp.integrity(args, db, broker, [worker])
+        probe = probe_run(args, harness, db)
+        soak = Soak(target_rate=probe.maximum * args.fraction)
+        soak_run(args, harness, db, soak)
+        harness.stop_workers(workers)
+        checks = integrity(db, harness.broker, harness.all_workers)
         print(report(args, probe, soak, checks), flush=True)
         failed = (
             soak.errors > 0
@@ -505,15 +376,9 @@ def main() -> int:
         log("interrupted")
         return 130
     finally:
-        if worker is not None:
-            worker.stop()
-        bi.stop_gunicorn(gunicorn)
         if db is not None:
             db.close()
-        if failed:
-            log(f"kept the logs in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        harness.close(keep_logs=failed)
 
 
 if __name__ == "__main__":
