@@ -88,7 +88,7 @@ def broker_check() -> None:
         return
     from bigmind.celery import app
 
-    # The app's transport and options (TLS, our Redis transport), with short timeouts.
+    # The app's transport and options (TLS, the Redis transport options), with short timeouts.
     with app.connection_for_write(
         url,
         connect_timeout=timeout,
