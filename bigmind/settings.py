@@ -551,5 +551,8 @@ LOGGING = {
         # A Host outside DJANGO_ALLOWED_HOSTS is the client's 400 (`invalid_host`, on our request
         # line); Django also logs it at ERROR with a whole traceback, once per probe or scanner.
         "django.security.DisallowedHost": {"handlers": [], "level": "CRITICAL", "propagate": False},
+        # The openai SDK's HTTP library logs every request at INFO, URL included; the task's own
+        # line already says what the processor did.
+        "httpx2": {"level": "WARNING"},
     },
 }
