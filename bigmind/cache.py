@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+from cachetools import TLRUCache
 from django.core.cache import cache
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
@@ -176,10 +177,12 @@ class _CounterState(threading.local):
 
 # Units taken from the store and not handed out yet, per counter key and process (every thread
 # and every cache object of the process share them): [first, last] ranges of unit numbers, and
-# when the counter expires.
-_leases: dict[str, tuple[list[list[int]], float]] = {}
+# when the counter expires (time.time()). An entry goes when its counter expires; when the cache
+# is full the least recently used goes, which only means its units are refused early.
+_leases: TLRUCache[str, tuple[list[list[int]], float]] = TLRUCache(
+    maxsize=1000, ttu=lambda _key, entry, _now: entry[1], timer=time.time
+)
 _leases_lock = threading.Lock()
-_LEASES_MAX = 1000
 
 
 class CounterCache:
@@ -214,12 +217,9 @@ class CounterCache:
 
     def _leased_unit(self, key: str) -> int | None:
         with _leases_lock:
-            entry = _leases.get(key)
-            if entry is None:
-                return None
-            ranges, expires = entry
-            if expires <= time.time():
-                del _leases[key]
+            try:
+                ranges = _leases[key][0]
+            except KeyError:
                 return None
             first = ranges[0]
             unit = first[0]
@@ -227,18 +227,13 @@ class CounterCache:
             if first[0] > first[1]:
                 ranges.pop(0)
                 if not ranges:
-                    del _leases[key]
+                    # pop, not del: the entry may have expired since the get.
+                    _leases.pop(key, None)
             return unit
 
     def _keep(self, key: str, first: int, last: int, timeout: Any) -> None:
         expires = time.time() + (timeout if isinstance(timeout, int | float) else 60)
         with _leases_lock:
-            if len(_leases) >= _LEASES_MAX:
-                now = time.time()
-                for stale in [k for k, (_, at) in _leases.items() if at <= now]:
-                    del _leases[stale]
-                if len(_leases) >= _LEASES_MAX:
-                    _leases.clear()  # bounded; what is dropped is only refused early
             entry = _leases.get(key)
             if entry is None:
                 _leases[key] = ([[first, last]], expires)
@@ -367,8 +362,8 @@ MISSING: Any = object()
 # Left by an invalidation so that a slower reader cannot re-cache the old row (see `fill`).
 _TOMBSTONE = "__invalidated__"
 _TOMBSTONE_SECONDS = 30
-# Bound on the process-local level; it is cleared whole when full (entries are tiny and cheap
-# to refetch, and a simple clear cannot leak).
+# Bound on the process-local level: the least recently used entry goes first (entries are tiny
+# and cheap to refetch).
 _LOCAL_MAX_ENTRIES = 10_000
 
 
@@ -384,12 +379,23 @@ class LookupCache:
     """
 
     def __init__(self) -> None:
-        self._local: dict[str, tuple[float, Any]] = {}
+        # Each entry lives for its own number of seconds (the value's first item): the
+        # setting, or less when the shared level keeps the entry for less.
+        self._local: TLRUCache[str, tuple[float, Any]] = TLRUCache(
+            maxsize=_LOCAL_MAX_ENTRIES,
+            ttu=lambda _key, entry, now: now + entry[0],
+            timer=time.monotonic,
+        )
+        # Request threads share the level; cachetools' caches are not thread-safe.
+        self._lock = threading.Lock()
 
     def get(self, key: str) -> Any:
-        entry = self._local.get(key)
-        if entry is not None and entry[0] > time.monotonic():
-            return entry[1]
+        # Indexing, not .get(): one look-up instead of two, on the path of every request.
+        try:
+            with self._lock:
+                return self._local[key][1]
+        except KeyError:
+            pass
         value = cache_get(key, MISSING)
         if value is MISSING or value == _TOMBSTONE:
             return MISSING
@@ -406,11 +412,13 @@ class LookupCache:
         self._remember(key, value, timeout)
 
     def invalidate(self, key: str) -> None:
-        self._local.pop(key, None)
+        with self._lock:
+            self._local.pop(key, None)
         cache_set(key, _TOMBSTONE, _TOMBSTONE_SECONDS)
 
     def clear_local(self) -> None:
-        self._local.clear()
+        with self._lock:
+            self._local.clear()
 
     def _remember(self, key: str, value: Any, timeout: int | None) -> None:
         from django.conf import settings
@@ -420,6 +428,5 @@ class LookupCache:
             seconds = min(seconds, timeout)
         if seconds <= 0:
             return
-        if len(self._local) >= _LOCAL_MAX_ENTRIES:
-            self._local.clear()
-        self._local[key] = (time.monotonic() + seconds, value)
+        with self._lock:
+            self._local[key] = (seconds, value)

@@ -88,7 +88,7 @@ def broker_check() -> None:
         return
     from bigmind.celery import app
 
-    # The app's transport and options (TLS, our Redis transport), with short timeouts.
+    # The app's transport and options (TLS, the Redis transport options), with short timeouts.
     with app.connection_for_write(
         url,
         connect_timeout=timeout,
@@ -106,7 +106,8 @@ CHECKS: dict[str, Callable[[], None]] = {
 
 # One thread per check at most: a check that hangs (an unreachable host dropping packets) is
 # still running when the next probe comes, which then waits on that same run instead of
-# starting another, so hung probes cannot pile up threads.
+# starting another, so hung probes cannot pile up threads. `_running` is a plain dict, not a
+# cache: an entry is the run in flight and must stay until it ends, whatever its age.
 _executor: ThreadPoolExecutor | None = None
 _executor_pid: int | None = None
 _running: dict[str, Future[CheckResult]] = {}

@@ -1,22 +1,33 @@
-"""Redis plumbing for the hot path: one client object per connection pool, reused.
+"""Django's Redis cache, on redis-py's public API, with one-round-trip counters and a breaker.
 
-Django's RedisCacheClient and kombu's Redis channel both build a new `redis.Redis` for every
-call (`get_client()`, `_create_client()`), and redis-py's constructor fills a table of ~170
-response callbacks each time: measured at about 0.25 ms of CPU per object, more than a GET on
-a reused client. A `redis.Redis` is only a thin, thread-safe front for its connection pool, so
-one per pool is enough. See docs/benchmarks.md.
+Why a backend of our own rather than `django.core.cache.backends.redis.RedisCache`: Django's can
+only be extended through private hooks (`_class`, `_cache`, `_get_connection_pool`), and what we
+add needs the client: `incr` and the rate-limit `count` in one Lua call each instead of two round
+trips, and a per-process circuit breaker. The rest (key making, timeouts, the value format:
+integers as Redis integers, everything else pickled; the first server for writes, the others for
+reads; the `serializer`, `pool_class` and `parser_class` OPTIONS, anything else passed to the
+connection pool) is Django's, so a cache written by one reads the same through the other.
+
+One `redis.Redis` per server per cache object, built when first used. Django's own backend and
+kombu's Redis channel build one per call; with redis-py 8.2 (which caches its response-callback
+table) that costs about 6 µs, so the broker uses kombu's stock transport (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import pickle
+import random
+import re
+import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import redis
-from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
-from django.core.cache.backends.redis import RedisCacheClient
-from kombu.transport import redis as kombu_redis
+from cachetools import TLRUCache
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.utils.module_loading import import_string
+from redis.connection import DefaultParser
 
 from bigmind.cache import CounterCache
 
@@ -28,7 +39,6 @@ if redis.call('exists', KEYS[1]) == 1 then
 end
 return nil
 """
-
 
 # Add `delta` to a counter, creating it with its expiry when missing; one round trip.
 _COUNT = """
@@ -44,49 +54,45 @@ class CacheCircuitOpen(redis.exceptions.ConnectionError):
     """The cache failed moments ago; this call was not even tried."""
 
 
-# When each cache (by its server list) may be tried again. Per process, not per client object:
-# Django builds a cache object per thread, and every thread of a gthread worker (or /readyz's
-# check thread) would otherwise pay its own time-out.
-_open_until: dict[str, float] = {}
+# Open breakers, by server list: the entry lives for its window (the value, in seconds) and is
+# gone after it. Per process, not per cache object: Django builds a cache object per thread, and
+# every thread of a gthread worker (or /readyz's check thread) would otherwise pay its own
+# time-out.
+_open_breakers: TLRUCache[str, float] = TLRUCache(
+    maxsize=64, ttu=lambda _key, seconds, now: now + seconds, timer=time.monotonic
+)
+_open_breakers_lock = threading.Lock()
 
 
-class ReusingRedisCacheClient(RedisCacheClient):
-    def __init__(self, servers: Any, *args: Any, **kwargs: Any) -> None:
-        # The circuit breaker's window, taken out of the options before redis-py sees them.
-        self._break_seconds = float(kwargs.pop("circuit_break_seconds", 0) or 0)
-        super().__init__(servers, *args, **kwargs)
-        self._clients: dict[int, Any] = {}
-        self._incr_scripts: dict[int, Any] = {}
-        self._count_scripts: dict[int, Any] = {}
-        self._breaker_key = repr(servers)
-
-    def get_client(self, key: Any = None, *, write: bool = False) -> Any:
-        pool = self._get_connection_pool(write)  # type: ignore[attr-defined]
-        client = self._clients.get(id(pool))
-        if client is None:
-            client = self._clients[id(pool)] = self._client(connection_pool=pool)  # type: ignore[attr-defined]
-        return client
-
-    def incr(self, key: Any, delta: int) -> int:
-        client = self.get_client(key, write=True)
-        script = self._incr_scripts.get(id(client))
-        if script is None:
-            script = self._incr_scripts[id(client)] = client.register_script(_INCR_EXISTING)
-        value = script(keys=[key], args=[delta])
-        if value is None:
-            raise ValueError(f"Key '{key}' not found.")
-        return int(value)
-
-    def count(self, key: Any, delta: int, timeout: int | None) -> int:
-        client = self.get_client(key, write=True)
-        script = self._count_scripts.get(id(client))
-        if script is None:
-            script = self._count_scripts[id(client)] = client.register_script(_COUNT)
-        # A counter always expires (django-ratelimit gives its window plus a margin).
-        return int(script(keys=[key], args=[delta, timeout or 3600]))
+def cache_breakers_reset() -> None:
+    """Close every breaker of this process (tests)."""
+    with _open_breakers_lock:
+        _open_breakers.clear()
 
 
-def _breaker(method: Callable[..., Any]) -> Callable[..., Any]:
+class RedisSerializer:
+    """Django's format: integers stay Redis integers (so INCRBY works on them), the rest pickled."""
+
+    def __init__(self, protocol: int | None = None) -> None:
+        self.protocol = pickle.HIGHEST_PROTOCOL if protocol is None else protocol
+
+    def dumps(self, value: Any) -> Any:
+        # type(), not isinstance(): a bool is pickled, as Django does.
+        if type(value) is int:
+            return value
+        return pickle.dumps(value, self.protocol)
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return int(data)
+        except ValueError:
+            return pickle.loads(data)  # noqa: S301 - only this service writes its cache
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _breaker(method: _Method) -> _Method:
     """Fail fast for a while after the cache failed.
 
     Every caller already treats a cache error as a miss (lookups read the database, rate limits
@@ -96,45 +102,176 @@ def _breaker(method: Callable[..., Any]) -> Callable[..., Any]:
     once for CACHE_CIRCUIT_BREAK_SECONDS; the first call after that tries for real again.
     """
 
-    def guarded(self: ReusingRedisCacheClient, *args: Any, **kwargs: Any) -> Any:
-        until = _open_until.get(self._breaker_key)
-        if until is not None and time.monotonic() < until:
+    def guarded(self: RedisCache, *args: Any, **kwargs: Any) -> Any:
+        with _open_breakers_lock:
+            is_open = self._breaker_key in _open_breakers
+        if is_open:
             raise CacheCircuitOpen("cache unavailable (failed moments ago; not retried yet)")
         try:
             return method(self, *args, **kwargs)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
             if self._break_seconds > 0:
-                _open_until[self._breaker_key] = time.monotonic() + self._break_seconds
+                with _open_breakers_lock:
+                    _open_breakers[self._breaker_key] = self._break_seconds
             raise
 
     guarded.__name__ = method.__name__
     guarded.__doc__ = method.__doc__
-    return guarded
+    return guarded  # type: ignore[return-value]
 
 
-for _name in (
-    "add",
-    "get",
-    "set",
-    "touch",
-    "delete",
-    "get_many",
-    "has_key",
-    "incr",
-    "count",
-    "set_many",
-    "delete_many",
-    "clear",
-):
-    setattr(ReusingRedisCacheClient, _name, _breaker(getattr(ReusingRedisCacheClient, _name)))
+def _imported(value: Any) -> Any:
+    return import_string(value) if isinstance(value, str) else value
 
 
-class RedisCache(DjangoRedisCache):
-    """Django's Redis cache with reused clients, a one-round-trip `incr` and a circuit breaker."""
+class RedisCache(BaseCache):
+    """A Redis cache with a one-round-trip `incr` and a circuit breaker (see the module)."""
 
-    def __init__(self, server: Any, params: dict[str, Any]) -> None:
-        super().__init__(server, params)
-        self._class = ReusingRedisCacheClient
+    def __init__(self, server: str | list[str], params: dict[str, Any]) -> None:
+        super().__init__(params)
+        self._servers = re.split("[;,]", server) if isinstance(server, str) else list(server)
+        options = dict(params.get("OPTIONS") or {})
+        # The breaker's window, taken out of the options before redis-py sees them.
+        self._break_seconds = float(options.pop("circuit_break_seconds", 0) or 0)
+        self._breaker_key = repr(self._servers)
+        serializer = _imported(options.pop("serializer", None))
+        self._serializer = (serializer() if callable(serializer) else serializer) or (
+            RedisSerializer()
+        )
+        self._pool_class = _imported(options.pop("pool_class", None)) or redis.ConnectionPool
+        parser_class = _imported(options.pop("parser_class", None)) or DefaultParser
+        self._pool_options = {"parser_class": parser_class, **options}
+        self._clients: dict[int, redis.Redis] = {}
+        self._scripts: dict[tuple[int, str], Any] = {}
+
+    def _client(self, *, write: bool) -> redis.Redis:
+        # Writes to the first server; reads from the others when there are others.
+        index = 0 if write or len(self._servers) == 1 else random.randint(1, len(self._servers) - 1)
+        client = self._clients.get(index)
+        if client is None:
+            pool = self._pool_class.from_url(self._servers[index], **self._pool_options)
+            client = self._clients.setdefault(index, redis.Redis(connection_pool=pool))
+        return client
+
+    def _script(self, source: str) -> Any:
+        """`source` registered on the writing client (redis-py sends its SHA, loading it once)."""
+        client = self._client(write=True)
+        script = self._scripts.get((id(client), source))
+        if script is None:
+            script = self._scripts[(id(client), source)] = client.register_script(source)
+        return script
+
+    def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> int | None:
+        # Seconds from now, as Redis takes them: None never expires, 0 deletes.
+        if timeout == DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        return None if timeout is None else max(0, int(timeout))
+
+    @_breaker
+    def add(
+        self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
+        key = self.make_and_validate_key(key, version=version)
+        client, seconds = self._client(write=True), self.get_backend_timeout(timeout)
+        value = self._serializer.dumps(value)
+        if seconds == 0:
+            added = bool(client.set(key, value, nx=True))
+            if added:
+                client.delete(key)
+            return added
+        return bool(client.set(key, value, ex=seconds, nx=True))
+
+    @_breaker
+    def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
+        key = self.make_and_validate_key(key, version=version)
+        value: Any = self._client(write=False).get(key)
+        return default if value is None else self._serializer.loads(value)
+
+    @_breaker
+    def set(
+        self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> None:
+        key = self.make_and_validate_key(key, version=version)
+        client, seconds = self._client(write=True), self.get_backend_timeout(timeout)
+        if seconds == 0:
+            client.delete(key)
+        else:
+            client.set(key, self._serializer.dumps(value), ex=seconds)
+
+    @_breaker
+    def touch(self, key: str, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
+        key = self.make_and_validate_key(key, version=version)
+        client, seconds = self._client(write=True), self.get_backend_timeout(timeout)
+        if seconds is None:
+            return bool(client.persist(key))
+        return bool(client.expire(key, seconds))
+
+    @_breaker
+    def delete(self, key: str, version: int | None = None) -> bool:
+        key = self.make_and_validate_key(key, version=version)
+        return bool(self._client(write=True).delete(key))
+
+    @_breaker
+    def get_many(self, keys: Iterable[str], version: int | None = None) -> dict[str, Any]:
+        made = {self.make_and_validate_key(key, version=version): key for key in keys}
+        if not made:
+            return {}
+        values: list[Any] = self._client(write=False).mget(list(made))
+        return {
+            made[key]: self._serializer.loads(value)
+            for key, value in zip(made, values, strict=True)
+            if value is not None
+        }
+
+    @_breaker
+    def has_key(self, key: str, version: int | None = None) -> bool:
+        key = self.make_and_validate_key(key, version=version)
+        return bool(self._client(write=False).exists(key))
+
+    @_breaker
+    def incr(self, key: str, delta: int = 1, version: int | None = None) -> int:
+        key = self.make_and_validate_key(key, version=version)
+        value = self._script(_INCR_EXISTING)(keys=[key], args=[delta])
+        if value is None:
+            raise ValueError(f"Key '{key}' not found.")
+        return int(value)
+
+    @_breaker
+    def set_many(
+        self, data: dict[str, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> list[str]:
+        if not data:
+            return []
+        values = {
+            self.make_and_validate_key(key, version=version): self._serializer.dumps(value)
+            for key, value in data.items()
+        }
+        seconds = self.get_backend_timeout(timeout)
+        pipeline = self._client(write=True).pipeline()
+        pipeline.mset(values)
+        if seconds is not None:
+            # MSET takes no expiry: one EXPIRE per key, in the same round trip.
+            for key in values:
+                pipeline.expire(key, seconds)
+        pipeline.execute()
+        return []
+
+    @_breaker
+    def delete_many(self, keys: Iterable[str], version: int | None = None) -> None:
+        made = [self.make_and_validate_key(key, version=version) for key in keys]
+        if made:
+            self._client(write=True).delete(*made)
+
+    @_breaker
+    def clear(self) -> None:
+        self._client(write=True).flushdb()
+
+    @_breaker
+    def count(self, key: str, delta: int, timeout: Any) -> int:
+        """Add `delta` to the counter at `key` (a made key); a new one expires after `timeout`."""
+        seconds = self.get_backend_timeout(timeout)
+        # A counter always expires (django-ratelimit gives its window plus a margin).
+        return int(self._script(_COUNT)(keys=[key], args=[delta, seconds or 3600]))
 
 
 class RateLimitCounterCache(CounterCache, RedisCache):
@@ -142,24 +279,4 @@ class RateLimitCounterCache(CounterCache, RedisCache):
     per signal for a batch (bigmind.cache.CounterCache)."""
 
     def _count(self, key: str, delta: int, timeout: Any) -> int:
-        timeout = self.get_backend_timeout(timeout)
-        return int(self._cache.count(key, delta, timeout))  # type: ignore[attr-defined]
-
-
-class _ReusingChannel(kombu_redis.Channel):
-    _sync_client: Any = None
-
-    def _create_client(self, asynchronous: bool = False) -> Any:
-        if asynchronous:
-            return super()._create_client(asynchronous=True)
-        # Rebuilt if the channel replaced its pool (after a reconnect).
-        client = self._sync_client
-        if client is None or client.connection_pool is not self.pool:
-            client = self._sync_client = super()._create_client()
-        return client
-
-
-class RedisTransport(kombu_redis.Transport):
-    """kombu's Redis transport whose channels reuse one client for publishing."""
-
-    Channel = _ReusingChannel
+        return self.count(key, delta, timeout)

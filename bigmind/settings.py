@@ -206,7 +206,7 @@ else:
         "LOCATION": str(VAR_DIR / "cache.sqlite3"),
     }
 if _default_cache["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
-    _default_cache["BACKEND"] = "bigmind.redis.RedisCache"  # same, with reused clients
+    _default_cache["BACKEND"] = "bigmind.redis.RedisCache"  # same, with the breaker and Lua incr
 if _default_cache["BACKEND"] == "bigmind.redis.RedisCache":
     _default_cache.setdefault("OPTIONS", {}).update(
         socket_connect_timeout=CACHE_SOCKET_TIMEOUT,
@@ -256,9 +256,6 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 else:
-    if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-        # kombu's Redis transport, reusing one client per channel (bigmind/redis.py).
-        CELERY_BROKER_TRANSPORT = "bigmind.redis:RedisTransport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "socket_connect_timeout": 2,
         "socket_timeout": 5,
@@ -556,5 +553,8 @@ LOGGING = {
         # A Host outside DJANGO_ALLOWED_HOSTS is the client's 400 (`invalid_host`, on our request
         # line); Django also logs it at ERROR with a whole traceback, once per probe or scanner.
         "django.security.DisallowedHost": {"handlers": [], "level": "CRITICAL", "propagate": False},
+        # The openai SDK's HTTP library logs every request at INFO, URL included; the task's own
+        # line already says what the processor did.
+        "httpx2": {"level": "WARNING"},
     },
 }

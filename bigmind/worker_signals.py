@@ -30,7 +30,8 @@ logger = logging.getLogger("bigmind.task")
 
 REQUEST_ID_HEADER = "bigmind_request_id"
 
-# Start times of the tasks running in this process, by task id.
+# Start times of the tasks running in this process, by task id: a plain dict, not a cache, since
+# an entry must stay until its task ends (task_postrun pops it), however long that takes.
 _started: dict[str, tuple[float, Any]] = {}
 
 

@@ -8,9 +8,11 @@ write that bypasses the services (a raw SQL fix, a shell session).
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import LRUCache
 from django.conf import settings
 from django.db.models import Max, Prefetch, QuerySet
 
@@ -114,28 +116,40 @@ def api_key_get_ref(*, key_hash: str) -> ApiKeyRef | None:
     return ref
 
 
-# Schema versions are immutable, so a found version is kept in process memory for good;
-# a missing one is looked up again next time (it may have been added since).
+# Schema versions are immutable, so a found version is kept in process memory without expiry
+# (the 4,096 most recently used; one pushed out is compiled again on its next use); a missing
+# one is looked up again next time (it may have been added since).
 # Keyed by the signal's random public id, not its primary key: SQLite may reuse a deleted
 # row's integer id, a public id is never reused.
-_schema_versions: dict[tuple[str, int], tuple[int, Any]] = {}
+_schema_versions: LRUCache[tuple[str, int], tuple[int, Any]] = LRUCache(maxsize=4096)
+_schema_versions_lock = threading.Lock()
+
+
+def schema_validators_clear() -> None:
+    """Forget every compiled validator of this process (tests)."""
+    with _schema_versions_lock:
+        _schema_versions.clear()
 
 
 def schema_version_validator(signal: SignalRef, version: int) -> Any | None:
     """The compiled validator of `version` of the signal, or None if that version does not exist."""
-    found = _schema_versions.get((signal.public_id, version))
-    if found is None:
-        row = read_on_live_connection(
-            lambda: (
-                SchemaVersion.objects.filter(signal_id=signal.id, version=version)
-                .values_list("id", "schema")
-                .first()
-            )
+    try:
+        with _schema_versions_lock:
+            return _schema_versions[(signal.public_id, version)][1]
+    except KeyError:
+        pass
+    row = read_on_live_connection(
+        lambda: (
+            SchemaVersion.objects.filter(signal_id=signal.id, version=version)
+            .values_list("id", "schema")
+            .first()
         )
-        if row is None:
-            return None
-        schema_version_id, schema = row
-        found = (schema_version_id, schema_compile(schema))
+    )
+    if row is None:
+        return None
+    schema_version_id, schema = row
+    found = (schema_version_id, schema_compile(schema))
+    with _schema_versions_lock:
         _schema_versions[(signal.public_id, version)] = found
     return found[1]
 

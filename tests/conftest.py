@@ -12,7 +12,7 @@ from django.db import connection
 from django.test import Client
 
 from bigmind.cache import counter_leases_clear
-from events_app.ingest.auth import _last_used_written
+from events_app.ingest.auth import api_key_last_used_reset
 from events_app.ingest.services import ingest_writer_stop
 from events_app.pipeline.processors import processor_get
 from signals_app.models import ApiKey, Organization, Signal
@@ -35,7 +35,7 @@ def _clear_cache() -> Iterator[None]:
     cache.clear()
     counter_leases_clear()
     lookups.clear_local()
-    _last_used_written.clear()
+    api_key_last_used_reset()
     yield
     # The ingest writer (group commit) holds its own database connection: end it with the
     # test, so that settings a test changed do not outlive it and the test database can be

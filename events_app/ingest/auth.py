@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
+from cachetools import TTLCache
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
@@ -30,8 +32,27 @@ class ApiClient:
     is_authenticated: bool = True
 
 
-# When this process last wrote last_used_at, per key id (monotonic seconds).
-_last_used_written: dict[int, float] = {}
+# The keys whose last_used_at this process wrote within the resolution: an id is in it for that
+# long. Bounded: a key pushed out early is only written again sooner.
+_last_used_written: TTLCache[int, bool] = TTLCache(
+    maxsize=10_000, ttl=LAST_USED_RESOLUTION_SECONDS, timer=time.monotonic
+)
+_last_used_lock = threading.Lock()
+
+
+def api_key_last_used_reset() -> None:
+    """Forget which keys had last_used_at written (tests: the next use writes it again)."""
+    with _last_used_lock:
+        _last_used_written.clear()
+
+
+def _last_used_due(api_key_id: int) -> bool:
+    """True once per key and resolution (any thread of the process): then write last_used_at."""
+    with _last_used_lock:
+        if api_key_id in _last_used_written:
+            return False
+        _last_used_written[api_key_id] = True
+        return True
 
 
 def api_key_authenticate(*, raw_key: str) -> ApiClient:
@@ -45,9 +66,7 @@ def api_key_authenticate(*, raw_key: str) -> ApiClient:
         raise Unauthorized("Invalid API key", code="invalid_api_key")
     if ref.revoked:
         raise Unauthorized("API key has been revoked", code="revoked_api_key")
-    clock = time.monotonic()
-    if clock - _last_used_written.get(ref.id, -1e9) >= LAST_USED_RESOLUTION_SECONDS:
-        _last_used_written[ref.id] = clock
+    if _last_used_due(ref.id):
         # Conditional: a key revoked since it was cached is caught here too.
         # Safe to repeat on a new connection: the same conditional update.
         touched = read_on_live_connection(

@@ -50,6 +50,9 @@ class _Reading:
 
 
 # One reading per limit (a test or a settings change must not reuse another limit's count).
+# A plain dict, not a cachetools TTLCache: a reading past its time is still used (when another
+# process holds the refresh lock, this one keeps what it last read), so nothing may drop it on
+# expiry; and there is one entry per configured limit, nothing to bound.
 _readings: dict[int, _Reading] = {}
 _readings_lock = threading.Lock()
 

@@ -65,7 +65,7 @@ def test_lookups_on_a_connection_the_server_dropped_are_tried_again_on_a_new_one
         assert found is not None and found.organization_id == tenant.organization.pk
         assert connection.connection.info.backend_pid != dropped
     # The compiled schema of a version, looked up once per process.
-    selectors._schema_versions.clear()
+    selectors.schema_validators_clear()
     dropped = _drop_this_threads_connection()
     assert schema_version_validator(ref, 1) is not None
     assert connection.connection.info.backend_pid != dropped

@@ -13,15 +13,14 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-import bigmind.redis
-from bigmind.redis import CacheCircuitOpen, RedisCache
+from bigmind.redis import CacheCircuitOpen, RedisCache, cache_breakers_reset
 
 
 @pytest.fixture(autouse=True)
 def _closed_breakers() -> Iterator[None]:
-    bigmind.redis._open_until.clear()
+    cache_breakers_reset()
     yield
-    bigmind.redis._open_until.clear()
+    cache_breakers_reset()
 
 
 @pytest.fixture

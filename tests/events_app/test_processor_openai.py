@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from unittest import mock
@@ -73,7 +74,7 @@ class Reply:
 @dataclass
 class Received:
     path: str
-    headers: dict[str, str]
+    headers: Message
     raw: bytes
     client_port: int
 
@@ -122,7 +123,8 @@ class Handler(BaseHTTPRequestHandler):
             fake.received.append(
                 Received(
                     path=self.path,
-                    headers=dict(self.headers.items()),
+                    # Header names are case-insensitive (the SDK sends them in lower case).
+                    headers=self.headers,
                     raw=raw,
                     client_port=self.client_address[1],
                 )

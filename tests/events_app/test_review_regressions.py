@@ -84,7 +84,7 @@ def test_a_key_revoked_behind_the_caches_back_is_refused_at_its_next_use_write(
     ApiKey.objects.filter(pk=tenant.api_key.pk).update(
         revoked_at=datetime.now(UTC)
     )  # no invalidation
-    monkeypatch.setattr(auth, "_last_used_written", {})  # the per-minute write is due
+    auth.api_key_last_used_reset()  # the per-minute write is due
     response = api.post(URL, SEED_REQUEST)
     assert response.status_code == 401
     assert response.json()["error"] == "API key has been revoked"

@@ -298,12 +298,12 @@ def test_a_key_revoked_directly_in_the_database_is_refused_when_last_used_is_nex
 ) -> None:
     """A write that bypasses the services leaves the cached "live" entry, but the conditional
     last_used_at update (at most once a minute per key and process) catches it."""
-    from events_app.ingest.auth import _last_used_written
+    from events_app.ingest.auth import api_key_last_used_reset
 
     client = Client()
     assert send(client, "GET", "/v1/signals", key=acme.key).status_code == 200
     ApiKey.objects.filter(pk=acme.tenant.api_key.pk).update(revoked_at=timezone.now())
-    _last_used_written.clear()  # a minute has passed, as far as the resolution is concerned
+    api_key_last_used_reset()  # a minute has passed, as far as the resolution is concerned
     assert_refused(
         send(client, "GET", "/v1/signals", key=acme.key), "bypassed", {"revoked_api_key"}
     )

@@ -10,6 +10,12 @@ Failure classes, which the pipeline turns into retry or `failed` (docs/processor
 - permanent: any other 4xx (bad key, unknown model, rejected request), a redirect, a bad URL.
 
 The API key goes into one header and nowhere else: no log line or error message carries it.
+
+The call goes through the official `openai` SDK (`base_url` serves any such endpoint) with its
+retries off (the pipeline retries, with its own backoff and attempt count) and redirects not
+followed. The answer is read as raw bytes through `with_streaming_response`, so that an
+oversized body is not read whole and an unusable answer is reported in our own words; an error
+status's body the SDK reads itself.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
+# The SDK's HTTP library: its exceptions are what the SDK's own errors wrap (`__cause__`), and
+# what reading a streamed body raises.
+import httpx2
+import openai
 from django.conf import settings
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
@@ -139,14 +148,18 @@ class OpenAIProcessor:
         self.timeout = float(settings.BIGMIND_AI_TIMEOUT_SECONDS)
         self.version = _version(self.model)
         self._api_key = str(settings.BIGMIND_AI_API_KEY or "")
-        # One session per processor, and processor_get() builds one per worker process: the
+        # One client per processor, and processor_get() builds one per worker process: the
         # connection (and its TLS handshake) is reused from event to event.
-        self._session = requests.Session()
-        self._session.headers.update(
-            {"Content-Type": "application/json", "Accept": "application/json"}
+        self._client = openai.OpenAI(
+            base_url=base_url,
+            # Without a key no Authorization header is sent (see _post); the SDK wants one.
+            api_key=self._api_key or "unused",
+            timeout=self.timeout,
+            max_retries=0,
+            # Redirects are not followed: a POST turned into a GET, or the key sent on to
+            # another host, is never what a misconfigured base URL should get.
+            http_client=openai.DefaultHttpxClient(follow_redirects=False),
         )
-        if self._api_key:
-            self._session.headers["Authorization"] = f"Bearer {self._api_key}"
 
     def __repr__(self) -> str:
         return f"OpenAIProcessor(url={_safe_url(self.url)!r}, model={self.model!r})"
@@ -234,16 +247,20 @@ class OpenAIProcessor:
 
     def _post(self, body: dict[str, Any]) -> tuple[int, bytes]:
         where = _safe_url(self.url)
+        key = self._api_key
+        if key and not (key == key.strip() and key.isascii() and key.isprintable()):
+            # A line break or a non-ASCII character cannot go into a header; no retry will fix it.
+            raise PermanentProcessingError(
+                f"AI endpoint {where} unusable: BIGMIND_AI_API_KEY is not a valid header value"
+            )
+        # An endpoint that takes no key gets no Authorization header at all.
+        headers = {} if self._api_key else {"Authorization": openai.omit}
         try:
-            with self._session.post(
-                self.url,
-                json=body,
-                timeout=(self.timeout, self.timeout),
-                allow_redirects=False,
-                stream=True,
+            with self._client.chat.completions.with_streaming_response.create(
+                **body, extra_headers=headers
             ) as response:
                 content = bytearray()
-                for chunk in response.iter_content(chunk_size=64 * 1024):
+                for chunk in response.iter_bytes(chunk_size=64 * 1024):
                     content += chunk
                     if len(content) > MAX_RESPONSE_BYTES:
                         raise TransientProcessingError(
@@ -251,27 +268,32 @@ class OpenAIProcessor:
                             f"more than {MAX_RESPONSE_BYTES} bytes; not a chat completion"
                         )
                 return response.status_code, bytes(content)
-        except requests.Timeout as error:
+        except openai.APIStatusError as error:
+            # Any status outside 2xx, its body already read by the SDK.
+            return error.status_code, error.response.content
+        except (openai.APITimeoutError, httpx2.TimeoutException) as error:
+            cause = error.__cause__ if isinstance(error, openai.APITimeoutError) else error
             raise TransientProcessingError(
-                f"AI endpoint {where} timed out after {self.timeout:g}s ({type(error).__name__})"
+                f"AI endpoint {where} timed out after {self.timeout:g}s ({type(cause).__name__})"
             ) from None
-        except (
-            requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema,
-            requests.exceptions.InvalidHeader,
-        ) as error:
-            # Configuration, not weather: no retry will fix it.
-            raise PermanentProcessingError(
-                self._scrub(f"AI endpoint {where} unusable: {type(error).__name__}: {error}")[:500]
-            ) from None
-        except requests.RequestException as error:
+        except (openai.APIConnectionError, httpx2.TransportError) as error:
+            cause = error.__cause__ if isinstance(error, openai.APIConnectionError) else error
+            if isinstance(cause, httpx2.UnsupportedProtocol | httpx2.LocalProtocolError):
+                # Configuration, not weather (no scheme, an unsupported one): no retry fixes it.
+                raise PermanentProcessingError(
+                    self._scrub(f"AI endpoint {where} unusable: {type(cause).__name__}: {cause}")[
+                        :500
+                    ]
+                ) from None
             # Connection refused or reset, DNS, TLS, a body cut off: may work on a later try.
-            # (A read timeout while streaming the body surfaces here as a ConnectionError.)
             raise TransientProcessingError(
-                self._scrub(f"AI endpoint {where} unreachable: {type(error).__name__}: {error}")[
+                self._scrub(f"AI endpoint {where} unreachable: {type(cause).__name__}: {cause}")[
                     :500
                 ]
+            ) from None
+        except httpx2.InvalidURL as error:
+            raise PermanentProcessingError(
+                self._scrub(f"AI endpoint {where} unusable: {type(error).__name__}: {error}")[:500]
             ) from None
 
     def _parse(self, body: bytes) -> InsightDraft:
