@@ -24,6 +24,10 @@ from signals_app.services import (
     signal_create,
 )
 
+# The server harnesses (gunicorn, Celery workers, private PostgreSQL and Redis) and the xdist
+# grouping of the tests that use them.
+pytest_plugins = ["tests.harness"]
+
 
 def on_postgres() -> bool:
     return connection.vendor == "postgresql"

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.abuse.server import (
+from tests.harness import (
     OPEN_SIGNAL,
     Gunicorn,
     connect,

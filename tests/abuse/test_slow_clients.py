@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.abuse.server import (
+from tests.harness import (
     Gunicorn,
     connect,
     event_body,

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
+from tests.harness import Worker
 from tests.reliability.conftest import SIGNALS, FaultStack
 from tests.reliability.load import Load, Outcome
 from tests.reliability.report import FaultRow, row_write
-from tests.worker_support import Worker
 
 pytestmark = pytest.mark.fault
 

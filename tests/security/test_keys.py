@@ -23,9 +23,9 @@ from signals_app.models import ApiKey
 from signals_app.selectors import lookups
 from signals_app.services import api_key_revoke
 from tests.conftest import Tenant, on_postgres
+from tests.harness import database_url
 from tests.security.conftest import ALL_METHODS, Org, ingest_payload, send
 from tests.security.test_tenancy import ENDPOINTS, PUBLIC, pattern_key, v1_patterns
-from tests.worker_support import database_url
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 
