@@ -18,6 +18,7 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
+from events_app.auth import LAST_USED_RESOLUTION_SECONDS
 from events_app.models import Event
 from signals_app.models import ApiKey
 from signals_app.selectors import lookups
@@ -294,16 +295,23 @@ def test_a_real_server_refuses_repeated_and_raw_byte_authorization_headers(
 
 # --- Keys that were valid once ----------------------------------------------------------------
 def test_a_key_revoked_directly_in_the_database_is_refused_when_last_used_is_next_written(
-    acme: Org,
+    acme: Org, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write that bypasses the services leaves the cached "live" entry, but the conditional
-    last_used_at update (at most once a minute per key and process) catches it."""
-    from events_app.auth import _last_used_written
-
+    last_used_at update (at most once a minute per key and process) catches it, on ingest as
+    on reads."""
     client = Client()
     assert send(client, "GET", "/v1/signals", key=acme.key).status_code == 200
     ApiKey.objects.filter(pk=acme.tenant.api_key.pk).update(revoked_at=timezone.now())
-    _last_used_written.clear()  # a minute has passed, as far as the resolution is concerned
+    # Within the minute the cached entry still answers: nothing has checked the row.
+    assert send(client, "GET", "/v1/signals", key=acme.key).status_code == 200
+    # A minute later (the monotonic clock the resolution is counted on) the write is due.
+    now = time.monotonic
+    monkeypatch.setattr(time, "monotonic", lambda: now() + LAST_USED_RESOLUTION_SECONDS)
+    body = ingest_payload(acme.only_signal.slug, data={"page": "/p"})
+    refused = send(client, "POST", "/v1/events", key=acme.key, body=body)
+    assert_refused(refused, "bypassed", {"revoked_api_key"})
+    assert refused.json()["error"] == "API key has been revoked"
     assert_refused(
         send(client, "GET", "/v1/signals", key=acme.key), "bypassed", {"revoked_api_key"}
     )
