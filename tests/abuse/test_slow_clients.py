@@ -29,6 +29,8 @@ from tests.harness import (
     stored,
 )
 
+pytestmark = pytest.mark.slow
+
 READ_TIMEOUT = 3.0
 # The deadline plus slack for a 2-core machine under load (seen: load average 10).
 CUT_OFF_WITHIN = READ_TIMEOUT + 7

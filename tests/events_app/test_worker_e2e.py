@@ -35,7 +35,7 @@ from tests.harness import (
     workers_stop,
 )
 
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 ACCOUNT = {"type": "account", "id": "001-e2e"}
 # Rate limits out of the way: these tests send many events of one signal within a minute.

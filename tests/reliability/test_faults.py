@@ -29,7 +29,7 @@ from tests.reliability.conftest import SIGNALS, FaultStack
 from tests.reliability.load import Load, Outcome
 from tests.reliability.report import FaultRow, row_write
 
-pytestmark = pytest.mark.fault
+pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
 EVENTS = int(os.environ.get("BIGMIND_FAULT_EVENTS", "2000"))
 RATE = float(os.environ.get("BIGMIND_FAULT_RATE", "100"))
