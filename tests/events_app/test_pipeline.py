@@ -989,7 +989,9 @@ def test_a_batch_records_history_only_for_events_it_started(
     assert sorted(counts) == [0, 0, 2]
 
 
-def test_the_sweep_writes_why_it_moved_an_event(api: ApiClient, signals, pipeline_in_process) -> None:
+def test_the_sweep_writes_why_it_moved_an_event(
+    api: ApiClient, signals, pipeline_in_process
+) -> None:
     event_id = ingest(api, "visit", {})
     [claim] = events_claim(event_ids=[event_id])
     events_sweep(now=claim.claimed_at + timedelta(hours=1))
