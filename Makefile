@@ -44,9 +44,13 @@ run: install-runtime
 	$(BIN)/python scripts/run_local.py --host $(HOST) --port $(PORT)
 
 # The full suite. With nothing set it runs on SQLite and the embedded broker; CI sets
-# DATABASE_URL, REDIS_URL and CELERY_BROKER_URL to prove the real stack.
+# DATABASE_URL, REDIS_URL and CELERY_BROKER_URL to prove the real stack. pytest-xdist runs it on
+# one process per core (at most 4: each takes its own pair of Redis databases, tests/settings.py);
+# `loadgroup` keeps the real-worker tests and the fault suite each on one process. PYTEST_XDIST=
+# (empty) runs it serially; PYTEST_ADDOPTS='-m "not slow"' leaves out the slow suites.
+PYTEST_XDIST ?= -n auto --maxprocesses 4 --dist loadgroup
 test: install
-	$(BIN)/python scripts/pytest_strict.py
+	$(BIN)/python scripts/pytest_strict.py $(PYTEST_XDIST)
 
 lint: install
 	$(BIN)/ruff check .

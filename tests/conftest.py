@@ -24,6 +24,10 @@ from signals_app.services import (
     signal_create,
 )
 
+# The server harnesses (gunicorn, Celery workers, private PostgreSQL and Redis) and the xdist
+# grouping of the tests that use them.
+pytest_plugins = ["tests.harness"]
+
 
 def on_postgres() -> bool:
     return connection.vendor == "postgresql"
@@ -211,14 +215,21 @@ def bulk_insert_events(
 
 
 @pytest.fixture
-def pipeline_in_process() -> Iterator[None]:
-    """Nothing is published to a broker (the tests run the pipeline here, in-process), and the
-    processor is loaded afresh from each test's settings."""
+def fresh_processor() -> Iterator[None]:
+    """The processor is loaded afresh from each test's settings."""
     processor_get.cache_clear()
+    yield
+    processor_get.cache_clear()
+
+
+@pytest.fixture
+def pipeline_in_process(fresh_processor: None) -> Iterator[mock.MagicMock]:
+    """Nothing is published to a broker (the tests run the pipeline here, in-process): what
+    would have been is recorded on `.single` (process_event_task.delay), `.later` (its
+    apply_async) and `.many` (process_events_task.delay). The processor is loaded afresh."""
     with (
-        mock.patch("events_app.tasks.process_event_task.delay"),
-        mock.patch("events_app.tasks.process_event_task.apply_async"),
-        mock.patch("events_app.tasks.process_events_task.delay"),
+        mock.patch("events_app.tasks.process_event_task.delay") as single,
+        mock.patch("events_app.tasks.process_event_task.apply_async") as later,
+        mock.patch("events_app.tasks.process_events_task.delay") as many,
     ):
-        yield
-    processor_get.cache_clear()
+        yield mock.MagicMock(single=single, later=later, many=many)

@@ -32,6 +32,9 @@ from tests.abuse import strategies as fuzz
 from tests.abuse.conftest import GENERATED_REQUESTS, generated_total
 from tests.conftest import Tenant
 
+# Slow (minutes); under xdist on one worker, because the last test counts the requests of all.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("abuse-fuzz")]
+
 SCALE = float(os.environ.get("BIGMIND_FUZZ_SCALE", "1"))
 RANDOM = os.environ.get("BIGMIND_FUZZ_RANDOM", "") == "1"
 # Examples per test; each sends at least one request (an accepted event is sent twice).

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.abuse.server import (
+from tests.harness import (
     OPEN_SIGNAL,
     Gunicorn,
     connect,
@@ -32,6 +32,8 @@ from tests.abuse.server import (
     request,
     stored,
 )
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.abuse.server import (
+from tests.harness import (
     Gunicorn,
     connect,
     event_body,
@@ -28,6 +28,8 @@ from tests.abuse.server import (
     request,
     stored,
 )
+
+pytestmark = pytest.mark.slow
 
 READ_TIMEOUT = 3.0
 # The deadline plus slack for a 2-core machine under load (seen: load average 10).

@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = "bigmind/gunicorn_conf.py"
@@ -119,12 +120,6 @@ def test_it_takes_every_value_from_the_environment(tmp_path: Path) -> None:
     assert config["preload_app"] == "True"
     assert config["accesslog"] == "-"
     assert config["forwarded_allow_ips"] == "['10.0.0.0/24']"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:

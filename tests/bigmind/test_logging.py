@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -261,3 +262,15 @@ def test_a_disallowed_host_is_one_request_line_without_a_traceback(
         ("bigmind.request", "invalid_host")
     ]
     assert "Traceback" not in logs.text() and "DisallowedHost" not in logs.text()
+
+
+def test_a_request_id_with_a_trailing_newline_is_replaced(
+    api: ApiClient, tenant: Tenant, logs: Captured
+) -> None:
+    """`$` would let "abc\\n" through: the whole id must match."""
+    tenant.signal("visit")
+    response = api.post("/v1/events", body(), **{"X-Request-ID": "abc\n"})
+    assert response.status_code == 202
+    assert re.fullmatch(r"[0-9a-f]{32}", response["X-Request-ID"]), response["X-Request-ID"]
+    [line] = logs.lines("bigmind.request")
+    assert line["request_id"] == response["X-Request-ID"]

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_KEY = "sk_demo_local_only_not_for_production_000000"  # bootstrap_demo's fixed key
 DEMO_SIGNAL = "visited-documentation-page"
 STATIC_FILE = "/static/admin/css/base.css"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_run_env(var_dir: Path) -> dict[str, str]:

@@ -34,6 +34,7 @@ from events_app.pipeline.processors import (
 from events_app.tasks import process_event_task
 from tests.bigmind.conftest import event_body
 from tests.conftest import ApiClient, Tenant
+from tests.harness import free_port
 
 pytestmark = pytest.mark.usefixtures("pipeline_in_process")
 
@@ -421,14 +422,6 @@ def test_resetting_the_directory_keeps_only_this_processs_own_files(
     assert not any(path.exists() for path in stale)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (local)
@@ -448,7 +441,7 @@ def test_gunicorn_workers_report_together_in_multiprocess_mode(tmp_path: Path) -
         "from bigmind.metrics import gunicorn_child_exit as child_exit  # noqa\n"
         "from bigmind.metrics import gunicorn_on_starting as on_starting  # noqa\n"
     )
-    port = _free_port()
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
         "PROMETHEUS_MULTIPROC_DIR": str(multiproc),

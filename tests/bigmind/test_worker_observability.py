@@ -5,7 +5,6 @@ queued it. Needs PostgreSQL and a network broker, like tests/events_app/test_wor
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,24 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
-from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
-from bigmind.celery import app as celery_app
 from events_app.models import Event
 from tests.conftest import ApiClient, Tenant
-from tests.worker_support import QUEUES, Worker, database_url, wait_for, worker_start
+from tests.harness import Worker, free_port, wait_for, worker_env, worker_start
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 TOKEN = "worker-scrape-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str, **headers: str) -> tuple[int, str]:
@@ -42,35 +32,15 @@ def _get(url: str, **headers: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-def _purge() -> None:
-    with celery_app.connection_for_write() as conn:
-        for queue in celery_app.conf.task_queues:
-            if queue.name in QUEUES:
-                simple = conn.SimpleQueue(queue)
-                simple.clear()
-                simple.close()
-
-
 @pytest.fixture
-def worker(transactional_db: None, tmp_path: Path) -> Iterator[tuple[Worker, int, Path]]:
-    if connection.vendor != "postgresql":
-        pytest.skip("worker tests need PostgreSQL: run with DATABASE_URL=postgres://...")
-    if django_settings.CELERY_BROKER_URL.startswith("filesystem"):
-        pytest.skip("worker tests need a network broker: set CELERY_BROKER_URL")
-    _purge()
-    port = _free_port()
+def worker(celery_stack: None, tmp_path: Path) -> Iterator[tuple[Worker, int, Path]]:
+    port = free_port()
     multiproc = tmp_path / "prom"
     multiproc.mkdir()
     (multiproc / "counter_1.db").write_bytes(b"left by an earlier run")
     process = worker_start(
         env={
-            "DJANGO_DEBUG": "true",
-            "DATABASE_URL": database_url(connection.settings_dict),
-            "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-            "REDIS_URL": django_settings.REDIS_URL,
-            "BIGMIND_VAR_DIR": str(tmp_path / "var"),
-            "BIGMIND_PROCESSOR": "local",
-            "LOG_LEVEL": "INFO",
+            **worker_env(tmp_path / "var"),
             "LOG_FORMAT": "json",
             "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
             "BIGMIND_WORKER_METRICS_PORT": str(port),
@@ -86,7 +56,6 @@ def worker(transactional_db: None, tmp_path: Path) -> Iterator[tuple[Worker, int
         yield process, port, multiproc
     finally:
         process.stop()
-        _purge()
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

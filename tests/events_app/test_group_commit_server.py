@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.abuse.server import OPEN_SIGNAL, Gunicorn
+from tests.harness import OPEN_SIGNAL, Gunicorn
 
 
 @pytest.fixture

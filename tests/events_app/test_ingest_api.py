@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -678,3 +679,86 @@ def test_the_answer_is_json_whatever_the_accept_header_asks(
     response = api.post(URL, SEED_REQUEST, Accept="text/html")
     assert response.status_code == 202
     assert response["Content-Type"] == "application/json"
+
+
+# --- Schemas that data can drive into a corner ----------------------------------------------
+def test_a_huge_integer_against_multiple_of_is_a_400_not_a_crash(
+    api: ApiClient, tenant: Tenant
+) -> None:
+    tenant.signal(
+        "money", schema={"properties": {"amount": {"type": "number", "multipleOf": 0.01}}}
+    )
+    body = (
+        '{"signal": "money", "identity": {"type": "account", "id": "1"}, "data": {"amount": 1'
+        + "0" * 400
+        + "}}"
+    )
+    response = api.post_raw(URL, body)
+    assert response.status_code == 400
+    assert response.json()["code"] == "schema_validation_failed"
+    assert response.json()["error"] == "data could not be checked against the schema"
+
+
+def test_a_pathological_regex_value_is_a_400_not_a_crash(api: ApiClient, tenant: Tenant) -> None:
+    tenant.signal("rx", schema={"properties": {"pattern": {"type": "string", "format": "regex"}}})
+    for value in ("a{99999999999}", "(" * 3000):
+        response = api.post(URL, event(signal="rx", data={"pattern": value}))
+        assert response.status_code == 400, value
+
+
+def test_a_conflicting_or_replayed_key_touches_no_crm_record(
+    api: ApiClient, tenant: Tenant
+) -> None:
+    tenant.signal("visited-documentation-page")
+    a = event(identity={"type": "account", "id": "A"})
+    assert api.post(URL, a, **{"Idempotency-Key": "k1"}).status_code == 202
+    seen = CrmRecord.objects.get(external_id="A").last_seen_at
+    b = event(identity={"type": "account", "id": "B"})
+    assert api.post(URL, b, **{"Idempotency-Key": "k1"}).status_code == 409
+    assert api.post(URL, a, **{"Idempotency-Key": "k1"}).status_code == 200
+    assert list(CrmRecord.objects.values_list("external_id", flat=True)) == ["A"]
+    assert CrmRecord.objects.get(external_id="A").last_seen_at == seen
+    assert Event.objects.count() == 1
+
+
+def test_retry_after_points_at_the_first_second_of_the_next_window(
+    api: ApiClient, tenant: Tenant
+) -> None:
+    tenant.signal("one-a-minute", rate_limit_per_minute=1)
+    assert api.post(URL, event(signal="one-a-minute")).status_code == 202
+    refused = api.post(URL, event(signal="one-a-minute"))
+    assert refused.status_code == 429
+    reset = datetime.strptime(refused["X-RateLimit-Reset"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC
+    )
+    # The counter's window includes its last second; Reset names the second after it.
+    window_end = int(time.time()) + int(refused["Retry-After"]) - 1
+    assert abs(reset.timestamp() - (window_end + 1)) <= 1
+
+
+def test_only_a_429_carries_retry_after(api: ApiClient, tenant: Tenant) -> None:
+    tenant.signal("one-a-minute", rate_limit_per_minute=1)
+    assert api.post(URL, event(signal="one-a-minute")).status_code == 202
+    assert "Retry-After" in api.post(URL, event(signal="one-a-minute"))
+    bad = api.post(URL, event(signal="one-a-minute", data=[]))
+    assert bad.status_code == 400
+    assert "Retry-After" not in bad
+    assert bad["X-RateLimit-Remaining"] == "0"
+
+
+def test_a_trailing_newline_in_identity_type_is_refused(api: ApiClient, tenant: Tenant) -> None:
+    tenant.signal("visited-documentation-page")
+    response = api.post(URL, event(identity={"type": "account\n", "id": "1"}))
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("identity.type ")
+
+
+@pytest.mark.parametrize("key", ["", "   ", "a\x01b", "k" * 256])
+def test_a_malformed_idempotency_key_header_is_refused(
+    api: ApiClient, tenant: Tenant, key: str
+) -> None:
+    tenant.signal("visited-documentation-page")
+    response = api.post(URL, SEED_REQUEST, **{"Idempotency-Key": key})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("Idempotency-Key header must be")
+    assert Event.objects.count() == 0

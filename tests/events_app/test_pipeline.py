@@ -40,22 +40,8 @@ def iso(at: datetime) -> str:
     return at.isoformat().replace("+00:00", "Z")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_processor() -> Iterator[None]:
-    processor_get.cache_clear()
-    yield
-    processor_get.cache_clear()
-
-
-@pytest.fixture(autouse=True)
-def _no_publish() -> Iterator[mock.MagicMock]:
-    """Record what the pipeline would publish instead of talking to a broker."""
-    with (
-        mock.patch("events_app.tasks.process_event_task.delay") as single,
-        mock.patch("events_app.tasks.process_event_task.apply_async") as later,
-        mock.patch("events_app.tasks.process_events_task.delay") as many,
-    ):
-        yield mock.MagicMock(single=single, later=later, many=many)
+# Nothing reaches a broker: tests that check what would have been published take the fixture.
+pytestmark = pytest.mark.usefixtures("pipeline_in_process")
 
 
 @pytest.fixture
@@ -455,7 +441,7 @@ def test_a_worker_that_lost_its_claim_writes_nothing(api: ApiClient, signals, fa
 
 
 def test_a_transient_error_is_retried_with_backoff_then_fails_after_the_last_try(
-    api: ApiClient, signals, fake, settings, _no_publish
+    api: ApiClient, signals, fake, settings, pipeline_in_process
 ) -> None:
     settings.BIGMIND_PROCESSING_MAX_ATTEMPTS = 3
     fake.outcome = TransientProcessingError("AI endpoint answered 503")
@@ -466,16 +452,16 @@ def test_a_transient_error_is_retried_with_backoff_then_fails_after_the_last_try
     assert (event.status, event.attempts) == ("pending", 1)
     assert event.last_error == "AI endpoint answered 503"
     assert event.due_at > before
-    _, kwargs = _no_publish.later.call_args
+    _, kwargs = pipeline_in_process.later.call_args
     assert 1.0 <= kwargs["countdown"] <= 2.0  # base 2 s, half fixed, half jitter
 
     process(event_id)
-    _, kwargs = _no_publish.later.call_args
+    _, kwargs = pipeline_in_process.later.call_args
     assert 2.0 <= kwargs["countdown"] <= 4.0
     [event] = process(event_id)
     assert (event.status, event.attempts) == ("failed", 3)
     assert event.last_error == "AI endpoint answered 503 (gave up after 3 attempts)"
-    assert _no_publish.later.call_count == 2
+    assert pipeline_in_process.later.call_count == 2
 
 
 def test_backoff_is_capped(settings) -> None:
@@ -526,7 +512,7 @@ def test_the_processor_gets_the_signal_event_facts_and_context(
 
 
 def test_a_batch_that_runs_out_of_time_hands_the_rest_back(
-    api: ApiClient, signals, _no_publish, settings
+    api: ApiClient, signals, pipeline_in_process, settings
 ) -> None:
     settings.BIGMIND_DRAIN_CHUNK_SIZE = 1  # the budget is checked between chunks
     ids = [ingest(api, "visit", {"n": n}) for n in range(3)]
@@ -537,7 +523,7 @@ def test_a_batch_that_runs_out_of_time_hands_the_rest_back(
         Event.objects.filter(pk__in=ids).order_by("pk").values_list("status", "attempts")
     )
     assert statuses == [("completed", 1), ("pending", 0), ("pending", 0)]
-    [(args, _)] = _no_publish.many.call_args_list
+    [(args, _)] = pipeline_in_process.many.call_args_list
     assert args[0] == ids[1:]
 
 
@@ -549,7 +535,7 @@ def test_malformed_ids_in_a_message_are_ignored(api: ApiClient, signals) -> None
 
 # --- sweep ------------------------------------------------------------------------------------
 def test_the_sweep_requeues_pending_events_left_behind_once_per_interval(
-    api: ApiClient, signals, settings, _no_publish
+    api: ApiClient, signals, settings, pipeline_in_process
 ) -> None:
     settings.BIGMIND_SWEEP_PENDING_AFTER_SECONDS = 60
     old = ingest(api, "visit", {"n": 1})
@@ -558,7 +544,7 @@ def test_the_sweep_requeues_pending_events_left_behind_once_per_interval(
     Event.objects.filter(pk=old).update(received_at=now - timedelta(minutes=5))
 
     assert events_sweep(now=now).requeued == 1
-    [(args, _)] = _no_publish.many.call_args_list
+    [(args, _)] = pipeline_in_process.many.call_args_list
     assert args[0] == [old]
     # Queued again only after another interval, however long the queue is.
     assert Event.objects.get(pk=fresh).due_at is None
@@ -568,7 +554,7 @@ def test_the_sweep_requeues_pending_events_left_behind_once_per_interval(
 
 
 def test_the_sweep_requeues_a_retry_whose_message_was_lost(
-    api: ApiClient, signals, fake, settings, _no_publish
+    api: ApiClient, signals, fake, settings, pipeline_in_process
 ) -> None:
     settings.BIGMIND_SWEEP_PENDING_AFTER_SECONDS = 60
     fake.outcome = TransientProcessingError("flaky")
@@ -580,7 +566,7 @@ def test_the_sweep_requeues_a_retry_whose_message_was_lost(
 
 
 def test_the_sweep_returns_events_stuck_in_processing_and_fails_them_after_the_last_try(
-    api: ApiClient, signals, settings, _no_publish
+    api: ApiClient, signals, settings, pipeline_in_process
 ) -> None:
     settings.CELERY_TASK_TIME_LIMIT = 90
     settings.BIGMIND_SWEEP_STUCK_MARGIN_SECONDS = 30
@@ -676,7 +662,7 @@ def test_reprocessing_leaves_events_in_progress_alone(api: ApiClient, signals) -
 
 
 def test_the_reprocess_command_filters_counts_and_queues(
-    api: ApiClient, signals, capsys, _no_publish, django_capture_on_commit_callbacks
+    api: ApiClient, signals, capsys, pipeline_in_process, django_capture_on_commit_callbacks
 ) -> None:
     ids = [ingest(api, "visit", {"n": n}) for n in range(3)] + [ingest(api, "calls", {"value": 1})]
     process(*ids)
@@ -694,7 +680,7 @@ def test_the_reprocess_command_filters_counts_and_queues(
     assert captured.out.strip() == "3 event(s) queued for reprocessing"
     assert "3/3" in captured.err  # the progress bar
     assert Event.objects.filter(status="pending").count() == 3
-    [(args, _)] = _no_publish.many.call_args_list
+    [(args, _)] = pipeline_in_process.many.call_args_list
     assert sorted(args[0]) == sorted(ids[:3])
 
 
@@ -735,7 +721,7 @@ def test_another_organizations_rollups_never_show(api: ApiClient, signals, make_
 
 # --- admin --------------------------------------------------------------------------------
 def test_staff_reprocess_events_from_the_admin_without_double_counting(
-    api: ApiClient, signals, staff: Client, _no_publish, django_capture_on_commit_callbacks
+    api: ApiClient, signals, staff: Client, pipeline_in_process, django_capture_on_commit_callbacks
 ) -> None:
     ids = [ingest(api, "calls", {"value": 5}), ingest(api, "visit", {})]
     process(*ids)
@@ -751,7 +737,7 @@ def test_staff_reprocess_events_from_the_admin_without_double_counting(
     assert response.status_code == 200
     text = response.content.decode()
     assert "2 events queued for reprocessing." in text and "1 skipped" in text
-    [(args, _)] = _no_publish.many.call_args_list
+    [(args, _)] = pipeline_in_process.many.call_args_list
     assert sorted(args[0]) == sorted(ids)
 
     process(*ids)
@@ -831,7 +817,7 @@ class PoisonProcessor:
 
 
 def test_a_worker_dying_mid_chunk_charges_that_chunk_once_then_the_culprit_goes_alone(
-    api: ApiClient, signals, settings, _no_publish
+    api: ApiClient, signals, settings, pipeline_in_process
 ) -> None:
     """A chunk is one unit of work: a death charges each of its events an attempt, and no event
     of any other chunk. Claimed again, those events go one at a time (a chunk takes only first
@@ -931,7 +917,7 @@ def test_an_empty_state_label_is_not_read_as_named_in_the_instructions(
 
 
 def test_the_admin_counts_skipped_events_before_reprocessing_moves_them(
-    api: ApiClient, signals, staff: Client, _no_publish
+    api: ApiClient, signals, staff: Client, pipeline_in_process
 ) -> None:
     ids = [ingest(api, "visit", {"n": n}) for n in range(2)]
     process(*ids)
@@ -945,7 +931,7 @@ def test_the_admin_counts_skipped_events_before_reprocessing_moves_them(
 
 
 def test_the_sweep_leaves_the_backoff_of_an_event_that_failed_meanwhile(
-    api: ApiClient, signals, settings, _no_publish
+    api: ApiClient, signals, settings, pipeline_in_process
 ) -> None:
     settings.BIGMIND_SWEEP_PENDING_AFTER_SECONDS = 60
     event_id = ingest(api, "visit", {})
@@ -963,7 +949,7 @@ def test_the_sweep_leaves_the_backoff_of_an_event_that_failed_meanwhile(
 
 
 def test_each_status_change_is_kept_in_the_events_history(
-    api: ApiClient, signals, fake, settings, _no_publish
+    api: ApiClient, signals, fake, settings, pipeline_in_process
 ) -> None:
     fake.outcome = TransientProcessingError("AI endpoint answered 503")
     event_id = ingest(api, "visit", {})
@@ -993,7 +979,7 @@ def test_each_status_change_is_kept_in_the_events_history(
 
 
 def test_a_batch_records_history_only_for_events_it_started(
-    api: ApiClient, signals, _no_publish, settings
+    api: ApiClient, signals, pipeline_in_process, settings
 ) -> None:
     settings.BIGMIND_DRAIN_CHUNK_SIZE = 1  # the budget is checked between chunks
     ids = [ingest(api, "visit", {"n": n}) for n in range(3)]
@@ -1004,7 +990,9 @@ def test_a_batch_records_history_only_for_events_it_started(
     assert sorted(counts) == [0, 0, 2]
 
 
-def test_the_sweep_writes_why_it_moved_an_event(api: ApiClient, signals, _no_publish) -> None:
+def test_the_sweep_writes_why_it_moved_an_event(
+    api: ApiClient, signals, pipeline_in_process
+) -> None:
     event_id = ingest(api, "visit", {})
     [claim] = events_claim(event_ids=[event_id])
     events_sweep(now=claim.claimed_at + timedelta(hours=1))

@@ -42,12 +42,9 @@ from events_app.pipeline.reprocess import events_reprocess
 from events_app.pipeline.sweep import events_sweep
 from events_app.tasks import process_event_task
 from tests.conftest import ApiClient, Tenant
-from tests.events_app.test_pipeline import (  # noqa: F401 (the autouse fixtures)
-    T0,
-    _fresh_processor,
-    _no_publish,
-    ingest,
-)
+from tests.events_app.test_pipeline import T0, ingest
+
+pytestmark = pytest.mark.usefixtures("pipeline_in_process")
 
 
 @pytest.fixture
@@ -258,7 +255,7 @@ def picky(settings) -> Iterator[None]:
 def test_a_processor_error_fails_only_its_event_and_the_chunk_is_folded_without_it(
     api: ApiClient, signals, picky, request
 ) -> None:
-    published = request.getfixturevalue("_no_publish")
+    published = request.getfixturevalue("pipeline_in_process")
     for day in range(3):
         events_process(event_ids=[ingest(api, "calls", {"value": 10}, at=T0 + timedelta(days=day))])
     ids = [

@@ -24,7 +24,9 @@ from tests.conftest import ApiClient, Tenant
 
 # The same autouse fixtures as the in-process pipeline tests: a fresh processor per test, and
 # publishes recorded instead of sent.
-from tests.events_app.test_pipeline import _fresh_processor, _no_publish, ingest  # noqa: F401
+from tests.events_app.test_pipeline import ingest
+
+pytestmark = pytest.mark.usefixtures("pipeline_in_process")
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from events_app.ingest.ratelimits import (
 )
 from signals_app.selectors import signal_get_active_ref
 from tests.conftest import Tenant
-from tests.counter_support import spend
+from tests.harness import spend
 
 
 def _ref(tenant: Tenant, slug: str, limit: int) -> Any:
@@ -35,7 +35,9 @@ def counted() -> Any:
     """How many times the store was asked to count (each is one round trip on Redis)."""
     store = caches["ratelimit"]
     assert isinstance(store, CounterCache)
-    with mock.patch.object(type(store), "_count", autospec=True, side_effect=type(store)._count) as m:
+    with mock.patch.object(
+        type(store), "_count", autospec=True, side_effect=type(store)._count
+    ) as m:
         yield m
 
 

@@ -18,7 +18,9 @@ from events_app.models import Event, MetricAggregate
 from events_app.pipeline.queue import WAKEUP_KEY
 from events_app.tasks import process_event_task
 from tests.conftest import ApiClient, Tenant
-from tests.events_app.test_pipeline import _fresh_processor, ingest  # noqa: F401 (autouse)
+from tests.events_app.test_pipeline import ingest
+
+pytestmark = pytest.mark.usefixtures("fresh_processor")
 
 
 @pytest.fixture

@@ -18,28 +18,24 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from django.conf import settings as django_settings
-from django.db import connection
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from bigmind.celery import app as celery_app
 from events_app.models import Event, Insight, MetricAggregate, RecordState
 from events_app.pipeline.sweep import events_sweep
 from signals_app.models import Signal
 from tests.conftest import ApiClient, Tenant
-from tests.worker_support import (
-    QUEUES,
+from tests.harness import (
     SLOW_DELAY_ENV,
     SLOW_PROCESSOR,
     Worker,
-    database_url,
     wait_for,
+    worker_env,
     worker_start,
     workers_stop,
 )
 
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 ACCOUNT = {"type": "account", "id": "001-e2e"}
 # Rate limits out of the way: these tests send many events of one signal within a minute.
@@ -50,59 +46,23 @@ SLOW_SOFT_LIMIT = 6
 SLOW_HARD_LIMIT = 7
 
 
-def broker_purge() -> None:
-    """Empty the worker queues: leftovers of earlier tests must not reach our workers."""
-    with celery_app.connection_for_write() as conn:
-        for queue in celery_app.conf.task_queues:
-            if queue.name in QUEUES:
-                simple = conn.SimpleQueue(queue)
-                simple.clear()
-                simple.close()
-        channel = conn.default_channel
-        if hasattr(channel, "unacked_key"):
-            # Redis keeps the messages a SIGKILLed worker held and restores them to the queue
-            # after the visibility timeout (an hour), into whatever test then reads the queue.
-            channel.client.delete(channel.unacked_key, channel.unacked_index_key)
-
-
-@pytest.fixture
-def stack(transactional_db: None) -> Iterator[None]:
-    if connection.vendor != "postgresql":
-        pytest.skip("worker tests need PostgreSQL: run with DATABASE_URL=postgres://...")
-    if django_settings.CELERY_BROKER_URL.startswith("filesystem"):
-        pytest.skip(
-            "worker tests need a network broker: set CELERY_BROKER_URL=redis://... or amqp://..."
-        )
-    broker_purge()
-    yield
-    # After the workers stopped (start_worker depends on this fixture): the sweep's duplicate
-    # messages must not reach the other tests that read the queue.
-    broker_purge()
-
-
 StartWorker = Callable[..., list[Worker]]
 
 
 @pytest.fixture
-def start_worker(stack: None, tmp_path: Path) -> Iterator[StartWorker]:
+def start_worker(celery_stack: None, tmp_path: Path) -> Iterator[StartWorker]:
     """Start a worker on the test database and wait until it consumes; all stop at teardown.
 
     Depends on the database fixtures, so workers are gone before the tables are flushed.
     """
     started: list[Worker] = []
     base_env = {
-        "DJANGO_DEBUG": "true",
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        "REDIS_URL": django_settings.REDIS_URL,
-        "BIGMIND_VAR_DIR": str(tmp_path / "var"),
-        "BIGMIND_PROCESSOR": "local",
+        **worker_env(tmp_path / "var"),
         "CELERY_TASK_SOFT_TIME_LIMIT": "30",
         "CELERY_TASK_TIME_LIMIT": "40",
         # Retries (a state moved under a concurrent worker) come back quickly.
         "BIGMIND_RETRY_BACKOFF_SECONDS": "0.2",
         "BIGMIND_RETRY_BACKOFF_MAX_SECONDS": "1",
-        "LOG_LEVEL": "INFO",
     }
 
     def start(*, count: int = 1, concurrency: int = 1, **env: str) -> list[Worker]:

@@ -19,18 +19,20 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.report import markdown_table, report_dir
-from tests.reliability.servers import (
+from tests.harness import (
     PrivatePostgres,
     PrivateRedis,
     Service,
+    Worker,
     beat_start,
     free_port,
     gunicorn_start,
     manage,
     missing_binaries,
+    worker_start,
+    workers_stop,
 )
-from tests.worker_support import Worker, worker_start, workers_stop
+from tests.reliability.report import markdown_table, report_dir
 
 HERE = Path(__file__).parent
 ORGANIZATION = "fault-suite"

@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 
+from tests.harness import Worker
 from tests.reliability.conftest import SIGNALS, FaultStack
 from tests.reliability.load import Load, Outcome
 from tests.reliability.report import FaultRow, row_write
-from tests.worker_support import Worker
 
-pytestmark = pytest.mark.fault
+pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
 EVENTS = int(os.environ.get("BIGMIND_FAULT_EVENTS", "2000"))
 RATE = float(os.environ.get("BIGMIND_FAULT_RATE", "100"))

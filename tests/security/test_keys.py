@@ -23,9 +23,9 @@ from signals_app.models import ApiKey
 from signals_app.selectors import lookups
 from signals_app.services import api_key_revoke
 from tests.conftest import Tenant, on_postgres
+from tests.harness import database_url
 from tests.security.conftest import ALL_METHODS, Org, ingest_payload, send
 from tests.security.test_tenancy import ENDPOINTS, PUBLIC, pattern_key, v1_patterns
-from tests.worker_support import database_url
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 
@@ -297,13 +297,20 @@ def test_a_key_revoked_directly_in_the_database_is_refused_when_last_used_is_nex
     acme: Org,
 ) -> None:
     """A write that bypasses the services leaves the cached "live" entry, but the conditional
-    last_used_at update (at most once a minute per key and process) catches it."""
+    last_used_at update (at most once a minute per key and process) catches it, on ingest as
+    on reads."""
     from events_app.ingest.auth import api_key_last_used_reset
 
     client = Client()
     assert send(client, "GET", "/v1/signals", key=acme.key).status_code == 200
     ApiKey.objects.filter(pk=acme.tenant.api_key.pk).update(revoked_at=timezone.now())
+    # Within the minute the cached entry still answers: nothing has checked the row.
+    assert send(client, "GET", "/v1/signals", key=acme.key).status_code == 200
     api_key_last_used_reset()  # a minute has passed, as far as the resolution is concerned
+    body = ingest_payload(acme.only_signal.slug, data={"page": "/p"})
+    refused = send(client, "POST", "/v1/events", key=acme.key, body=body)
+    assert_refused(refused, "bypassed", {"revoked_api_key"})
+    assert refused.json()["error"] == "API key has been revoked"
     assert_refused(
         send(client, "GET", "/v1/signals", key=acme.key), "bypassed", {"revoked_api_key"}
     )

@@ -11,8 +11,9 @@ from django.test import Client
 
 from events_app.ingest.auth import api_key_authenticate
 from signals_app.models import ApiKey, Organization, SchemaVersion, Signal
+from signals_app.selectors import lookups
 from signals_app.services import api_key_hash
-from tests.conftest import signal_form
+from tests.conftest import SEED_REQUEST, ApiClient, Tenant, signal_form
 
 
 @pytest.fixture
@@ -134,3 +135,61 @@ def test_event_pages_render(staff: Client, org: Organization) -> None:
     assert staff.get("/admin/events_app/event/").status_code == 200
     assert staff.get("/admin/events_app/crmrecord/").status_code == 200
     assert staff.get("/admin/").status_code == 200
+
+
+# --- Signal changes -------------------------------------------------------------------------
+def _change_form(signal: Signal, **overrides: object) -> dict:
+    current = {"name": signal.name, "slug": signal.slug, "type": signal.type}
+    return signal_form(signal.organization, **(current | overrides))
+
+
+def test_renaming_a_slug_in_the_admin_retires_the_old_slug_at_once(
+    staff: Client, api: ApiClient, tenant: Tenant, django_capture_on_commit_callbacks
+) -> None:
+    signal = tenant.signal("old-slug")
+    assert api.post("/v1/events", {**SEED_REQUEST, "signal": "old-slug"}).status_code == 202
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(
+            f"/admin/signals_app/signal/{signal.pk}/change/", _change_form(signal, slug="new-slug")
+        )
+    assert response.status_code == 302
+    lookups.clear_local()
+    assert api.post("/v1/events", {**SEED_REQUEST, "signal": "old-slug"}).status_code == 404
+    assert api.post("/v1/events", {**SEED_REQUEST, "signal": "new-slug"}).status_code == 202
+
+
+def test_renaming_to_a_taken_slug_or_emptying_it_is_a_form_error(
+    staff: Client, tenant: Tenant
+) -> None:
+    signal = tenant.signal("one")
+    tenant.signal("two")
+    for slug, message in (("two", "exists already"), ("", "cannot be emptied")):
+        response = staff.post(
+            f"/admin/signals_app/signal/{signal.pk}/change/", _change_form(signal, slug=slug)
+        )
+        assert response.status_code == 200
+        assert message in response.content.decode()
+    assert Signal.objects.get(pk=signal.pk).slug == "one"
+
+
+def test_signals_cannot_be_deleted_in_the_admin(staff: Client, tenant: Tenant) -> None:
+    signal = tenant.signal("keep")
+    assert staff.get(f"/admin/signals_app/signal/{signal.pk}/delete/").status_code == 403
+
+
+def test_changing_a_metric_to_an_event_in_the_admin_drops_the_metric_settings(
+    staff: Client, tenant: Tenant
+) -> None:
+    signal = tenant.signal("calls", type="metric")
+    response = staff.post(
+        f"/admin/signals_app/signal/{signal.pk}/change/",
+        _change_form(signal, type="event", aggregation="", period="", value_field=""),
+    )
+    assert response.status_code == 302, response.content.decode()[:1500]
+    signal.refresh_from_db()
+    assert (signal.type, signal.aggregation, signal.period, signal.value_field) == (
+        "event",
+        "",
+        "",
+        "",
+    )

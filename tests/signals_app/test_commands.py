@@ -663,3 +663,34 @@ def test_bootstrap_demo_reinstates_a_revoked_demo_key_for_authentication(
     assert (
         api_key_authenticate(raw_key=DEMO_API_KEY).organization_id == Organization.objects.get().pk
     )
+
+
+# --- sync_signals: YAML that JSON cannot hold ------------------------------------------------
+def _sync(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "signals.yaml"
+    path.write_text(text, encoding="utf-8")
+    from io import StringIO
+
+    out = StringIO()
+    call_command("sync_signals", str(path), stdout=out)
+    return out.getvalue()
+
+
+def test_sync_refuses_yaml_values_json_cannot_hold(db, tmp_path: Path) -> None:
+    text = "organization: acme\nsignals:\n  - slug: s\n    type: event\n    schemas:\n      - version: 1\n        schema: {default: 2024-01-01}\n"
+    with pytest.raises(CommandError, match="quote dates"):
+        _sync(tmp_path, text)
+
+
+def test_sync_with_integer_keys_is_stable_on_a_second_run(db, tmp_path: Path) -> None:
+    text = "organization: acme\nsignals:\n  - slug: s\n    type: event\n    schemas:\n      - version: 1\n        schema: {properties: {404: {type: string}}}\n"
+    _sync(tmp_path, text)
+    assert "unchanged s" in _sync(tmp_path, text)
+
+
+def test_sync_takes_a_null_description_as_empty(db, tmp_path: Path) -> None:
+    _sync(
+        tmp_path,
+        "organization: acme\nsignals:\n  - slug: s\n    type: event\n    description: null\n",
+    )
+    assert Signal.objects.get(slug="s").description == ""

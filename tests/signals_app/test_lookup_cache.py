@@ -6,6 +6,7 @@ import time
 
 from django.core.cache import cache
 
+from bigmind.cache import MISSING
 from signals_app.models import Signal
 from signals_app.selectors import _signal_cache_key, lookups, signal_get_active_ref
 from signals_app.services import signal_update
@@ -58,3 +59,11 @@ def test_a_shared_hit_is_kept_locally(tenant: Tenant) -> None:
     assert signal_get_active_ref(organization_id=org, slug="docs") == first  # from the shared level
     cache.clear()
     assert signal_get_active_ref(organization_id=org, slug="docs") == first  # from the local level
+
+
+def test_a_reader_cannot_put_an_invalidated_entry_back() -> None:
+    lookups.invalidate("k")
+    lookups.clear_local()
+    lookups.fill("k", "stale row read before the change", 300)
+    lookups.clear_local()
+    assert lookups.get("k") is MISSING

@@ -425,3 +425,16 @@ def test_it_refuses_an_organization_slug_that_is_not_url_safe(db: None) -> None:
     with pytest.raises(BadRequest):
         organization_get_or_create(slug="Acme Corp")
     assert not Organization.objects.exists()
+
+
+def test_a_schema_with_a_nested_id_is_refused(tenant: Tenant) -> None:
+    signal = tenant.signal("nested")
+    schema = {
+        "$defs": {
+            "top": {"type": "string"},
+            "a": {"$id": "http://x.example/a", "properties": {"b": {"$ref": "#/$defs/top"}}},
+        },
+        "properties": {"p": {"$ref": "#/$defs/a"}},
+    }
+    with pytest.raises(SchemaInvalid, match=r"'\$id' is only supported at the top"):
+        schema_version_create(signal=signal, schema=schema)
