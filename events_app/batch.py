@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from bigmind import metrics
 from bigmind.errors import ApplicationError, BadRequest, PayloadTooLarge
+from bigmind.strict_json import json_body_parse
 from events_app.auth import ApiClient
 from events_app.backpressure import ingest_backpressure_check
 from events_app.models import Event
@@ -35,7 +36,7 @@ from events_app.services import (
     idempotency_conflict,
 )
 from events_app.store import event_model, events_insert_many
-from events_app.validation import EventRequest, json_body_parse
+from events_app.validation import EventRequest
 from signals_app.selectors import SignalRef
 
 

@@ -24,6 +24,7 @@ from bigmind.errors import (
     ServiceUnavailable,
 )
 from bigmind.logs import log_context, log_context_begin, log_context_end
+from bigmind.strict_json import json_body_parse
 from events_app.auth import ApiClient
 from events_app.backpressure import ingest_backpressure_check
 from events_app.group_commit import GroupWriter, WriterTimeout
@@ -38,7 +39,7 @@ from events_app.ratelimits import (
 )
 from events_app.rejections import Refusal, rejections_record
 from events_app.store import NewEvent, StoredEvent, StoreOutcome, events_store
-from events_app.validation import EventRequest, event_request_parse, json_body_parse
+from events_app.validation import EventRequest, event_request_parse
 from signals_app.schemas import schema_violations
 from signals_app.selectors import SignalRef, schema_version_validator, signal_get_active_ref
 from signals_app.services import signal_slug_check

@@ -300,7 +300,7 @@ SCHEMA_MAX_DEPTH = 64
 
 
 def _schema_tree_problem(root: Any) -> str | None:
-    # Iterative, like events_app.validation: a recursive walk is what this guards against.
+    # Iterative, like bigmind.strict_json: a recursive walk is what this guards against.
     stack: list[tuple[Any, int]] = [(root, 1)]
     while stack:
         node, depth = stack.pop()
