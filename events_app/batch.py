@@ -20,9 +20,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bigmind import metrics
 from bigmind.errors import ApplicationError, BadRequest, PayloadTooLarge
 from bigmind.strict_json import json_body_parse
+from events_app import metrics
 from events_app.auth import ApiClient
 from events_app.backpressure import ingest_backpressure_check
 from events_app.models import Event

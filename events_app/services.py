@@ -15,7 +15,6 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from bigmind import metrics
 from bigmind.errors import (
     ApplicationError,
     BadRequest,
@@ -25,6 +24,7 @@ from bigmind.errors import (
 )
 from bigmind.logs import log_context, log_context_begin, log_context_end
 from bigmind.strict_json import json_body_parse
+from events_app import metrics
 from events_app.auth import ApiClient
 from events_app.backpressure import ingest_backpressure_check
 from events_app.group_commit import GroupWriter, WriterTimeout

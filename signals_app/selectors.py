@@ -8,16 +8,19 @@ write that bypasses the services (a raw SQL fix, a shell session).
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Max, Prefetch, QuerySet
 
 from bigmind.cache import MISSING, LookupCache
 from bigmind.db import read_on_live_connection
 from bigmind.errors import NotFound
-from signals_app.models import ApiKey, SchemaVersion, Signal
+from signals_app.models import ApiKey, Organization, SchemaVersion, Signal
 from signals_app.schemas import schema_compile
 
 lookups = LookupCache()
@@ -203,3 +206,35 @@ def schema_version_get(*, organization_id: int, slug: str, version: str) -> Sche
         raise not_found
     found.signal = signal
     return found
+
+
+# Process-local: the request and task log lines name organizations by slug (bigmind.logs,
+# events_app.metrics), but an API key or an event only gives the id. One query per
+# organization and process every _SLUG_TTL seconds; a renamed slug shows up in the logs within
+# that time.
+_SLUG_TTL = 300.0
+_SLUG_MAX = 10_000
+_slugs: dict[int, tuple[str, float]] = {}
+_slugs_lock = threading.Lock()
+
+
+def organization_slug(organization_id: int | None) -> str | None:
+    if organization_id is None:
+        return None
+    now = time.monotonic()
+    hit = _slugs.get(organization_id)
+    if hit is not None and now - hit[1] < _SLUG_TTL:
+        return hit[0]
+    try:
+        slug = (
+            Organization.objects.filter(pk=organization_id).values_list("slug", flat=True).first()
+        )
+    except DatabaseError:
+        return None  # the database is down: the line still has organization_id
+    if slug is None:
+        return None
+    with _slugs_lock:
+        if len(_slugs) >= _SLUG_MAX:
+            _slugs.clear()
+        _slugs[organization_id] = (slug, now)
+    return slug

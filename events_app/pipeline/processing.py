@@ -52,7 +52,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from bigmind import metrics
+from events_app import metrics
 from events_app.models import Event, EventStatus, EventTransition
 from events_app.pipeline import bulk, rollups
 from events_app.pipeline.engagement import engagement_mass_of
@@ -113,7 +113,7 @@ class Claim:
     rollup: dict[str, Any] | None
 
     @property
-    def id(self) -> UUID:  # what bigmind.metrics reads of an event
+    def id(self) -> UUID:  # what events_app.metrics reads of an event
         return self.event_id
 
 

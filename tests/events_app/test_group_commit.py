@@ -19,8 +19,7 @@ from unittest import mock
 import pytest
 from django.db import IntegrityError, OperationalError, connection
 
-from bigmind import metrics
-from events_app import services
+from events_app import metrics, services
 from events_app.group_commit import GroupWriter, WriterTimeout
 from events_app.models import CrmRecord, Event
 from events_app.store import NewEvent, StoreOutcome, events_store
