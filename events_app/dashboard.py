@@ -46,9 +46,9 @@ from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
+from bigmind.admin_tenancy import admin_organizations
 from events_app import models as event_models
 from events_app.models import Event, EventStatus
-from signals_app.admin import admin_organizations
 from signals_app.models import Organization, Signal
 
 HOURS = 24
