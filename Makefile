@@ -55,6 +55,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	DJANGO_SECRET_KEY=lint-only $(BIN)/mypy bigmind signals_app events_app
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python scripts/bench_ingest.py

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
@@ -23,6 +22,9 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.utils.functional import SimpleLazyObject
+
+from bigmind.errors import handler404
+from bigmind.metrics import http_request_observe
 
 request_logger = logging.getLogger("bigmind.request")
 
@@ -133,39 +135,20 @@ class ContextFilter(logging.Filter):
 
 # --- Organization slugs ------------------------------------------------------------------------
 
-# Process-local: the request line names the organization by slug, but the API key only gives
-# its id. One query per organization and process every _SLUG_TTL seconds; a renamed slug shows
-# up in the logs within that time.
-_SLUG_TTL = 300.0
-_SLUG_MAX = 10_000
-_slugs: dict[int, tuple[str, float]] = {}
-_slugs_lock = threading.Lock()
+
+# The request line names an API client's organization by slug, but the client only carries its
+# id. The app that owns organizations gives the way from one to the other (signals_app's
+# AppConfig.ready()), so that the kernel imports no app; until then the line has the id alone.
+def _no_slug(organization_id: int | None) -> str | None:
+    return None
 
 
-def organization_slug(organization_id: int | None) -> str | None:
-    if organization_id is None:
-        return None
-    now = time.monotonic()
-    hit = _slugs.get(organization_id)
-    if hit is not None and now - hit[1] < _SLUG_TTL:
-        return hit[0]
-    from django.db import DatabaseError
+_organization_slug: Callable[[int | None], str | None] = _no_slug
 
-    from signals_app.models import Organization
 
-    try:
-        slug = (
-            Organization.objects.filter(pk=organization_id).values_list("slug", flat=True).first()
-        )
-    except DatabaseError:
-        return None  # the database is down: the line still has organization_id
-    if slug is None:
-        return None
-    with _slugs_lock:
-        if len(_slugs) >= _SLUG_MAX:
-            _slugs.clear()
-        _slugs[organization_id] = (slug, now)
-    return slug
+def organization_slug_resolver_set(resolver: Callable[[int | None], str | None]) -> None:
+    global _organization_slug
+    _organization_slug = resolver
 
 
 # --- The request line --------------------------------------------------------------------------
@@ -177,7 +160,7 @@ UNMATCHED_ROUTE = "<unmatched>"
 # Files under STATIC_URL (the admin's and the docs page's CSS, JS, images), answered by WhiteNoise
 # before URL resolution: one route label for all of them instead of `<unmatched>`.
 STATIC_ROUTE = "/static/<path:path>"
-# What the services may note for the request line (bigmind.metrics' ingest hooks).
+# What the services may note for the request line (events_app.metrics' ingest hooks).
 _NOTED = ("signal", "signal_type", "signals", "event_ids", "event_count", "rejected_items")
 
 
@@ -230,13 +213,8 @@ class RequestLogMiddleware:
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        # Imported once, here rather than per request; not at the top, since bigmind.metrics
-        # imports this module.
-        from bigmind import metrics
-        from bigmind.errors import handler404
-
         self.get_response = get_response
-        self._observe = metrics.http_request_observe
+        self._observe = http_request_observe
         self._not_found = handler404
         self._static_prefix = _static_path_prefix()
 
@@ -284,7 +262,7 @@ class RequestLogMiddleware:
         if client is not None:
             organization_id = getattr(client, "organization_id", None)
             line["organization_id"] = organization_id
-            line["organization"] = organization_slug(organization_id)
+            line["organization"] = _organization_slug(organization_id)
             line["api_key_id"] = getattr(client, "api_key_id", None)
         for key in _NOTED:
             if key in context:

@@ -1,8 +1,12 @@
-"""Prometheus metrics: what they are, how they are counted, and how they are served.
+"""Prometheus metrics: the registry, the HTTP and Celery task metrics, and how they are served.
 
 Every metric is listed with its labels in docs/operations.md ("Metrics"). Counting is a counter
-increment on the hot path, never I/O; the one number that needs a query, the backlog of
-pending events, is computed when /metrics is scraped (`BacklogCollector`, bounded).
+increment on the hot path, never I/O. The kernel owns only what any app has (HTTP requests,
+Celery tasks); the domain metrics (events accepted, rejected, completed; the backlog) are
+events_app's (events_app/metrics.py), which plugs into two hooks here from its
+`AppConfig.ready()`, so that this module imports no app: `http_refusal_observer_register` (count
+the refusals of one of its routes, from the answer) and `scrape_collector_register` (numbers
+computed by a query when the web's /metrics is scraped, bounded).
 
 Several processes: gunicorn runs several web workers and Celery's prefork pool several children,
 each with its own memory. With PROMETHEUS_MULTIPROC_DIR set (before this module is first
@@ -27,9 +31,7 @@ import json
 import logging
 import os
 import threading
-from collections import Counter as Tally
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -46,16 +48,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from bigmind.errors import error_envelope
-from bigmind.logs import (
-    log_context,
-    log_context_add_events,
-    log_context_add_to_set,
-    log_context_update,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -74,47 +69,6 @@ HTTP_DURATION = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-EVENTS_ACCEPTED = Counter(
-    "bigmind_events_accepted",
-    "Events stored by POST /v1/events and /v1/events/batch (idempotent replays excluded).",
-    ["signal_type"],
-)
-EVENTS_REJECTED = Counter(
-    "bigmind_events_rejected",
-    "Ingest requests (or batch items) refused, by the error's `code`; rate limiting excluded.",
-    ["reason"],
-)
-EVENTS_RATE_LIMITED = Counter(
-    "bigmind_events_rate_limited",
-    "Ingest requests (or batch items) refused with 429 because the signal's budget was spent.",
-    ["signal_type"],
-)
-EVENTS_COMPLETED = Counter(
-    "bigmind_events_completed", "Events processed to `completed`.", ["signal_type"]
-)
-EVENTS_FAILED = Counter(
-    "bigmind_events_failed", "Events processed to `failed` (for good).", ["signal_type"]
-)
-EVENTS_RETRIED = Counter(
-    "bigmind_events_retried",
-    "Processing attempts that failed transiently and were scheduled again.",
-)
-PROCESSING_LATENCY = Histogram(
-    "bigmind_event_processing_latency_seconds",
-    "From an event's arrival (received_at) to its first completion, retries included.",
-    ["signal_type"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0),
-)
-INGEST_GROUP_ROWS = Histogram(
-    "bigmind_ingest_group_rows",
-    "Events stored per group commit of POST /v1/events (one statement and commit each).",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
-INGEST_GROUP_SECONDS = Histogram(
-    "bigmind_ingest_group_seconds",
-    "Time to store and commit one group of POST /v1/events rows.",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-)
 WORKER_TASKS = Counter(
     "bigmind_worker_tasks",
     "Celery tasks by name and outcome (success, failure, retry, revoked, rejected, unknown).",
@@ -127,19 +81,30 @@ WORKER_TASK_DURATION = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
 
-# URL names of the ingest endpoints whose refusals are counted from their answers.
-_INGEST_ROUTES = {"event-ingest": {"POST"}, "event-batch": {"POST"}}
+# --- Counting hooks (called by the middleware; the apps plug in their own) --------------------
+
+# (method, status, envelope code) of a refused answer (status >= 400) of one route.
+RefusalObserver = Callable[[str, int, str | None], None]
+_refusal_observers: dict[str, RefusalObserver] = {}
+# Made at each scrape of the web's /metrics (never the worker's: every worker repeating a
+# query-backed number would multiply its queries).
+_scrape_collectors: list[Callable[[], Collector]] = []
 
 
-def _label(value: str | None) -> str:
-    return value or "unknown"
+def http_refusal_observer_register(url_name: str, observer: RefusalObserver) -> None:
+    """Call `observer` for every refused answer of the route named `url_name` (an app counts
+    its own refusals by its own metrics; events_app: the ingest endpoints). Idempotent."""
+    _refusal_observers[url_name] = observer
 
 
-# --- Counting hooks (called by the middleware, the ingest services and the pipeline) -----------
+def scrape_collector_register(factory: Callable[[], Collector]) -> None:
+    """Add `factory()` to every scrape of the web's /metrics. Idempotent."""
+    if factory not in _scrape_collectors:
+        _scrape_collectors.append(factory)
 
 
 @lru_cache(maxsize=4096)
-def _child(metric: Any, *labels: str) -> Any:
+def metric_child(metric: Any, *labels: str) -> Any:
     """`metric.labels(*labels)`, looked up once per label set (of bounded count: methods,
     route patterns, statuses, signal types) instead of on every request: `labels()` takes the
     metric's lock and builds its key each time (about 2% of an ingest request's CPU, py-spy).
@@ -159,168 +124,13 @@ def http_request_observe(
     seconds: float,
 ) -> None:
     """One answered request (bigmind.logs.RequestLogMiddleware); `url_name` is its URL's name."""
-    _child(HTTP_REQUESTS, method, route, str(status)).inc()
-    _child(HTTP_DURATION, method, route).observe(seconds)
-    methods = _INGEST_ROUTES.get(url_name or "")
-    if status < 400 or methods is None or method not in methods:
+    metric_child(HTTP_REQUESTS, method, route, str(status)).inc()
+    metric_child(HTTP_DURATION, method, route).observe(seconds)
+    if status < 400 or url_name is None:
         return
-    # A refusal of the whole request (one event, or a batch refused whole): counted once.
-    # Refused items of an accepted batch are counted by `ingest_batch_observe`.
-    if status == 429:
-        signal_type = (log_context() or {}).get("signal_type")  # noted by the ingest service
-        EVENTS_RATE_LIMITED.labels(_label(signal_type)).inc()
-    else:
-        EVENTS_REJECTED.labels(code or f"http_{status}").inc()
-
-
-def ingest_signal_seen(signal: Any) -> None:
-    """POST /v1/events resolved its signal (a SignalRef): name it in the request's log line."""
-    log_context_update(signal=signal.slug, signal_type=signal.type)
-
-
-def ingest_event_stored(*, signal: Any, event_id: Any, replayed: bool) -> None:
-    if not replayed:
-        _child(EVENTS_ACCEPTED, signal.type).inc()
-    log_context_add_events([event_id])
-
-
-def ingest_group_committed(rows: int, seconds: float) -> None:
-    """The ingest writer committed a group (events_app/ingest/group_commit.py)."""
-    INGEST_GROUP_ROWS.observe(rows)
-    INGEST_GROUP_SECONDS.observe(seconds)
-
-
-def ingest_batch_observe(items: Iterable[Any]) -> None:
-    """Count a batch's items (events_app.ingest.batch._Item) and note them in the log line."""
-    accepted: Tally[str] = Tally()
-    rate_limited: Tally[str] = Tally()
-    rejected: Tally[str] = Tally()
-    event_ids = []
-    for item in items:
-        signal = item.signal
-        if item.error is None:
-            if item.event is not None:
-                event_ids.append(item.event.id)
-            if not item.replayed and signal is not None:
-                accepted[signal.type] += 1
-            if signal is not None:
-                log_context_add_to_set("signals", signal.slug)
-        elif item.error.code == "rate_limited":
-            rate_limited[_label(signal.type if signal is not None else None)] += 1
-        else:
-            rejected[item.error.code] += 1
-    for signal_type, count in accepted.items():
-        EVENTS_ACCEPTED.labels(signal_type).inc(count)
-    for signal_type, count in rate_limited.items():
-        EVENTS_RATE_LIMITED.labels(signal_type).inc(count)
-    for reason, count in rejected.items():
-        EVENTS_REJECTED.labels(reason).inc(count)
-    log_context_add_events(event_ids)
-    if rejected or rate_limited:
-        log_context_update(rejected_items=sum(rejected.values()) + sum(rate_limited.values()))
-
-
-def event_completed(*, event: Any, signal: Any, at: datetime) -> None:
-    """The pipeline committed an event as `completed` (events_app/pipeline/processing.py)."""
-    from bigmind.logs import organization_slug
-
-    EVENTS_COMPLETED.labels(signal.type).inc()
-    # Only a first completion measures the pipeline: a reprocessed event arrived long ago.
-    if event.processed_at is None:
-        PROCESSING_LATENCY.labels(signal.type).observe(
-            max(0.0, (at - event.received_at).total_seconds())
-        )
-    log_context_add_events([event.id], outcome="completed")
-    log_context_add_to_set("signals", signal.slug)
-    log_context_add_to_set("organizations", organization_slug(event.organization_id))
-
-
-def events_completed(*, signal: Any, events: Sequence[Any], at: datetime) -> None:
-    """Several events of one signal committed as `completed` together (a chunk): one counter
-    increment; a latency observation for each first completion."""
-    from bigmind.logs import organization_slug
-
-    if not events:
-        return
-    EVENTS_COMPLETED.labels(signal.type).inc(len(events))
-    latency = PROCESSING_LATENCY.labels(signal.type)
-    for event in events:
-        # Only a first completion measures the pipeline: a reprocessed event arrived long ago.
-        if event.processed_at is None:
-            latency.observe(max(0.0, (at - event.received_at).total_seconds()))
-    log_context_add_events([event.id for event in events], outcome="completed")
-    log_context_add_to_set("signals", signal.slug)
-    for organization_id in {event.organization_id for event in events}:
-        log_context_add_to_set("organizations", organization_slug(organization_id))
-
-
-def event_retry_scheduled(*, event_id: Any) -> None:
-    EVENTS_RETRIED.inc()
-    log_context_add_events([event_id], outcome="retry")
-
-
-def event_failed(*, event: Any, signal: Any) -> None:
-    """The pipeline committed an event as `failed` (events_app/pipeline/processing.py)."""
-    from bigmind.logs import organization_slug
-
-    EVENTS_FAILED.labels(signal.type).inc()
-    log_context_add_events([event.id], outcome="failed")
-    log_context_add_to_set("signals", signal.slug)
-    log_context_add_to_set("organizations", organization_slug(event.organization_id))
-
-
-# --- The backlog, computed at scrape time ------------------------------------------------------
-
-
-class BacklogCollector(Collector):
-    """Pending and processing events now, each count stopping at BIGMIND_METRICS_BACKLOG_CAP,
-    and the age of the oldest pending event: three queries on the (status, received_at) index."""
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        from django.db import DatabaseError
-        from django.utils import timezone
-
-        from events_app.models import Event, EventStatus
-
-        cap = settings.BIGMIND_METRICS_BACKLOG_CAP
-        up = GaugeMetricFamily(
-            "bigmind_events_backlog_query_ok",
-            "1 if the backlog could be read from the database at this scrape, else 0.",
-        )
-        try:
-            counts = {
-                status: Event.objects.filter(status=status).values("pk")[:cap].count()
-                for status in (EventStatus.PENDING, EventStatus.PROCESSING)
-            }
-            oldest = (
-                Event.objects.filter(status=EventStatus.PENDING)
-                .order_by("received_at")
-                .values_list("received_at", flat=True)
-                .first()
-            )
-        except DatabaseError as exc:
-            logger.warning("metrics: could not count the backlog: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        backlog = GaugeMetricFamily(
-            "bigmind_events_backlog",
-            f"Events waiting now, by status; each count stops at the cap ({cap}).",
-            labels=["status"],
-        )
-        for status, count in counts.items():
-            backlog.add_metric([str(status)], count)
-        yield backlog
-        age = GaugeMetricFamily(
-            "bigmind_events_oldest_pending_age_seconds",
-            "Age of the oldest pending event (0 when none is pending).",
-        )
-        age.add_metric(
-            [], max(0.0, (timezone.now() - oldest).total_seconds()) if oldest is not None else 0.0
-        )
-        yield age
+    observer = _refusal_observers.get(url_name)
+    if observer is not None:
+        observer(method, status, code)
 
 
 class _Forward(Collector):
@@ -334,16 +144,18 @@ def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
-def metrics_text(*, backlog: bool) -> bytes:
-    """The exposition text: every process's samples in multiprocess mode, else this one's."""
+def metrics_text(*, scrape_collectors: bool) -> bytes:
+    """The exposition text: every process's samples in multiprocess mode, else this one's;
+    with `scrape_collectors`, the registered scrape-time collectors too (the web's only)."""
     # auto_describe off: registering must not run the collectors (the backlog's queries).
     registry = CollectorRegistry(auto_describe=False)
     if multiprocess_enabled():
         multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(_Forward())
-    if backlog:
-        registry.register(BacklogCollector())
+    if scrape_collectors:
+        for factory in _scrape_collectors:
+            registry.register(factory())
     return generate_latest(registry)
 
 
@@ -411,7 +223,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         )
     if not metrics_access_allowed(request.META):
         return JsonResponse(error_envelope(_FORBIDDEN_MESSAGE, code="forbidden"), status=403)
-    response = HttpResponse(metrics_text(backlog=True), content_type=CONTENT_TYPE_LATEST)
+    response = HttpResponse(metrics_text(scrape_collectors=True), content_type=CONTENT_TYPE_LATEST)
     response["Cache-Control"] = "no-store"
     return response
 
@@ -470,9 +282,10 @@ def _worker_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         body = json.dumps(error_envelope(_FORBIDDEN_MESSAGE, code="forbidden")).encode()
         start_response("403 Forbidden", [("Content-Type", "application/json")])
         return [body]
-    # The backlog is the web's to report: every worker repeating it would multiply the queries.
+    # The backlog (a scrape-time collector) is the web's to report: every worker repeating it
+    # would multiply the queries.
     start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
-    return [metrics_text(backlog=False)]
+    return [metrics_text(scrape_collectors=False)]
 
 
 def worker_metrics_server_start(*, port: int, addr: str) -> WSGIServer:

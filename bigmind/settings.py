@@ -474,6 +474,10 @@ BIGMIND_BACKPRESSURE_RETRY_AFTER_SECONDS = env.int(
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# Admin tenancy (bigmind/admin_tenancy.py): the organizations, and the model limiting a staff
+# user to one. Named here, as AUTH_USER_MODEL names the user model, so the kernel imports no app.
+BIGMIND_ADMIN_TENANT_MODEL = "signals_app.Organization"
+BIGMIND_ADMIN_MEMBERSHIP_MODEL = "signals_app.OrganizationMembership"
 LANGUAGE_CODE = "en-us"
 # One date style in the admin: "2026-12-02 20:00:36 UTC" (bigmind/formats/en/formats.py).
 FORMAT_MODULE_PATH = ["bigmind.formats"]

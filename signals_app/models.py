@@ -156,7 +156,7 @@ class ApiKey(models.Model):
 
 
 class OrganizationMembership(models.Model):
-    """Limits a staff user to one organization in the admin (signals_app/admin.py).
+    """Limits a staff user to one organization in the admin (bigmind/admin_tenancy.py).
 
     A non-superuser staff user with a membership sees and changes only that organization's
     objects; one without a membership sees no organization's objects at all. Superusers see

@@ -17,7 +17,7 @@ from referencing.jsonschema import DRAFT202012
 
 from bigmind.errors import BadRequest
 from bigmind.json_path import json_path
-from events_app.ingest.validation import InvalidJson, json_body_parse
+from bigmind.strict_json import InvalidJson, json_body_parse
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 # Cap on the details list of one rejected event: enough to fix a payload, bounded in size.

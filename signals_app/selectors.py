@@ -12,14 +12,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Max, Prefetch, QuerySet
 
 from bigmind.cache import MISSING, LookupCache
 from bigmind.db import read_on_live_connection
 from bigmind.errors import NotFound
-from signals_app.models import ApiKey, SchemaVersion, Signal
+from signals_app.models import ApiKey, Organization, SchemaVersion, Signal
 from signals_app.schemas import schema_compile
 
 lookups = LookupCache()
@@ -217,3 +218,31 @@ def schema_version_get(*, organization_id: int, slug: str, version: str) -> Sche
         raise not_found
     found.signal = signal
     return found
+
+
+# Process-local: the request and task log lines name organizations by slug (bigmind.logs,
+# events_app.metrics), but an API key or an event only gives the id. One query per
+# organization and process every 5 minutes (the cache's ttl); a renamed slug shows up in the
+# logs within that time.
+_slugs: TTLCache[int, str] = TTLCache(maxsize=10_000, ttl=300.0)
+_slugs_lock = threading.Lock()
+
+
+def organization_slug(organization_id: int | None) -> str | None:
+    if organization_id is None:
+        return None
+    with _slugs_lock:
+        slug = _slugs.get(organization_id)
+    if slug is not None:
+        return slug
+    try:
+        slug = (
+            Organization.objects.filter(pk=organization_id).values_list("slug", flat=True).first()
+        )
+    except DatabaseError:
+        return None  # the database is down: the line still has organization_id
+    if slug is None:
+        return None
+    with _slugs_lock:
+        _slugs[organization_id] = slug
+    return slug

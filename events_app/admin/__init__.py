@@ -6,7 +6,8 @@ organization, and the actions staff take on them (reprocess, replay).
 - `display`: how values are written (list cells, read-only fields, a record's profile);
 - `selectors`: what the lists read beyond their own rows (filter choices, the organization in
   view, the rejections only counted);
-- `actions`: reprocess events, replay rejections, the notice of rejections only counted.
+- `actions`: reprocess events, replay rejections, the notice of rejections only counted;
+- `signals`: signals_app's signal admin with the columns read from the events.
 
 The dashboard (/admin/dashboard/) is its own package, events_app.dashboard.
 """
@@ -15,3 +16,4 @@ from __future__ import annotations
 
 # Django's admin autodiscovery imports this package: importing the model admins registers them.
 from events_app.admin import registrations as registrations
+from events_app.admin import signals as signals

@@ -13,6 +13,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import ngettext
 
+from bigmind.admin_tenancy import OrganizationScopedAdmin
 from bigmind.display import datetime_display, short_id
 from events_app.admin.actions import rejection_overflow_notice, replay, reprocess
 from events_app.admin.display import (
@@ -38,7 +39,6 @@ from events_app.models import (
     RejectedEvent,
 )
 from events_app.selectors import crm_record_profile
-from signals_app.admin import OrganizationScopedAdmin
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -1,6 +1,6 @@
 """What the data plane's admin lists read beyond their own rows: the organization in view, the
 choices of the signal filters, the count of rejections that were only counted. Every query is
-cut to the user's organization (signals_app.admin's scoping) and bounded."""
+cut to the user's organization (bigmind.admin_tenancy's scoping) and bounded."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from bigmind.admin_tenancy import admin_scope, admin_scope_filter
 from events_app.ingest.rejections import rejection_overflow_total
-from signals_app.admin import admin_scope, admin_scope_filter
 from signals_app.models import Signal
 
 

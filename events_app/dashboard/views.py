@@ -8,9 +8,9 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
+from bigmind.admin_tenancy import admin_organizations
 from events_app.dashboard.charts import chart_of, chart_svg
 from events_app.dashboard.selectors import LATENCY_SAMPLE_SIZE, dashboard_get
-from signals_app.admin import admin_organizations
 
 ORGANIZATION_LIST_LIMIT = 500
 

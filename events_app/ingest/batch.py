@@ -20,8 +20,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bigmind import metrics
 from bigmind.errors import ApplicationError, BadRequest, PayloadTooLarge
+from bigmind.strict_json import json_body_parse
+from events_app import metrics
 from events_app.ingest.auth import ApiClient
 from events_app.ingest.backpressure import ingest_backpressure_check
 from events_app.ingest.ratelimits import RateLimitStatus, rate_limit_consume_many, rate_limited
@@ -33,7 +34,7 @@ from events_app.ingest.services import (
     idempotency_conflict,
 )
 from events_app.ingest.store import event_model, events_insert_many
-from events_app.ingest.validation import EventRequest, json_body_parse
+from events_app.ingest.validation import EventRequest
 from events_app.models import Event
 from events_app.pipeline.queue import events_enqueue
 from signals_app.selectors import SignalRef

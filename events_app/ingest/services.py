@@ -15,7 +15,6 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from bigmind import metrics
 from bigmind.errors import (
     ApplicationError,
     BadRequest,
@@ -24,6 +23,8 @@ from bigmind.errors import (
     ServiceUnavailable,
 )
 from bigmind.logs import log_context, log_context_begin, log_context_end
+from bigmind.strict_json import json_body_parse
+from events_app import metrics
 from events_app.ids import uuid7
 from events_app.ingest.auth import ApiClient
 from events_app.ingest.backpressure import ingest_backpressure_check
@@ -36,7 +37,7 @@ from events_app.ingest.ratelimits import (
 )
 from events_app.ingest.rejections import Refusal, rejections_record
 from events_app.ingest.store import NewEvent, StoredEvent, StoreOutcome, events_store
-from events_app.ingest.validation import EventRequest, event_request_parse, json_body_parse
+from events_app.ingest.validation import EventRequest, event_request_parse
 from events_app.models import Event, EventStatus
 from events_app.pipeline.queue import event_enqueue, events_committed
 from signals_app.schemas import schema_violations

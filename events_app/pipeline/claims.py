@@ -57,7 +57,7 @@ class Claim:
     rollup: dict[str, Any] | None
 
     @property
-    def id(self) -> UUID:  # what bigmind.metrics reads of an event
+    def id(self) -> UUID:  # what events_app.metrics reads of an event
         return self.event_id
 
 

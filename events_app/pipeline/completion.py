@@ -24,8 +24,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from bigmind import metrics
-from events_app import dialect
+from events_app import dialect, metrics
 from events_app.models import Event, EventStatus
 from events_app.pipeline import rollups
 from events_app.pipeline.claims import STATUS_IS_PROCESSING, Claim

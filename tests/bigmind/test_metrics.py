@@ -368,17 +368,18 @@ _FORKING_SCRIPT = textwrap.dedent(
     import os, sys, django
     django.setup()
     from bigmind import metrics
+    from events_app.metrics import EVENTS_ACCEPTED
     pids = []
     for n in range(3):
         pid = os.fork()
         if pid == 0:
-            metrics.EVENTS_ACCEPTED.labels("metric").inc(n + 1)
+            EVENTS_ACCEPTED.labels("metric").inc(n + 1)
             metrics.WORKER_TASKS.labels("events.sweep", "success").inc()
             os._exit(0)
         pids.append(pid)
     for pid in pids:
         os.waitpid(pid, 0)
-    sys.stdout.write(metrics.metrics_text(backlog=False).decode())
+    sys.stdout.write(metrics.metrics_text(scrape_collectors=False).decode())
     """
 )
 

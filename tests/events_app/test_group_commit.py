@@ -19,7 +19,7 @@ from unittest import mock
 import pytest
 from django.db import IntegrityError, OperationalError, connection
 
-from bigmind import metrics
+from events_app import metrics
 from events_app.ingest import services
 from events_app.ingest.group_commit import GroupWriter, WriterTimeout
 from events_app.ingest.store import NewEvent, StoreOutcome, events_store

@@ -23,7 +23,7 @@ from django.db import models
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from signals_app.admin import OrganizationScopedAdmin
+from bigmind.admin_tenancy import OrganizationScopedAdmin
 from signals_app.models import Organization, OrganizationMembership, Signal
 from tests.security.conftest import Org, fingerprint
 

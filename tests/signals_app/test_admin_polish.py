@@ -265,7 +265,7 @@ def test_the_revoke_action_says_key_or_keys(
 
 def test_no_message_of_the_signals_admin_writes_a_plural_as_s_in_brackets() -> None:
     sources = [
-        ROOT / "signals_app" / "admin.py",
+        *(ROOT / "signals_app" / "admin").rglob("*.py"),
         *(ROOT / "templates/admin/signals_app").rglob("*.html"),
     ]
     for source in sources:

@@ -19,9 +19,10 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from events_app.admin import RECENT_EVENTS_CAP
 from events_app.ids import uuid7
 from events_app.models import CrmRecord, Event
-from signals_app.admin import RECENT_EVENTS_CAP, SCHEMA_MAX_BYTES
+from signals_app.admin.forms import SCHEMA_MAX_BYTES
 from signals_app.models import SchemaVersion, Signal
 from signals_app.services import schema_version_create
 from tests.conftest import Tenant, bulk_insert_events, on_postgres, signal_form
@@ -371,9 +372,9 @@ def test_the_list_shows_type_latest_version_recent_events_and_last_event(
 
 
 def test_the_recent_event_count_is_capped(staff: Client, tenant: Tenant, monkeypatch) -> None:
-    import signals_app.admin
+    import events_app.admin
 
-    monkeypatch.setattr(signals_app.admin, "RECENT_EVENTS_CAP", 2)
+    monkeypatch.setattr(events_app.admin, "RECENT_EVENTS_CAP", 2)
     assert RECENT_EVENTS_CAP > 2
     docs = tenant.signal("docs")
     for minutes in range(4):

@@ -1,0 +1,244 @@
+"""The API key admin: a new key shown once, revocation (a page, a confirmation, an action)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.translation import ngettext
+
+from bigmind.admin_tenancy import OrganizationScopedAdmin
+from bigmind.display import datetime_display
+from signals_app import services
+from signals_app.admin.display import SIGNALS_ADMIN_CSS, clipped
+from signals_app.models import ApiKey
+
+
+class ApiKeyStatusFilter(admin.SimpleListFilter):
+    """Active or revoked, rather than Django's "By revoked: Empty / Not empty"."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("active", "Active"), ("revoked", "Revoked")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+
+# A key created but not yet shown is split in two between the add form's POST and the page it
+# redirects to: the key XORed with a one-time pad in the session ({api key pk: sealed}), and the
+# pad in a cookie only that page receives. Neither half alone tells anything of the key, so the
+# database (where sessions are) never holds it, even if the page is never visited. The page
+# takes both out as it shows the key.
+NEW_API_KEYS_SESSION_KEY = "bigmind_new_api_keys"
+NEW_API_KEY_PAD_COOKIE = "bigmind_new_api_key_pad"
+NEW_API_KEY_PAD_MAX_AGE = 10 * 60
+
+
+def _seal(raw: str) -> tuple[str, str]:
+    """(sealed, pad): `raw` XOR a random pad of its length, and the pad, both base64."""
+    data = raw.encode("utf-8")
+    pad = secrets.token_bytes(len(data))
+    sealed = bytes(a ^ b for a, b in zip(data, pad, strict=True))
+    return base64.urlsafe_b64encode(sealed).decode(), base64.urlsafe_b64encode(pad).decode()
+
+
+def _unseal(sealed: str, pad: str) -> str | None:
+    try:
+        data = base64.urlsafe_b64decode(sealed)
+        key = base64.urlsafe_b64decode(pad)
+    except (binascii.Error, ValueError):
+        return None
+    if len(data) != len(key):
+        return None
+    try:
+        return bytes(a ^ b for a, b in zip(data, key, strict=True)).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(OrganizationScopedAdmin):
+    list_display = ("prefix", "short_name", "organization", "status", "created_at", "last_used_at")
+    list_filter = ("organization", ApiKeyStatusFilter)
+    search_fields = ("prefix", "name")
+    fields = ("organization", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
+    actions = ("revoke_keys",)
+
+    class Media:
+        css = SIGNALS_ADMIN_CSS
+
+    @admin.display(description="Name", ordering="name")
+    def short_name(self, obj: ApiKey) -> str:
+        return clipped(obj.name)
+
+    @admin.display(description="Status", ordering="revoked_at")
+    def status(self, obj: ApiKey) -> str:
+        if obj.revoked_at is None:
+            return "Active"
+        return format_html(
+            '<span title="Revoked {}">Revoked</span>', datetime_display(obj.revoked_at)
+        )
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "<path:object_id>/created/",
+                view(self.created_view),
+                name="signals_app_apikey_created",
+            ),
+            path(
+                "<path:object_id>/revoke/",
+                view(self.revoke_view),
+                name="signals_app_apikey_revoke",
+            ),
+            *super().get_urls(),
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return (*self.readonly_fields, "organization") if obj else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            ApiKey.objects.filter(pk=obj.pk).update(name=obj.name)
+            return
+        organization = self.scoped_organization(request, obj.organization)
+        api_key, raw = services.api_key_create(organization=organization, name=obj.name)
+        obj.pk = api_key.pk
+        obj.__dict__.update(api_key.__dict__)
+        request._bigmind_new_key = raw  # type: ignore[attr-defined]
+
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: Any = None
+    ) -> HttpResponse:
+        raw = getattr(request, "_bigmind_new_key", None)
+        if raw is None:
+            return super().response_add(request, obj, post_url_continue)
+        # POST/redirect/GET: a reload of the page that shows the key must not post the form
+        # again (a second key). The key waits for that one page sealed in the session, its pad
+        # in a cookie for that page only (NEW_API_KEYS_SESSION_KEY); never in a message, a URL
+        # or a log.
+        sealed, pad = _seal(raw)
+        pending = dict(request.session.get(NEW_API_KEYS_SESSION_KEY) or {})
+        pending[str(obj.pk)] = sealed
+        request.session[NEW_API_KEYS_SESSION_KEY] = pending
+        url = reverse("admin:signals_app_apikey_created", args=[obj.pk])
+        response = HttpResponseRedirect(url)
+        response.set_cookie(
+            NEW_API_KEY_PAD_COOKIE,
+            pad,
+            max_age=NEW_API_KEY_PAD_MAX_AGE,
+            path=url,
+            secure=settings.SESSION_COOKIE_SECURE,
+            httponly=True,
+            samesite="Strict",
+        )
+        return response
+
+    def created_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The new key, shown once; shown again (a reload, the back button) it is gone."""
+        api_key = self.get_object(request, unquote(object_id))
+        if not self.has_view_permission(request, api_key):
+            raise PermissionDenied
+        pending = dict(request.session.get(NEW_API_KEYS_SESSION_KEY) or {})
+        sealed = pending.pop(str(api_key.pk), None)
+        pad = request.COOKIES.get(NEW_API_KEY_PAD_COOKIE)
+        raw = _unseal(sealed, pad) if sealed and pad else None
+        if sealed is not None:
+            if pending:
+                request.session[NEW_API_KEYS_SESSION_KEY] = pending
+            else:
+                del request.session[NEW_API_KEYS_SESSION_KEY]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "API key created" if raw else "API key",
+            "subtitle": None,
+            "api_key": api_key,
+            "raw_key": raw,
+            "opts": self.opts,
+            "has_change_permission": self.has_change_permission(request, api_key),
+        }
+        response = TemplateResponse(request, "admin/signals_app/apikey/created.html", context)
+        response["Cache-Control"] = "no-store"
+        if pad is not None:
+            response.delete_cookie(NEW_API_KEY_PAD_COOKIE, path=request.path, samesite="Strict")
+        return response
+
+    def revoke_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The change page's Revoke button: a confirmation page, and the revocation on its POST."""
+        api_key = self.get_object(request, unquote(object_id))
+        if not self.has_change_permission(request, api_key):
+            raise PermissionDenied
+        change_url = reverse("admin:signals_app_apikey_change", args=[api_key.pk])
+        if request.method == "POST" and request.POST.get("post") == "yes":
+            if api_key.revoked_at is None:
+                services.api_key_revoke(api_key=api_key)
+                self.log_change(request, api_key, "Revoked.")
+                self.message_user(request, f"Revoked the API key {api_key}.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"The API key {api_key} was revoked already.")
+            return HttpResponseRedirect(change_url)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Revoke this API key?",
+            "subtitle": None,
+            "opts": self.opts,
+            "api_keys": [api_key] if api_key.revoked_at is None else [],
+            "single": api_key,
+            "cancel_url": change_url,
+        }
+        return TemplateResponse(
+            request, "admin/signals_app/apikey/revoke_confirmation.html", context
+        )
+
+    # "change", as the Revoke button: without it anyone who may only view keys could revoke them.
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
+        # Like Django's delete_selected: a page listing the keys first, and the revocation
+        # only when that page's form comes back with post=yes. `queryset` is already cut to
+        # the user's organization, so a forged selection cannot reach another's keys.
+        if request.POST.get("post") != "yes":
+            api_keys = list(queryset.select_related("organization").order_by("-created_at"))
+            context = {
+                **self.admin_site.each_context(request),
+                "title": ngettext("Revoke this API key?", "Revoke these API keys?", len(api_keys)),
+                "subtitle": None,
+                "opts": self.opts,
+                "api_keys": api_keys,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+                "cancel_url": reverse("admin:signals_app_apikey_changelist"),
+            }
+            return TemplateResponse(
+                request, "admin/signals_app/apikey/revoke_confirmation.html", context
+            )
+        count = 0
+        for api_key in queryset.filter(revoked_at__isnull=True):
+            services.api_key_revoke(api_key=api_key)
+            self.log_change(request, api_key, "Revoked.")
+            count += 1
+        message = ngettext("Revoked %(count)d API key.", "Revoked %(count)d API keys.", count)
+        self.message_user(request, message % {"count": count}, messages.SUCCESS)
+        return None
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # revoke instead, so last_used and history stay
