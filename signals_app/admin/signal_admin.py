@@ -1,6 +1,6 @@
 """The signal admin: the list, the change form with its schema versions, and the "try a
 payload" and schema diff pages. The list's events columns are the events app's to add
-(events_app/admin.py subclasses `SignalAdmin` and registers it in this one's place): the
+(events_app/admin/signals.py subclasses `SignalAdmin` and registers it in this one's place): the
 control plane imports nothing of the data plane."""
 
 from __future__ import annotations
