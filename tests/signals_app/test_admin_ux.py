@@ -19,7 +19,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from events_app.admin import RECENT_EVENTS_CAP
+from events_app.admin.signals import RECENT_EVENTS_CAP
 from events_app.ids import uuid7
 from events_app.models import CrmRecord, Event
 from signals_app.admin.forms import SCHEMA_MAX_BYTES
