@@ -40,7 +40,7 @@ def _database_connections_refresh(sender: object = None, **_: object) -> None:
 
 
 @worker_init.connect
-def _worker_database_sessions(**_: object) -> None:
+def worker_database_sessions(**_: object) -> None:
     """In worker processes only, PostgreSQL sessions commit without waiting for the WAL flush.
 
     Everything a worker writes (claims, results, rollups, history) can be worked out again from
@@ -50,6 +50,8 @@ def _worker_database_sessions(**_: object) -> None:
     commits: its 202 promises the event is stored. One fsync per commit was most of a drained
     event's wall time (docs/benchmarks.md). BIGMIND_WORKER_SYNCHRONOUS_COMMIT=on turns it off.
     Connected at worker start, before the pool forks, so every pool process inherits it.
+    Public so that a test can call it: sending `worker_init` in a test process would also
+    install Celery's Django worker fixup, which closes connections around every task.
     """
     from django.conf import settings
     from django.db.backends.signals import connection_created

@@ -46,27 +46,31 @@ class ApiKeyRef:
     revoked: bool
 
 
-def _signal_cache_key(organization_id: int, slug: str) -> str:
+def signal_cache_key(organization_id: int, slug: str) -> str:
+    """The shared-cache key of a signal lookup (public: tests and tools that act as another
+    process, changing the shared level only, need the same key)."""
     # Hashed: a slug from a request may hold characters a cache key must not.
     digest = hashlib.sha1(slug.encode("utf-8", "surrogatepass")).hexdigest()  # noqa: S324
     return f"signal:{organization_id}:{digest}"
 
 
-def _api_key_cache_key(key_hash: str) -> str:
+def api_key_cache_key(key_hash: str) -> str:
+    """The shared-cache key of an API key lookup, by the key's digest only (see
+    tests/security/test_key_timing.py)."""
     return f"apikey:{key_hash}"
 
 
 def signal_cache_invalidate(*, organization_id: int, slug: str) -> None:
-    lookups.invalidate(_signal_cache_key(organization_id, slug))
+    lookups.invalidate(signal_cache_key(organization_id, slug))
 
 
 def api_key_cache_invalidate(*, key_hash: str) -> None:
-    lookups.invalidate(_api_key_cache_key(key_hash))
+    lookups.invalidate(api_key_cache_key(key_hash))
 
 
 def signal_get_active_ref(*, organization_id: int, slug: str) -> SignalRef | None:
     """The active signal with this slug in this organization, or None."""
-    key = _signal_cache_key(organization_id, slug)
+    key = signal_cache_key(organization_id, slug)
     hit: Any = lookups.get(key)
     if hit is not MISSING:
         return hit  # type: ignore[no-any-return]
@@ -94,7 +98,7 @@ def signal_get_active_ref(*, organization_id: int, slug: str) -> SignalRef | Non
 
 
 def api_key_get_ref(*, key_hash: str) -> ApiKeyRef | None:
-    key = _api_key_cache_key(key_hash)
+    key = api_key_cache_key(key_hash)
     hit: Any = lookups.get(key)
     if hit is not MISSING:
         return hit  # type: ignore[no-any-return]

@@ -129,7 +129,9 @@ def _group_cursor(db: BaseDatabaseWrapper) -> psycopg.Cursor[Any]:
 _ROWS_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
-def _rows_json(rows: list[NewEvent]) -> str:
+def group_rows_json(rows: list[NewEvent]) -> str:
+    """The one parameter of `events_group_insert_sql()`: the group's rows as a JSON array (public:
+    the plan test prepares that statement with it)."""
     return _ROWS_ENCODER.encode(
         [
             {
@@ -152,7 +154,7 @@ def _rows_json(rows: list[NewEvent]) -> str:
 
 
 def _group_insert_postgres(db: BaseDatabaseWrapper, rows: list[NewEvent]) -> list[StoreOutcome]:
-    payload = _rows_json(rows)
+    payload = group_rows_json(rows)
     with db.wrap_database_errors:
         cursor = _group_cursor(db)
         cursor.execute(dialect.events_group_insert_sql(), [payload])

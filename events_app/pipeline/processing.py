@@ -112,8 +112,11 @@ def _conflict(error: OperationalError) -> bool:
     return getattr(error.__cause__, "sqlstate", None) in _CONFLICT_SQLSTATES
 
 
-def _chunk_run(claims: list[Claim], processor: Processor) -> None:
-    """Process claimed events to the end: each is completed, retried, failed or found lost."""
+def chunk_run(claims: list[Claim], processor: Processor) -> None:
+    """Process claimed events to the end: each is completed, retried, failed or found lost.
+
+    Public for callers that already hold their claims, as tests do when they play a worker
+    whose claims went stale."""
     stale_tries = conflicts = 0
     while claims:
         try:
@@ -146,7 +149,7 @@ def _chunk_run(claims: list[Claim], processor: Processor) -> None:
                     error,
                 )
                 for claim in claims:
-                    _chunk_run([claim], processor)
+                    chunk_run([claim], processor)
                 return
             logger.exception("process_event: event %s: unexpected error", claims[0].event_id)
             _settle_all(claims, f"Internal error: {type(error).__name__}: {error}", transient=False)
@@ -230,14 +233,14 @@ def _ids_run(
             return False
         claims = events_claim(event_ids=chunk)
         claimed.update(c.event_id for c in claims)
-        _chunk_run(claims, processor)
+        chunk_run(claims, processor)
     if len(ids) > 1 and len(claimed) < len(ids):
         retries = _retries_pending([i for i in ids if i not in claimed])
         for index, event_id in enumerate(retries):
             if _spent(started, time_budget):
                 events_enqueue(event_ids=retries[index:])
                 return False
-            _chunk_run(events_claim(event_ids=[event_id]), processor)
+            chunk_run(events_claim(event_ids=[event_id]), processor)
     return True
 
 
@@ -299,7 +302,7 @@ def _events_process(
         claims = events_claim_due(limit=size)
         if not claims:
             return
-        _chunk_run(claims, processor)
+        chunk_run(claims, processor)
     # The budget ran out with due events possibly left, some of whose publishes were skipped
     # for this wake-up: another one takes over.
     wakeup_again()

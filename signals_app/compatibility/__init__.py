@@ -6,7 +6,6 @@ what the checker reasons about, and holds the entry points; the checker itself i
 from signals_app.compatibility.check import (
     MAX_PROBLEMS,
     MODES,
-    _subset_problems,
     schema_compatibility_check,
     schema_compatibility_problems,
 )
@@ -17,7 +16,6 @@ __all__ = [
     "MODES",
     "CompatibilityProblem",
     "SchemaIncompatible",
-    "_subset_problems",
     "schema_compatibility_check",
     "schema_compatibility_problems",
 ]

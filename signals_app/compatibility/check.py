@@ -17,7 +17,7 @@ the latest version only: a chain 1 → 2 → 3 of compatible steps is accepted e
 compatible with 1 directly.
 
 The check is a conservative, structural proof that one schema's instances are a subset of
-another's (`_subset_problems`). It never says "compatible" when it is not; it may refuse a
+another's (`Subset` in subset.py). It never says "compatible" when it is not; it may refuse a
 change that is in fact compatible (then the signal's mode can be set to ``none`` to add it).
 Each reason names the place in the *data* it is about, in the API's JSON path notation
 (`bigmind.json_path`: `$` is `data`, `$.plan` a property, `$.tags[*]` every item of an array,
@@ -112,26 +112,3 @@ def schema_compatibility_problems(
             old=old, new=new, mode=mode, old_version=old_version
         )
     ]
-
-
-def _subset_problems(
-    narrow: Any,
-    wide: Any,
-    path: str = ROOT,
-    *,
-    narrow_is_old: bool = True,
-    old_label: str = "the previous version",
-) -> list[str]:
-    """Reasons why an instance valid under `narrow` might not be valid under `wide`.
-
-    An empty list is a proof that every instance valid under `narrow` is valid under `wide`.
-    `narrow_is_old` says which side is the old version, so that each reason can describe the
-    change from old to new ("lowered from 100 to 50", "added", "removed").
-
-    >>> _subset_problems({"type": "integer"}, {"type": "number"})
-    []
-    >>> _subset_problems({"enum": ["a", "gold"]}, {"enum": ["a"]})
-    ["$ (enum): value 'gold' no longer allowed"]
-    """
-    checker = Subset(narrow, wide, narrow_is_old=narrow_is_old, old_label=old_label)
-    return [str(problem) for problem in checker.check(narrow, wide, path)]

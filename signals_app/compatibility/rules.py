@@ -29,7 +29,7 @@ from signals_app.compatibility.problem import CompatibilityProblem
 
 
 class SubsetRules:
-    """Proves `narrow` ⊆ `wide` keyword by keyword; see `check._subset_problems`."""
+    """Proves `narrow` ⊆ `wide` keyword by keyword; see `subset.Subset`."""
 
     def __init__(self, narrow_root: Any, wide_root: Any, *, narrow_is_old: bool, old_label: str):
         self.narrow_root = narrow_root

@@ -23,6 +23,12 @@ from signals_app.compatibility.rules import SubsetRules
 
 class Subset(SubsetRules):
     def check(self, narrow: Any, wide: Any, path: str) -> list[CompatibilityProblem]:
+        """Reasons why an instance valid under `narrow` might not be valid under `wide`.
+
+        An empty list is a proof that every instance valid under `narrow` is valid under `wide`.
+        `narrow_is_old` says which side is the old version, so that each reason can describe
+        the change from old to new ("lowered from 100 to 50", "added", "removed").
+        """
         if narrow is False or asserts_nothing(wide):
             return []
         if wide is False:

@@ -466,15 +466,16 @@ def test_the_prepared_group_statements_probe_indexes_even_when_planned_on_an_emp
     """A generic plan made while the event table is empty stays cached on the writer's
     connection. NOT EXISTS became a hashed subplan and `id = ANY(...) OR (...) IN (...)` a
     filter, both sequential scans of the whole event table on every statement: fine on an
-    empty table, seconds on a large one."""
+    empty table, seconds on a large one. Pins the plans on purpose: no result or query count
+    tells an index probe from a scan, and on a test-sized table both are fast."""
     if connection.vendor != "postgresql":
         pytest.skip("the prepared group statements are PostgreSQL's")
     from events_app.dialect import events_existing_sql, events_group_insert_sql
-    from events_app.ingest.store import _rows_json
+    from events_app.ingest.store import group_rows_json
 
     event_table = Event._meta.db_table
     rows = [_row(tenant, signal_id, idempotency_key="k-1")]
-    group = _generic_plan(events_group_insert_sql(), [_rows_json(rows)])
+    group = _generic_plan(events_group_insert_sql(), [group_rows_json(rows)])
     existing = _generic_plan(
         events_existing_sql(), [[uuid.uuid4()], [tenant.organization.pk], ["k-1"]]
     )

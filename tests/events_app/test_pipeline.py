@@ -434,7 +434,7 @@ def test_a_worker_that_lost_its_claim_writes_nothing(api: ApiClient, signals, fa
     Event.objects.filter(pk=event_id).update(status="pending", claimed_at=None)
     [fresh] = events_claim(event_ids=[event_id])
 
-    processing._chunk_run([stale], processor_get())
+    processing.chunk_run([stale], processor_get())
     event = Event.objects.get(pk=event_id)
     assert (event.status, event.claimed_at) == ("processing", fresh.claimed_at)
     assert not MetricAggregate.objects.exists()
@@ -597,7 +597,7 @@ def test_a_worker_finishing_late_after_the_sweep_took_its_event_writes_nothing(
     process(event_id)  # the new worker
     assert MetricAggregate.objects.get().count == 1
 
-    processing._chunk_run([claim], processor_get())  # the old one wakes up
+    processing.chunk_run([claim], processor_get())  # the old one wakes up
     assert MetricAggregate.objects.get().count == 1
 
 

@@ -194,7 +194,7 @@ def test_a_chunk_whose_claims_the_sweep_took_writes_nothing(api: ApiClient, sign
 
     before = snapshot()
     assert {e.attempts for e in Event.objects.all()} == {2}
-    processing._chunk_run(stale, processor_get())  # the first worker wakes up
+    processing.chunk_run(stale, processor_get())  # the first worker wakes up
     assert snapshot() == before
 
 
@@ -209,7 +209,7 @@ def test_a_chunk_that_lost_some_claims_completes_the_rest_without_counting_on_th
     claims = events_claim_due(limit=10)
     # The sweep (or a deletion) took the second event between the claim and the completion.
     Event.objects.filter(pk=ids[1]).update(status="pending", claimed_at=None)
-    processing._chunk_run(claims, processor_get())
+    processing.chunk_run(claims, processor_get())
 
     events = by_id(ids)
     assert [e.status for e in events] == ["completed", "pending", "completed", "completed"]

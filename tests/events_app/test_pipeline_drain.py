@@ -178,17 +178,21 @@ def test_workers_keep_their_database_connection_across_tasks() -> None:
 
 
 def test_a_task_outside_a_test_refreshes_old_or_broken_connections_first() -> None:
-    from bigmind.celery import _database_connections_refresh
+    from celery.signals import task_postrun, task_prerun
 
     class Request:
         is_eager = False
 
+    # What a worker sends around each task (no task id: the log and metrics receivers skip it).
     with mock.patch("django.db.close_old_connections") as close_old:
-        _database_connections_refresh(sender=mock.Mock(request=Request()))
+        task_prerun.send(sender=mock.Mock(request=Request()))
         assert close_old.call_count == 1
+        task_postrun.send(sender=mock.Mock(request=Request()))
+        assert close_old.call_count == 2
         Request.is_eager = True  # an eager call runs in its caller's transaction: untouched
-        _database_connections_refresh(sender=mock.Mock(request=Request()))
-        assert close_old.call_count == 1
+        task_prerun.send(sender=mock.Mock(request=Request()))
+        task_postrun.send(sender=mock.Mock(request=Request()))
+        assert close_old.call_count == 2
 
 
 @pytest.mark.postgres
@@ -199,7 +203,7 @@ def test_worker_sessions_commit_without_waiting_for_the_wal_flush(settings) -> N
     from django.db import connections
     from django.db.backends.signals import connection_created
 
-    from bigmind.celery import _worker_database_sessions
+    from bigmind.celery import worker_database_sessions
 
     def setting_of_a_new_connection() -> str:
         new = connections.create_connection("default")
@@ -213,10 +217,10 @@ def test_worker_sessions_commit_without_waiting_for_the_wal_flush(settings) -> N
     assert setting_of_a_new_connection() == "on"  # web processes: the 202 promise
     try:
         settings.BIGMIND_WORKER_SYNCHRONOUS_COMMIT = True
-        _worker_database_sessions()
+        worker_database_sessions()
         assert setting_of_a_new_connection() == "on"
         settings.BIGMIND_WORKER_SYNCHRONOUS_COMMIT = False
-        _worker_database_sessions()
+        worker_database_sessions()
         assert setting_of_a_new_connection() == "off"
     finally:
         connection_created.disconnect(dispatch_uid="bigmind-worker-async-commit")

@@ -570,6 +570,8 @@ def test_posting_to_the_collection_still_ingests(api: ApiClient, docs_signal: Si
 def test_the_list_reads_the_organization_received_at_index_on_postgres(
     tenant: Tenant, docs_signal: Signal
 ) -> None:
+    """Pins the list's plan on purpose: on a large table only the index keeps a page cheap, and
+    no result tells an index scan from a scan of the table."""
     if not on_postgres():
         pytest.skip("query plans are PostgreSQL's: run with DATABASE_URL=postgres://...")
     for i in range(3):

@@ -46,7 +46,7 @@ import bigmind.cache
 from bigmind.errors import Unauthorized
 from events_app.ingest.auth import api_key_authenticate
 from signals_app.models import ApiKey
-from signals_app.selectors import _api_key_cache_key, lookups
+from signals_app.selectors import api_key_cache_key, lookups
 from signals_app.services import api_key_hash
 from tests.conftest import Tenant
 
@@ -77,7 +77,7 @@ def far_miss(raw: str) -> str:
 def cold_lookup_ns(authenticate: Callable[[str], Any], raw: str) -> int:
     """One lookup through every level, each a miss; the cache clearing is not timed."""
     lookups.clear_local()
-    cache.delete(_api_key_cache_key(api_key_hash(raw)))
+    cache.delete(api_key_cache_key(api_key_hash(raw)))
     start = time.perf_counter_ns()
     with contextlib.suppress(Unauthorized):
         authenticate(raw)
@@ -174,7 +174,7 @@ def _captured_lookup(raw: str, monkeypatch: pytest.MonkeyPatch) -> tuple[list[st
 
         monkeypatch.setattr(bigmind.cache, name, spy)
     lookups.clear_local()
-    cache.delete(_api_key_cache_key(api_key_hash(raw)))
+    cache.delete(api_key_cache_key(api_key_hash(raw)))
     with CaptureQueriesContext(connection) as captured, contextlib.suppress(Unauthorized):
         api_key_authenticate(raw_key=raw)
     monkeypatch.undo()
@@ -184,6 +184,9 @@ def _captured_lookup(raw: str, monkeypatch: pytest.MonkeyPatch) -> tuple[list[st
 def test_a_lookup_is_by_the_keys_digest_and_nothing_else(
     tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Pins the lookup's SQL text and cache keys on purpose: the property under test is what the
+    statement compares (the digest by equality, never the key, its prefix, a LIKE or a range),
+    and only the statement's text shows that; a behaviour test cannot see a prefix match."""
     raw = tenant.raw_key
     shapes = {}
     for kind, key in (("near", near_miss(raw)), ("far", far_miss(raw)), ("real", raw)):
@@ -198,7 +201,7 @@ def test_a_lookup_is_by_the_keys_digest_and_nothing_else(
             assert " LIKE " not in sql.upper(), (kind, sql)
             assert key not in sql and key[:11] not in sql, (kind, sql)
             assert '"prefix"' not in sql.split("WHERE", 1)[-1], (kind, sql)
-        assert cache_keys and all(k == _api_key_cache_key(digest) for k in cache_keys), cache_keys
+        assert cache_keys and all(k == api_key_cache_key(digest) for k in cache_keys), cache_keys
         shapes[kind] = select.replace(digest, "<digest>")
     # The near and far misses run the very same statement; only the digest differs.
     assert shapes["near"] == shapes["far"] == shapes["real"]

@@ -18,9 +18,10 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
+from bigmind.cache import LookupCache
 from events_app.models import Event
+from signals_app import selectors
 from signals_app.models import ApiKey
-from signals_app.selectors import lookups
 from signals_app.services import api_key_revoke
 from tests.conftest import Tenant, on_postgres
 from tests.harness import database_url
@@ -110,7 +111,7 @@ def poll_until_refused(key: str, deadline: float) -> tuple[float | None, float |
 
 
 def test_a_key_revoked_by_another_process_stops_working_within_the_local_cache_window(
-    acme: Org, django_capture_on_commit_callbacks: Any
+    acme: Org, django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What another process's revoke does: the row and the shared cache change, this process's
     local level does not. The README promises the key stops working here within
@@ -119,12 +120,12 @@ def test_a_key_revoked_by_another_process_stops_working_within_the_local_cache_w
     assert window == 2
     client = Client()
     assert send(client, "GET", "/v1/signals", key=acme.key).status_code == 200
-    local_before = dict(lookups._local)
-    with django_capture_on_commit_callbacks(execute=True):
-        api_key_revoke(api_key=acme.tenant.api_key)
-    # Put this process's local level back as it was: the revocation happened "elsewhere".
-    lookups._local.clear()
-    lookups._local.update(local_before)
+    # The revoke runs with the other process's own two levels: its local level is not ours, the
+    # shared one is the same cache.
+    with monkeypatch.context() as other_process:
+        other_process.setattr(selectors, "lookups", LookupCache())
+        with django_capture_on_commit_callbacks(execute=True):
+            api_key_revoke(api_key=acme.tenant.api_key)
     revoked_at = time.monotonic()
     last_accepted, refused_at = poll_until_refused(acme.key, revoked_at + window + 3)
     assert refused_at is not None, "the revoked key was still accepted after the window"

@@ -8,7 +8,7 @@ from django.core.cache import cache
 
 from bigmind.cache import MISSING
 from signals_app.models import Signal
-from signals_app.selectors import _signal_cache_key, lookups, signal_get_active_ref
+from signals_app.selectors import lookups, signal_cache_key, signal_get_active_ref
 from signals_app.services import signal_update
 from tests.conftest import Tenant
 
@@ -34,7 +34,7 @@ def test_a_change_made_by_another_process_is_seen_within_the_local_ttl(
 
     # What another process's signal_update does: the row changes, the shared entry goes.
     Signal.objects.filter(slug="docs").update(active=False)
-    cache.delete(_signal_cache_key(org, "docs"))
+    cache.delete(signal_cache_key(org, "docs"))
 
     assert signal_get_active_ref(organization_id=org, slug="docs") is not None  # local, stale
     time.sleep(0.35)
@@ -47,7 +47,7 @@ def test_the_local_level_can_be_turned_off(tenant: Tenant, settings) -> None:
     org = tenant.organization.pk
     assert signal_get_active_ref(organization_id=org, slug="docs") is not None
     Signal.objects.filter(slug="docs").update(active=False)
-    cache.delete(_signal_cache_key(org, "docs"))
+    cache.delete(signal_cache_key(org, "docs"))
     assert signal_get_active_ref(organization_id=org, slug="docs") is None
 
 
