@@ -372,9 +372,9 @@ def test_the_list_shows_type_latest_version_recent_events_and_last_event(
 
 
 def test_the_recent_event_count_is_capped(staff: Client, tenant: Tenant, monkeypatch) -> None:
-    import events_app.admin
+    from events_app.admin import signals as signal_admin_columns
 
-    monkeypatch.setattr(events_app.admin, "RECENT_EVENTS_CAP", 2)
+    monkeypatch.setattr(signal_admin_columns, "RECENT_EVENTS_CAP", 2)
     assert RECENT_EVENTS_CAP > 2
     docs = tenant.signal("docs")
     for minutes in range(4):
