@@ -35,35 +35,32 @@ def json_errors(request: Request, response: HttpResponseBase) -> None:
         request.accepted_media_type = JSONRenderer.media_type
 
 
-class OpenApiJsonApi(SpectacularJSONAPIView):
+class _JsonErrors:
+    """Mixed into the three document views: their errors and OPTIONS answer in the envelope."""
+
+    def finalize_response(
+        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        json_errors(request, response)
+        return super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+
+
+class _OneGenerationAtATime(_JsonErrors):
+    """The two document views: generation under SCHEMA_LOCK."""
+
     @extend_schema(exclude=True)  # the document is not an operation of itself
     def get(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         with SCHEMA_LOCK:
-            return super().get(request, *args, **kwargs)
-
-    def finalize_response(
-        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
-    ) -> HttpResponseBase:
-        json_errors(request, response)
-        return super().finalize_response(request, response, *args, **kwargs)
+            return super().get(request, *args, **kwargs)  # type: ignore[misc]
 
 
-class OpenApiYamlApi(SpectacularYAMLAPIView):
-    @extend_schema(exclude=True)
-    def get(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        with SCHEMA_LOCK:
-            return super().get(request, *args, **kwargs)
-
-    def finalize_response(
-        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
-    ) -> HttpResponseBase:
-        json_errors(request, response)
-        return super().finalize_response(request, response, *args, **kwargs)
+class OpenApiJsonApi(_OneGenerationAtATime, SpectacularJSONAPIView):
+    pass
 
 
-class ApiDocsPage(SpectacularSwaggerView):
-    def finalize_response(
-        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
-    ) -> HttpResponseBase:
-        json_errors(request, response)
-        return super().finalize_response(request, response, *args, **kwargs)
+class OpenApiYamlApi(_OneGenerationAtATime, SpectacularYAMLAPIView):
+    pass
+
+
+class ApiDocsPage(_JsonErrors, SpectacularSwaggerView):
+    pass
