@@ -78,3 +78,8 @@ from bigmind.settings import *  # noqa: E402, F403
 # typed) cost 50 ms a client: a minute of `make test`. The served bytes and headers are the same;
 # the listing itself is what the servers the tests start (gunicorn, `make run`) still do.
 WHITENOISE_AUTOREFRESH = True
+
+# Django's default password hasher is PBKDF2 with a million iterations: about half a second of CPU
+# for each user a test creates and each admin log-in. Django's testing guide suggests a fast
+# hasher for tests; the hashing itself is Django's, not this project's, so nothing is lost.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
