@@ -214,7 +214,8 @@ def test_ingest_answers_conform_to_the_document(
         api.post(path, {**SEED_REQUEST, "signal": "limited"}),  # 429
     ]
     with mock.patch(
-        "events_app.ingest.services.events_store", side_effect=OperationalError("connection refused")
+        "events_app.ingest.services.events_store",
+        side_effect=OperationalError("connection refused"),
     ):
         answers.append(api.post(path, SEED_REQUEST))  # 503
     assert [a.status_code for a in answers] == [

@@ -33,7 +33,9 @@ from tests.harness import (
     stored,
 )
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the whole module, so its module-scoped server starts once, not once
+# per worker that happens to get one of its tests.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hand-cases")]
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,9 @@ from tests.harness import (
     stored,
 )
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the whole module, so its module-scoped server starts once, not once
+# per worker that happens to get one of its tests.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slow-clients")]
 
 READ_TIMEOUT = 3.0
 # The deadline plus slack for a 2-core machine under load (seen: load average 10).

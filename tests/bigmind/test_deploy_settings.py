@@ -81,6 +81,10 @@ django.setup()
 from django.conf import settings
 from django.test import Client
 
+# One xdist worker runs the whole module, so its module-scoped server starts once, not once
+# per worker that happens to get one of its tests.
+pytestmark = pytest.mark.xdist_group("deploy-settings")
+
 host = settings.ALLOWED_HOSTS[0]
 client = Client(HTTP_HOST=host)
 

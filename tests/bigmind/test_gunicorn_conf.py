@@ -16,6 +16,10 @@ import pytest
 
 from tests.harness import free_port
 
+# One xdist worker runs the whole module, so its module-scoped server starts once, not once
+# per worker that happens to get one of its tests.
+pytestmark = pytest.mark.xdist_group("gunicorn-conf")
+
 ROOT = Path(__file__).resolve().parents[2]
 CONF = "bigmind/gunicorn_conf.py"
 

@@ -23,6 +23,10 @@ import pytest
 
 from tests.harness import free_port
 
+# One xdist worker runs the whole module, so its module-scoped server starts once, not once
+# per worker that happens to get one of its tests.
+pytestmark = pytest.mark.xdist_group("make-run")
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_KEY = "sk_demo_local_only_not_for_production_000000"  # bootstrap_demo's fixed key
 DEMO_SIGNAL = "visited-documentation-page"

@@ -258,7 +258,9 @@ def test_nothing_is_stored_when_the_store_fails(
     from django.db import OperationalError
 
     with (
-        mock.patch("events_app.ingest.batch.events_insert_many", side_effect=OperationalError("db down")),
+        mock.patch(
+            "events_app.ingest.batch.events_insert_many", side_effect=OperationalError("db down")
+        ),
         django_capture_on_commit_callbacks(execute=True) as callbacks,
     ):
         response = api.post(URL, {"events": [item(), item()]})

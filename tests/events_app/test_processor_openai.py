@@ -413,7 +413,10 @@ def test_a_refused_connection_is_transient(settings: Any, monkeypatch: pytest.Mo
         (completion(json.dumps({**GOOD, "score": "high"})), "at $.score"),
         (completion(json.dumps({**GOOD, "reasons": []})), "at $.reasons"),
         (completion(json.dumps({**GOOD, "confidence": 0.9})), "confidence"),
-        (completion(json.dumps({k: v for k, v in GOOD.items() if k != "next_action"})), "at $: 'next_action' is a required"),
+        (
+            completion(json.dumps({k: v for k, v in GOOD.items() if k != "next_action"})),
+            "at $: 'next_action' is a required",
+        ),
         (completion(json.dumps({**GOOD, "summary": ""})), "at $.summary"),
     ],
     ids=[

@@ -56,9 +56,7 @@ def test_the_one_wakeup_processes_every_event_whose_publish_was_skipped(
 ) -> None:
     ids = ingest_committed(api, django_capture_on_commit_callbacks, 5)
     process_event_task.run(*delay.call_args.args)
-    assert set(Event.objects.filter(pk__in=ids).values_list("status", flat=True)) == {
-        "completed"
-    }
+    assert set(Event.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"completed"}
     assert MetricAggregate.objects.get().sum == 5
 
 
@@ -107,9 +105,7 @@ def test_a_drain_out_of_time_hands_over_to_a_new_wakeup(
     assert cache.get(WAKEUP_KEY) is not None
     settings.BIGMIND_DRAIN_SECONDS = 5
     process_event_task.run("")
-    assert set(Event.objects.filter(pk__in=ids).values_list("status", flat=True)) == {
-        "completed"
-    }
+    assert set(Event.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"completed"}
 
 
 def test_a_wakeup_without_an_id_is_no_malformed_id(
@@ -118,6 +114,4 @@ def test_a_wakeup_without_an_id_is_no_malformed_id(
     ids = ingest_committed(api, django_capture_on_commit_callbacks, 2)
     process_event_task.run("")
     assert "malformed" not in caplog.text
-    assert set(Event.objects.filter(pk__in=ids).values_list("status", flat=True)) == {
-        "completed"
-    }
+    assert set(Event.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"completed"}
