@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 
+# One xdist worker runs the whole module, so its module-scoped probe runs once, not once
+# per worker that happens to get one of its tests.
+pytestmark = pytest.mark.xdist_group("deploy-settings")
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
 # Everything these tests set, cleared from the inherited environment first so that a variable
@@ -80,10 +84,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bigmind.settings")
 django.setup()
 from django.conf import settings
 from django.test import Client
-
-# One xdist worker runs the whole module, so its module-scoped server starts once, not once
-# per worker that happens to get one of its tests.
-pytestmark = pytest.mark.xdist_group("deploy-settings")
 
 host = settings.ALLOWED_HOSTS[0]
 client = Client(HTTP_HOST=host)

@@ -11,6 +11,9 @@ from jsonschema import Draft202012Validator
 
 from bigmind.iri_format import defer_iri_grammar
 
+# One xdist worker: each process that checks an IRI builds the grammar (seconds of CPU).
+pytestmark = pytest.mark.xdist_group("iri-format")
+
 IMPORT_PROBE = """
 import sys
 import bigmind, jsonschema
