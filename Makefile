@@ -9,6 +9,11 @@ PORT ?= 8000
 # files change.
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
+# Python's bytecode cache, even where the environment turns it off (these machines set
+# PYTHONDONTWRITEBYTECODE=1): without it every process compiles the project from source, and
+# every pytest worker rewrites every test module's asserts again: 0.7 s more for each gunicorn,
+# Celery or manage.py start, 6 s more for each collection. The caches are gitignored.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test install install-runtime lint migrate demo bench bench-process bench-soak fault api-fuzz clean
 
@@ -45,10 +50,14 @@ run: install-runtime
 
 # The full suite. With nothing set it runs on SQLite and the embedded broker; CI sets
 # DATABASE_URL, REDIS_URL and CELERY_BROKER_URL to prove the real stack. pytest-xdist runs it on
-# one process per core (at most 4: each takes its own pair of Redis databases, tests/settings.py);
-# `loadgroup` keeps the real-worker tests and the fault suite each on one process. PYTEST_XDIST=
+# two processes per core, at most 4 (each takes its own pair of Redis databases,
+# tests/settings.py): much of the suite waits on the servers it starts (gunicorn, Celery, a
+# private PostgreSQL, Chromium) rather than computing, so two per core keep the cores busy;
+# docs/testing.md has the measurements. `loadgroup` keeps each `xdist_group` (the real-worker
+# tests, the fault suite, a module with a module-scoped server) on one process. PYTEST_XDIST=
 # (empty) runs it serially; PYTEST_ADDOPTS='-m "not slow"' leaves out the slow suites.
-PYTEST_XDIST ?= -n auto --maxprocesses 4 --dist loadgroup
+XDIST_PROCESSES := $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( 2 * n < 4 ? 2 * n : 4 )))
+PYTEST_XDIST ?= -n $(XDIST_PROCESSES) --dist loadgroup
 test: install
 	$(BIN)/python scripts/pytest_strict.py $(PYTEST_XDIST)
 
