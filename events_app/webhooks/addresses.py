@@ -1,0 +1,96 @@
+"""Where a webhook may be sent: `https://` to public addresses only, so that an organization
+cannot point Bigmind at the machines around it (SSRF).
+
+The same rule runs twice: when an endpoint is saved (`url_check`), and at connect time on the
+addresses the host resolves to then (`connect_addresses`). The sender connects to an address
+this module returned, never to the name again, so a name that resolves to a public address when
+it is saved and to a private one later (DNS rebinding) is still refused.
+`BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true` (development and tests) lifts both the scheme and
+the address rule.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import SplitResult, urlsplit
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_URL_LENGTH = 2048
+
+
+class UnsafeUrl(ValueError):
+    """The URL may not receive webhooks; the message says why, for the API and the admin."""
+
+
+def public(address: Address) -> bool:
+    """Globally routable unicast, looking through IPv6's IPv4-mapped form (::ffff:10.0.0.1)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+def _split(url: str, *, allow_private: bool) -> SplitResult:
+    if len(url) > MAX_URL_LENGTH:
+        raise UnsafeUrl(f"The URL is longer than {MAX_URL_LENGTH} characters")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise UnsafeUrl("The URL contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise UnsafeUrl(f"The URL is not valid: {error}") from None
+    schemes = ("https", "http") if allow_private else ("https",)
+    if parts.scheme not in schemes:
+        raise UnsafeUrl("The URL must start with https://")
+    if not parts.hostname:
+        raise UnsafeUrl("The URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeUrl("The URL may not carry a user name or password")
+    if port == 0:
+        raise UnsafeUrl("The URL's port must be between 1 and 65535")
+    if parts.fragment:
+        raise UnsafeUrl("The URL may not have a #fragment")
+    return parts
+
+
+def _port(parts: SplitResult) -> int:
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def connect_addresses(url: str, *, allow_private: bool) -> list[Address]:
+    """The addresses to connect to for `url`, in resolver order. UnsafeUrl when the URL breaks
+    the rule, when the host does not resolve, or when any address it resolves to is not public
+    (one private answer among public ones is refused whole: the resolver's order is not ours)."""
+    parts = _split(url, allow_private=allow_private)
+    host = parts.hostname
+    assert host is not None
+    try:
+        literal: Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        found = [literal]
+    else:
+        try:
+            infos = socket.getaddrinfo(host, _port(parts), type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as error:
+            raise UnsafeUrl(f"The host {host} does not resolve: {error}") from None
+        found = []
+        for info in infos:
+            address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+            if address not in found:
+                found.append(address)
+    if not allow_private:
+        private = [a for a in found if not public(a)]
+        if private:
+            raise UnsafeUrl(
+                f"The host {host} resolves to {private[0]}, which is not a public address"
+            )
+    return found
+
+
+def url_check(url: str, *, allow_private: bool) -> str:
+    """`url` when it may receive webhooks now (an endpoint being saved); UnsafeUrl otherwise."""
+    connect_addresses(url, allow_private=allow_private)
+    return url
