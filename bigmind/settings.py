@@ -344,6 +344,11 @@ BIGMIND_AI_MODEL = env("BIGMIND_AI_MODEL", default="gpt-4o-mini")
 BIGMIND_AI_TIMEOUT_SECONDS = env.float("BIGMIND_AI_TIMEOUT_SECONDS", default=20.0)
 # Tries per event (the first included) before it is `failed`; transient errors only.
 BIGMIND_PROCESSING_MAX_ATTEMPTS = env.int("BIGMIND_PROCESSING_MAX_ATTEMPTS", default=5)
+# Outbound webhooks (docs/webhooks.md): `http://` and loopback or private addresses allowed, for
+# development and tests only; production sends to public `https://` addresses alone.
+BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS = env.bool(
+    "BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS", default=False
+)
 # Retry n waits between half and all of min(max, base * 2^(n-1)) ("equal jitter").
 BIGMIND_RETRY_BACKOFF_SECONDS = env.float("BIGMIND_RETRY_BACKOFF_SECONDS", default=2.0)
 BIGMIND_RETRY_BACKOFF_MAX_SECONDS = env.float("BIGMIND_RETRY_BACKOFF_MAX_SECONDS", default=300.0)

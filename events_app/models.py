@@ -377,3 +377,103 @@ def db_value(model: type[models.Model], name: str, value: Any) -> Any:
     field = model._meta.get_field(name)
     assert isinstance(field, models.Field)
     return field.get_db_prep_value(value, connection)
+
+
+# --- Outbound webhooks (docs/webhooks.md; issue #14, in progress) ------------------------------
+class WebhookEventType(models.TextChoices):
+    EVENT_COMPLETED = "event.completed", "event.completed"
+    EVENT_FAILED = "event.failed", "event.failed"
+    INSIGHT_CREATED = "insight.created", "insight.created"
+    STATE_CHANGED = "state.changed", "state.changed"
+    PING = "ping", "ping"
+
+
+class WebhookEndpoint(models.Model):
+    """Where an organization wants what its pipeline learns pushed. The signing secret is kept
+    encrypted (events_app/webhooks/secrets.py): it must be read to sign, and it is shown only in
+    the answer that creates or rotates it."""
+
+    public_id = models.CharField("ID", max_length=15, unique=True, editable=False)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="webhook_endpoints"
+    )
+    url = models.CharField("URL", max_length=2048)
+    description = models.CharField(max_length=500, blank=True)
+    # The webhook event types it wants, or ["*"]; the signals it wants by slug, or [] for all.
+    event_types = models.JSONField(default=list)
+    signals = models.JSONField(default=list, blank=True)
+    enabled = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=500, blank=True, editable=False)
+    secret_encrypted = models.TextField(editable=False)
+    # After a rotation the old secret still signs, beside the new one, until this time.
+    previous_secret_encrypted = models.TextField(blank=True, editable=False)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The first failed delivery of the current unbroken run of failures; cleared by a success.
+    failing_since = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "webhook endpoint"
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.url}"
+
+
+class WebhookDeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class WebhookDelivery(models.Model):
+    """One webhook event for one endpoint: the outbox row, written in the transaction of the
+    pipeline step that causes it, then sent (and retried) by the `webhooks` queue. `body` holds
+    the exact bytes every attempt sends, so each retry carries the same id and content."""
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="webhook_deliveries"
+    )
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    type = models.CharField(max_length=32, choices=WebhookEventType.choices)
+    # The event it is about (no foreign key: retention may purge the event before the last try).
+    event_id = models.UUIDField(null=True, blank=True)
+    body = models.TextField(editable=False)
+    status = models.CharField(
+        max_length=16, choices=WebhookDeliveryStatus.choices, default=WebhookDeliveryStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Set while a sender holds it: the fencing token of its attempt, like an event's claim.
+    claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    response_excerpt = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "webhook delivery"
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            models.Index(fields=["endpoint", "-created_at"], name="webhook_delivery_endpoint"),
+            # The sender's and the sweep's scan: only what is still to send.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="webhook_delivery_due",
+                condition=Q(status="pending"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"whevt_{self.id.hex} {self.type}"
+
+    @property
+    def webhook_event_id(self) -> str:
+        return f"whevt_{self.id.hex}"

@@ -1,0 +1,195 @@
+"""Webhook endpoints: created, changed, rotated, and the secrets that sign for them now.
+
+The admin and the API (as they land, issue #14) call these, so the rules live once: the URL rule
+of addresses.py, event types from WebhookEventType (or "*"), signals by slug from the
+organization's own signals.
+"""
+
+from __future__ import annotations
+
+import secrets as random
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from bigmind.errors import ApplicationError
+from events_app.models import WebhookEndpoint, WebhookEventType
+from events_app.webhooks.addresses import UnsafeUrl, url_check
+from events_app.webhooks.secrets import secret_decrypt, secret_encrypt, secret_new
+from signals_app.models import Organization, Signal
+
+ID_PREFIX = "we_"
+_BASE62 = string.ascii_letters + string.digits
+# Sent by the test call only; an endpoint cannot subscribe to it.
+SUBSCRIBABLE = sorted(t.value for t in WebhookEventType if t != WebhookEventType.PING)
+# How long the secret before a rotation keeps signing beside the new one.
+ROTATION_OVERLAP = timedelta(hours=24)
+
+
+class InvalidEndpoint(ApplicationError):
+    status_code = 400
+    code = "invalid_webhook_endpoint"
+
+
+@dataclass(frozen=True)
+class Created:
+    endpoint: WebhookEndpoint
+    secret: str  # shown once, in the answer that creates or rotates it
+
+
+def allow_private_networks() -> bool:
+    return bool(getattr(settings, "BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS", False))
+
+
+def _problem(field: str, message: str) -> InvalidEndpoint:
+    return InvalidEndpoint(f"{field}: {message}", details=[{"field": field, "message": message}])
+
+
+def _url(url: Any) -> str:
+    if not isinstance(url, str) or not url:
+        raise _problem("url", "a non-empty string is required")
+    try:
+        return url_check(url, allow_private=allow_private_networks())
+    except UnsafeUrl as error:
+        raise _problem("url", str(error)) from None
+
+
+def _event_types(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _problem("events", 'a non-empty list of event types, or ["*"]')
+    if value == ["*"]:
+        return value
+    unknown = sorted(set(value) - set(SUBSCRIBABLE))
+    if unknown:
+        raise _problem("events", f"unknown event types {unknown}; one of {SUBSCRIBABLE} or *")
+    return sorted(set(value))
+
+
+def _signals(organization: Organization, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _problem("signals", "a list of signal slugs (empty for all)")
+    wanted = sorted(set(value))
+    known = set(
+        Signal.objects.filter(organization=organization, slug__in=wanted).values_list(
+            "slug", flat=True
+        )
+    )
+    missing = [slug for slug in wanted if slug not in known]
+    if missing:
+        raise _problem("signals", f"no such signal in this organization: {missing}")
+    return wanted
+
+
+def _description(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 500:
+        raise _problem("description", "a string of at most 500 characters")
+    return value
+
+
+def endpoint_create(
+    *,
+    organization: Organization,
+    url: Any,
+    events: Any,
+    signals: Any = None,
+    description: Any = None,
+    enabled: bool = True,
+) -> Created:
+    secret = secret_new()
+    endpoint = WebhookEndpoint.objects.create(
+        public_id=ID_PREFIX + "".join(random.choice(_BASE62) for _ in range(12)),
+        organization=organization,
+        url=_url(url),
+        description=_description(description),
+        event_types=_event_types(events),
+        signals=_signals(organization, signals),
+        enabled=bool(enabled),
+        secret_encrypted=secret_encrypt(secret),
+    )
+    return Created(endpoint=endpoint, secret=secret)
+
+
+def endpoint_update(endpoint: WebhookEndpoint, **changes: Any) -> WebhookEndpoint:
+    """Change the given fields (url, events, signals, description, enabled). Enabling an
+    endpoint that was disabled for failing clears the reason and the failure run."""
+    fields = ["updated_at"]
+    if "url" in changes:
+        endpoint.url = _url(changes["url"])
+        fields.append("url")
+    if "events" in changes:
+        endpoint.event_types = _event_types(changes["events"])
+        fields.append("event_types")
+    if "signals" in changes:
+        endpoint.signals = _signals(endpoint.organization, changes["signals"])
+        fields.append("signals")
+    if "description" in changes:
+        endpoint.description = _description(changes["description"])
+        fields.append("description")
+    if "enabled" in changes:
+        if not isinstance(changes["enabled"], bool):
+            raise _problem("enabled", "true or false")
+        endpoint.enabled = changes["enabled"]
+        fields.append("enabled")
+        if endpoint.enabled:
+            endpoint.disabled_reason = ""
+            endpoint.failing_since = None
+            fields += ["disabled_reason", "failing_since"]
+    endpoint.save(update_fields=fields)
+    return endpoint
+
+
+def endpoint_rotate_secret(endpoint: WebhookEndpoint, *, now: datetime | None = None) -> Created:
+    """A new secret; the current one keeps signing beside it for ROTATION_OVERLAP."""
+    now = now or timezone.now()
+    secret = secret_new()
+    with transaction.atomic():
+        locked = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+        locked.previous_secret_encrypted = locked.secret_encrypted
+        locked.previous_secret_expires_at = now + ROTATION_OVERLAP
+        locked.secret_encrypted = secret_encrypt(secret)
+        locked.save(
+            update_fields=[
+                "previous_secret_encrypted",
+                "previous_secret_expires_at",
+                "secret_encrypted",
+                "updated_at",
+            ]
+        )
+    return Created(endpoint=locked, secret=secret)
+
+
+def signing_secrets(endpoint: WebhookEndpoint, *, now: datetime | None = None) -> list[str]:
+    """The live secrets, newest first: one `v1=` each in Bigmind-Signature."""
+    now = now or timezone.now()
+    live = [secret_decrypt(endpoint.secret_encrypted)]
+    expires = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret_encrypted and expires is not None and expires > now:
+        live.append(secret_decrypt(endpoint.previous_secret_encrypted))
+    return live
+
+
+def wants(endpoint: WebhookEndpoint, event_type: str, signal_slug: str | None) -> bool:
+    """Whether the endpoint subscribes to this type (and signal, when there is one)."""
+    if not endpoint.enabled:
+        return False
+    if endpoint.event_types != ["*"] and event_type not in endpoint.event_types:
+        return False
+    return not (
+        endpoint.signals and signal_slug is not None and signal_slug not in endpoint.signals
+    )
+
+
+def subscribed(
+    endpoints: Sequence[WebhookEndpoint], event_type: str, signal_slug: str | None
+) -> list[WebhookEndpoint]:
+    return [e for e in endpoints if wants(e, event_type, signal_slug)]
