@@ -12,7 +12,6 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from bigmind.api_time import iso_utc_text
 from bigmind.errors import as_application_error, error_headers, json_response
 from events_app.api import schema
 from events_app.api.common import (
@@ -39,6 +38,7 @@ from events_app.ingest.validation import (
     MAX_VERSION,
 )
 from events_app.models import Event, EventStatus
+from events_app.results import event_result_data
 from events_app.selectors import EventFilters, event_get, event_list
 
 # --- Shapes -----------------------------------------------------------------------------------
@@ -142,23 +142,6 @@ def event_public_data(event: Event | StoredEvent, *, signal_public_id: str) -> d
         "status": event.status,
         "reference": event.reference,
     }
-
-
-def event_result_data(result: Any) -> Any:
-    """An event's stored `result`, with its date-times in the API's `Z` form.
-
-    Since issue #12 the pipeline writes them so (`bigmind.api_time.iso_utc`); results stored
-    before it hold `+00:00`. Only the places the pipeline writes a date-time are rewritten
-    (`rollup.metric.bucket_start`), never a string a processor or a client wrote elsewhere."""
-    if not isinstance(result, dict):
-        return result
-    rollup = result.get("rollup")
-    metric = rollup.get("metric") if isinstance(rollup, dict) else None
-    if not isinstance(metric, dict) or not isinstance(metric.get("bucket_start"), str):
-        return result
-    assert isinstance(rollup, dict)
-    metric = {**metric, "bucket_start": iso_utc_text(metric["bucket_start"])}
-    return {**result, "rollup": {**rollup, "metric": metric}}
 
 
 class EventResult(FreeObject):

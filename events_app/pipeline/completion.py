@@ -25,7 +25,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from events_app import dialect, metrics
-from events_app.models import Event, EventStatus
+from events_app.models import Event, EventStatus, WebhookEventType
 from events_app.pipeline import rollups
 from events_app.pipeline.claims import STATUS_IS_PROCESSING, Claim
 from events_app.pipeline.engagement import engagement_mass_of
@@ -33,6 +33,8 @@ from events_app.pipeline.facts import Pair, StateRow
 from events_app.pipeline.plan import Work, state_pairs, state_step
 from events_app.pipeline.processors import InsightDraft, Processor
 from events_app.pipeline.queue import event_enqueue_later
+from events_app.webhooks import outbox
+from events_app.webhooks.outbox import Occurrence
 from signals_app.models import SignalType
 
 # The pipeline's log lines keep the logger they always had, whichever module writes them.
@@ -218,7 +220,56 @@ def events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, fl
         (w, (due - now).total_seconds()) for w, status, _, due, _ in plans if due is not None
     ]
     failed = [w for w, status, _, due, _ in plans if due is None]
+    outbox.deliveries_write(
+        [
+            Occurrence(
+                WebhookEventType.EVENT_FAILED,
+                organization_id=w.claim.organization_id,
+                event_id=w.claim.event_id,
+                signal_slug=w.signal.slug,
+            )
+            for w in failed
+        ],
+        now=now,
+    )
     return retried, failed
+
+
+def _occurrences(done: list[Work]) -> list[Occurrence]:
+    """What the completed events of a chunk tell the organization's webhook endpoints: each
+    completion, each insight, and each first application of a state that changed the record's
+    state (a reprocessed event does not announce its state again)."""
+    found = []
+    for work in done:
+
+        def occurrence(type: str, extra: dict[str, Any] | None = None, work: Work = work) -> None:
+            found.append(
+                Occurrence(
+                    type,
+                    organization_id=work.claim.organization_id,
+                    event_id=work.claim.event_id,
+                    signal_slug=work.signal.slug,
+                    extra=extra or {},
+                )
+            )
+
+        occurrence(WebhookEventType.EVENT_COMPLETED)
+        if work.draft is not None:
+            insight = {
+                "kind": work.kind,
+                "summary": work.draft.summary,
+                "score": work.draft.score,
+                "next_action": work.draft.next_action,
+                "reasons": work.draft.reasons,
+            }
+            occurrence(WebhookEventType.INSIGHT_CREATED, {"insight": insight})
+        state = work.rollup.get("state") if work.fresh == "state" else None
+        if state is not None and state.get("changed"):
+            occurrence(
+                WebhookEventType.STATE_CHANGED,
+                {"previous": state.get("previous"), "state": work.claim.data},
+            )
+    return found
 
 
 def chunk_complete(
@@ -306,6 +357,9 @@ def chunk_complete(
                 if w.draft is not None
             ]
         )
+        # The outbox (docs/webhooks.md): in this transaction, so a completion and the deliveries
+        # it owes commit or roll back together.
+        outbox.deliveries_write(_occurrences(done), now=now)
         # Last: ingest locks the same record rows for every event it stores.
         rollups.engagement_masses_add(masses=masses)
     return outcome

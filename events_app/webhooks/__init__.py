@@ -1,6 +1,8 @@
-"""Outbound webhooks (docs/webhooks.md): signing and its verification helper so far.
+"""Outbound webhooks (docs/webhooks.md), being built for issue #14.
 
-This package will own the rest of the outbox as it lands: endpoints, deliveries, the sender,
-and the address guard. It sits below the pipeline, which writes deliveries in its own
-transactions, and above the models. Not wired to the pipeline or the API yet (issue #14 is open).
+Built: signing and its receiver-side check (`signing`), the URL rule (`addresses`), endpoints
+and their encrypted secrets (`endpoints`, `secrets`), and the outbox the pipeline writes in its
+completing transaction (`outbox`, `payloads`). Not built: the sender on the `webhooks` queue,
+retries, the API and the admin. The package sits below the pipeline, which writes deliveries
+in its own transactions, and above the models.
 """
