@@ -432,7 +432,7 @@ class WebhookDelivery(models.Model):
     pipeline step that causes it, then sent (and retried) by the `webhooks` queue. `body` holds
     the exact bytes every attempt sends, so each retry carries the same id and content."""
 
-    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    id = models.UUIDField("ID", primary_key=True, default=uuid7, editable=False)
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="webhook_deliveries"
     )
@@ -441,7 +441,7 @@ class WebhookDelivery(models.Model):
     )
     type = models.CharField(max_length=32, choices=WebhookEventType.choices)
     # The event it is about (no foreign key: retention may purge the event before the last try).
-    event_id = models.UUIDField(null=True, blank=True)
+    event_id = models.UUIDField("event ID", null=True, blank=True)
     body = models.TextField(editable=False)
     status = models.CharField(
         max_length=16, choices=WebhookDeliveryStatus.choices, default=WebhookDeliveryStatus.PENDING
