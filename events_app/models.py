@@ -436,8 +436,15 @@ class WebhookDelivery(models.Model):
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="webhook_deliveries"
     )
+    # No database constraint: PostgreSQL checks Django's foreign keys at commit, so an endpoint
+    # deleted while a completing transaction writes its deliveries would fail that commit, and
+    # with it the events. The ORM still deletes an endpoint's deliveries with it; one written
+    # meanwhile is left without its endpoint, and the sender drops it.
     endpoint = models.ForeignKey(
-        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+        WebhookEndpoint,
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        db_constraint=False,
     )
     type = models.CharField(max_length=32, choices=WebhookEventType.choices)
     # The event it is about (no foreign key: retention may purge the event before the last try).

@@ -237,8 +237,8 @@ def events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, fl
 
 def _occurrences(done: list[Work]) -> list[Occurrence]:
     """What the completed events of a chunk tell the organization's webhook endpoints: each
-    completion, each insight, and each first application of a state that changed the record's
-    state (a reprocessed event does not announce its state again)."""
+    completion, each new insight, and each first application of a state that changed the
+    record's state (a reprocessed event announces neither its insight nor its state again)."""
     found = []
     for work in done:
 
@@ -254,7 +254,9 @@ def _occurrences(done: list[Work]) -> list[Occurrence]:
             )
 
         occurrence(WebhookEventType.EVENT_COMPLETED)
-        if work.draft is not None:
+        # A reprocessed event (completed before) updates its insight in place: announcing it
+        # again under a new webhook id would read as a second insight.
+        if work.draft is not None and work.claim.processed_at is None:
             insight = {
                 "kind": work.kind,
                 "summary": work.draft.summary,

@@ -23,9 +23,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from events_app.models import Event, EventStatus
+from events_app.models import Event, EventStatus, WebhookEventType
 from events_app.pipeline.claims import transitions_record
 from events_app.pipeline.queue import events_enqueue
+from events_app.webhooks import outbox
+from events_app.webhooks.outbox import Occurrence
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +51,12 @@ def _unstick(now: datetime) -> tuple[int, int]:
     rows = list(
         Event.objects.filter(status=EventStatus.PROCESSING, claimed_at__lt=cutoff)
         .order_by("claimed_at")
-        .values_list("pk", "attempts", "claimed_at")[: settings.BIGMIND_SWEEP_BATCH_SIZE]
+        .values_list("pk", "attempts", "claimed_at", "organization_id", "signal__slug")[
+            : settings.BIGMIND_SWEEP_BATCH_SIZE
+        ]
     )
     unstuck = failed = 0
-    for pk, attempts, claimed_at in rows:
+    for pk, attempts, claimed_at, organization_id, signal_slug in rows:
         # Fenced on the claim we saw: a worker finishing right now wins, and we change nothing.
         claim = Event.objects.filter(pk=pk, status=EventStatus.PROCESSING, claimed_at=claimed_at)
         with transaction.atomic():
@@ -72,6 +76,19 @@ def _unstick(now: datetime) -> tuple[int, int]:
             if moved:
                 transitions_record(
                     event_ids=[pk], status=status, attempt=attempts, note=error, at=now
+                )
+            if moved and status == EventStatus.FAILED:
+                # Failed here rather than in events_settle: the outbox is owed it all the same.
+                outbox.deliveries_write(
+                    [
+                        Occurrence(
+                            WebhookEventType.EVENT_FAILED,
+                            organization_id=organization_id,
+                            event_id=pk,
+                            signal_slug=signal_slug,
+                        )
+                    ],
+                    now=now,
                 )
     return unstuck, failed
 

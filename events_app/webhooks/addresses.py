@@ -23,10 +23,22 @@ class UnsafeUrl(ValueError):
     """The URL may not receive webhooks; the message says why, for the API and the admin."""
 
 
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+
+
 def public(address: Address) -> bool:
-    """Globally routable unicast, looking through IPv6's IPv4-mapped form (::ffff:10.0.0.1)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Globally routable unicast. IPv6 must be in 2000::/3 (global unicast) and carry no scope;
+    an IPv4 address carried inside IPv6 (mapped, 6to4, Teredo) is judged as that IPv4 address,
+    and NAT64 (64:ff9b::/96, inside 2000::/3's complement) is refused with the rest. Python's
+    `is_global` tables differ between patch releases, so the IPv6 rule is written out here."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            return False
+        inner = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
+        if inner is not None:
+            return public(inner)
+        if address not in _GLOBAL_UNICAST_V6:
+            return False
     return address.is_global and not address.is_multicast
 
 
@@ -35,6 +47,9 @@ def _split(url: str, *, allow_private: bool) -> SplitResult:
         raise UnsafeUrl(f"The URL is longer than {MAX_URL_LENGTH} characters")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         raise UnsafeUrl("The URL contains spaces or control characters")
+    if "\\" in url:
+        # Parsers disagree about a backslash (some read it as a slash): refused outright.
+        raise UnsafeUrl("The URL contains a backslash")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -78,7 +93,7 @@ def connect_addresses(url: str, *, allow_private: bool) -> list[Address]:
             raise UnsafeUrl(f"The host {host} does not resolve: {error}") from None
         found = []
         for info in infos:
-            address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+            address = ipaddress.ip_address(str(info[4][0]))
             if address not in found:
                 found.append(address)
     if not allow_private:

@@ -96,6 +96,12 @@ def _description(value: Any) -> str:
     return value
 
 
+def _enabled(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _problem("enabled", "true or false")
+    return value
+
+
 def endpoint_create(
     *,
     organization: Organization,
@@ -103,7 +109,7 @@ def endpoint_create(
     events: Any,
     signals: Any = None,
     description: Any = None,
-    enabled: bool = True,
+    enabled: Any = True,
 ) -> Created:
     secret = secret_new()
     endpoint = WebhookEndpoint.objects.create(
@@ -113,7 +119,7 @@ def endpoint_create(
         description=_description(description),
         event_types=_event_types(events),
         signals=_signals(organization, signals),
-        enabled=bool(enabled),
+        enabled=_enabled(enabled),
         secret_encrypted=secret_encrypt(secret),
     )
     return Created(endpoint=endpoint, secret=secret)
@@ -136,14 +142,15 @@ def endpoint_update(endpoint: WebhookEndpoint, **changes: Any) -> WebhookEndpoin
         endpoint.description = _description(changes["description"])
         fields.append("description")
     if "enabled" in changes:
-        if not isinstance(changes["enabled"], bool):
-            raise _problem("enabled", "true or false")
-        endpoint.enabled = changes["enabled"]
-        fields.append("enabled")
-        if endpoint.enabled:
+        enabled = _enabled(changes["enabled"])
+        if enabled and not endpoint.enabled:
+            # Only a real re-enable restarts the failure clock: a client sending the whole
+            # object back with `enabled: true` must not keep a dead endpoint alive.
             endpoint.disabled_reason = ""
             endpoint.failing_since = None
             fields += ["disabled_reason", "failing_since"]
+        endpoint.enabled = enabled
+        fields.append("enabled")
     endpoint.save(update_fields=fields)
     return endpoint
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Iterable
 
@@ -21,6 +22,9 @@ SCHEME = "v1"
 # How far a signature's time may be from the receiver's clock: a replay of an old delivery is
 # refused, and a clock a few minutes off still verifies.
 DEFAULT_TOLERANCE_SECONDS = 300
+# What a well-formed header holds: whole seconds (ASCII digits, bounded), 64 lowercase hex digits.
+_TIME = re.compile(r"[0-9]{1,15}")
+_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -47,10 +51,10 @@ def parse(value: str) -> tuple[int, list[str]]:
         if not sep:
             raise ValueError(f"not a key=value pair: {item!r}")
         if key == "t":
-            if timestamp is not None or not val.isdigit():
+            if timestamp is not None or not _TIME.fullmatch(val):
                 raise ValueError("one t=, in whole seconds")
             timestamp = int(val)
-        elif key == SCHEME:
+        elif key == SCHEME and _HEX.fullmatch(val):
             signatures.append(val)
         # Other schemes are ignored: a later scheme may be added beside v1.
     if timestamp is None or not signatures:
@@ -74,5 +78,5 @@ def verify(
         return False
     if abs((time.time() if now is None else now) - timestamp) > tolerance:
         return False
-    expected = signature(secret, timestamp, body)
-    return any(hmac.compare_digest(expected, candidate) for candidate in signatures)
+    expected = signature(secret, timestamp, body).encode("ascii")
+    return any(hmac.compare_digest(expected, candidate.encode("ascii")) for candidate in signatures)

@@ -28,6 +28,14 @@ from events_app.webhooks.addresses import UnsafeUrl, connect_addresses, public, 
         "fc00::1",
         "::ffff:127.0.0.1",
         "::ffff:10.0.0.1",
+        "64:ff9b::a9fe:a9fe",  # NAT64 to the metadata address
+        "64:ff9b:1::a00:1",
+        "2002:a9fe:a9fe::",  # 6to4 around 169.254.169.254
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo around 10.0.0.1
+        "::7f00:1",  # IPv4-compatible loopback
+        "::ffff:0:a00:1",  # SIIT
+        "fec0::1",  # site-local
+        "2001:4860::8888%eth0",  # a scope on a global address
     ],
 )
 def test_private_loopback_link_local_and_mapped_addresses_are_not_public(address: str) -> None:
@@ -56,6 +64,7 @@ def test_public_addresses_are_public(address: str) -> None:
         ("https://93.184.215.14/hook#frag", "fragment"),
         ("https://93.184.215.14/ho ok", "spaces"),
         ("https://93.184.215.14/\x00", "control"),
+        ("https://93.184.215.14\\@127.0.0.1/", "backslash"),
         ("https://93.184.215.14/" + "a" * 2100, "longer"),
     ],
 )

@@ -42,6 +42,8 @@ def cases() -> list[tuple[str, bytes, str, bool]]:
         (header_value([SECRET], now, BODY), BODY, NEW_SECRET, False),
         (header_value([SECRET], now - 600, BODY), BODY, SECRET, False),
         ("t=1,v1=zz", BODY, SECRET, False),
+        (f"t={now},v1=\u00e9", BODY, SECRET, False),
+        ("t=" + "9" * 400 + ",v1=00", BODY, SECRET, False),
     ]
 
 

@@ -134,3 +134,21 @@ def test_enabling_an_endpoint_disabled_for_failing_clears_the_reason(tenant: Ten
     endpoint_update(endpoint, enabled=True)
     endpoint.refresh_from_db()
     assert endpoint.enabled and endpoint.disabled_reason == "" and endpoint.failing_since is None
+
+
+def test_sending_enabled_true_to_an_enabled_endpoint_keeps_its_failure_clock(
+    tenant: Tenant,
+) -> None:
+    endpoint = endpoint_create(organization=tenant.organization, url=PUBLIC, events=["*"]).endpoint
+    since = timezone.now() - timedelta(days=2)
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(failing_since=since)
+    endpoint.refresh_from_db()
+    endpoint_update(endpoint, enabled=True, description="the whole object sent back")
+    endpoint.refresh_from_db()
+    assert endpoint.failing_since == since
+
+
+@pytest.mark.parametrize("enabled", ["false", 0, None])
+def test_enabled_must_be_a_boolean(tenant: Tenant, enabled: object) -> None:
+    with pytest.raises(InvalidEndpoint, match="enabled"):
+        endpoint_create(organization=tenant.organization, url=PUBLIC, events=["*"], enabled=enabled)

@@ -5,7 +5,7 @@ attempt will send. Sending is not built yet (issue #14)."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
 
@@ -13,9 +13,13 @@ import pytest
 from django.db import OperationalError
 from django.test import Client
 
-from events_app.models import Event, WebhookDelivery
+from events_app.models import Event, WebhookDelivery, WebhookEndpoint
+from events_app.pipeline.claims import events_claim
 from events_app.pipeline.processing import events_process
 from events_app.pipeline.processors import PermanentProcessingError
+from events_app.pipeline.reprocess import events_reprocess
+from events_app.pipeline.sweep import events_sweep
+from events_app.webhooks import outbox
 from events_app.webhooks.endpoints import endpoint_create
 from events_app.webhooks.signing import header_value, verify
 from tests.conftest import ApiClient, Tenant
@@ -169,3 +173,50 @@ def test_a_completion_that_rolls_back_leaves_no_delivery(
     events_process(event_ids=[event_id])  # the retry completes it, and it is owed once
     assert Event.objects.get().status == "completed"
     assert WebhookDelivery.objects.filter(type="event.completed").count() == 1
+
+
+def test_an_event_the_sweep_fails_after_its_last_try_is_owed_event_failed(
+    api: ApiClient, tenant: Tenant, signals: None, settings
+) -> None:
+    settings.CELERY_TASK_TIME_LIMIT = 90
+    settings.BIGMIND_SWEEP_STUCK_MARGIN_SECONDS = 30
+    settings.BIGMIND_PROCESSING_MAX_ATTEMPTS = 1
+    endpoint_create(organization=tenant.organization, url=PUBLIC, events=["event.failed"])
+    event_id = ingest(api, "visit", {"page": "/"})
+    [claim] = events_claim(event_ids=[event_id])  # the worker then dies, on its last try
+    assert events_sweep(now=claim.claimed_at + timedelta(seconds=121)).failed == 1
+    [failed] = bodies()
+    assert failed["type"] == "event.failed" and failed["data"]["event"]["id"] == event_id
+    assert "stopped before finishing" in failed["data"]["event"]["last_error"]
+
+
+def test_a_reprocessed_event_is_owed_its_completion_but_not_its_insight_again(
+    api: ApiClient, tenant: Tenant, signals: None
+) -> None:
+    endpoint_create(organization=tenant.organization, url=PUBLIC, events=["*"])
+    event_id = ingest(api, "visit", {"page": "/pricing"})
+    events_process(event_ids=[event_id])
+    events_reprocess(events=Event.objects.filter(pk=event_id))
+    events_process(event_ids=[event_id])
+    assert sorted(b["type"] for b in bodies()) == [
+        "event.completed",
+        "event.completed",
+        "insight.created",
+    ]
+
+
+def test_an_endpoint_deleted_meanwhile_does_not_fail_the_completion(
+    api: ApiClient, tenant: Tenant, signals: None
+) -> None:
+    endpoint = endpoint_create(organization=tenant.organization, url=PUBLIC, events=["*"]).endpoint
+    event_id = ingest(api, "visit", {"page": "/"})
+    real_write = outbox.deliveries_write
+
+    def write_then_lose_the_endpoint(*args: Any, **kwargs: Any) -> Any:
+        written = real_write(*args, **kwargs)
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).delete()  # raw: as another session would
+        return written
+
+    with mock.patch.object(outbox, "deliveries_write", write_then_lose_the_endpoint):
+        events_process(event_ids=[event_id])
+    assert Event.objects.get().status == "completed"

@@ -40,6 +40,9 @@ def test_after_a_rotation_either_live_secret_verifies() -> None:
         (f"t=soon,v1={OPENSSL}", BODY, T),
         ("garbage", BODY, T),
         ("", BODY, T),
+        (f"t={T},v1=\u00e9", BODY, T),  # not hex: no TypeError from compare_digest
+        ("t=" + "9" * 400 + f",v1={OPENSSL}", BODY, T),  # no OverflowError either
+        (f"t=\u0661\u0662,v1={OPENSSL}", BODY, T),  # digits, but not ASCII ones
     ],
 )
 def test_anything_else_does_not_verify(header: str, body: bytes, now: int) -> None:
