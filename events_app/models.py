@@ -399,15 +399,17 @@ class WebhookEndpoint(models.Model):
     )
     url = models.CharField("URL", max_length=2048)
     description = models.CharField(max_length=500, blank=True)
-    # The webhook event types it wants, or ["*"]; the signals it wants by slug, or [] for all.
+    # The webhook event types it wants, or ["*"]; the signals it wants by id, or [] for all (ids,
+    # not slugs: a slug can be edited, and another signal could take the old one).
     event_types = models.JSONField(default=list)
-    signals = models.JSONField(default=list, blank=True)
+    signal_ids = models.JSONField("signal IDs", default=list, blank=True)
     enabled = models.BooleanField(default=True)
     disabled_reason = models.CharField(max_length=500, blank=True, editable=False)
     secret_encrypted = models.TextField(editable=False)
-    # After a rotation the old secret still signs, beside the new one, until this time.
-    previous_secret_encrypted = models.TextField(blank=True, editable=False)
-    previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Secrets replaced by a rotation, each still signing until its own time, newest first:
+    # [{"secret": <encrypted>, "expires_at": <ISO 8601>}]. Two rotations within a day keep
+    # every secret a receiver may still hold.
+    previous_secrets = models.JSONField(default=list, blank=True, editable=False)
     # The first failed delivery of the current unbroken run of failures; cleared by a success.
     failing_since = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -226,7 +226,7 @@ def events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, fl
                 WebhookEventType.EVENT_FAILED,
                 organization_id=w.claim.organization_id,
                 event_id=w.claim.event_id,
-                signal_slug=w.signal.slug,
+                signal_id=w.signal.pk,
             )
             for w in failed
         ],
@@ -248,7 +248,7 @@ def _occurrences(done: list[Work]) -> list[Occurrence]:
                     type,
                     organization_id=work.claim.organization_id,
                     event_id=work.claim.event_id,
-                    signal_slug=work.signal.slug,
+                    signal_id=work.signal.pk,
                     extra=extra or {},
                 )
             )

@@ -51,12 +51,12 @@ def _unstick(now: datetime) -> tuple[int, int]:
     rows = list(
         Event.objects.filter(status=EventStatus.PROCESSING, claimed_at__lt=cutoff)
         .order_by("claimed_at")
-        .values_list("pk", "attempts", "claimed_at", "organization_id", "signal__slug")[
+        .values_list("pk", "attempts", "claimed_at", "organization_id", "signal_id")[
             : settings.BIGMIND_SWEEP_BATCH_SIZE
         ]
     )
     unstuck = failed = 0
-    for pk, attempts, claimed_at, organization_id, signal_slug in rows:
+    for pk, attempts, claimed_at, organization_id, signal_id in rows:
         # Fenced on the claim we saw: a worker finishing right now wins, and we change nothing.
         claim = Event.objects.filter(pk=pk, status=EventStatus.PROCESSING, claimed_at=claimed_at)
         with transaction.atomic():
@@ -85,7 +85,7 @@ def _unstick(now: datetime) -> tuple[int, int]:
                             WebhookEventType.EVENT_FAILED,
                             organization_id=organization_id,
                             event_id=pk,
-                            signal_slug=signal_slug,
+                            signal_id=signal_id,
                         )
                     ],
                     now=now,

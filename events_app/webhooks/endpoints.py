@@ -71,21 +71,25 @@ def _event_types(value: Any) -> list[str]:
     return sorted(set(value))
 
 
-def _signals(organization: Organization, value: Any) -> list[str]:
+def _signals(organization: Organization, value: Any) -> list[int]:
+    """Signal slugs (as the API and the admin take them) to the ids the endpoint keeps."""
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _problem("signals", "a list of signal slugs (empty for all)")
     wanted = sorted(set(value))
-    known = set(
-        Signal.objects.filter(organization=organization, slug__in=wanted).values_list(
-            "slug", flat=True
-        )
+    known = dict(
+        Signal.objects.filter(organization=organization, slug__in=wanted).values_list("slug", "pk")
     )
     missing = [slug for slug in wanted if slug not in known]
     if missing:
         raise _problem("signals", f"no such signal in this organization: {missing}")
-    return wanted
+    return sorted(known[slug] for slug in wanted)
+
+
+def signal_slugs(endpoint: WebhookEndpoint) -> list[str]:
+    """The slugs of the signals the endpoint filters on, as they are now."""
+    return sorted(Signal.objects.filter(pk__in=endpoint.signal_ids).values_list("slug", flat=True))
 
 
 def _description(value: Any) -> str:
@@ -118,7 +122,7 @@ def endpoint_create(
         url=_url(url),
         description=_description(description),
         event_types=_event_types(events),
-        signals=_signals(organization, signals),
+        signal_ids=_signals(organization, signals),
         enabled=_enabled(enabled),
         secret_encrypted=secret_encrypt(secret),
     )
@@ -136,8 +140,8 @@ def endpoint_update(endpoint: WebhookEndpoint, **changes: Any) -> WebhookEndpoin
         endpoint.event_types = _event_types(changes["events"])
         fields.append("event_types")
     if "signals" in changes:
-        endpoint.signals = _signals(endpoint.organization, changes["signals"])
-        fields.append("signals")
+        endpoint.signal_ids = _signals(endpoint.organization, changes["signals"])
+        fields.append("signal_ids")
     if "description" in changes:
         endpoint.description = _description(changes["description"])
         fields.append("description")
@@ -156,47 +160,46 @@ def endpoint_update(endpoint: WebhookEndpoint, **changes: Any) -> WebhookEndpoin
 
 
 def endpoint_rotate_secret(endpoint: WebhookEndpoint, *, now: datetime | None = None) -> Created:
-    """A new secret; the current one keeps signing beside it for ROTATION_OVERLAP."""
+    """A new secret; the current one keeps signing beside it for ROTATION_OVERLAP, as do earlier
+    ones still within theirs."""
     now = now or timezone.now()
     secret = secret_new()
     with transaction.atomic():
         locked = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
-        locked.previous_secret_encrypted = locked.secret_encrypted
-        locked.previous_secret_expires_at = now + ROTATION_OVERLAP
+        live = [p for p in locked.previous_secrets if _expires(p) > now]
+        locked.previous_secrets = [
+            {"secret": locked.secret_encrypted, "expires_at": (now + ROTATION_OVERLAP).isoformat()},
+            *live,
+        ]
         locked.secret_encrypted = secret_encrypt(secret)
-        locked.save(
-            update_fields=[
-                "previous_secret_encrypted",
-                "previous_secret_expires_at",
-                "secret_encrypted",
-                "updated_at",
-            ]
-        )
+        locked.save(update_fields=["previous_secrets", "secret_encrypted", "updated_at"])
     return Created(endpoint=locked, secret=secret)
+
+
+def _expires(previous: dict[str, str]) -> datetime:
+    return datetime.fromisoformat(previous["expires_at"])
 
 
 def signing_secrets(endpoint: WebhookEndpoint, *, now: datetime | None = None) -> list[str]:
     """The live secrets, newest first: one `v1=` each in Bigmind-Signature."""
     now = now or timezone.now()
     live = [secret_decrypt(endpoint.secret_encrypted)]
-    expires = endpoint.previous_secret_expires_at
-    if endpoint.previous_secret_encrypted and expires is not None and expires > now:
-        live.append(secret_decrypt(endpoint.previous_secret_encrypted))
+    live += [secret_decrypt(p["secret"]) for p in endpoint.previous_secrets if _expires(p) > now]
     return live
 
 
-def wants(endpoint: WebhookEndpoint, event_type: str, signal_slug: str | None) -> bool:
+def wants(endpoint: WebhookEndpoint, event_type: str, signal_id: int | None) -> bool:
     """Whether the endpoint subscribes to this type (and signal, when there is one)."""
     if not endpoint.enabled:
         return False
     if endpoint.event_types != ["*"] and event_type not in endpoint.event_types:
         return False
     return not (
-        endpoint.signals and signal_slug is not None and signal_slug not in endpoint.signals
+        endpoint.signal_ids and signal_id is not None and signal_id not in endpoint.signal_ids
     )
 
 
 def subscribed(
-    endpoints: Sequence[WebhookEndpoint], event_type: str, signal_slug: str | None
+    endpoints: Sequence[WebhookEndpoint], event_type: str, signal_id: int | None
 ) -> list[WebhookEndpoint]:
-    return [e for e in endpoints if wants(e, event_type, signal_slug)]
+    return [e for e in endpoints if wants(e, event_type, signal_id)]

@@ -29,7 +29,7 @@ class Occurrence:
     type: str
     organization_id: int
     event_id: UUID
-    signal_slug: str
+    signal_id: int
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -50,7 +50,7 @@ def deliveries_write(occurrences: list[Occurrence], *, now: datetime) -> list[UU
         for endpoint in subscribed(
             by_organization.get(occurrence.organization_id, []),
             occurrence.type,
-            occurrence.signal_slug,
+            occurrence.signal_id,
         )
     ]
     if not owed:

@@ -16,10 +16,12 @@ from events_app.webhooks.endpoints import (
     endpoint_create,
     endpoint_rotate_secret,
     endpoint_update,
+    signal_slugs,
     signing_secrets,
     wants,
 )
 from events_app.webhooks.secrets import secret_decrypt
+from signals_app.models import Signal
 from tests.conftest import Tenant
 
 pytestmark = pytest.mark.django_db
@@ -61,6 +63,32 @@ def test_after_a_rotation_both_secrets_sign_for_24_hours(tenant: Tenant) -> None
     endpoint = WebhookEndpoint.objects.get()
     assert signing_secrets(endpoint, now=now + timedelta(hours=23)) == [second.secret, first.secret]
     assert signing_secrets(endpoint, now=now + timedelta(hours=24, seconds=1)) == [second.secret]
+
+
+def test_two_rotations_in_a_day_keep_every_secret_a_receiver_may_still_hold(
+    tenant: Tenant,
+) -> None:
+    first = endpoint_create(organization=tenant.organization, url=PUBLIC, events=["*"])
+    now = timezone.now()
+    second = endpoint_rotate_secret(first.endpoint, now=now)
+    third = endpoint_rotate_secret(second.endpoint, now=now + timedelta(hours=1))
+    endpoint = WebhookEndpoint.objects.get()
+    assert signing_secrets(endpoint, now=now + timedelta(hours=2)) == [
+        third.secret,
+        second.secret,
+        first.secret,
+    ]
+    # Each old secret stops on its own time.
+    assert signing_secrets(endpoint, now=now + timedelta(hours=24, seconds=1)) == [
+        third.secret,
+        second.secret,
+    ]
+    later = endpoint_rotate_secret(endpoint, now=now + timedelta(hours=30))
+    assert len(WebhookEndpoint.objects.get().previous_secrets) == 1  # the expired ones pruned
+    assert signing_secrets(WebhookEndpoint.objects.get(), now=now + timedelta(hours=30)) == [
+        later.secret,
+        third.secret,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -107,20 +135,35 @@ def test_the_development_setting_allows_a_local_receiver(tenant: Tenant) -> None
 
 
 def test_it_wants_the_types_and_signals_it_subscribed_to(tenant: Tenant) -> None:
-    tenant.signal("page-visit")
+    visit = tenant.signal("page-visit")
+    other = tenant.signal("other-signal")
     endpoint = endpoint_create(
         organization=tenant.organization,
         url=PUBLIC,
         events=["insight.created", "event.failed"],
         signals=["page-visit"],
     ).endpoint
-    assert wants(endpoint, "insight.created", "page-visit")
-    assert not wants(endpoint, "event.completed", "page-visit")
-    assert not wants(endpoint, "insight.created", "other-signal")
+    assert signal_slugs(endpoint) == ["page-visit"]
+    assert wants(endpoint, "insight.created", visit.pk)
+    assert not wants(endpoint, "event.completed", visit.pk)
+    assert not wants(endpoint, "insight.created", other.pk)
     endpoint_update(endpoint, events=["*"], signals=[])
-    assert wants(endpoint, "state.changed", "other-signal")
+    assert wants(endpoint, "state.changed", other.pk)
     endpoint_update(endpoint, enabled=False)
-    assert not wants(endpoint, "state.changed", "other-signal")
+    assert not wants(endpoint, "state.changed", other.pk)
+
+
+def test_the_signal_filter_follows_a_renamed_signal_not_its_old_slug(tenant: Tenant) -> None:
+    visit = tenant.signal("page-visit")
+    endpoint = endpoint_create(
+        organization=tenant.organization, url=PUBLIC, events=["*"], signals=["page-visit"]
+    ).endpoint
+    Signal.objects.filter(pk=visit.pk).update(slug="docs-visit")
+    newcomer = tenant.signal("page-visit")
+    endpoint.refresh_from_db()
+    assert signal_slugs(endpoint) == ["docs-visit"]
+    assert wants(endpoint, "event.completed", visit.pk)
+    assert not wants(endpoint, "event.completed", newcomer.pk)
 
 
 def test_enabling_an_endpoint_disabled_for_failing_clears_the_reason(tenant: Tenant) -> None:
