@@ -25,6 +25,7 @@ import sys
 import threading
 import types
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 PACKAGE = "rfc3987_syntax"
 _lock = threading.Lock()
@@ -35,21 +36,10 @@ def _load() -> Callable[[str, str], bool]:
     global _real
     with _lock:
         if _real is None:
-            loaded: list[types.ModuleType] = []
-            failure: list[BaseException] = []
-
-            def import_helpers() -> None:
-                try:
-                    loaded.append(importlib.import_module(f"{PACKAGE}.syntax_helpers"))
-                except BaseException as error:  # re-raised in the caller's thread
-                    failure.append(error)
-
-            thread = threading.Thread(target=import_helpers, name="iri-grammar")
-            thread.start()
-            thread.join()
-            if failure:
-                raise failure[0]
-            _real = loaded[0].is_valid_syntax
+            # A fresh thread's empty stack (see above); an import error is re-raised here.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iri-grammar") as pool:
+                helpers = pool.submit(importlib.import_module, f"{PACKAGE}.syntax_helpers")
+                _real = helpers.result().is_valid_syntax
         return _real
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from django.db import connection, models
 from django.db.models import Q
@@ -481,8 +482,13 @@ class WebhookDelivery(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"whevt_{self.id.hex} {self.type}"
+        return f"{self.webhook_event_id} {self.type}"
 
     @property
     def webhook_event_id(self) -> str:
-        return f"whevt_{self.id.hex}"
+        return webhook_event_id(self.id)
+
+
+def webhook_event_id(delivery_id: UUID) -> str:
+    """The `whevt_` id a delivery is sent under, on every attempt."""
+    return f"whevt_{delivery_id.hex}"

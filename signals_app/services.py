@@ -127,8 +127,14 @@ def api_key_find(*, prefix_or_key: str) -> ApiKey:
 
 
 # --- Signals ----------------------------------------------------------------------------------
+def base62(length: int) -> str:
+    """`length` random base62 characters: the random part of every public id and secret the
+    project makes (`sig_`, `we_`, `whsec_`)."""
+    return "".join(secrets.choice(_BASE62) for _ in range(length))
+
+
 def _public_id() -> str:
-    return "sig_" + "".join(secrets.choice(_BASE62) for _ in range(8))
+    return "sig_" + base62(8)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -221,18 +221,19 @@ def events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, fl
     ]
     failed = [w for w, status, _, due, _ in plans if due is None]
     outbox.deliveries_write(
-        [
-            Occurrence(
-                WebhookEventType.EVENT_FAILED,
-                organization_id=w.claim.organization_id,
-                event_id=w.claim.event_id,
-                signal_id=w.signal.pk,
-            )
-            for w in failed
-        ],
-        now=now,
+        [_occurrence(w, WebhookEventType.EVENT_FAILED) for w in failed], now=now
     )
     return retried, failed
+
+
+def _occurrence(work: Work, type: str, extra: dict[str, Any] | None = None) -> Occurrence:
+    return Occurrence(
+        type,
+        organization_id=work.claim.organization_id,
+        event_id=work.claim.event_id,
+        signal_id=work.signal.pk,
+        extra=extra or {},
+    )
 
 
 def _occurrences(done: list[Work]) -> list[Occurrence]:
@@ -241,19 +242,7 @@ def _occurrences(done: list[Work]) -> list[Occurrence]:
     record's state (a reprocessed event announces neither its insight nor its state again)."""
     found = []
     for work in done:
-
-        def occurrence(type: str, extra: dict[str, Any] | None = None, work: Work = work) -> None:
-            found.append(
-                Occurrence(
-                    type,
-                    organization_id=work.claim.organization_id,
-                    event_id=work.claim.event_id,
-                    signal_id=work.signal.pk,
-                    extra=extra or {},
-                )
-            )
-
-        occurrence(WebhookEventType.EVENT_COMPLETED)
+        found.append(_occurrence(work, WebhookEventType.EVENT_COMPLETED))
         # A reprocessed event (completed before) updates its insight in place: announcing it
         # again under a new webhook id would read as a second insight.
         if work.draft is not None and work.claim.processed_at is None:
@@ -264,13 +253,11 @@ def _occurrences(done: list[Work]) -> list[Occurrence]:
                 "next_action": work.draft.next_action,
                 "reasons": work.draft.reasons,
             }
-            occurrence(WebhookEventType.INSIGHT_CREATED, {"insight": insight})
+            found.append(_occurrence(work, WebhookEventType.INSIGHT_CREATED, {"insight": insight}))
         state = work.rollup.get("state") if work.fresh == "state" else None
         if state is not None and state.get("changed"):
-            occurrence(
-                WebhookEventType.STATE_CHANGED,
-                {"previous": state.get("previous"), "state": work.claim.data},
-            )
+            extra = {"previous": state.get("previous"), "state": work.claim.data}
+            found.append(_occurrence(work, WebhookEventType.STATE_CHANGED, extra))
     return found
 
 

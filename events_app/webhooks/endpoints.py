@@ -7,8 +7,6 @@ organization's own signals.
 
 from __future__ import annotations
 
-import secrets as random
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,9 +21,9 @@ from events_app.models import WebhookEndpoint, WebhookEventType
 from events_app.webhooks.addresses import UnsafeUrl, url_check
 from events_app.webhooks.secrets import secret_decrypt, secret_encrypt, secret_new
 from signals_app.models import Organization, Signal
+from signals_app.services import base62
 
 ID_PREFIX = "we_"
-_BASE62 = string.ascii_letters + string.digits
 # Sent by the test call only; an endpoint cannot subscribe to it.
 SUBSCRIBABLE = sorted(t.value for t in WebhookEventType if t != WebhookEventType.PING)
 # How long the secret before a rotation keeps signing beside the new one.
@@ -43,10 +41,6 @@ class Created:
     secret: str  # shown once, in the answer that creates or rotates it
 
 
-def allow_private_networks() -> bool:
-    return bool(getattr(settings, "BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS", False))
-
-
 def _problem(field: str, message: str) -> InvalidEndpoint:
     return InvalidEndpoint(f"{field}: {message}", details=[{"field": field, "message": message}])
 
@@ -55,7 +49,7 @@ def _url(url: Any) -> str:
     if not isinstance(url, str) or not url:
         raise _problem("url", "a non-empty string is required")
     try:
-        return url_check(url, allow_private=allow_private_networks())
+        return url_check(url, allow_private=settings.BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS)
     except UnsafeUrl as error:
         raise _problem("url", str(error)) from None
 
@@ -117,7 +111,7 @@ def endpoint_create(
 ) -> Created:
     secret = secret_new()
     endpoint = WebhookEndpoint.objects.create(
-        public_id=ID_PREFIX + "".join(random.choice(_BASE62) for _ in range(12)),
+        public_id=ID_PREFIX + base62(12),
         organization=organization,
         url=_url(url),
         description=_description(description),

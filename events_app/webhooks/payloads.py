@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from bigmind.api_time import iso_utc
-from events_app.models import Event
+from events_app.models import Event, webhook_event_id
 from events_app.results import event_result_data
 
 
@@ -37,10 +37,6 @@ def event_data(event: Event) -> dict[str, Any]:
         "result": event_result_data(event.result),
         "processed_at": iso_utc(event.processed_at),
     }
-
-
-def webhook_event_id(delivery_id: UUID) -> str:
-    return f"whevt_{delivery_id.hex}"
 
 
 def body(

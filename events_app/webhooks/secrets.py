@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import secrets
-import string
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 
+from signals_app.services import base62
+
 PREFIX = "whsec_"
-_BASE62 = string.ascii_letters + string.digits
 _CONTEXT = b"bigmind webhook signing secrets v1\x00"
 
 
 def secret_new() -> str:
     """`whsec_` + 32 base62 characters (190 bits)."""
-    return PREFIX + "".join(secrets.choice(_BASE62) for _ in range(32))
+    return PREFIX + base62(32)
 
 
 def _fernet() -> MultiFernet:
