@@ -17,6 +17,7 @@ app.config_from_object("bigmind.celery_config")
 app.conf.task_queues = (
     Queue("default", Exchange("default"), routing_key="default"),
     Queue("events.process", Exchange("events"), routing_key="events.process"),
+    Queue("webhooks", Exchange("webhooks"), routing_key="webhooks"),
 )
 app.autodiscover_tasks()
 

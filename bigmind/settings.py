@@ -287,6 +287,9 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "events.process_event": {"queue": "events.process"},
     "events.process_events": {"queue": "events.process"},
+    # Webhook sending waits on other people's servers: its own queue and workers (a thread pool),
+    # so a slow receiver never holds a processing worker.
+    "webhooks.deliver": {"queue": "webhooks"},
 }
 CELERY_TIMEZONE = "UTC"
 # Celery's Django fixup closes the database connection after every task unless this is set:
@@ -348,6 +351,34 @@ BIGMIND_PROCESSING_MAX_ATTEMPTS = env.int("BIGMIND_PROCESSING_MAX_ATTEMPTS", def
 # development and tests only; production sends to public `https://` addresses alone.
 BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS = env.bool(
     "BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS", default=False
+)
+# Sends in flight to one endpoint at most: a slow receiver holds this many webhook workers, never
+# all of them (run the `webhooks` worker with more threads than this).
+BIGMIND_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT = env.int(
+    "BIGMIND_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", default=4
+)
+# A claim older than this is a sender that died mid-send: the delivery is sent again. Longer
+# than any attempt (10 s) can take.
+BIGMIND_WEBHOOK_CLAIM_LEASE_SECONDS = env.float("BIGMIND_WEBHOOK_CLAIM_LEASE_SECONDS", default=60.0)
+# Retry n of a delivery waits between half and all of min(max, base * 2^(n-1)); retries stop
+# RETRY_FOR after the delivery was written (about 3 days: 19 attempts with these defaults).
+BIGMIND_WEBHOOK_RETRY_BACKOFF_SECONDS = env.float(
+    "BIGMIND_WEBHOOK_RETRY_BACKOFF_SECONDS", default=30.0
+)
+BIGMIND_WEBHOOK_RETRY_BACKOFF_MAX_SECONDS = env.float(
+    "BIGMIND_WEBHOOK_RETRY_BACKOFF_MAX_SECONDS", default=6 * 3600.0
+)
+BIGMIND_WEBHOOK_RETRY_FOR_SECONDS = env.float(
+    "BIGMIND_WEBHOOK_RETRY_FOR_SECONDS", default=3 * 86400.0
+)
+# An endpoint whose every delivery failed for this long is disabled, with the reason.
+BIGMIND_WEBHOOK_DISABLE_AFTER_SECONDS = env.float(
+    "BIGMIND_WEBHOOK_DISABLE_AFTER_SECONDS", default=3 * 86400.0
+)
+# Finished deliveries (succeeded or failed) are kept this long, then purged with the events'
+# retention; 0 keeps them forever.
+BIGMIND_WEBHOOK_DELIVERY_RETENTION_DAYS = env.int(
+    "BIGMIND_WEBHOOK_DELIVERY_RETENTION_DAYS", default=30
 )
 # Retry n waits between half and all of min(max, base * 2^(n-1)) ("equal jitter").
 BIGMIND_RETRY_BACKOFF_SECONDS = env.float("BIGMIND_RETRY_BACKOFF_SECONDS", default=2.0)

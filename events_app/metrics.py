@@ -81,6 +81,23 @@ INGEST_GROUP_SECONDS = Histogram(
 )
 
 # URL names of the ingest endpoints (POST only) whose refusals are counted from their answers.
+WEBHOOK_ATTEMPTS = Counter(
+    "bigmind_webhook_deliveries",
+    "Webhook delivery attempts by what they left the delivery: succeeded, retrying, failed.",
+    ["type", "outcome"],
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "bigmind_webhook_delivery_duration_seconds",
+    "One webhook attempt, from connecting to the receiver's answer (10 s at most).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+WEBHOOK_LATENCY = Histogram(
+    "bigmind_webhook_delivery_latency_seconds",
+    "From a delivery's writing (its cause committed) to its success, retries included.",
+    ["type"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0),
+)
+
 _INGEST_ROUTES = ("event-ingest", "event-batch")
 
 
@@ -242,6 +259,15 @@ class BacklogCollector(Collector):
             [], max(0.0, (timezone.now() - oldest).total_seconds()) if oldest is not None else 0.0
         )
         yield age
+
+
+def webhook_attempted(*, type: str, outcome: str, seconds: float, since_created: float) -> None:
+    """One webhook attempt, recorded: its outcome, its duration, and (on success) the
+    delivery's latency from its writing."""
+    metric_child(WEBHOOK_ATTEMPTS, type, outcome).inc()
+    WEBHOOK_ATTEMPT_SECONDS.observe(seconds)
+    if outcome == "succeeded":
+        metric_child(WEBHOOK_LATENCY, type).observe(max(0.0, since_created))
 
 
 def metrics_hooks_register() -> None:

@@ -22,6 +22,7 @@ from events_app.pipeline.processing import batch_time_budget, events_process
 from events_app.pipeline.queue import PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK
 from events_app.pipeline.sweep import events_sweep
 from events_app.retention import retention_purge
+from events_app.webhooks.sending import DELIVER_TASK, endpoint_drain
 
 TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
 # Database unreachable (connection refused or lost): retried after 2, 4, 8 ... 60 s (jittered),
@@ -64,3 +65,10 @@ def purge_task() -> None:
     """Retention of events and metric buckets (Celery beat): chunks, each a short transaction;
     what the time budget leaves is deleted by the next run."""
     retention_purge(time_budget=batch_time_budget())
+
+
+@shared_task(name=DELIVER_TASK, **TASK_OPTIONS)
+def deliver_webhooks_task(endpoint_id: int) -> None:
+    """Send one endpoint's due webhook deliveries (queue `webhooks`). No Celery retry: each
+    delivery's own row holds its attempts and next time, and the sweep wakes what is due."""
+    endpoint_drain(endpoint_id=endpoint_id, time_budget=batch_time_budget())

@@ -226,10 +226,16 @@ def fresh_processor() -> Iterator[None]:
 def pipeline_in_process(fresh_processor: None) -> Iterator[mock.MagicMock]:
     """Nothing is published to a broker (the tests run the pipeline here, in-process): what
     would have been is recorded on `.single` (process_event_task.delay), `.later` (its
-    apply_async) and `.many` (process_events_task.delay). The processor is loaded afresh."""
+    apply_async) and `.many` (process_events_task.delay), webhook wake-ups on `.webhooks`
+    (deliver_webhooks_task.delay) and `.webhooks_later` (its apply_async). The processor is
+    loaded afresh."""
     with (
         mock.patch("events_app.tasks.process_event_task.delay") as single,
         mock.patch("events_app.tasks.process_event_task.apply_async") as later,
         mock.patch("events_app.tasks.process_events_task.delay") as many,
+        mock.patch("events_app.tasks.deliver_webhooks_task.delay") as webhooks,
+        mock.patch("events_app.tasks.deliver_webhooks_task.apply_async") as webhooks_later,
     ):
-        yield mock.MagicMock(single=single, later=later, many=many)
+        yield mock.MagicMock(
+            single=single, later=later, many=many, webhooks=webhooks, webhooks_later=webhooks_later
+        )

@@ -185,7 +185,7 @@ def manage(*args: str, env: Mapping[str, str], stdin: str | None = None) -> str:
 
 
 # --- Celery ------------------------------------------------------------------------------------
-QUEUES = ("default", "events.process")
+QUEUES = ("default", "events.process", "webhooks")
 # How long SlowProcessor sleeps before answering (seconds, a float).
 SLOW_DELAY_ENV = "BIGMIND_TEST_PROCESSOR_DELAY_SECONDS"
 SLOW_PROCESSOR = "tests.harness.SlowProcessor"

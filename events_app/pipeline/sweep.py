@@ -5,6 +5,8 @@
 - A `processing` event whose claim is older than the task's hard time limit plus
   BIGMIND_SWEEP_STUCK_MARGIN_SECONDS (its worker was killed) goes back to `pending` and is
   queued, or becomes `failed` if it has used all its attempts.
+- Webhook deliveries that are due are sent again (events_app/webhooks/sending.py,
+  `deliveries_sweep`).
 
 Every change is a conditional UPDATE, and a message for an event that is no longer pending is
 dropped by the claim, so overlapping sweeps or a sweep racing a slow worker are harmless.
@@ -28,6 +30,7 @@ from events_app.pipeline.claims import transitions_record
 from events_app.pipeline.queue import events_enqueue
 from events_app.webhooks import outbox
 from events_app.webhooks.outbox import Occurrence
+from events_app.webhooks.sending import deliveries_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,8 @@ def events_sweep(*, now: datetime | None = None) -> SweepResult:
         Event.objects.filter(pk__in=ids[:published], status=EventStatus.PENDING).filter(
             Q(due_at__isnull=True) | Q(due_at__lt=cutoff)
         ).update(due_at=now)
+    # The outbox too: endpoints with due deliveries (a lost message, a long backoff) are woken.
+    deliveries_sweep(now=now)
     if published or unstuck or failed:
         logger.info(
             "sweep: %d pending event(s) queued again, %d stuck returned, %d failed",

@@ -4,7 +4,8 @@ causes them, so a committed completion always has its deliveries and a rolled-ba
 The pipeline hands over `Occurrence`s (what happened, to which event); this module finds the
 endpoints that want each one and writes one `WebhookDelivery` per endpoint, with the exact body
 every attempt will send. An organization without an enabled endpoint costs one indexed query per
-chunk. Sending is the `webhooks` queue's job (not built yet: issue #14 is open).
+chunk. Once the transaction commits, each endpoint written to is woken on the
+`webhooks` queue (events_app/webhooks/sending.py), which sends.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from events_app.ids import uuid7
 from events_app.models import Event, WebhookDelivery, WebhookEndpoint
 from events_app.webhooks.endpoints import subscribed
 from events_app.webhooks.payloads import body, event_data
+from events_app.webhooks.sending import deliveries_committed
 
 
 @dataclass(frozen=True)
@@ -84,4 +86,5 @@ def deliveries_write(occurrences: list[Occurrence], *, now: datetime) -> list[UU
             )
         )
     WebhookDelivery.objects.bulk_create(rows)
+    deliveries_committed(endpoint_ids={row.endpoint_id for row in rows})
     return [row.id for row in rows]

@@ -1,0 +1,368 @@
+"""Sending the outbox: the `webhooks` queue's work, its retries, and its sweep.
+
+One message names an endpoint, not a delivery: `webhooks.deliver(<endpoint id>)` drains that
+endpoint's due deliveries one at a time, within a time budget (`endpoint_drain`). Messages are
+published after the commit that wrote the deliveries, and coalesced like the pipeline's
+wake-ups: while one is queued and unstarted for an endpoint, no other is published.
+
+The database is the source of truth for every decision:
+- **A claim** is a conditional UPDATE of the delivery (`claimed_at`, its fencing token), made
+  while the endpoint's row is locked by a no-op UPDATE that also checks it is still enabled. In
+  that transaction the claims in flight for the endpoint are counted first, so an endpoint never
+  has more than BIGMIND_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT sends at once: one slow receiver
+  holds that many workers, never all of them. A drain that finds the cap reached stops.
+- **A result** is written only if the claim is still ours (fenced on `claimed_at`).
+- **A worker killed mid-send** leaves its claim; once older than the lease
+  (BIGMIND_WEBHOOK_CLAIM_LEASE_SECONDS, longer than any attempt can take) the delivery may be
+  claimed again, and is sent again under the same id.
+- **Retries** wait an exponential backoff with jitter, and stop BIGMIND_WEBHOOK_RETRY_FOR_SECONDS
+  (3 days) after the delivery was written: it is then `failed`. A short wait is a delayed
+  message; a long one is left to the sweep.
+- **An endpoint** whose deliveries all fail for BIGMIND_WEBHOOK_DISABLE_AFTER_SECONDS (3 days,
+  `failing_since`) is disabled, with the reason; a success ends the run of failures.
+- **The sweep** (`deliveries_sweep`, in every `events.sweep`) wakes each enabled endpoint with due
+  deliveries, so a lost message, a broker restart or a long backoff only delays them, and drops
+  deliveries left without their endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+
+from celery import Task, current_app
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from bigmind.errors import ApplicationError
+from events_app import metrics
+from events_app.ids import uuid7
+from events_app.models import (
+    WebhookDelivery,
+    WebhookDeliveryStatus,
+    WebhookEndpoint,
+    WebhookEventType,
+)
+from events_app.webhooks import http
+from events_app.webhooks.endpoints import signing_secrets
+from events_app.webhooks.payloads import body
+from events_app.webhooks.signing import HEADER, header_value
+
+logger = logging.getLogger(__name__)
+
+# The name events_app/tasks.py registers the sender under; published by name (see
+# events_app/pipeline/queue.py for why the task module is never imported from here).
+DELIVER_TASK = "webhooks.deliver"
+USER_AGENT = "Bigmind-Webhooks/1"
+ID_HEADER = "Bigmind-Webhook-Id"
+# Any attempt, from the first byte sent to the last read, within this (the contract's 10 s).
+TIMEOUT_SECONDS = 10.0
+# A retry due within this is a delayed message; a later one is the sweep's.
+DELAYED_MESSAGE_MAX_SECONDS = 300.0
+_WAKE_KEY = "webhooks:wake:{}"
+
+
+def _task() -> Task:
+    return current_app.tasks[DELIVER_TASK]
+
+
+# --- Waking endpoints ----------------------------------------------------------------------------
+
+
+def endpoints_wake(*, endpoint_ids: Iterable[int], force: bool = False) -> int:
+    """Publish a drain for each endpoint, unless one is queued and unstarted (`force`: the
+    sweep, which cannot know whether that message still exists). Returns how many were sent."""
+    published = 0
+    for endpoint_id in sorted(set(endpoint_ids)):
+        if not force and _wake_queued(endpoint_id):
+            continue
+        try:
+            _task().delay(endpoint_id)
+        except Exception:
+            logger.exception("queueing endpoint %s's webhooks failed; the sweep will", endpoint_id)
+            _wake_started(endpoint_id)
+            continue
+        published += 1
+    return published
+
+
+def deliveries_committed(*, endpoint_ids: Iterable[int]) -> None:
+    """Wake these endpoints once the current transaction commits (nothing if it rolls back)."""
+    ids = sorted(set(endpoint_ids))
+    if ids:
+        transaction.on_commit(partial(endpoints_wake, endpoint_ids=ids))
+
+
+def _wake_queued(endpoint_id: int) -> bool:
+    ttl = settings.BIGMIND_WAKEUP_TTL_SECONDS
+    if ttl <= 0:
+        return False
+    try:
+        return not cache.add(_WAKE_KEY.format(endpoint_id), 1, ttl)
+    except Exception:
+        return False
+
+
+def _wake_started(endpoint_id: int) -> None:
+    try:
+        cache.delete(_WAKE_KEY.format(endpoint_id))
+    except Exception:
+        logger.warning("could not clear the webhook wake-up flag; it expires on its own")
+
+
+def _wake_later(endpoint_id: int, countdown: float) -> None:
+    try:
+        _task().apply_async((endpoint_id,), countdown=countdown)
+    except Exception:
+        logger.exception("queueing a webhook retry failed; the sweep will send it")
+
+
+# --- Draining an endpoint -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    delivery: WebhookDelivery
+    endpoint: WebhookEndpoint
+    token: datetime
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.BIGMIND_WEBHOOK_CLAIM_LEASE_SECONDS)
+
+
+def _claimable(now: datetime) -> Q:
+    return Q(status=WebhookDeliveryStatus.PENDING, next_attempt_at__lte=now) & (
+        Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - _lease())
+    )
+
+
+def delivery_claim(*, endpoint_id: int, now: datetime | None = None) -> Claim | None:
+    """The endpoint's next due delivery, claimed; None when there is none, the endpoint is gone
+    or disabled, or it has its cap of sends in flight."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        # Locks the endpoint's row (PostgreSQL: the row; SQLite: the database) for the count and
+        # the claim below, so two drains cannot both take the last slot.
+        if not WebhookEndpoint.objects.filter(pk=endpoint_id, enabled=True).update(enabled=True):
+            return None
+        endpoint = WebhookEndpoint.objects.select_related("organization").get(pk=endpoint_id)
+        in_flight = WebhookDelivery.objects.filter(
+            endpoint_id=endpoint_id,
+            status=WebhookDeliveryStatus.PENDING,
+            claimed_at__gte=now - _lease(),
+        ).count()
+        if in_flight >= settings.BIGMIND_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT:
+            return None
+        delivery = (
+            WebhookDelivery.objects.filter(_claimable(now), endpoint_id=endpoint_id)
+            .order_by("next_attempt_at")
+            .first()
+        )
+        if delivery is None:
+            return None
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+            claimed_at=now, attempts=F("attempts") + 1
+        )
+    delivery.claimed_at = now
+    delivery.attempts += 1
+    return Claim(delivery=delivery, endpoint=endpoint, token=now)
+
+
+def delivery_send(claim: Claim, *, now: datetime | None = None) -> http.Outcome:
+    """One attempt: sign (at send time, with the secrets live now) and POST."""
+    now = now or timezone.now()
+    delivery, endpoint = claim.delivery, claim.endpoint
+    raw = delivery.body.encode("utf-8")
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        ID_HEADER: delivery.webhook_event_id,
+        HEADER: header_value(signing_secrets(endpoint, now=now), int(time.time()), raw),
+    }
+    return http.post(
+        endpoint.url,
+        body=raw,
+        headers=headers,
+        allow_private=settings.BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS,
+        timeout=TIMEOUT_SECONDS,
+    )
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the retry that follows attempt number `attempts` ("equal jitter")."""
+    base = settings.BIGMIND_WEBHOOK_RETRY_BACKOFF_SECONDS
+    ceiling = min(settings.BIGMIND_WEBHOOK_RETRY_BACKOFF_MAX_SECONDS, base * 2 ** (attempts - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # jitter, not a secret
+
+
+def delivery_record(claim: Claim, outcome: http.Outcome, *, now: datetime | None = None) -> str:
+    """Write the attempt's outcome, fenced on the claim; returns the delivery's new status ("" if
+    the claim was lost: another sender took the delivery after the lease)."""
+    now = now or timezone.now()
+    delivery, endpoint = claim.delivery, claim.endpoint
+    fields = {
+        "claimed_at": None,
+        "last_attempt_at": now,
+        "last_status_code": outcome.status_code,
+        "last_error": outcome.error,
+        "response_excerpt": outcome.excerpt,
+    }
+    give_up_at = delivery.created_at + timedelta(seconds=settings.BIGMIND_WEBHOOK_RETRY_FOR_SECONDS)
+    delay = 0.0
+    if outcome.succeeded:
+        status = WebhookDeliveryStatus.SUCCEEDED
+        fields.update(completed_at=now, next_attempt_at=None)
+    else:
+        delay = retry_delay(delivery.attempts)
+        if now + timedelta(seconds=delay) > give_up_at:
+            status = WebhookDeliveryStatus.FAILED
+            fields.update(completed_at=now, next_attempt_at=None)
+        else:
+            status = WebhookDeliveryStatus.PENDING
+            fields.update(next_attempt_at=now + timedelta(seconds=delay))
+    with transaction.atomic():
+        moved = WebhookDelivery.objects.filter(
+            pk=delivery.pk, status=WebhookDeliveryStatus.PENDING, claimed_at=claim.token
+        ).update(status=status, **fields)
+        if not moved:
+            return ""
+        _endpoint_health(endpoint, outcome, now=now)
+    metrics.webhook_attempted(
+        type=delivery.type,
+        outcome=status if status != WebhookDeliveryStatus.PENDING else "retrying",
+        seconds=outcome.seconds,
+        since_created=(now - delivery.created_at).total_seconds(),
+    )
+    if status == WebhookDeliveryStatus.PENDING and delay <= DELAYED_MESSAGE_MAX_SECONDS:
+        transaction.on_commit(partial(_wake_later, endpoint.pk, delay))
+    return status
+
+
+def _endpoint_health(endpoint: WebhookEndpoint, outcome: http.Outcome, *, now: datetime) -> None:
+    """A success ends the endpoint's run of failures; a failure starts one, or, once it has
+    lasted BIGMIND_WEBHOOK_DISABLE_AFTER_SECONDS, disables the endpoint with the reason."""
+    rows = WebhookEndpoint.objects.filter(pk=endpoint.pk)
+    if outcome.succeeded:
+        rows.filter(failing_since__isnull=False).update(failing_since=None)
+        return
+    rows.filter(failing_since__isnull=True).update(failing_since=now)
+    cutoff = now - timedelta(seconds=settings.BIGMIND_WEBHOOK_DISABLE_AFTER_SECONDS)
+    since = endpoint.failing_since or now
+    reason = (
+        f"Disabled on {now:%Y-%m-%d %H:%M} UTC: every delivery failed since "
+        f"{since:%Y-%m-%d %H:%M} UTC (last: {outcome.error})"
+    )[:500]
+    if rows.filter(enabled=True, failing_since__lte=cutoff).update(
+        enabled=False, disabled_reason=reason
+    ):
+        logger.warning("webhook endpoint %s disabled: %s", endpoint.public_id, reason)
+
+
+def endpoint_drain(*, endpoint_id: int, time_budget: float | None) -> int:
+    """Send the endpoint's due deliveries, one at a time, until none is due, the cap is reached
+    or the time budget is spent (then a new wake-up carries on). Returns how many were tried."""
+    _wake_started(endpoint_id)
+    started = time.monotonic()
+    budget = time_budget or 30.0
+    tried = 0
+    while True:
+        if time.monotonic() - started > budget:
+            endpoints_wake(endpoint_ids=[endpoint_id])
+            return tried
+        claim = delivery_claim(endpoint_id=endpoint_id)
+        if claim is None:
+            return tried
+        delivery_record(claim, delivery_send(claim))
+        tried += 1
+
+
+# --- Staff and API actions -----------------------------------------------------------------------
+
+
+def delivery_retry(*, delivery: WebhookDelivery, now: datetime | None = None) -> WebhookDelivery:
+    """Send a delivery again now, whatever its status (a failed one gets one more attempt; a
+    succeeded one is sent again, same id and body, for a receiver that lost it)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+            status=WebhookDeliveryStatus.PENDING,
+            next_attempt_at=now,
+            completed_at=None,
+            claimed_at=None,
+        )
+        deliveries_committed(endpoint_ids=[delivery.endpoint_id])
+    delivery.refresh_from_db()
+    return delivery
+
+
+class EndpointDisabled(ApplicationError):
+    status_code = 409
+    code = "webhook_endpoint_disabled"
+
+
+def ping_create(*, endpoint: WebhookEndpoint, now: datetime | None = None) -> WebhookDelivery:
+    """A `ping` delivery to this endpoint, sent through the queue like any other. A disabled
+    endpoint is sent nothing, so it is refused one: enable it first."""
+    if not endpoint.enabled:
+        raise EndpointDisabled(
+            "This webhook endpoint is disabled; enable it before sending it a test event"
+        )
+    now = now or timezone.now()
+    delivery_id = uuid7()
+    with transaction.atomic():
+        delivery = WebhookDelivery.objects.create(
+            id=delivery_id,
+            organization_id=endpoint.organization_id,
+            endpoint=endpoint,
+            type=WebhookEventType.PING,
+            body=body(
+                delivery_id=delivery_id,
+                type=WebhookEventType.PING,
+                created=now,
+                organization=endpoint.organization.slug,
+                data={"webhook_endpoint": {"id": endpoint.public_id, "url": endpoint.url}},
+            ),
+            next_attempt_at=now,
+        )
+        deliveries_committed(endpoint_ids=[endpoint.pk])
+    return delivery
+
+
+# --- The sweep ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliverySweep:
+    woken: int
+    orphans_dropped: int
+
+
+def deliveries_sweep(*, now: datetime | None = None) -> DeliverySweep:
+    """Wake every enabled endpoint with due deliveries; drop pending deliveries whose endpoint
+    was deleted while they were written (they have nowhere to go)."""
+    now = now or timezone.now()
+    due = (
+        WebhookDelivery.objects.filter(_claimable(now), endpoint__enabled=True)
+        .values("endpoint_id")
+        .annotate(n=Count("id"))
+        .values_list("endpoint_id", flat=True)
+    )
+    woken = endpoints_wake(endpoint_ids=list(due), force=True)
+    orphans = (
+        WebhookDelivery.objects.filter(status=WebhookDeliveryStatus.PENDING)
+        .exclude(endpoint_id__in=WebhookEndpoint.objects.values("pk"))
+        .values_list("pk", flat=True)[: settings.BIGMIND_SWEEP_BATCH_SIZE]
+    )
+    dropped, _ = WebhookDelivery.objects.filter(pk__in=list(orphans)).delete()
+    if woken or dropped:
+        logger.info("webhooks sweep: %d endpoint(s) woken, %d orphan(s) dropped", woken, dropped)
+    return DeliverySweep(woken=woken, orphans_dropped=dropped)
