@@ -306,8 +306,10 @@ def worker_start(
     log_dir: Path,
     concurrency: int = 1,
     queues: tuple[str, ...] = QUEUES,
+    pool: str = "prefork",
 ) -> Worker:
-    """Start a worker (not waiting for it to be ready: see Worker.wait_ready)."""
+    """Start a worker (not waiting for it to be ready: see Worker.wait_ready). The `webhooks`
+    queue's workers run `pool="threads"`, as deployed (docs/deployment.md)."""
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     log_path = log_dir / f"{name}.log"
     log_file = log_path.open("wb")
@@ -321,7 +323,7 @@ def worker_start(
         "-Q",
         ",".join(queues),
         "--pool",
-        "prefork",
+        pool,
         "-c",
         str(concurrency),
         "--without-heartbeat",
