@@ -479,6 +479,12 @@ class WebhookDelivery(models.Model):
                 name="webhook_delivery_due",
                 condition=Q(status="pending"),
             ),
+            # Retention's scan: finished deliveries, oldest first.
+            models.Index(
+                fields=["completed_at"],
+                name="webhook_delivery_completed",
+                condition=Q(completed_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -6,6 +6,9 @@
   cause is fixed). `pending` and `processing` events are never deleted, however old.
 - **Metric buckets** whose whole period ended more than BIGMIND_METRIC_BUCKET_RETENTION_DAYS
   ago. A bucket is deleted whole or not at all, so newer buckets are never touched.
+- **Webhook deliveries** finished (succeeded or failed) more than
+  BIGMIND_WEBHOOK_DELIVERY_RETENTION_DAYS ago. Pending ones are never deleted: they are still
+  owed to their endpoint.
 - **Rejected events** keep their own purge (events_app/ingest/rejections.py,
   `events.purge_rejections`); the `purge_expired` command runs it too.
 
@@ -39,7 +42,14 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from events_app import dialect
-from events_app.models import Event, EventStatus, MetricAggregate, PurgedEventCount, db_value
+from events_app.models import (
+    Event,
+    EventStatus,
+    MetricAggregate,
+    PurgedEventCount,
+    WebhookDelivery,
+    db_value,
+)
 from events_app.pipeline.facts import bucket_start
 
 logger = logging.getLogger(__name__)
@@ -55,6 +65,7 @@ class RetentionResult:
     completed_events: int = 0
     failed_events: int = 0
     metric_buckets: int = 0
+    webhook_deliveries: int = 0
     chunks: int = 0
     # False when the time budget ran out with rows still to delete (the next run continues).
     finished: bool = True
@@ -76,6 +87,7 @@ def retention_cutoffs(*, now: datetime) -> dict[str, datetime | None]:
         EventStatus.COMPLETED: _cutoff(now, completed_days),
         EventStatus.FAILED: _cutoff(now, failed_days),
         "metric_buckets": _cutoff(now, settings.BIGMIND_METRIC_BUCKET_RETENTION_DAYS),
+        "webhook_deliveries": _cutoff(now, settings.BIGMIND_WEBHOOK_DELIVERY_RETENTION_DAYS),
     }
 
 
@@ -148,6 +160,19 @@ def _buckets_chunk(period: str, before: datetime, size: int) -> int:
     return len(ids)
 
 
+def _deliveries_chunk(cutoff: datetime, size: int) -> int:
+    # Finished deliveries only (completed_at is set when one succeeds or fails for good, and
+    # cleared by a manual retry), through the partial index on completed_at.
+    ids = list(
+        WebhookDelivery.objects.filter(completed_at__lt=cutoff)
+        .order_by("completed_at")
+        .values_list("pk", flat=True)[:size]
+    )
+    if ids:
+        WebhookDelivery.objects.filter(pk__in=ids, completed_at__lt=cutoff).delete()
+    return len(ids)
+
+
 def _bucket_boundaries(cutoff: datetime) -> dict[str, datetime]:
     """Per period, the start of the bucket holding `cutoff`: buckets starting before it ended
     by then (periods are contiguous), so they are wholly older than the cutoff."""
@@ -208,12 +233,31 @@ def retention_purge(
                 if done < size:
                     break
 
-    if not dry_run and (result.completed_events or result.failed_events or result.metric_buckets):
+    delivery_cutoff = cutoffs["webhook_deliveries"]
+    if delivery_cutoff is not None:
+        if dry_run:
+            result.webhook_deliveries = WebhookDelivery.objects.filter(
+                completed_at__lt=delivery_cutoff
+            ).count()
+        else:
+            while not out_of_time():
+                done = _deliveries_chunk(delivery_cutoff, size)
+                result.webhook_deliveries += done
+                result.chunks += 1 if done else 0
+                if done < size:
+                    break
+
+    deleted = (
+        result.completed_events,
+        result.failed_events,
+        result.metric_buckets,
+        result.webhook_deliveries,
+    )
+    if not dry_run and any(deleted):
         logger.info(
-            "retention purge: %d completed and %d failed event(s), %d metric bucket(s) deleted%s",
-            result.completed_events,
-            result.failed_events,
-            result.metric_buckets,
+            "retention purge: %d completed and %d failed event(s), %d metric bucket(s), "
+            "%d webhook deliveries deleted%s",
+            *deleted,
             "" if result.finished else " (time budget spent; the next run continues)",
         )
     return result

@@ -58,6 +58,29 @@ def main() -> int:
             "--without-mingle",
             "--without-gossip",
         ],
+        # Webhook sending (queue `webhooks`): threads, since a send mostly waits on the network,
+        # and more of them than the per-endpoint in-flight cap, so one slow receiver cannot
+        # hold them all.
+        "webhooks": [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "bigmind",
+            "worker",
+            "-Q",
+            "webhooks",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "8",
+            "--hostname",
+            "webhooks@%h",
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ],
         # The periodic sweep (events.sweep) that re-queues events whose publish was lost.
         "beat": [python, "-m", "celery", "-A", "bigmind", "beat", "--loglevel", "INFO"],
     }

@@ -32,7 +32,7 @@ from bigmind.celery import app as celery_app
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-IMAGE_SERVICES = {"migrate", "web", "worker", "beat"}
+IMAGE_SERVICES = {"migrate", "web", "worker", "webhooks", "beat"}
 # Read by a library, not by a line of ours that the scan below would find.
 _READ_ELSEWHERE = {
     # prometheus_client (multiprocess mode); bigmind/metrics.py and gunicorn_conf.py too.
@@ -121,7 +121,7 @@ def test_every_service_it_depends_on_exists_and_the_release_step_runs_first() ->
     for name, svc in services().items():
         for dependency in svc.get("depends_on", {}):
             assert dependency in names, (name, dependency)
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "worker", "webhooks", "beat"):
         assert services()[name]["depends_on"]["migrate"] == {
             "condition": "service_completed_successfully"
         }
@@ -156,7 +156,7 @@ def test_web_runs_gunicorn_with_the_repository_config_and_wsgi_app() -> None:
 def test_workers_and_beat_run_the_bigmind_celery_app() -> None:
     celery_commands = [(name, cmd) for name, cmd in all_commands() if cmd[0] == "celery"]
 
-    assert {name for name, _ in celery_commands} == {"worker", "beat"}
+    assert {name for name, _ in celery_commands} == {"worker", "webhooks", "beat"}
     for _, cmd in celery_commands:
         assert option(cmd, "-A", "--app") == celery_app.main == "bigmind"
         assert importlib.util.find_spec(option(cmd, "-A", "--app") + ".celery") is not None
@@ -174,6 +174,20 @@ def test_every_queue_the_workers_consume_exists_and_every_queue_has_a_consumer()
 
     assert consumed <= declared
     assert routed <= consumed
+
+
+def test_webhooks_are_sent_by_their_own_threaded_workers_above_the_per_endpoint_cap() -> None:
+    """A send waits on someone else's server: threads, and more of them than one endpoint may
+    hold (BIGMIND_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT), so a slow receiver cannot take them all;
+    and no processing worker consumes `webhooks`."""
+    webhooks = command_of(services()["webhooks"])
+    assert option(webhooks, "-Q", "--queues") == "webhooks"
+    assert option(webhooks, "--pool", "-P") == "threads"
+    threads = int(option(webhooks, "--concurrency", "-c"))
+    assert threads > django_settings.BIGMIND_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT
+    worker = command_of(services()["worker"])
+    assert "webhooks" not in option(worker, "-Q", "--queues").split(",")
+    assert services()["webhooks"]["stop_grace_period"] == "30s"  # longer than one attempt
 
 
 def test_it_runs_exactly_one_beat() -> None:

@@ -436,3 +436,37 @@ def test_rows_another_transaction_holds_are_skipped_not_waited_for(
     assert result.completed_events == 2
     assert list(Event.objects.values_list("pk", flat=True)) == [Event.objects.get(pk=ids[0]).pk]
     assert retention_purge().completed_events == 1
+
+
+def test_finished_webhook_deliveries_are_purged_after_their_retention_and_pending_ones_never(
+    tenant: Tenant, settings: Any, pipeline_in_process: Any
+) -> None:
+    from events_app.models import WebhookDelivery
+    from events_app.webhooks.endpoints import endpoint_create
+    from events_app.webhooks.sending import ping_create
+
+    settings.BIGMIND_WEBHOOK_DELIVERY_RETENTION_DAYS = 30
+    endpoint = endpoint_create(
+        organization=tenant.organization, url="https://93.184.215.14/hooks", events=["*"]
+    ).endpoint
+    old_done, old_failed, recent, owed = (ping_create(endpoint=endpoint) for _ in range(4))
+    now = timezone.now()
+    WebhookDelivery.objects.filter(pk=old_done.pk).update(
+        status="succeeded", completed_at=now - 31 * DAY
+    )
+    WebhookDelivery.objects.filter(pk=old_failed.pk).update(
+        status="failed", completed_at=now - 31 * DAY
+    )
+    WebhookDelivery.objects.filter(pk=recent.pk).update(
+        status="succeeded", completed_at=now - 29 * DAY
+    )
+    WebhookDelivery.objects.filter(pk=owed.pk).update(created_at=now - 300 * DAY)
+
+    assert retention_purge(dry_run=True).webhook_deliveries == 2
+    assert retention_purge().webhook_deliveries == 2
+    assert set(WebhookDelivery.objects.values_list("pk", flat=True)) == {recent.pk, owed.pk}
+
+    settings.BIGMIND_WEBHOOK_DELIVERY_RETENTION_DAYS = 0  # kept forever
+    WebhookDelivery.objects.update(completed_at=now - 1000 * DAY)
+    assert retention_purge().webhook_deliveries == 0
+    assert WebhookDelivery.objects.count() == 2

@@ -44,6 +44,10 @@ class Command(BaseCommand):
             f"metric buckets: {result.metric_buckets} {verb} "
             f"({_kept(cutoffs['metric_buckets'], 'whole periods ended')})"
         )
+        self.stdout.write(
+            f"webhook deliveries: {result.webhook_deliveries} {verb} "
+            f"({_kept(cutoffs['webhook_deliveries'], 'finished')})"
+        )
         if dry_run:
             # The same cutoff as rejections_purge (which has no dry run of its own).
             cutoff = now - timedelta(days=settings.BIGMIND_REJECTION_RETENTION_DAYS)
