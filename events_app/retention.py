@@ -247,17 +247,17 @@ def retention_purge(
                 if done < size:
                     break
 
-    deleted = (
+    counts = (
         result.completed_events,
         result.failed_events,
         result.metric_buckets,
         result.webhook_deliveries,
     )
-    if not dry_run and any(deleted):
+    if not dry_run and any(counts):
         logger.info(
             "retention purge: %d completed and %d failed event(s), %d metric bucket(s), "
             "%d webhook deliveries deleted%s",
-            *deleted,
+            *counts,
             "" if result.finished else " (time budget spent; the next run continues)",
         )
     return result
