@@ -430,3 +430,37 @@ def test_deliveries_are_published_after_the_commit_that_wrote_them(
     assert [c.args for c in pipeline_in_process.webhooks.call_args_list] == [(endpoint.pk,)]
     assert Event.objects.get().status == "completed"
     assert json.loads(WebhookDelivery.objects.first().body)["type"]  # type: ignore[union-attr]
+
+
+def test_attempts_are_counted_by_outcome_and_timed(
+    tenant: Tenant, local: Any, receiver: Receiver
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        "retrying": sample("bigmind_webhook_deliveries_total", type="ping", outcome="retrying"),
+        "succeeded": sample("bigmind_webhook_deliveries_total", type="ping", outcome="succeeded"),
+        "latency": sample("bigmind_webhook_delivery_latency_seconds_count", type="ping"),
+        "duration": sample("bigmind_webhook_delivery_duration_seconds_count"),
+    }
+    endpoint = endpoint_create(
+        organization=tenant.organization, url=receiver.url, events=["*"]
+    ).endpoint
+    receiver.script = [500]
+    sending.ping_create(endpoint=endpoint)
+    drain_until_settled(endpoint)
+    after = {
+        "retrying": sample("bigmind_webhook_deliveries_total", type="ping", outcome="retrying"),
+        "succeeded": sample("bigmind_webhook_deliveries_total", type="ping", outcome="succeeded"),
+        "latency": sample("bigmind_webhook_delivery_latency_seconds_count", type="ping"),
+        "duration": sample("bigmind_webhook_delivery_duration_seconds_count"),
+    }
+    assert {k: after[k] - before[k] for k in before} == {
+        "retrying": 1,
+        "succeeded": 1,
+        "latency": 1,
+        "duration": 2,
+    }
