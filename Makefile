@@ -15,7 +15,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # Celery or manage.py start, 6 s more for each collection. The caches are gitignored.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: run test install install-runtime lint migrate demo bench bench-process bench-soak fault api-fuzz clean
+.PHONY: run test install install-runtime lint migrate demo bench bench-process bench-webhooks bench-soak fault api-fuzz clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -73,6 +73,10 @@ bench: install
 # messages), and whether one worker per core keeps up with single-event ingest. About 10 minutes.
 bench-process: install
 	$(BIN)/python scripts/bench_process.py
+
+# Processing with one webhook endpoint subscribed to everything against without, in one run.
+bench-webhooks: install
+	$(BIN)/python scripts/bench_webhooks.py
 
 # Faults under load (tests/reliability, docs/reliability.md): a worker SIGKILLed, Redis and
 # PostgreSQL restarted, the cache hung, each while 2,000 events are sent; on private servers it

@@ -34,16 +34,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from celery import Task, current_app
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db import connection, transaction
+from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
 from bigmind.errors import ApplicationError
-from events_app import metrics
+from events_app import dialect, metrics
 from events_app.ids import uuid7
 from events_app.models import (
     WebhookDelivery,
@@ -67,6 +68,10 @@ ID_HEADER = "Bigmind-Webhook-Id"
 TIMEOUT_SECONDS = 10.0
 # A retry due within this is a delayed message; a later one is the sweep's.
 DELAYED_MESSAGE_MAX_SECONDS = 300.0
+# Deliveries one sender claims at once (one claim and one result statement for them all).
+CLAIM_SIZE = 20
+# Two claims of one endpoint never share a token (their claim time).
+_TICK = timedelta(microseconds=1)
 _WAKE_KEY = "webhooks:wake:{}"
 
 
@@ -130,8 +135,10 @@ def _wake_later(endpoint_id: int, countdown: float) -> None:
 
 @dataclass(frozen=True)
 class Claim:
-    delivery: WebhookDelivery
+    """Deliveries of one endpoint claimed together by one sender, under one fencing token."""
+
     endpoint: WebhookEndpoint
+    deliveries: list[WebhookDelivery]
     token: datetime
 
 
@@ -145,9 +152,15 @@ def _claimable(now: datetime) -> Q:
     )
 
 
-def delivery_claim(*, endpoint_id: int, now: datetime | None = None) -> Claim | None:
-    """The endpoint's next due delivery, claimed; None when there is none, the endpoint is gone
-    or disabled, or it has its cap of sends in flight."""
+def deliveries_claim(
+    *, endpoint_id: int, now: datetime | None = None, limit: int = CLAIM_SIZE
+) -> Claim | None:
+    """Up to `limit` of the endpoint's due deliveries, oldest due first, claimed for one sender;
+    None when nothing is due, the endpoint is gone or disabled, or it has its cap of senders.
+
+    A sender's token is its claim time, unique among the endpoint's live claims (the claims are
+    made one at a time, under the endpoint's lock), so the senders in flight are the distinct
+    live tokens."""
     now = now or timezone.now()
     with transaction.atomic():
         # Locks the endpoint's row (PostgreSQL: the row; SQLite: the database) for the count and
@@ -155,38 +168,38 @@ def delivery_claim(*, endpoint_id: int, now: datetime | None = None) -> Claim | 
         if not WebhookEndpoint.objects.filter(pk=endpoint_id, enabled=True).update(enabled=True):
             return None
         endpoint = WebhookEndpoint.objects.select_related("organization").get(pk=endpoint_id)
-        in_flight = WebhookDelivery.objects.filter(
+        live = WebhookDelivery.objects.filter(
             endpoint_id=endpoint_id,
             status=WebhookDeliveryStatus.PENDING,
             claimed_at__gte=now - _lease(),
-        ).count()
-        if in_flight >= settings.BIGMIND_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT:
+        ).aggregate(senders=Count("claimed_at", distinct=True), last=Max("claimed_at"))
+        if live["senders"] >= settings.BIGMIND_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT:
             return None
-        delivery = (
+        token = now if live["last"] is None or live["last"] < now else live["last"] + _TICK
+        ids = list(
             WebhookDelivery.objects.filter(_claimable(now), endpoint_id=endpoint_id)
             .order_by("next_attempt_at")
-            .first()
+            .values_list("pk", flat=True)[:limit]
         )
-        if delivery is None:
+        if not ids:
             return None
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(
-            claimed_at=now, attempts=F("attempts") + 1
+        WebhookDelivery.objects.filter(pk__in=ids).update(
+            claimed_at=token, attempts=F("attempts") + 1
         )
-    delivery.claimed_at = now
-    delivery.attempts += 1
-    return Claim(delivery=delivery, endpoint=endpoint, token=now)
+        deliveries = list(WebhookDelivery.objects.filter(pk__in=ids).order_by("next_attempt_at"))
+    return Claim(endpoint=endpoint, deliveries=deliveries, token=token)
 
 
-def delivery_send(claim: Claim, *, now: datetime | None = None) -> http.Outcome:
-    """One attempt: sign (at send time, with the secrets live now) and POST."""
-    now = now or timezone.now()
-    delivery, endpoint = claim.delivery, claim.endpoint
+def delivery_send(
+    endpoint: WebhookEndpoint, delivery: WebhookDelivery, secrets: list[str]
+) -> http.Outcome:
+    """One attempt: sign (at send time, with the live `secrets`) and POST."""
     raw = delivery.body.encode("utf-8")
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         ID_HEADER: delivery.webhook_event_id,
-        HEADER: header_value(signing_secrets(endpoint, now=now), int(time.time()), raw),
+        HEADER: header_value(secrets, int(time.time()), raw),
     }
     return http.post(
         endpoint.url,
@@ -197,6 +210,22 @@ def delivery_send(claim: Claim, *, now: datetime | None = None) -> http.Outcome:
     )
 
 
+def claim_send(claim: Claim, *, now: datetime | None = None) -> list[http.Outcome]:
+    """Send the claim's deliveries in order; stop at the first that got no answer at all (a
+    time-out, a refused connection: the next ones would most likely wait as long) or once half
+    the lease is spent. The outcomes of those sent, in order; the rest are released."""
+    secrets = signing_secrets(claim.endpoint, now=now)  # decrypted once for the claim
+    started = time.monotonic()
+    budget = settings.BIGMIND_WEBHOOK_CLAIM_LEASE_SECONDS / 2
+    outcomes: list[http.Outcome] = []
+    for delivery in claim.deliveries:
+        outcome = delivery_send(claim.endpoint, delivery, secrets)
+        outcomes.append(outcome)
+        if outcome.status_code is None or time.monotonic() - started > budget:
+            break
+    return outcomes
+
+
 def retry_delay(attempts: int) -> float:
     """Seconds before the retry that follows attempt number `attempts` ("equal jitter")."""
     base = settings.BIGMIND_WEBHOOK_RETRY_BACKOFF_SECONDS
@@ -204,62 +233,126 @@ def retry_delay(attempts: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # jitter, not a secret
 
 
-def delivery_record(claim: Claim, outcome: http.Outcome, *, now: datetime | None = None) -> str:
-    """Write the attempt's outcome, fenced on the claim; returns the delivery's new status ("" if
-    the claim was lost: another sender took the delivery after the lease)."""
+_RESULT_COLUMNS = [
+    ("did", "uuid"),
+    ("st", "text"),
+    ("nxt", "timestamptz"),
+    ("done", "timestamptz"),
+    ("code", "integer"),
+    ("err", "text"),
+    ("excerpt", "text"),
+]
+
+
+def claim_record(
+    claim: Claim, outcomes: list[http.Outcome], *, now: datetime | None = None
+) -> list[str]:
+    """Write the outcomes (one per delivery, in order; the deliveries past them were not sent
+    and are released), fenced on the claim. Returns each sent delivery's new status, "" where
+    the claim was lost (another sender took the delivery after the lease)."""
     now = now or timezone.now()
-    delivery, endpoint = claim.delivery, claim.endpoint
-    fields = {
-        "claimed_at": None,
-        "last_attempt_at": now,
-        "last_status_code": outcome.status_code,
-        "last_error": outcome.error,
-        "response_excerpt": outcome.excerpt,
-    }
-    give_up_at = delivery.created_at + timedelta(seconds=settings.BIGMIND_WEBHOOK_RETRY_FOR_SECONDS)
-    delay = 0.0
-    if outcome.succeeded:
-        status = WebhookDeliveryStatus.SUCCEEDED
-        fields.update(completed_at=now, next_attempt_at=None)
-    else:
-        delay = retry_delay(delivery.attempts)
-        if now + timedelta(seconds=delay) > give_up_at:
-            status = WebhookDeliveryStatus.FAILED
-            fields.update(completed_at=now, next_attempt_at=None)
+    retry_for = timedelta(seconds=settings.BIGMIND_WEBHOOK_RETRY_FOR_SECONDS)
+    rows: list[tuple[Any, ...]] = []
+    statuses: list[str] = []
+    status: str
+    soonest: float | None = None
+    for delivery, outcome in zip(claim.deliveries, outcomes, strict=False):
+        done: datetime | None = now
+        next_at: datetime | None = None
+        if outcome.succeeded:
+            status = WebhookDeliveryStatus.SUCCEEDED
         else:
-            status = WebhookDeliveryStatus.PENDING
-            fields.update(next_attempt_at=now + timedelta(seconds=delay))
+            delay = retry_delay(delivery.attempts)
+            if now + timedelta(seconds=delay) > delivery.created_at + retry_for:
+                status = WebhookDeliveryStatus.FAILED
+            else:
+                status, done = WebhookDeliveryStatus.PENDING, None
+                next_at = now + timedelta(seconds=delay)
+                soonest = delay if soonest is None else min(soonest, delay)
+        statuses.append(status)
+        rows.append(
+            (
+                delivery.pk,
+                status,
+                next_at,
+                done,
+                outcome.status_code,
+                # PostgreSQL's text cannot hold NUL; a receiver's answer may.
+                outcome.error.replace("\x00", "\ufffd"),
+                outcome.excerpt.replace("\x00", "\ufffd"),
+            )
+        )
+    unsent = [d.pk for d in claim.deliveries[len(outcomes) :]]
     with transaction.atomic():
-        moved = WebhookDelivery.objects.filter(
-            pk=delivery.pk, status=WebhookDeliveryStatus.PENDING, claimed_at=claim.token
-        ).update(status=status, **fields)
-        if not moved:
-            return ""
-        _endpoint_health(endpoint, outcome, now=now)
-    metrics.webhook_attempted(
-        type=delivery.type,
-        outcome=status if status != WebhookDeliveryStatus.PENDING else "retrying",
-        seconds=outcome.seconds,
-        since_created=(now - delivery.created_at).total_seconds(),
-    )
-    if status == WebhookDeliveryStatus.PENDING and delay <= DELAYED_MESSAGE_MAX_SECONDS:
-        transaction.on_commit(partial(_wake_later, endpoint.pk, delay))
-    return status
+        moved = _results_write(claim, rows, now) if rows else set()
+        if unsent:
+            WebhookDelivery.objects.filter(
+                pk__in=unsent, status=WebhookDeliveryStatus.PENDING, claimed_at=claim.token
+            ).update(claimed_at=None, attempts=F("attempts") - 1)
+        if moved:
+            _endpoint_health(claim.endpoint, outcomes, now=now)
+    for delivery, outcome, status in zip(claim.deliveries, outcomes, statuses, strict=False):
+        if delivery.pk not in moved:
+            continue
+        metrics.webhook_attempted(
+            type=delivery.type,
+            outcome=status if status != WebhookDeliveryStatus.PENDING else "retrying",
+            seconds=outcome.seconds,
+            since_created=(now - delivery.created_at).total_seconds(),
+        )
+    if moved and soonest is not None and soonest <= DELAYED_MESSAGE_MAX_SECONDS:
+        transaction.on_commit(partial(_wake_later, claim.endpoint.pk, soonest))
+    return [
+        status if d.pk in moved else ""
+        for d, status in zip(claim.deliveries, statuses, strict=False)
+    ]
 
 
-def _endpoint_health(endpoint: WebhookEndpoint, outcome: http.Outcome, *, now: datetime) -> None:
-    """A success ends the endpoint's run of failures; a failure starts one, or, once it has
-    lasted BIGMIND_WEBHOOK_DISABLE_AFTER_SECONDS, disables the endpoint with the reason."""
+def _results_write(claim: Claim, rows: list[tuple[Any, ...]], now: datetime) -> set[Any]:
+    """One UPDATE for the claim's results, fenced on its token; the ids it moved."""
+    source, params = dialect.rows(_RESULT_COLUMNS, rows)
+    table = WebhookDelivery._meta.db_table
+    sql = f"""
+        UPDATE "{table}" SET "status" = v."st", "next_attempt_at" = v."nxt",
+            "completed_at" = v."done", "last_status_code" = v."code", "last_error" = v."err",
+            "response_excerpt" = v."excerpt", "last_attempt_at" = %s, "claimed_at" = NULL
+        FROM {source}
+        WHERE "{table}"."id" = v."did" AND "{table}"."status" = %s
+          AND "{table}"."claimed_at" = %s
+        RETURNING "{table}"."id"
+    """  # noqa: S608 - only model metadata is interpolated
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            [
+                dialect.datetime_value(now),
+                *params,
+                WebhookDeliveryStatus.PENDING,
+                dialect.datetime_value(claim.token),
+            ],
+        )
+        return {dialect.uuid_read(row[0]) for row in cursor.fetchall()}
+
+
+def _endpoint_health(
+    endpoint: WebhookEndpoint, outcomes: list[http.Outcome], *, now: datetime
+) -> None:
+    """A success ends the endpoint's run of failures; failures start one, or, once it has
+    lasted BIGMIND_WEBHOOK_DISABLE_AFTER_SECONDS, disable the endpoint with the reason."""
     rows = WebhookEndpoint.objects.filter(pk=endpoint.pk)
-    if outcome.succeeded:
-        rows.filter(failing_since__isnull=False).update(failing_since=None)
+    if any(o.succeeded for o in outcomes):
+        if endpoint.failing_since is not None:
+            rows.filter(failing_since__isnull=False).update(failing_since=None)
         return
-    rows.filter(failing_since__isnull=True).update(failing_since=now)
+    if endpoint.failing_since is None:
+        rows.filter(failing_since__isnull=True).update(failing_since=now)
     cutoff = now - timedelta(seconds=settings.BIGMIND_WEBHOOK_DISABLE_AFTER_SECONDS)
     since = endpoint.failing_since or now
+    if since > cutoff:
+        return
     reason = (
         f"Disabled on {now:%Y-%m-%d %H:%M} UTC: every delivery failed since "
-        f"{since:%Y-%m-%d %H:%M} UTC (last: {outcome.error})"
+        f"{since:%Y-%m-%d %H:%M} UTC (last: {outcomes[-1].error})"
     )[:500]
     if rows.filter(enabled=True, failing_since__lte=cutoff).update(
         enabled=False, disabled_reason=reason
@@ -268,21 +361,23 @@ def _endpoint_health(endpoint: WebhookEndpoint, outcome: http.Outcome, *, now: d
 
 
 def endpoint_drain(*, endpoint_id: int, time_budget: float | None) -> int:
-    """Send the endpoint's due deliveries, one at a time, until none is due, the cap is reached
-    or the time budget is spent (then a new wake-up carries on). Returns how many were tried."""
+    """Send the endpoint's due deliveries, a claim at a time, until none is due, the cap of
+    senders is reached or the time budget is spent (then a new wake-up carries on). Returns how
+    many were sent."""
     _wake_started(endpoint_id)
     started = time.monotonic()
     budget = time_budget or 30.0
-    tried = 0
+    sent = 0
     while True:
         if time.monotonic() - started > budget:
             endpoints_wake(endpoint_ids=[endpoint_id])
-            return tried
-        claim = delivery_claim(endpoint_id=endpoint_id)
+            return sent
+        claim = deliveries_claim(endpoint_id=endpoint_id)
         if claim is None:
-            return tried
-        delivery_record(claim, delivery_send(claim))
-        tried += 1
+            return sent
+        outcomes = claim_send(claim)
+        claim_record(claim, outcomes)
+        sent += len(outcomes)
 
 
 # --- Staff and API actions -----------------------------------------------------------------------

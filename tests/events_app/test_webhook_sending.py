@@ -158,14 +158,14 @@ def test_a_hanging_or_trickling_receiver_costs_one_time_out(
     receiver.script = [behaviour]
     with mock.patch.object(sending, "TIMEOUT_SECONDS", 1.0):
         started = time.monotonic()
-        claim = sending.delivery_claim(endpoint_id=endpoint.pk)
+        claim = sending.deliveries_claim(endpoint_id=endpoint.pk)
         assert claim is not None
-        outcome = sending.delivery_send(claim)
+        [outcome] = sending.claim_send(claim)
         took = time.monotonic() - started
     # A trickle sends a byte a second: without a total deadline each read would wait again.
     assert 0.9 < took < 1.8, took
     assert outcome.error == "Timed out after 1 s" and not outcome.succeeded
-    sending.delivery_record(claim, outcome)
+    sending.claim_record(claim, [outcome])
     delivery = WebhookDelivery.objects.get()
     assert delivery.status == "pending" and delivery.last_error == "Timed out after 1 s"
     assert len(receiver.received) == 1
@@ -179,9 +179,9 @@ def test_a_redirect_is_a_failure_and_is_not_followed(
     ).endpoint
     events_process(event_ids=[ingest(api, "visit", {"page": "/"})])
     receiver.script = ["redirect"]
-    claim = sending.delivery_claim(endpoint_id=endpoint.pk)
+    claim = sending.deliveries_claim(endpoint_id=endpoint.pk)
     assert claim is not None
-    outcome = sending.delivery_send(claim)
+    [outcome] = sending.claim_send(claim)
     assert outcome.status_code == 302 and "redirects are not followed" in outcome.error
     assert len(receiver.received) == 1
 
@@ -257,9 +257,9 @@ def test_after_a_rotation_both_secrets_sign_until_the_old_one_expires(
     later = timezone.now() + timedelta(hours=24, seconds=1)
     sending.ping_create(endpoint=rotated.endpoint)
     with mock.patch("events_app.webhooks.sending.timezone.now", return_value=later):
-        claim = sending.delivery_claim(endpoint_id=rotated.endpoint.pk, now=later)
+        claim = sending.deliveries_claim(endpoint_id=rotated.endpoint.pk, now=later)
         assert claim is not None
-        sending.delivery_record(claim, sending.delivery_send(claim, now=later), now=later)
+        sending.claim_record(claim, sending.claim_send(claim, now=later), now=later)
     _, ping2 = receiver.wait_for(2)
     header = ping2.headers["Bigmind-Signature"]
     assert len(parse(header)[1]) == 1
@@ -297,19 +297,42 @@ def test_the_in_flight_cap_and_a_claim_lost_with_its_worker(
     ).endpoint
     first, second = (sending.ping_create(endpoint=endpoint) for _ in range(2))
     now = timezone.now()
-    held = sending.delivery_claim(endpoint_id=endpoint.pk, now=now)
-    assert held is not None and held.delivery.pk == first.pk
-    # One send in flight: the cap is reached, the second waits.
-    assert sending.delivery_claim(endpoint_id=endpoint.pk, now=now) is None
+    held = sending.deliveries_claim(endpoint_id=endpoint.pk, now=now, limit=1)
+    assert held is not None and [d.pk for d in held.deliveries] == [first.pk]
+    # One sender in flight: the cap is reached, the second delivery waits.
+    assert sending.deliveries_claim(endpoint_id=endpoint.pk, now=now) is None
     # The holder was killed mid-send: after the lease its delivery is claimable again, first.
     later = now + timedelta(seconds=local.BIGMIND_WEBHOOK_CLAIM_LEASE_SECONDS + 1)
-    again = sending.delivery_claim(endpoint_id=endpoint.pk, now=later)
-    assert again is not None and again.delivery.pk == first.pk
-    assert again.delivery.attempts == 2
+    again = sending.deliveries_claim(endpoint_id=endpoint.pk, now=later, limit=1)
+    assert again is not None and [d.pk for d in again.deliveries] == [first.pk]
+    assert again.deliveries[0].attempts == 2
     # The dead holder's result, were it to come back, is fenced off.
-    assert sending.delivery_record(held, sending.delivery_send(held), now=later) == ""
-    assert sending.delivery_record(again, sending.delivery_send(again), now=later) == "succeeded"
+    assert sending.claim_record(held, sending.claim_send(held), now=later) == [""]
+    assert sending.claim_record(again, sending.claim_send(again), now=later) == ["succeeded"]
     assert WebhookDelivery.objects.get(pk=second.pk).status == "pending"
+
+
+def test_a_claim_takes_several_deliveries_and_releases_what_it_did_not_send(
+    tenant: Tenant, local: Any, receiver: Receiver
+) -> None:
+    endpoint = endpoint_create(
+        organization=tenant.organization, url=receiver.url, events=["*"]
+    ).endpoint
+    pings = [sending.ping_create(endpoint=endpoint) for _ in range(3)]
+    receiver.script = ["hang"]
+    with mock.patch.object(sending, "TIMEOUT_SECONDS", 0.5):
+        claim = sending.deliveries_claim(endpoint_id=endpoint.pk)
+        assert claim is not None and len(claim.deliveries) == 3
+        outcomes = sending.claim_send(claim)
+    # No answer at all from the first: the others are not tried against a hanging receiver.
+    assert len(outcomes) == 1 and outcomes[0].error == "Timed out after 0.5 s"
+    assert sending.claim_record(claim, outcomes) == ["pending"]
+    rows = {d.pk: d for d in WebhookDelivery.objects.all()}
+    assert rows[pings[0].pk].attempts == 1 and rows[pings[0].pk].claimed_at is None
+    # Released untried: claimable at once, and no attempt counted.
+    for ping in pings[1:]:
+        assert rows[ping.pk].attempts == 0 and rows[ping.pk].claimed_at is None
+    assert len(receiver.received) == 1
 
 
 def test_retries_stop_after_the_retry_window_and_a_failing_endpoint_is_disabled(
@@ -325,10 +348,10 @@ def test_retries_stop_after_the_retry_window_and_a_failing_endpoint_is_disabled(
     now = timezone.now()
     attempts = 0
     while True:
-        claim = sending.delivery_claim(endpoint_id=endpoint.pk, now=now)
+        claim = sending.deliveries_claim(endpoint_id=endpoint.pk, now=now)
         if claim is None:
             break
-        status = sending.delivery_record(claim, sending.delivery_send(claim, now=now), now=now)
+        [status] = sending.claim_record(claim, sending.claim_send(claim, now=now), now=now)
         attempts += 1
         delivery.refresh_from_db()
         if status != "pending":
@@ -345,16 +368,16 @@ def test_retries_stop_after_the_retry_window_and_a_failing_endpoint_is_disabled(
 
     sending.delivery_retry(delivery=delivery)  # staff: one more try, 3 days after the first
     three_days = endpoint.failing_since + timedelta(days=3, seconds=1)
-    claim = sending.delivery_claim(endpoint_id=endpoint.pk, now=three_days)
+    claim = sending.deliveries_claim(endpoint_id=endpoint.pk, now=three_days)
     assert claim is not None
-    sending.delivery_record(claim, sending.delivery_send(claim), now=three_days)
+    sending.claim_record(claim, sending.claim_send(claim), now=three_days)
     endpoint.refresh_from_db()
     assert not endpoint.enabled
     assert "every delivery failed since" in endpoint.disabled_reason
     assert "HTTP 503" in endpoint.disabled_reason
     # A disabled endpoint is sent nothing, however much is due.
     WebhookDelivery.objects.update(status="pending", next_attempt_at=three_days)
-    assert sending.delivery_claim(endpoint_id=endpoint.pk, now=three_days) is None
+    assert sending.deliveries_claim(endpoint_id=endpoint.pk, now=three_days) is None
     # Enabled again by staff: the run of failures starts over.
     endpoint_update(endpoint, enabled=True)
     endpoint.refresh_from_db()
