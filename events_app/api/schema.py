@@ -470,10 +470,11 @@ LINKS: dict[str, dict[str, Schema]] = {
     "webhook_endpoint_create": {"201": _WEBHOOK_ENDPOINT_LINKS},
     "webhook_endpoint_list": {
         "200": {
-            "GetFirstWebhookEndpoint": {
-                "operationId": "webhook_endpoint_get",
+            name.replace("Webhook", "FirstWebhook", 1): {
+                **link,
                 "parameters": {"endpoint_id": "$response.body#/data/0/id"},
             }
+            for name, link in _WEBHOOK_ENDPOINT_LINKS.items()
         }
     },
     "webhook_endpoint_test": {

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -285,6 +285,15 @@ class WebhookEndpointCollectionApi(ApiView):
         ),
         tags=_TAGS,
         request=WebhookEndpointRequestSerializer,
+        # A literal public address: an example that needs no DNS (and `make api-fuzz` runs no
+        # worker, so nothing is ever sent to it from there).
+        examples=[
+            OpenApiExample(
+                "all events",
+                value={"url": "https://93.184.215.14/hooks", "events": ["*"]},
+                request_only=True,
+            )
+        ],
         parameters=schema.common_headers([201, 400, 401, 413, 503]),
         responses={
             201: OpenApiResponse(
