@@ -108,8 +108,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    # Before staticfiles: runserver then serves static files through WhiteNoise too, as
-    # gunicorn does.
+    # Before staticfiles: runserver serves static files through WhiteNoise too, as gunicorn does.
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
@@ -438,6 +437,7 @@ SPECTACULAR_SETTINGS = {
         {"name": "events", "description": "Send, check and read events."},
         {"name": "signals", "description": "Signals and their JSON Schemas."},
         {"name": "records", "description": "CRM record profiles."},
+        {"name": "webhooks", "description": "Webhook endpoints and their deliveries."},
     ],
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PUBLIC": True,

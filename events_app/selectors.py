@@ -1,4 +1,5 @@
-"""Reads of the data plane: one event, a filtered page of events, a CRM record's profile.
+"""Reads of the data plane: one event, a filtered page of events, a CRM record's profile, an
+organization's webhook endpoints and their deliveries.
 
 Every selector takes the caller's organization and never returns another organization's rows:
 a foreign object is answered exactly like a missing one.
@@ -26,6 +27,8 @@ from events_app.models import (
     MetricAggregate,
     PurgedEventCount,
     RecordState,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 from events_app.pipeline.engagement import engagement_score
 from signals_app.models import Signal
@@ -83,51 +86,59 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _cursor_encode(row: Any, salt: str) -> str:
-    # Integer microseconds: exact (both databases keep microseconds) and short.
-    position = [(row.received_at - _EPOCH) // _MICROSECOND, row.id.hex]
+def _cursor_encode(row: Any, salt: str, order_field: str) -> str:
+    # Integer microseconds: exact (both databases keep microseconds) and short. A UUID key as
+    # hex (the form cursors have always had), an integer key as itself.
+    key = row.pk.hex if isinstance(row.pk, uuid.UUID) else row.pk
+    position = [(getattr(row, order_field) - _EPOCH) // _MICROSECOND, key]
     return signing.Signer(salt=salt).sign_object(position)
 
 
-def _cursor_decode(cursor: str, salt: str) -> tuple[datetime, uuid.UUID]:
+def _cursor_decode(cursor: str, salt: str) -> tuple[datetime, uuid.UUID | int]:
     invalid = BadRequest("cursor is invalid", code="invalid_cursor")
     if len(cursor) > _CURSOR_MAX_LENGTH:
         raise invalid
     try:
-        micros, id_hex = signing.Signer(salt=salt).unsign_object(cursor)
-        received_at = _EPOCH + micros * _MICROSECOND
-        row_id = uuid.UUID(hex=id_hex)
+        micros, key = signing.Signer(salt=salt).unsign_object(cursor)
+        at = _EPOCH + micros * _MICROSECOND
+        row_id = key if type(key) is int else uuid.UUID(hex=key)
     except (signing.BadSignature, TypeError, ValueError, OverflowError) as exc:
         raise invalid from exc
-    return received_at, row_id
+    return at, row_id
 
 
 def keyset_page(
-    rows: QuerySet[M], *, organization_id: int, cursor: str | None, limit: int, salt: str
+    rows: QuerySet[M],
+    *,
+    organization_id: int,
+    cursor: str | None,
+    limit: int,
+    salt: str,
+    order_field: str = "received_at",
 ) -> tuple[list[M], str | None]:
-    """One page of `rows` (one organization's) newest first by (received_at, id), and the next
+    """One page of `rows` (one organization's) newest first by (order_field, id), and the next
     page's cursor, signed for this list (`salt`) and this organization.
 
     Keyset pagination: the cursor is the last row's position and the next page is everything
-    strictly after it in that order. Since (received_at, id) is unique and never changes, rows
+    strictly after it in that order. Since (order_field, id) is unique and never changes, rows
     that existed when the first page was read are neither repeated nor skipped by later pages,
     however many rows arrive in between (new ones sort before the first page).
     """
     salt = f"{salt}:{organization_id}"
     if cursor is not None:
-        received_at, row_id = _cursor_decode(cursor, salt)
+        at, row_id = _cursor_decode(cursor, salt)
         # The redundant `received_at <= X` gives the (organization, -received_at) index a range
         # to scan; the OR alone would leave the planner a filter, not an index condition.
         rows = rows.filter(
-            Q(received_at__lt=received_at) | Q(received_at=received_at, id__lt=row_id),
-            received_at__lte=received_at,
+            Q(**{f"{order_field}__lt": at}) | Q(**{order_field: at, "pk__lt": row_id}),
+            **{f"{order_field}__lte": at},
         )
     # One row more than asked tells whether there is a next page without a second query.
-    found = list(rows.order_by("-received_at", "-id")[: limit + 1])
+    found = list(rows.order_by(f"-{order_field}", "-pk")[: limit + 1])
     if len(found) <= limit:
         return found, None
     page = found[:limit]
-    return page, _cursor_encode(page[-1], salt)
+    return page, _cursor_encode(page[-1], salt, order_field)
 
 
 def event_list(
@@ -257,3 +268,115 @@ def crm_record_profile(*, organization_id: int, type: str, external_id: str) -> 
             .order_by("-occurred_at", "-event_id")[:PROFILE_INSIGHTS]
         ),
     )
+
+
+# --- Webhook endpoints and deliveries -----------------------------------------------------------
+# The ids the API hands out: `we_` + 12 base62 (events_app/webhooks/endpoints.py) and `whevt_` +
+# the delivery's UUID as 32 lower-case hex digits (webhook_event_id). Anything else is a 404
+# without a query: PostgreSQL would refuse a NUL even as a parameter.
+_ENDPOINT_ID = re.compile(r"^we_[0-9A-Za-z]{12}$")
+_DELIVERY_ID = re.compile(r"^whevt_([0-9a-f]{32})$")
+_ENDPOINT_CURSOR_SALT = "events_app.selectors.webhook_endpoint_list.cursor"
+_DELIVERY_CURSOR_SALT = "events_app.selectors.webhook_delivery_list.cursor"
+
+
+@dataclass(frozen=True)
+class WebhookEndpointPage:
+    endpoints: list[WebhookEndpoint]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class WebhookDeliveryFilters:
+    status: str | None = None
+    type: str | None = None
+
+
+@dataclass(frozen=True)
+class WebhookDeliveryPage:
+    deliveries: list[WebhookDelivery]
+    next_cursor: str | None
+
+
+def webhook_endpoint_get(*, organization_id: int, endpoint_id: str) -> WebhookEndpoint:
+    """The organization's endpoint with this `we_` id; foreign, unknown or malformed is 404."""
+    not_found = NotFound(
+        f"Webhook endpoint not found: {endpoint_id}", code="webhook_endpoint_not_found"
+    )
+    if not _ENDPOINT_ID.match(endpoint_id):
+        raise not_found
+    endpoint = (
+        WebhookEndpoint.objects.select_related("organization")
+        .filter(organization_id=organization_id, public_id=endpoint_id)
+        .first()
+    )
+    if endpoint is None:
+        raise not_found
+    return endpoint
+
+
+def webhook_endpoint_list(
+    *, organization_id: int, limit: int, cursor: str | None = None
+) -> WebhookEndpointPage:
+    """A page of the organization's endpoints, newest first by (created_at, id)."""
+    rows = WebhookEndpoint.objects.filter(organization_id=organization_id)
+    page, next_cursor = keyset_page(
+        rows,
+        organization_id=organization_id,
+        cursor=cursor,
+        limit=limit,
+        salt=_ENDPOINT_CURSOR_SALT,
+        order_field="created_at",
+    )
+    return WebhookEndpointPage(endpoints=page, next_cursor=next_cursor)
+
+
+def webhook_signal_slugs(endpoints: list[WebhookEndpoint]) -> dict[int, list[str]]:
+    """Each endpoint's signal filter as the signals' slugs now (one query for a whole page)."""
+    wanted = {signal_id for endpoint in endpoints for signal_id in endpoint.signal_ids}
+    slugs = dict(Signal.objects.filter(pk__in=wanted).values_list("pk", "slug")) if wanted else {}
+    return {
+        endpoint.pk: sorted(slugs[i] for i in endpoint.signal_ids if i in slugs)
+        for endpoint in endpoints
+    }
+
+
+def webhook_delivery_get(*, organization_id: int, delivery_id: str) -> WebhookDelivery:
+    """The organization's delivery with this `whevt_` id; foreign, unknown or malformed is 404."""
+    not_found = NotFound(
+        f"Webhook delivery not found: {delivery_id}", code="webhook_delivery_not_found"
+    )
+    matched = _DELIVERY_ID.match(delivery_id)
+    if matched is None:
+        raise not_found
+    delivery = WebhookDelivery.objects.filter(
+        organization_id=organization_id, pk=uuid.UUID(hex=matched.group(1))
+    ).first()
+    if delivery is None:
+        raise not_found
+    return delivery
+
+
+def webhook_delivery_list(
+    *,
+    endpoint: WebhookEndpoint,
+    filters: WebhookDeliveryFilters,
+    limit: int,
+    cursor: str | None = None,
+) -> WebhookDeliveryPage:
+    """A page of the endpoint's deliveries, newest first by (created_at, id)."""
+    rows = WebhookDelivery.objects.filter(endpoint=endpoint)
+    if filters.status is not None:
+        rows = rows.filter(status=filters.status)
+    if filters.type is not None:
+        rows = rows.filter(type=filters.type)
+    page, next_cursor = keyset_page(
+        rows,
+        organization_id=endpoint.organization_id,
+        # Each endpoint's list is its own: a cursor of one endpoint's is refused for another's.
+        cursor=cursor,
+        limit=limit,
+        salt=f"{_DELIVERY_CURSOR_SALT}:{endpoint.pk}",
+        order_field="created_at",
+    )
+    return WebhookDeliveryPage(deliveries=page, next_cursor=next_cursor)

@@ -250,3 +250,8 @@ def organization_slug(organization_id: int | None) -> str | None:
     with _slugs_lock:
         _slugs[organization_id] = slug
     return slug
+
+
+def organization_get(*, organization_id: int) -> Organization:
+    """The organization an authenticated key acts for (it exists: the key does)."""
+    return Organization.objects.get(pk=organization_id)

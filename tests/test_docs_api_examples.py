@@ -38,7 +38,14 @@ BASE_URL = "http://127.0.0.1:8000"
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{6})?Z$")
 SIGNAL_ID = re.compile(r"^sig_[A-Za-z0-9]{8}$")
-CAPTURE = re.compile(r"^<uuid:([A-Z_][A-Z0-9_]*)>$")
+WHSEC = re.compile(r"^whsec_[A-Za-z0-9]{32}$")
+CAPTURE = re.compile(r"^<(uuid|we_id|whevt_id):([A-Z_][A-Z0-9_]*)>$")
+# What each capture placeholder accepts (docs/webhooks.md's ids besides the UUIDs).
+CAPTURED = {
+    "uuid": UUID,
+    "we_id": re.compile(r"^we_[0-9A-Za-z]{12}$"),
+    "whevt_id": re.compile(r"^whevt_[0-9a-f]{32}$"),
+}
 VARIABLE = re.compile(r"\$([A-Z_][A-Z0-9_]*)")
 FENCE = re.compile(r"^```(\w*)\s*$")
 # `<!-- example: the budget of SLUG is spent -->` before an example: its signal's rate budget is
@@ -183,11 +190,17 @@ def differences(
     if isinstance(documented, str):
         capture = CAPTURE.match(documented)
         if capture:
-            if not (isinstance(actual, str) and UUID.match(actual)):
-                return [f"{where}: {actual!r} is not a UUID"]
-            captured[capture.group(1)] = actual
+            kind, name = capture.groups()
+            if not (isinstance(actual, str) and CAPTURED[kind].match(actual)):
+                return [f"{where}: {actual!r} is not a {'UUID' if kind == 'uuid' else kind}"]
+            captured[name] = actual
             return []
-        patterns = {"<uuid>": UUID, "<timestamp>": TIMESTAMP, "<signal_id>": SIGNAL_ID}
+        patterns = {
+            "<uuid>": UUID,
+            "<timestamp>": TIMESTAMP,
+            "<signal_id>": SIGNAL_ID,
+            "<whsec>": WHSEC,
+        }
         if documented in patterns:
             if isinstance(actual, str) and patterns[documented].match(actual):
                 return []
@@ -293,11 +306,25 @@ def demo(db: None, settings: Any, pipeline_in_process: None) -> None:
     call_command("bootstrap_demo", "--allow-production", stdout=StringIO())
 
 
-@pytest.mark.parametrize(("page", "at_least"), [("docs/api.md", 14), ("README.md", 1)])
+def page_text(page: str) -> str:
+    """The page, or one `## ` section of it (`docs/webhooks.md#The API`)."""
+    name, _, heading = page.partition("#")
+    text = (ROOT / name).read_text(encoding="utf-8")
+    if not heading:
+        return text
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+@pytest.mark.parametrize(
+    ("page", "at_least"),
+    [("docs/api.md", 14), ("README.md", 1), ("docs/webhooks.md#The API", 9)],
+)
 def test_every_example_of_the_page_answers_as_documented(
     demo: None, page: str, at_least: int
 ) -> None:
-    found = examples((ROOT / page).read_text(encoding="utf-8"), page)
+    found = examples(page_text(page), page)
     # A change of format that hid examples from the parser must not pass as "nothing to check".
     assert len(found) >= at_least, f"{page}: only {len(found)} examples found"
     client, variables, problems = Client(), dict[str, str](), list[str]()

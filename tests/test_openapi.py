@@ -90,7 +90,7 @@ def _api_routes() -> set[tuple[str, str]]:
 def test_it_lists_every_v1_route_and_method(document: dict[str, Any]) -> None:
     documented = {(path, method) for path, item in document["paths"].items() for method in item}
     assert documented == _api_routes()
-    assert len(documented) == 10
+    assert len(documented) == 19
 
 
 def test_every_operation_needs_the_bearer_key_and_documents_its_401(
@@ -297,6 +297,49 @@ def test_read_answers_conform_to_the_document(
     anonymous = Client().get("/v1/signals")
     assert anonymous.status_code == 401
     assert_conforms(document, "GET", "/v1/signals", anonymous)
+
+
+@pytest.mark.django_db
+def test_webhook_answers_conform_to_the_document(
+    document: dict[str, Any], tenant: Tenant, pipeline_in_process: Any
+) -> None:
+    client = Client()
+    auth = {"Authorization": f"Bearer {tenant.raw_key}"}
+
+    def call(method: str, template: str, url: str, status: int, body: Any = None) -> Any:
+        data = "" if body is None else json.dumps(body)
+        response = client.generic(method, url, data, content_type="application/json", headers=auth)
+        assert response.status_code == status, (method, url, response.content)
+        assert_conforms(document, method, template, response)
+        return response.json()
+
+    endpoints, detail = "/v1/webhook-endpoints", "/v1/webhook-endpoints/{endpoint_id}"
+    good = {"url": "https://93.184.215.14/hooks", "events": ["*"]}
+    made = call("POST", endpoints, endpoints, 201, good)["data"]
+    call("POST", endpoints, endpoints, 400, {**good, "url": "https://10.0.0.1/"})
+    call("POST", endpoints, endpoints, 400, {**good, "description": "\x00"})
+    call("POST", endpoints, endpoints, 413, {**good, "description": "d" * 70_000})
+    call("GET", endpoints, endpoints, 200)
+    call("GET", endpoints, f"{endpoints}?limit=0", 400)
+    one = f"{endpoints}/{made['id']}"
+    call("GET", detail, one, 200)
+    call("GET", detail, f"{endpoints}/we_nope", 404)
+    call("PATCH", detail, one, 200, {"description": "changed"})
+    call("PATCH", detail, one, 400, {"nope": 1})
+    rotate = "/v1/webhook-endpoints/{endpoint_id}/rotate-secret"
+    call("POST", rotate, f"{one}/rotate-secret", 200)
+    test = "/v1/webhook-endpoints/{endpoint_id}/test"
+    ping = call("POST", test, f"{one}/test", 202)["data"]
+    deliveries = "/v1/webhook-endpoints/{endpoint_id}/deliveries"
+    call("GET", deliveries, f"{one}/deliveries", 200)
+    call("GET", deliveries, f"{one}/deliveries?status=nope", 400)
+    retry = "/v1/webhook-deliveries/{delivery_id}/retry"
+    call("POST", retry, f"/v1/webhook-deliveries/{ping['id']}/retry", 202)
+    call("POST", retry, "/v1/webhook-deliveries/whevt_nope/retry", 404)
+    call("PATCH", detail, one, 200, {"enabled": False})
+    call("POST", test, f"{one}/test", 409)
+    call("DELETE", detail, one, 200)
+    call("DELETE", detail, one, 404)
 
 
 # --- The docs page ----------------------------------------------------------------------------

@@ -80,6 +80,13 @@ class RateLimitExceededSerializer(serializers.Serializer):
     )
 
 
+class FieldProblemSerializer(serializers.Serializer):
+    """A field of the request body that is wrong (a webhook endpoint's, for instance)."""
+
+    field = Text(help_text="The field's name.", example="url")
+    message = Text(example="The URL must start with https://")
+
+
 class ErrorDetailsField(PassedList):
     """`details` of an error: a list of violations, or the one budget that refused."""
 
@@ -87,12 +94,16 @@ class ErrorDetailsField(PassedList):
         super().__init__(
             child=PolymorphicProxySerializer(
                 component_name="ErrorDetail",
-                serializers=[SchemaViolationSerializer, RateLimitExceededSerializer],
+                serializers=[
+                    SchemaViolationSerializer,
+                    RateLimitExceededSerializer,
+                    FieldProblemSerializer,
+                ],
                 resource_type_field_name=None,
             ),
             help_text=(
                 "Each violation of a `schema_validation_failed`; the budget that refused a "
-                "`rate_limited` (one item)."
+                "`rate_limited` (one item); each wrong field of an `invalid_webhook_endpoint`."
             ),
             **kwargs,
         )
@@ -425,6 +436,21 @@ _EVENT_LINKS: Schema = {
         "description": "The event's signal.",
     },
 }
+_WEBHOOK_ENDPOINT_LINKS: Schema = {
+    name: {
+        "operationId": operation,
+        "parameters": {"endpoint_id": "$response.body#/data/id"},
+        "description": description,
+    }
+    for name, operation, description in (
+        ("GetWebhookEndpoint", "webhook_endpoint_get", "The endpoint just made."),
+        ("UpdateWebhookEndpoint", "webhook_endpoint_update", "Change it."),
+        ("DeleteWebhookEndpoint", "webhook_endpoint_delete", "Delete it."),
+        ("RotateWebhookSecret", "webhook_endpoint_rotate_secret", "Rotate its secret."),
+        ("TestWebhookEndpoint", "webhook_endpoint_test", "Send it a ping."),
+        ("ListWebhookDeliveries", "webhook_delivery_list", "Its deliveries."),
+    )
+}
 # OpenAPI links (operationId -> status -> links): what a client, or schemathesis's stateful
 # phase, can read next with the values of an answer.
 LINKS: dict[str, dict[str, Schema]] = {
@@ -439,6 +465,25 @@ LINKS: dict[str, dict[str, Schema]] = {
                 "operationId": "schema_version_get",
                 "parameters": {"slug": "$response.body#/data/0/slug", "version": "latest"},
             },
+        }
+    },
+    "webhook_endpoint_create": {"201": _WEBHOOK_ENDPOINT_LINKS},
+    "webhook_endpoint_list": {
+        "200": {
+            name.replace("Webhook", "FirstWebhook", 1): {
+                **link,
+                "parameters": {"endpoint_id": "$response.body#/data/0/id"},
+            }
+            for name, link in _WEBHOOK_ENDPOINT_LINKS.items()
+        }
+    },
+    "webhook_endpoint_test": {
+        "202": {
+            "RetryPing": {
+                "operationId": "webhook_delivery_retry",
+                "parameters": {"delivery_id": "$response.body#/data/id"},
+                "description": "Send the ping again.",
+            }
         }
     },
     "signal_get": {

@@ -14,6 +14,14 @@ from events_app.api.records import CrmRecordDetailApi
 from events_app.api.rejections import RejectionListApi
 from events_app.api.signals import SchemaVersionDetailApi, SignalDetailApi, SignalListApi
 from events_app.api.validate import EventValidateApi
+from events_app.api.webhooks import (
+    WebhookDeliveryListApi,
+    WebhookDeliveryRetryApi,
+    WebhookEndpointCollectionApi,
+    WebhookEndpointDetailApi,
+    WebhookEndpointRotateSecretApi,
+    WebhookEndpointTestApi,
+)
 
 _ROUTES = [
     path("events", EventCollectionApi.as_view(), name="event-ingest"),
@@ -36,6 +44,33 @@ _ROUTES = [
         "records/<str:record_type>/<path:record_id>",
         CrmRecordDetailApi.as_view(),
         name="record-detail",
+    ),
+    path("webhook-endpoints", WebhookEndpointCollectionApi.as_view(), name="webhook-endpoint-list"),
+    # `str`: an id never holds '/'; one that does is the catch-all's 404, as unknown as any.
+    path(
+        "webhook-endpoints/<str:endpoint_id>",
+        WebhookEndpointDetailApi.as_view(),
+        name="webhook-endpoint-detail",
+    ),
+    path(
+        "webhook-endpoints/<str:endpoint_id>/rotate-secret",
+        WebhookEndpointRotateSecretApi.as_view(),
+        name="webhook-endpoint-rotate-secret",
+    ),
+    path(
+        "webhook-endpoints/<str:endpoint_id>/test",
+        WebhookEndpointTestApi.as_view(),
+        name="webhook-endpoint-test",
+    ),
+    path(
+        "webhook-endpoints/<str:endpoint_id>/deliveries",
+        WebhookDeliveryListApi.as_view(),
+        name="webhook-delivery-list",
+    ),
+    path(
+        "webhook-deliveries/<str:delivery_id>/retry",
+        WebhookDeliveryRetryApi.as_view(),
+        name="webhook-delivery-retry",
     ),
     # The OpenAPI document and its docs page: no API key needed (SPECTACULAR_SETTINGS).
     path("openapi.json", OpenApiJsonApi.as_view(), name="openapi-json"),

@@ -28,6 +28,7 @@ ID_PREFIX = "we_"
 SUBSCRIBABLE = sorted(t.value for t in WebhookEventType if t != WebhookEventType.PING)
 # How long the secret before a rotation keeps signing beside the new one.
 ROTATION_OVERLAP = timedelta(hours=24)
+MAX_SIGNALS = 100
 
 
 class InvalidEndpoint(ApplicationError):
@@ -71,6 +72,9 @@ def _signals(organization: Organization, value: Any) -> list[int]:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _problem("signals", "a list of signal slugs (empty for all)")
+    if len(value) > MAX_SIGNALS:
+        # One query parameter per slug: SQLite caps them, and no filter needs this many.
+        raise _problem("signals", f"at most {MAX_SIGNALS} signal slugs")
     wanted = sorted(set(value))
     known = dict(
         Signal.objects.filter(organization=organization, slug__in=wanted).values_list("slug", "pk")
@@ -151,6 +155,12 @@ def endpoint_update(endpoint: WebhookEndpoint, **changes: Any) -> WebhookEndpoin
         fields.append("enabled")
     endpoint.save(update_fields=fields)
     return endpoint
+
+
+def endpoint_delete(endpoint: WebhookEndpoint) -> None:
+    """The endpoint and its deliveries (the ORM deletes them: their foreign key has no database
+    constraint, see WebhookDelivery). One written meanwhile is dropped by the sweep."""
+    endpoint.delete()
 
 
 def endpoint_rotate_secret(endpoint: WebhookEndpoint, *, now: datetime | None = None) -> Created:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from events_app.models import CrmRecord, Event, RejectedEvent
+from events_app.models import CrmRecord, Event, RejectedEvent, WebhookDelivery, WebhookEndpoint
 from signals_app.models import SchemaVersion, Signal
 from tests.conftest import SEED_REQUEST, Tenant
 from tests.signals_app.test_admin_permissions import World, build_world
@@ -75,6 +75,9 @@ class Org:
     rejection_ids: list[str] = field(default_factory=list)
     next_cursor_events: str | None = None
     next_cursor_rejections: str | None = None
+    webhook_endpoint_ids: list[str] = field(default_factory=list)  # `we_…`, newest first
+    webhook_delivery_ids: list[str] = field(default_factory=list)  # `whevt_…`
+    next_cursor_webhook_endpoints: str | None = None
 
     @property
     def slug(self) -> str:
@@ -113,6 +116,15 @@ class Org:
             f"{self.slug}-ref-1",
             f"{self.slug}-secret-page",
             self.tenant.api_key.prefix,
+            f"{self.slug}-hooks",
+            *self.webhook_endpoint_ids,
+            *self.webhook_delivery_ids,
+            *(
+                str(pk)
+                for pk in WebhookDelivery.objects.filter(organization=organization).values_list(
+                    "pk", flat=True
+                )
+            ),
         }
         return {marker for marker in found if marker}
 
@@ -174,6 +186,26 @@ def build_org(make_tenant: Callable[[str], Tenant], slug: str) -> Org:
     ]
     assert org.next_cursor_events and org.next_cursor_rejections
     assert len(org.rejection_ids) >= 2
+    # Two webhook endpoints through the API (one filtered on the organization's own signal),
+    # and a ping to the first: a delivery to probe.
+    for body in (
+        {"url": f"https://93.184.215.14/{slug}-hooks", "events": ["*"]},
+        {"url": f"https://93.184.215.14/{slug}-hooks/2", "events": ["*"], "signals": [only.slug]},
+    ):
+        made = send(client, "POST", "/v1/webhook-endpoints", key=tenant.raw_key, body=body)
+        assert made.status_code == 201, made.content
+        org.webhook_endpoint_ids.insert(0, made.json()["data"]["id"])
+    ping = send(
+        client,
+        "POST",
+        f"/v1/webhook-endpoints/{org.webhook_endpoint_ids[-1]}/test",
+        key=tenant.raw_key,
+    )
+    assert ping.status_code == 202, ping.content
+    org.webhook_delivery_ids.append(ping.json()["data"]["id"])
+    first = send(client, "GET", "/v1/webhook-endpoints", key=tenant.raw_key, query={"limit": "1"})
+    org.next_cursor_webhook_endpoints = first.json()["next_cursor"]
+    assert org.next_cursor_webhook_endpoints
     return org
 
 
@@ -201,4 +233,6 @@ def fingerprint(org: Org) -> dict[str, Any]:
         "records": rows(CrmRecord.objects.filter(organization=organization)),
         "rejections": rows(RejectedEvent.objects.filter(organization=organization)),
         "keys": rows(organization.api_keys.all()),
+        "webhook_endpoints": rows(WebhookEndpoint.objects.filter(organization=organization)),
+        "webhook_deliveries": rows(WebhookDelivery.objects.filter(organization=organization)),
     }

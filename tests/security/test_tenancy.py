@@ -244,6 +244,71 @@ def _trailing_slash_probes(victim: Org) -> list[Probe]:
     ]
 
 
+MISSING_WEBHOOK_ENDPOINT = "we_000000000000"
+MISSING_WEBHOOK_DELIVERY = "whevt_0190a0a000007000800000000000000a"
+
+
+def _webhook_endpoint_list_probes(victim: Org) -> list[Probe]:
+    path = "/v1/webhook-endpoints"
+    return [
+        # A cursor handed to the victim pages nothing for anyone else.
+        Probe(
+            path=path,
+            missing_path=path,
+            query={"cursor": victim.next_cursor_webhook_endpoints or ""},
+            missing_query={"cursor": "forged.cursor:value"},
+        ),
+        # Creating an endpoint filtered on the victim's signal: that signal is not found.
+        Probe(
+            path=path,
+            missing_path=path,
+            ident=victim.only_signal.slug,
+            missing_ident=MISSING_SLUG,
+            body={
+                "url": "https://93.184.215.14/x",
+                "events": ["*"],
+                "signals": [victim.only_signal.slug],
+            },
+            missing_body={
+                "url": "https://93.184.215.14/x",
+                "events": ["*"],
+                "signals": [MISSING_SLUG],
+            },
+        ),
+    ]
+
+
+def _webhook_endpoint_probes(suffix: str) -> Callable[[Org], list[Probe]]:
+    def probes(victim: Org) -> list[Probe]:
+        # A body for PATCH (and whatever else takes one): it must change nothing of the victim's.
+        body = {"enabled": False, "description": "taken over"}
+        return [
+            Probe(
+                path=f"/v1/webhook-endpoints/{endpoint_id}{suffix}",
+                missing_path=f"/v1/webhook-endpoints/{MISSING_WEBHOOK_ENDPOINT}{suffix}",
+                ident=endpoint_id,
+                missing_ident=MISSING_WEBHOOK_ENDPOINT,
+                body=body,
+                missing_body=body,
+            )
+            for endpoint_id in victim.webhook_endpoint_ids
+        ]
+
+    return probes
+
+
+def _webhook_delivery_probes(victim: Org) -> list[Probe]:
+    return [
+        Probe(
+            path=f"/v1/webhook-deliveries/{delivery_id}/retry",
+            missing_path=f"/v1/webhook-deliveries/{MISSING_WEBHOOK_DELIVERY}/retry",
+            ident=delivery_id,
+            missing_ident=MISSING_WEBHOOK_DELIVERY,
+        )
+        for delivery_id in victim.webhook_delivery_ids
+    ]
+
+
 ENDPOINTS: dict[str, Endpoint] = {
     "event-ingest": Endpoint(frozenset({"get", "post"}), _event_collection_probes),
     "event-batch": Endpoint(
@@ -262,6 +327,16 @@ ENDPOINTS: dict[str, Endpoint] = {
     "signal-detail": Endpoint(frozenset({"get"}), _signal_detail_probes),
     "schema-version-detail": Endpoint(frozenset({"get"}), _schema_version_probes),
     "record-detail": Endpoint(frozenset({"get"}), _record_probes),
+    "webhook-endpoint-list": Endpoint(frozenset({"get", "post"}), _webhook_endpoint_list_probes),
+    "webhook-endpoint-detail": Endpoint(
+        frozenset({"get", "patch", "delete"}), _webhook_endpoint_probes("")
+    ),
+    "webhook-endpoint-rotate-secret": Endpoint(
+        frozenset({"post"}), _webhook_endpoint_probes("/rotate-secret")
+    ),
+    "webhook-endpoint-test": Endpoint(frozenset({"post"}), _webhook_endpoint_probes("/test")),
+    "webhook-delivery-list": Endpoint(frozenset({"get"}), _webhook_endpoint_probes("/deliveries")),
+    "webhook-delivery-retry": Endpoint(frozenset({"post"}), _webhook_delivery_probes),
     "^.*$": Endpoint(frozenset({"*"}), _catch_all_probes),
     "trailing-slash": Endpoint(frozenset({"*"}), _trailing_slash_probes),
 }
@@ -426,6 +501,15 @@ def test_lists_hold_only_the_callers_rows(acme: Org, globex: Org) -> None:
         }
         assert set(seen) == own, path
         assert len(seen) == len(own), path
+    endpoints = send(client, "GET", "/v1/webhook-endpoints", key=globex.key).json()["data"]
+    assert [e["id"] for e in endpoints] == globex.webhook_endpoint_ids
+    deliveries = send(
+        client,
+        "GET",
+        f"/v1/webhook-endpoints/{globex.webhook_endpoint_ids[-1]}/deliveries",
+        key=globex.key,
+    ).json()["data"]
+    assert [d["id"] for d in deliveries] == globex.webhook_delivery_ids
     signals = send(client, "GET", "/v1/signals", key=globex.key).json()["data"]
     assert {s["signal_id"] for s in signals} == set(
         globex.tenant.organization.signals.values_list("public_id", flat=True)
@@ -437,6 +521,7 @@ def test_a_cursor_is_bound_to_the_organization_it_was_handed_to(acme: Org, globe
     for path, cursor in (
         ("/v1/events", acme.next_cursor_events),
         ("/v1/rejections", acme.next_cursor_rejections),
+        ("/v1/webhook-endpoints", acme.next_cursor_webhook_endpoints),
     ):
         assert cursor
         mine = send(client, "GET", path, key=acme.key, query={"limit": "1", "cursor": cursor})
@@ -541,3 +626,22 @@ def test_ingest_into_another_organizations_signal_stores_nothing_there(
     assert recorded.count() == 2
     assert {r.organization_id for r in recorded} == {globex.tenant.organization.pk}
     assert not Event.objects.filter(reference="probe").exists()
+
+
+# --- No key -------------------------------------------------------------------------------------
+_WEBHOOK_ROUTES = sorted(name for name in ENDPOINTS if name.startswith("webhook-"))
+
+
+@pytest.mark.parametrize("name", _WEBHOOK_ROUTES)
+def test_webhook_routes_refuse_a_missing_or_invalid_key_and_change_nothing(
+    name: str, acme: Org
+) -> None:
+    before = fingerprint(acme)
+    client = Client()
+    for probe in ENDPOINTS[name].probes(acme):
+        for method in ALL_METHODS:
+            for key in (None, "sk_invalid_0000000000000000000000000000000"):
+                response = send(client, method, probe.path, key=key, body=probe.body)
+                assert response.status_code == 401, (name, method, key, response.content)
+                assert response["WWW-Authenticate"] == "Bearer"
+    assert fingerprint(acme) == before
