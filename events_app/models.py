@@ -433,7 +433,8 @@ class WebhookDeliveryStatus(models.TextChoices):
 class WebhookDelivery(models.Model):
     """One webhook event for one endpoint: the outbox row, written in the transaction of the
     pipeline step that causes it, then sent (and retried) by the `webhooks` queue. `body` holds
-    the exact bytes every attempt sends, so each retry carries the same id and content."""
+    the exact bytes every attempt sends (built at the first), so each retry carries the same id
+    and content."""
 
     id = models.UUIDField("ID", primary_key=True, default=uuid7, editable=False)
     organization = models.ForeignKey(
@@ -452,7 +453,11 @@ class WebhookDelivery(models.Model):
     type = models.CharField(max_length=32, choices=WebhookEventType.choices)
     # The event it is about (no foreign key: retention may purge the event before the last try).
     event_id = models.UUIDField("event ID", null=True, blank=True)
-    body = models.TextField(editable=False)
+    # What the type adds beside the event (`insight`; `previous` and `state`), written with the
+    # delivery; the body is built from it and the event at the first attempt, then kept, so
+    # every attempt sends the same bytes (events_app/webhooks/sending.py, `bodies_build`).
+    extra = models.JSONField(default=dict, blank=True, editable=False)
+    body = models.TextField(blank=True, editable=False)
     status = models.CharField(
         max_length=16, choices=WebhookDeliveryStatus.choices, default=WebhookDeliveryStatus.PENDING
     )

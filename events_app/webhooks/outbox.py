@@ -2,9 +2,10 @@
 causes them, so a committed completion always has its deliveries and a rolled-back one has none.
 
 The pipeline hands over `Occurrence`s (what happened, to which event); this module finds the
-endpoints that want each one and writes one `WebhookDelivery` per endpoint, with the exact body
-every attempt will send. An organization without an enabled endpoint costs one indexed query per
-chunk. Once the transaction commits, each endpoint written to is woken on the
+endpoints that want each one and writes one `WebhookDelivery` per endpoint: what happened and what
+the type adds (`extra`). Its body, the exact bytes every attempt sends, is built at the first
+attempt, from the event as it stands then. An organization without an enabled endpoint costs one
+indexed query per chunk. Once the transaction commits, each endpoint written to is woken on the
 `webhooks` queue (events_app/webhooks/sending.py), which sends.
 """
 
@@ -20,9 +21,8 @@ from django.db import connection
 
 from events_app import dialect
 from events_app.ids import uuid7
-from events_app.models import Event, WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint
+from events_app.models import WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint
 from events_app.webhooks.endpoints import subscribed
-from events_app.webhooks.payloads import body, event_data
 from events_app.webhooks.sending import deliveries_committed
 
 
@@ -45,7 +45,7 @@ def deliveries_write(occurrences: list[Occurrence], *, now: datetime) -> list[UU
     by_organization: dict[int, list[WebhookEndpoint]] = defaultdict(list)
     for endpoint in WebhookEndpoint.objects.filter(
         organization_id__in={o.organization_id for o in occurrences}, enabled=True
-    ).select_related("organization"):
+    ):
         by_organization[endpoint.organization_id].append(endpoint)
     if not by_organization:
         return []
@@ -60,40 +60,26 @@ def deliveries_write(occurrences: list[Occurrence], *, now: datetime) -> list[UU
     ]
     if not owed:
         return []
-    # The events as they stand in this transaction: completed, with their results.
-    events = {
-        event.id: event_data(event)
-        for event in Event.objects.filter(id__in={o.event_id for o, _ in owed}).select_related(
-            "signal"
+    # The body is built at the first attempt (sending.bodies_build), from the event then:
+    # building it here, for every delivery of every chunk, cost more than processing the chunk.
+    rows = [
+        (
+            uuid7(),
+            occurrence.organization_id,
+            endpoint.pk,
+            occurrence.type,
+            occurrence.event_id,
+            occurrence.extra,
+            now,
         )
-    }
-    rows = []
-    for occurrence, endpoint in owed:
-        delivery_id = uuid7()
-        data = {"event": events[occurrence.event_id], **occurrence.extra}
-        rows.append(
-            (
-                delivery_id,
-                occurrence.organization_id,
-                endpoint.pk,
-                occurrence.type,
-                occurrence.event_id,
-                body(
-                    delivery_id=delivery_id,
-                    type=occurrence.type,
-                    created=now,
-                    organization=endpoint.organization.slug,
-                    data=data,
-                ),
-                now,
-            )
-        )
+        for occurrence, endpoint in owed
+    ]
     _insert(rows)
     deliveries_committed(endpoint_ids={row[2] for row in rows})
     return [row[0] for row in rows]
 
 
-def _insert(rows: list[tuple[UUID, int, int, str, UUID, str, datetime]]) -> None:
+def _insert(rows: list[tuple[UUID, int, int, str, UUID, dict[str, Any], datetime]]) -> None:
     """One INSERT for the chunk's deliveries, its rows as one JSON parameter (dialect.rows).
     Not bulk_create: on PostgreSQL it sends each column as an array, and psycopg quotes every
     body's characters for the array in Python, which cost more than the rest of the chunk."""
@@ -104,7 +90,7 @@ def _insert(rows: list[tuple[UUID, int, int, str, UUID, str, datetime]]) -> None
             ("ep", "bigint"),
             ("ty", "text"),
             ("eid", "uuid"),
-            ("bd", "text"),
+            ("ex", "jsonb"),
             ("at", "timestamptz"),
         ],
         rows,
@@ -112,9 +98,10 @@ def _insert(rows: list[tuple[UUID, int, int, str, UUID, str, datetime]]) -> None
     table = WebhookDelivery._meta.db_table
     sql = f"""
         INSERT INTO "{table}" ("id", "organization_id", "endpoint_id", "type", "event_id",
-            "body", "status", "attempts", "next_attempt_at", "last_error", "response_excerpt",
-            "created_at")
-        SELECT v."did", v."org", v."ep", v."ty", v."eid", v."bd", %s, 0, v."at", '', '', v."at"
+            "extra", "body", "status", "attempts", "next_attempt_at", "last_error",
+            "response_excerpt", "created_at")
+        SELECT v."did", v."org", v."ep", v."ty", v."eid", v."ex", '', %s, 0, v."at", '', '',
+            v."at"
         FROM {source}
     """  # noqa: S608 - only model metadata is interpolated
     with connection.cursor() as cursor:

@@ -47,6 +47,7 @@ from bigmind.errors import ApplicationError
 from events_app import dialect, metrics
 from events_app.ids import uuid7
 from events_app.models import (
+    Event,
     WebhookDelivery,
     WebhookDeliveryStatus,
     WebhookEndpoint,
@@ -54,7 +55,7 @@ from events_app.models import (
 )
 from events_app.webhooks import http
 from events_app.webhooks.endpoints import signing_secrets
-from events_app.webhooks.payloads import body
+from events_app.webhooks.payloads import body, event_data
 from events_app.webhooks.signing import HEADER, header_value
 
 logger = logging.getLogger(__name__)
@@ -186,8 +187,63 @@ def deliveries_claim(
         WebhookDelivery.objects.filter(pk__in=ids).update(
             claimed_at=token, attempts=F("attempts") + 1
         )
-        deliveries = list(WebhookDelivery.objects.filter(pk__in=ids).order_by("next_attempt_at"))
+        deliveries = bodies_build(
+            list(WebhookDelivery.objects.filter(pk__in=ids).order_by("next_attempt_at")),
+            organization=endpoint.organization.slug,
+            now=now,
+        )
+    if not deliveries:
+        return None
     return Claim(endpoint=endpoint, deliveries=deliveries, token=token)
+
+
+EVENT_GONE = "The event was deleted (retention) before this delivery was first sent"
+
+
+def bodies_build(
+    deliveries: list[WebhookDelivery], *, organization: str, now: datetime
+) -> list[WebhookDelivery]:
+    """Build and keep the body of each delivery that has none yet (its first attempt): the
+    event as GET /v1/events/<id> shows it now, beside what the type adds. A delivery whose
+    event is gone is `failed` and left out. Returns the deliveries to send, bodies set."""
+    missing = [d for d in deliveries if not d.body]
+    if not missing:
+        return deliveries
+    events = {
+        event.id: event_data(event)
+        for event in Event.objects.filter(id__in={d.event_id for d in missing}).select_related(
+            "signal"
+        )
+    }
+    gone = [d.pk for d in missing if d.event_id not in events]
+    if gone:
+        WebhookDelivery.objects.filter(pk__in=gone).update(
+            status=WebhookDeliveryStatus.FAILED,
+            completed_at=now,
+            claimed_at=None,
+            last_error=EVENT_GONE,
+        )
+    built = []
+    for delivery in missing:
+        if delivery.event_id in events:
+            delivery.body = body(
+                delivery_id=delivery.pk,
+                type=delivery.type,
+                created=delivery.created_at,
+                organization=organization,
+                data={"event": events[delivery.event_id], **delivery.extra},
+            )
+            built.append((delivery.pk, delivery.body))
+    if built:
+        source, params = dialect.rows([("did", "uuid"), ("bd", "text")], built)
+        table = WebhookDelivery._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""UPDATE "{table}" SET "body" = v."bd" FROM {source}
+                    WHERE "{table}"."id" = v."did" AND "{table}"."body" = ''""",  # noqa: S608
+                params,
+            )
+    return [d for d in deliveries if d.pk not in set(gone)]
 
 
 def delivery_send(

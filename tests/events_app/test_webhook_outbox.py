@@ -1,6 +1,6 @@
 """The webhook outbox (events_app/webhooks/outbox.py): the pipeline writes each delivery an
 endpoint is owed in the transaction that completes or fails the event, with the exact body every
-attempt will send. Sending is not built yet (issue #14)."""
+attempt will send (built at the first attempt, then kept)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from unittest import mock
 import pytest
 from django.db import OperationalError
 from django.test import Client
+from django.utils import timezone
 
 from events_app.models import Event, WebhookDelivery, WebhookEndpoint
 from events_app.pipeline.claims import events_claim
@@ -21,6 +22,7 @@ from events_app.pipeline.reprocess import events_reprocess
 from events_app.pipeline.sweep import events_sweep
 from events_app.webhooks import outbox
 from events_app.webhooks.endpoints import endpoint_create
+from events_app.webhooks.sending import bodies_build
 from events_app.webhooks.signing import header_value, verify
 from tests.conftest import ApiClient, Tenant
 from tests.events_app.test_pipeline import FakeProcessor, fake  # noqa: F401 - the fixture
@@ -50,11 +52,19 @@ def ingest(api: ApiClient, signal: str, data: dict, at: datetime = T0) -> str:
     return response.json()["data"]["id"]
 
 
-def bodies(endpoint_id: int | None = None) -> list[dict[str, Any]]:
-    rows = WebhookDelivery.objects.order_by("id")
+def built(endpoint_id: int | None = None) -> list[WebhookDelivery]:
+    """The deliveries, oldest first, with the bodies their first attempt builds (and keeps)."""
+    rows = WebhookDelivery.objects.order_by("id").select_related("organization")
     if endpoint_id is not None:
         rows = rows.filter(endpoint_id=endpoint_id)
-    return [json.loads(row.body) for row in rows]
+    found = list(rows)
+    for row in found:
+        bodies_build([row], organization=row.organization.slug, now=timezone.now())
+    return found
+
+
+def bodies(endpoint_id: int | None = None) -> list[dict[str, Any]]:
+    return [json.loads(row.body) for row in built(endpoint_id)]
 
 
 def test_no_endpoint_no_delivery(api: ApiClient, signals: None) -> None:
@@ -70,6 +80,7 @@ def test_a_completion_and_its_insight_are_owed_with_the_event_as_the_api_shows_i
     event_id = ingest(api, "visit", {"page": "/pricing"})
     events_process(event_ids=[event_id])
 
+    assert set(WebhookDelivery.objects.values_list("body", flat=True)) == {""}  # not built yet
     completed, insight = bodies()
     shown = (
         Client()
@@ -88,6 +99,7 @@ def test_a_completion_and_its_insight_are_owed_with_the_event_as_the_api_shows_i
     delivery = WebhookDelivery.objects.filter(endpoint=endpoint).first()
     assert delivery is not None and delivery.status == "pending" and delivery.attempts == 0
     assert json.loads(delivery.body)["id"] == delivery.webhook_event_id
+    assert WebhookDelivery.objects.filter(body="").count() == 0  # kept once built
 
 
 def test_the_signature_covers_the_exact_stored_bytes(
@@ -95,7 +107,7 @@ def test_the_signature_covers_the_exact_stored_bytes(
 ) -> None:
     created = endpoint_create(organization=tenant.organization, url=PUBLIC, events=["*"])
     events_process(event_ids=[ingest(api, "visit", {"page": "/é"})])
-    raw = WebhookDelivery.objects.first().body.encode()  # type: ignore[union-attr]
+    raw = built()[0].body.encode()
     assert verify(
         header_value([created.secret], 1_800_000_000, raw), raw, created.secret, now=1_800_000_000
     )
