@@ -5,6 +5,8 @@ Each test sends BIGMIND_FAULT_EVENTS (2,000) POST /v1/events at BIGMIND_FAULT_RA
 from BIGMIND_FAULT_THREADS threads through gunicorn, breaks one dependency once a quarter of
 them are sent, repairs it BIGMIND_FAULT_HOLD_SECONDS later while the load goes on, then checks
 every request against the database (docs/reliability.md has the rules and the last results).
+The webhook fault sends a smaller, slower load and also checks every webhook delivery the
+completed events owe against what a real receiver got.
 """
 
 from __future__ import annotations
