@@ -17,7 +17,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.reliability.report import markdown_table, report_dir, rows_read  # noqa: E402
+from tests.reliability.report import (  # noqa: E402
+    markdown_table,
+    report_dir,
+    rows_read,
+    webhook_table,
+)
 
 
 def main() -> int:
@@ -40,6 +45,9 @@ def main() -> int:
         return 1
     print(markdown_table(rows))
     print()
+    if deliveries := webhook_table(rows):
+        print(deliveries)
+        print()
     for row in rows:
         notes = f"; {row['notes']}" if row.get("notes") else ""
         print(f"- `{row['fault']}`: {row['description']}{notes} (finished {row['finished_at']})")

@@ -5,12 +5,17 @@ according to a script: a list of behaviours consumed one per request, then `defa
 behaviour is an HTTP status, or one of `hang` (answer nothing until the sender gives up),
 `trickle` (send the headers and then one byte a second), `redirect` (302 elsewhere) and `huge`
 (200 with a 5 MB body). Threaded, so a hanging request does not block the others.
+
+`delay=(low, high)` makes every answer wait a random time in that range first (the fault suite:
+a sender killed then is most likely mid-send), and `in_flight()` lists the webhook ids of the
+requests received and not yet being answered.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import random
 import threading
 import time
 from collections import Counter
@@ -28,7 +33,8 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
-    at: float
+    at: float  # time.monotonic()
+    received_at: float = field(default_factory=time.time)  # wall clock: a signature's `t`
 
     @property
     def json(self) -> dict[str, Any]:
@@ -49,6 +55,9 @@ class Receiver:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Set on teardown: hanging handlers stop waiting.
     closing: threading.Event = field(default_factory=threading.Event)
+    delay: tuple[float, float] | None = None
+    # Webhook id -> requests with that id received, whose answer has not started yet.
+    waiting: Counter[str] = field(default_factory=Counter)
 
     @property
     def url(self) -> str:
@@ -61,6 +70,10 @@ class Receiver:
     def ids(self) -> list[str]:
         with self.lock:
             return [r.id for r in self.received]
+
+    def in_flight(self) -> list[str]:
+        with self.lock:
+            return sorted(+self.waiting)
 
     def counts(self) -> Counter[str]:
         return Counter(self.ids())
@@ -89,6 +102,8 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 receiver.received.append(
                     Received(self.path, dict(self.headers.items()), body, time.monotonic())
                 )
+            if receiver.delay is not None:
+                self._wait(body)
             behaviour = receiver.next_behaviour()
             if behaviour == "hang":
                 receiver.closing.wait(60)
@@ -117,24 +132,51 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                     b'{"ok": true}',
                 )
             )
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            # The sender may stop reading (its bounded read): expected for `huge`.
+            # The sender may stop reading (its bounded read: expected for `huge`), or be gone
+            # (killed mid-send by the fault suite).
             with contextlib.suppress(OSError):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
                 self.wfile.write(answer)
+
+        def _wait(self, body: bytes) -> None:
+            """The configured delay, counted as in flight until the answer starts (so an id
+            listed by `in_flight()` cannot have been answered yet)."""
+            assert receiver.delay is not None
+            try:
+                webhook_id = str(json.loads(body)["id"])
+            except (ValueError, KeyError, TypeError):
+                webhook_id = ""
+            with receiver.lock:
+                receiver.waiting[webhook_id] += 1
+            try:
+                receiver.closing.wait(random.uniform(*receiver.delay))
+            finally:
+                with receiver.lock:
+                    receiver.waiting[webhook_id] -= 1
 
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The listen backlog (default 5): a burst of connections must not be refused.
+    request_queue_size = 64
+
+
 @contextmanager
 def receiver_running(
-    script: list[Behaviour] | None = None, default: Behaviour = 200
+    script: list[Behaviour] | None = None,
+    default: Behaviour = 200,
+    *,
+    delay: tuple[float, float] | None = None,
 ) -> Iterator[Receiver]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    server.daemon_threads = True
-    receiver = Receiver("127.0.0.1", server.server_address[1], list(script or []), default)
+    server = _Server(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    receiver = Receiver(
+        "127.0.0.1", server.server_address[1], list(script or []), default, delay=delay
+    )
     server.RequestHandlerClass = _handler(receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

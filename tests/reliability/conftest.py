@@ -1,5 +1,6 @@
 """The stack the fault suite breaks: private PostgreSQL, two private Redis servers (broker and
-cache), gunicorn, two Celery workers and beat, started once per session.
+cache), gunicorn, two Celery workers of the pipeline's queues and beat, started once per session
+(the webhook fault starts its own `webhooks` worker).
 
 Skipped when the PostgreSQL 15 server binaries or redis-server are missing, so that `make test`
 passes on a machine without them; with BIGMIND_REQUIRE_FAULT=1 (CI) that is a failure instead.
@@ -32,7 +33,7 @@ from tests.harness import (
     worker_start,
     workers_stop,
 )
-from tests.reliability.report import markdown_table, report_dir
+from tests.reliability.report import markdown_table, report_dir, webhook_table
 
 HERE = Path(__file__).parent
 ORGANIZATION = "fault-suite"
@@ -44,6 +45,7 @@ SIGNALS = {
     "postgres-restart": "fault-postgres-restart",
     "cache-unreachable": "fault-cache-unreachable",
     "web-sigkill": "fault-web-sigkill",
+    "webhook-worker-sigkill": "fault-webhook-worker-sigkill",
 }
 # How the app runs during the suite: recovery paths on a short clock, so that a fault is over in
 # seconds rather than the production defaults' minutes (docs/reliability.md).
@@ -66,11 +68,21 @@ APP_ENV = {
     # Backpressure stays off: its 503s would be mixed with the outages' (a test of its own).
     "BIGMIND_BACKPRESSURE_MAX_PENDING": "0",
     "BIGMIND_WORKER_METRICS_PORT": "0",  # two workers on one machine: no port to share
+    # Webhooks go to a receiver in the test process, on 127.0.0.1. A claim of a sender killed
+    # mid-send is taken again after 3 s (the receiver answers within 0.1 s), and a failed
+    # attempt is retried within seconds.
+    "BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+    "BIGMIND_WEBHOOK_CLAIM_LEASE_SECONDS": "3",
+    "BIGMIND_WEBHOOK_RETRY_BACKOFF_SECONDS": "0.5",
+    "BIGMIND_WEBHOOK_RETRY_BACKOFF_MAX_SECONDS": "4",
     "LOG_LEVEL": "INFO",
     "PYTHONUNBUFFERED": "1",
 }
 GUNICORN_WORKERS = int(os.environ.get("BIGMIND_FAULT_GUNICORN_WORKERS", "3"))
 CELERY_WORKERS = 2
+# The suite's workers: not `webhooks`, which only the webhook fault's own worker consumes (a
+# thread pool, as deployed), so that the worker it kills is the one sending.
+PIPELINE_QUEUES = ("default", "events.process")
 
 
 def _required() -> bool:
@@ -104,7 +116,9 @@ class FaultStack:
     workers: list[Worker] = field(default_factory=list)
 
     def worker_start(self) -> Worker:
-        worker = worker_start(env=self.env, log_dir=self.logs, concurrency=1)
+        worker = worker_start(
+            env=self.env, log_dir=self.logs, concurrency=1, queues=PIPELINE_QUEUES
+        )
         self.workers.append(worker)
         worker.wait_ready(timeout=90)
         return worker
@@ -226,7 +240,9 @@ def fault_stack() -> Iterator[FaultStack]:
             env=stack.env, log=logs / "gunicorn.log", port=stack.port, workers=GUNICORN_WORKERS
         )
         for _ in range(CELERY_WORKERS):
-            stack.workers.append(worker_start(env=stack.env, log_dir=logs, concurrency=1))
+            stack.workers.append(
+                worker_start(env=stack.env, log_dir=logs, concurrency=1, queues=PIPELINE_QUEUES)
+            )
         for worker in stack.workers:
             worker.wait_ready(timeout=90)
         stack.beat = beat_start(
@@ -274,4 +290,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if rows:
         terminalreporter.write_sep("=", "fault suite")
         terminalreporter.write_line(markdown_table(rows))
+        if deliveries := webhook_table(rows):
+            terminalreporter.write_line("")
+            terminalreporter.write_line(deliveries)
         terminalreporter.write_line(f"(rows: {directory}; logs: {directory.parent / 'fault-logs'})")

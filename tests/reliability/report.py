@@ -14,7 +14,30 @@ from pathlib import Path
 from typing import Any
 
 REPORT_DIR_NAME = "fault-report"
-ORDER = ("worker-sigkill", "redis-restart", "postgres-restart", "cache-unreachable")
+ORDER = (
+    "worker-sigkill",
+    "redis-restart",
+    "postgres-restart",
+    "cache-unreachable",
+    "web-sigkill",
+    "webhook-worker-sigkill",
+)
+
+
+@dataclass
+class WebhookCounts:
+    """The webhook fault's deliveries: what the database says is owed, what the receiver got."""
+
+    owed: int  # delivery rows the completed events owe (event.completed, insight.created ...)
+    received: int  # requests the receiver got, duplicates included
+    distinct: int  # distinct webhook ids among them
+    duplicates: int  # received - distinct: at-least-once delivery, allowed and counted
+    lost: int  # owed ids never received, or delivery rows missing or not `succeeded`
+    not_owed: int  # ids received that are no delivery row of the endpoint, or rows not owed
+    bad_signatures: int  # bodies that do not verify with the endpoint's secret (or differ)
+    delivered_seconds: float  # from the end of the load until no delivery is pending
+    in_flight_at_kill: int  # sends the receiver had not answered when the sender was killed
+    resent_after_kill: int  # ... of which received again afterwards
 
 
 @dataclass
@@ -36,6 +59,7 @@ class FaultRow:
     finished_at: str
     errors: dict[str, int] = field(default_factory=dict)  # other_errors by kind
     notes: str = ""  # what the fault found (e.g. claims a killed worker held)
+    webhooks: WebhookCounts | None = None  # the webhook fault only
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -79,5 +103,26 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {errors} | {row['lost']} | {row['duplicated']} | {row['stored_after_503']} "
             f"| {row['fault_seconds']:.1f} | {_seconds(row['recovered_seconds'])} "
             f"| {row['completed_seconds']:.1f} | {row['p99_ms']:.0f} / {row['max_ms']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def webhook_table(rows: list[dict[str, Any]]) -> str:
+    """The deliveries of the rows that have them ("" when none has)."""
+    rows = [row for row in rows if row.get("webhooks")]
+    if not rows:
+        return ""
+    lines = [
+        "| fault | deliveries owed | received | distinct | duplicates | lost | not owed "
+        "| bad signatures | in flight at the kill (received again) | all delivered (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        w = row["webhooks"]
+        lines.append(
+            f"| {row['fault']} | {w['owed']} | {w['received']} | {w['distinct']} "
+            f"| {w['duplicates']} | {w['lost']} | {w['not_owed']} | {w['bad_signatures']} "
+            f"| {w['in_flight_at_kill']} ({w['resent_after_kill']}) "
+            f"| {w['delivered_seconds']:.1f} |"
         )
     return "\n".join(lines)

@@ -5,10 +5,13 @@ Each test sends BIGMIND_FAULT_EVENTS (2,000) POST /v1/events at BIGMIND_FAULT_RA
 from BIGMIND_FAULT_THREADS threads through gunicorn, breaks one dependency once a quarter of
 them are sent, repairs it BIGMIND_FAULT_HOLD_SECONDS later while the load goes on, then checks
 every request against the database (docs/reliability.md has the rules and the last results).
+The webhook fault sends a smaller, slower load and also checks every webhook delivery the
+completed events owe against what a real receiver got.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import statistics
@@ -24,10 +27,12 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Worker
-from tests.reliability.conftest import SIGNALS, FaultStack
+from events_app.webhooks.signing import HEADER, verify
+from tests.harness import Worker, manage, worker_start, workers_stop
+from tests.reliability.conftest import ORGANIZATION, SIGNALS, FaultStack
 from tests.reliability.load import Load, Outcome
-from tests.reliability.report import FaultRow, row_write
+from tests.reliability.report import FaultRow, WebhookCounts, row_write
+from tests.webhook_receiver import Received, receiver_running
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
@@ -95,6 +100,7 @@ class FaultResult:
     outcomes: list[Outcome]
     broken: float  # time.time() when the fault was injected
     repaired: float  # ... and when it was undone
+    load_end: float  # ... and when the load's last answer came
 
     def during(self) -> list[Outcome]:
         """Requests sent and answered while the fault lasted."""
@@ -130,6 +136,7 @@ def fault_run(
     description: str,
     inject: Callable[[Load], str | None],
     load_after_repair: bool = True,
+    events: int = EVENTS,
     rate: float = RATE,
     threads: int = THREADS,
     retry_unanswered: bool = False,
@@ -148,19 +155,19 @@ def fault_run(
         api_key=stack.api_key,
         signal=SIGNALS[fault],
         prefix=prefix,
-        total=EVENTS,
+        total=events,
         rate=rate,
         threads=threads,
     )
     load.start()
-    load.wait_sent(int(EVENTS * TRIGGER_SHARE), timeout=EVENTS / rate * 5 + 60)
+    load.wait_sent(int(events * TRIGGER_SHARE), timeout=events / rate * 5 + 60)
     broken = time.time()
     notes = inject(load)
     repaired = time.time()
     sent_at_repair = load.sent
     watch = RecoveryWatch(stack, fault, repaired)
     watch.start()
-    load.join(timeout=EVENTS / rate * 5 + 120)
+    load.join(timeout=events / rate * 5 + 120)
     load_end = time.time()
     outcomes = sorted(load.outcomes, key=lambda o: o.index)
     retry_problems: list[str] = []
@@ -214,7 +221,9 @@ def fault_run(
             f"{COMPLETE_TIMEOUT:.0f} s after the load ended"
         )
     assert not problems, f"{fault}: " + "; ".join(problems)
-    return FaultResult(row=row, outcomes=outcomes, broken=broken, repaired=repaired)
+    return FaultResult(
+        row=row, outcomes=outcomes, broken=broken, repaired=repaired, load_end=load_end
+    )
 
 
 def retry_check(
@@ -582,3 +591,257 @@ def test_a_web_process_killed_with_commits_in_flight_leaves_whole_events_or_noth
         threads=WEB_KILL_THREADS,
         retry_unanswered=True,
     )
+
+
+# --- Webhooks: the sender killed mid-send, and the broker restarted ----------------------------
+WEBHOOK_EVENTS = int(os.environ.get("BIGMIND_FAULT_WEBHOOK_EVENTS", "1000"))
+# Slower than the other loads, so that the kill, the new sender's start and the broker's
+# restart all fall within it.
+WEBHOOK_RATE = float(os.environ.get("BIGMIND_FAULT_WEBHOOK_RATE", "40"))
+# After every event is completed: how long every delivery may take to be sent.
+WEBHOOK_TIMEOUT = float(os.environ.get("BIGMIND_FAULT_WEBHOOK_TIMEOUT", "120"))
+# More threads than the per-endpoint cap of sends in flight (4), as deployed.
+WEBHOOK_THREADS = 8
+# Each answer waits this long (seconds, uniform), so that a kill most likely lands mid-send.
+RECEIVER_DELAY = (0.05, 0.1)
+IN_FLIGHT_WAIT = 15.0
+# The header with the webhook id, as a receiver reads it (docs/webhooks.md).
+ID_HEADER = "Bigmind-Webhook-Id"
+
+
+def _webhook_endpoint_create(stack: FaultStack, *, url: str, signal_slug: str) -> tuple[int, str]:
+    """An endpoint subscribed to every event type of this signal, made by the app's own service
+    in a `manage.py shell` on the stack's database; its primary key and signing secret."""
+    code = "\n".join(
+        [
+            "import json",
+            "from events_app.webhooks.endpoints import endpoint_create",
+            "from signals_app.models import Organization",
+            "created = endpoint_create(",
+            f"    organization=Organization.objects.get(slug={ORGANIZATION!r}),",
+            f"    url={url!r}, events=['*'], signals=[{signal_slug!r}],",
+            "    description='fault suite: webhook-worker-sigkill',",
+            ")",
+            "print(json.dumps({'id': created.endpoint.pk, 'secret': created.secret}))",
+        ]
+    )
+    out = manage("shell", "-c", code, env=stack.env)
+    created = json.loads(out.strip().splitlines()[-1])
+    return int(created["id"]), str(created["secret"])
+
+
+def _webhooks_worker_start(stack: FaultStack) -> Worker:
+    """A worker of the `webhooks` queue alone, a thread pool as deployed (not one of the stack's
+    workers: `problems()` counts those)."""
+    worker = worker_start(
+        env=stack.env,
+        log_dir=stack.logs,
+        concurrency=WEBHOOK_THREADS,
+        queues=("webhooks",),
+        pool="threads",
+    )
+    worker.wait_ready(timeout=90)
+    return worker
+
+
+def _deliveries_pending(stack: FaultStack, endpoint_id: int) -> int:
+    with stack.db() as conn:
+        return int(
+            conn.execute(
+                "SELECT count(*) FROM events_app_webhookdelivery "
+                "WHERE endpoint_id = %s AND status = 'pending'",
+                [endpoint_id],
+            ).fetchone()[0]
+        )
+
+
+def webhooks_check(
+    stack: FaultStack,
+    fault: str,
+    *,
+    endpoint_id: int,
+    secret: str,
+    received: list[Received],
+    killed_in_flight: list[str],
+    delivered_seconds: float,
+) -> tuple[WebhookCounts, list[str]]:
+    """The endpoint's deliveries against what the completed events owe, and what the receiver
+    got against the deliveries; the counts and what is wrong (empty: nothing).
+
+    Owed, per completed event of the fault's signal: one `event.completed`, and one
+    `insight.created` when the event has an insight. The signal is a metric, so the pipeline
+    announces no `state.changed`; and no event failed, so no `event.failed` is owed."""
+    with stack.db() as conn:
+        completed = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM events_app_event WHERE signal_id = %s AND status = 'completed'",
+                [stack.signal_ids[fault]],
+            ).fetchall()
+        ]
+        with_insight = {
+            row[0]
+            for row in conn.execute(
+                "SELECT event_id FROM events_app_insight WHERE signal_id = %s",
+                [stack.signal_ids[fault]],
+            ).fetchall()
+        }
+        rows = conn.execute(
+            "SELECT id, type, event_id, status, body FROM events_app_webhookdelivery "
+            "WHERE endpoint_id = %s",
+            [endpoint_id],
+        ).fetchall()
+    owed = {(event, "event.completed") for event in completed}
+    owed |= {(event, "insight.created") for event in completed if event in with_insight}
+    by_pair = Counter((row[2], row[1]) for row in rows)
+    # The id a delivery is sent under (events_app.models.webhook_event_id), and its exact body.
+    body_of = {f"whevt_{row[0].hex}": row[4].encode() for row in rows}
+    owed_ids = {f"whevt_{row[0].hex}" for row in rows if (row[2], row[1]) in owed}
+
+    problems: list[str] = []
+    missing_rows = sorted(str(pair) for pair in owed if by_pair[pair] == 0)
+    twice = sorted(str(pair) for pair, n in by_pair.items() if n > 1)
+    unowed_rows = sorted(str(pair) for pair in by_pair if pair not in owed)
+    unsent = [f"{row[0]} {row[1]}: {row[3]}" for row in rows if row[3] != "succeeded"]
+    counts = Counter(r.json.get("id") for r in received)
+    not_received = sorted(owed_ids - set(counts))
+    strangers = sorted(str(i) for i in counts if i not in body_of)
+    bad = []
+    for r in received:
+        webhook_id = r.json.get("id")
+        header = r.headers.get(HEADER) or ""
+        if (
+            r.headers.get(ID_HEADER) != webhook_id
+            or webhook_id not in body_of
+            or r.body != body_of[webhook_id]
+            or not verify(header, r.body, secret, now=r.received_at)
+        ):
+            bad.append(str(webhook_id))
+    resent = [i for i in killed_in_flight if counts[i] > 1]
+
+    if missing_rows:
+        problems.append(f"{len(missing_rows)} owed delivery row(s) missing: {missing_rows[:5]}")
+    if twice:
+        problems.append(f"{len(twice)} (event, type) pair(s) with two rows: {twice[:5]}")
+    if unowed_rows:
+        problems.append(f"{len(unowed_rows)} delivery row(s) nobody owed: {unowed_rows[:5]}")
+    if unsent:
+        problems.append(f"{len(unsent)} delivery row(s) not succeeded: {unsent[:5]}")
+    if not_received:
+        problems.append(f"{len(not_received)} owed id(s) never received: {not_received[:5]}")
+    if strangers:
+        problems.append(f"{len(strangers)} id(s) received that no delivery has: {strangers[:5]}")
+    if bad:
+        problems.append(
+            f"{len(bad)} request(s) not as stored or not verifying with the secret: {bad[:5]}"
+        )
+    if not killed_in_flight:
+        problems.append("the sender was killed with no send in flight: the fault proved little")
+
+    webhooks = WebhookCounts(
+        owed=len(owed),
+        received=len(received),
+        distinct=len(counts),
+        duplicates=len(received) - len(counts),
+        lost=len(set(not_received) | set(missing_rows)) + len(unsent),
+        not_owed=len(strangers) + len(unowed_rows),
+        bad_signatures=len(bad),
+        delivered_seconds=delivered_seconds,
+        in_flight_at_kill=len(killed_in_flight),
+        resent_after_kill=len(resent),
+    )
+    return webhooks, problems
+
+
+def test_it_delivers_every_webhook_when_the_sender_is_killed_and_the_broker_restarts(
+    stack: FaultStack,
+) -> None:
+    """Webhooks to a real receiver on 127.0.0.1 for every event of the load: SIGKILL the
+    `webhooks` worker (its whole process group) while a send is in flight, start a new one, then
+    restart the broker Redis (empty). Every delivery the completed events owe is written once,
+    ends `succeeded`, and reaches the receiver, signed, at least once; a delivery received twice
+    (at-least-once: the killed sender's, sent again once its claim's lease ran out) is counted,
+    never one that is owed to nobody."""
+    fault = "webhook-worker-sigkill"
+    senders: list[Worker] = []
+    endpoint_id = 0
+    killed_in_flight: list[str] = []
+    with receiver_running(delay=RECEIVER_DELAY) as receiver:
+        try:
+            endpoint_id, secret = _webhook_endpoint_create(
+                stack, url=receiver.url, signal_slug=SIGNALS[fault]
+            )
+            senders.append(_webhooks_worker_start(stack))
+
+            def inject(load: Load) -> str:
+                victim = senders[-1]
+                deadline = time.monotonic() + IN_FLIGHT_WAIT
+                while not (in_flight := receiver.in_flight()) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                victim.kill_group()
+                killed_in_flight.extend(in_flight)
+                senders.append(_webhooks_worker_start(stack))
+                try:
+                    stack.broker.stop()
+                    time.sleep(HOLD_SECONDS)
+                finally:
+                    stack.broker.start()
+                return (
+                    f"the webhooks worker SIGKILLed with {len(in_flight)} send(s) in flight, "
+                    f"a new one started, the broker stopped for {HOLD_SECONDS:g} s"
+                )
+
+            result = fault_run(
+                stack,
+                fault=fault,
+                description="SIGKILL the webhooks worker mid-send, start a new one; stop the "
+                f"broker Redis for {HOLD_SECONDS:g} s, start it empty",
+                inject=inject,
+                events=WEBHOOK_EVENTS,
+                rate=WEBHOOK_RATE,
+            )
+            deadline = time.monotonic() + WEBHOOK_TIMEOUT
+            while _deliveries_pending(stack, endpoint_id) and time.monotonic() < deadline:
+                time.sleep(0.25)
+            delivered_seconds = time.time() - result.load_end
+            # A send still being answered is recorded already; let it finish all the same.
+            while receiver.in_flight() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with receiver.lock:
+                received = list(receiver.received)
+        finally:
+            workers_stop(senders)
+            if endpoint_id:
+                # Later faults' events are of other signals; disabled all the same, so that
+                # nothing is written for an endpoint that no worker sends to any more.
+                with stack.db() as conn:
+                    conn.execute(
+                        "UPDATE events_app_webhookendpoint SET enabled = false WHERE id = %s",
+                        [endpoint_id],
+                    )
+
+    webhooks, problems = webhooks_check(
+        stack,
+        fault,
+        endpoint_id=endpoint_id,
+        secret=secret,
+        received=received,
+        killed_in_flight=killed_in_flight,
+        delivered_seconds=delivered_seconds,
+    )
+    row = result.row
+    row.webhooks = webhooks
+    row.notes = "; ".join(
+        filter(
+            None,
+            [
+                row.notes,
+                f"{webhooks.duplicates} webhook(s) received twice or more, "
+                f"{webhooks.resent_after_kill} of the {webhooks.in_flight_at_kill} in flight at "
+                "the kill among them",
+            ],
+        )
+    )
+    path = row_write(stack.var_dir, row)
+    print(f"{fault}: {webhooks}; row: {path}")
+    assert not problems, f"{fault}: " + "; ".join(problems)
