@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from events_app.models import CrmRecord, Event, RejectedEvent
+from events_app.models import CrmRecord, Event, RejectedEvent, WebhookDelivery, WebhookEndpoint
 from signals_app.models import SchemaVersion, Signal
 from tests.conftest import SEED_REQUEST, Tenant
 from tests.signals_app.test_admin_permissions import World, build_world
@@ -113,6 +113,13 @@ class Org:
             f"{self.slug}-ref-1",
             f"{self.slug}-secret-page",
             self.tenant.api_key.prefix,
+            *WebhookEndpoint.objects.filter(organization=organization).values_list(
+                "public_id", flat=True
+            ),
+            *(
+                d.webhook_event_id
+                for d in WebhookDelivery.objects.filter(organization=organization)
+            ),
         }
         return {marker for marker in found if marker}
 
@@ -201,4 +208,6 @@ def fingerprint(org: Org) -> dict[str, Any]:
         "records": rows(CrmRecord.objects.filter(organization=organization)),
         "rejections": rows(RejectedEvent.objects.filter(organization=organization)),
         "keys": rows(organization.api_keys.all()),
+        "webhook endpoints": rows(WebhookEndpoint.objects.filter(organization=organization)),
+        "webhook deliveries": rows(WebhookDelivery.objects.filter(organization=organization)),
     }
