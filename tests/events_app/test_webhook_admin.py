@@ -262,6 +262,7 @@ def deliveries(make_tenant: Any) -> dict[str, Any]:
             type=WebhookEventType.STATE_CHANGED,
             status=WebhookDeliveryStatus.FAILED,
             attempts=12,
+            last_attempt_at=T0,
             last_status_code=500,
             last_error="HTTP 500",
         ),
