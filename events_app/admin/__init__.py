@@ -8,8 +8,8 @@ organization, and the actions staff take on them (reprocess, replay).
   view, the rejections only counted);
 - `actions`: reprocess events, replay rejections, the notice of rejections only counted;
 - `signals`: signals_app's signal admin with the columns read from the events;
-- `webhooks` (with `webhook_forms`): webhook endpoints (the secret shown once, rotation, a
-  test event) and their deliveries (the request and response, retry).
+- `webhooks` (with `webhook_forms`) and `webhook_deliveries`: webhook endpoints (the secret
+  shown once, rotation, a test event) and their deliveries (the request and response, retry).
 
 The dashboard (/admin/dashboard/) is its own package, events_app.dashboard.
 """
@@ -19,4 +19,5 @@ from __future__ import annotations
 # Django's admin autodiscovery imports this package: importing the model admins registers them.
 from events_app.admin import registrations as registrations
 from events_app.admin import signals as signals
+from events_app.admin import webhook_deliveries as webhook_deliveries
 from events_app.admin import webhooks as webhooks

@@ -1,12 +1,10 @@
-"""The webhooks admin: endpoints (created and changed through the endpoint services, the signing
-secret shown once on creation and on rotation, a test event sent) and their deliveries
-(read-only: the request as sent and the response excerpt; retried). Both are cut to the user's
-organization like every organization-owned admin (bigmind/admin_tenancy.py)."""
+"""The webhook endpoints' admin: created and changed through the endpoint services
+(webhook_forms), the signing secret shown once on creation and on rotation, a test event sent.
+Their deliveries are in webhook_deliveries. Both are cut to the user's organization like every
+organization-owned admin (bigmind/admin_tenancy.py)."""
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -17,30 +15,22 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 from django.utils.safestring import SafeString
-from django.utils.translation import ngettext
 
 from bigmind.admin_once import ShownOnce
-from bigmind.admin_tenancy import OrganizationScopedAdmin, admin_scope_filter
-from bigmind.display import datetime_display, short_id, short_id_text
+from bigmind.admin_tenancy import OrganizationScopedAdmin
+from bigmind.display import datetime_display, short_id_text
 from events_app.admin.display import cut_cell, time_field
 from events_app.admin.webhook_forms import WebhookEndpointForm
 from events_app.models import (
-    Event,
-    WebhookDelivery,
-    WebhookDeliveryStatus,
     WebhookEndpoint,
 )
-from events_app.webhooks.endpoints import endpoint_rotate_secret
+from events_app.webhooks.endpoints import endpoint_rotate_secret, signal_slugs
 from events_app.webhooks.sending import (
-    ID_HEADER,
-    USER_AGENT,
     EndpointDisabled,
-    delivery_retry,
     ping_create,
 )
-from events_app.webhooks.signing import HEADER as SIGNATURE_HEADER
 
 ADMIN_CSS = {"all": ("events_app/admin.css",)}
 # A new or rotated secret waits for the one page that shows it (bigmind/admin_once.py).
@@ -51,7 +41,7 @@ NEW_SECRETS = ShownOnce(
 ACTION_MAX = 100
 
 
-def _confirmation(
+def confirmation_page(
     model_admin: admin.ModelAdmin,
     request: HttpRequest,
     *,
@@ -75,7 +65,7 @@ def _confirmation(
     return TemplateResponse(request, "admin/events_app/webhook_confirmation.html", context)
 
 
-def _confirmed(request: HttpRequest) -> bool:
+def confirmed(request: HttpRequest) -> bool:
     return request.method == "POST" and request.POST.get("post") == "yes"
 
 
@@ -232,11 +222,11 @@ class WebhookEndpointAdmin(OrganizationScopedAdmin):
         endpoint = self.get_object(request, unquote(object_id))
         if not self.has_change_permission(request, endpoint):
             raise PermissionDenied
-        if _confirmed(request):
+        if confirmed(request):
             rotated = endpoint_rotate_secret(endpoint)
             self.log_change(request, endpoint, "Rotated the signing secret.")
             return self._show_secret(endpoint, rotated.secret, request=request, kind="rotated")
-        return _confirmation(
+        return confirmation_page(
             self,
             request,
             title="Rotate this endpoint's signing secret?",
@@ -253,10 +243,10 @@ class WebhookEndpointAdmin(OrganizationScopedAdmin):
         if not self.has_change_permission(request, endpoint):
             raise PermissionDenied
         change_url = reverse("admin:events_app_webhookendpoint_change", args=[endpoint.pk])
-        if _confirmed(request):
+        if confirmed(request):
             self._ping(request, endpoint)
             return HttpResponseRedirect(change_url)
-        return _confirmation(
+        return confirmation_page(
             self,
             request,
             title="Send a test event to this endpoint?",
@@ -300,6 +290,16 @@ class WebhookEndpointAdmin(OrganizationScopedAdmin):
         for endpoint in selected[:ACTION_MAX]:
             self._ping(request, endpoint)
 
+    # For staff who may only view endpoints: the page shows these read-only, and the form's
+    # fields of the same names are not there to show them.
+    @admin.display(description="events")
+    def events(self, obj: WebhookEndpoint) -> str:
+        return ", ".join(obj.event_types)
+
+    @admin.display(description="signals")
+    def signals(self, obj: WebhookEndpoint) -> str:
+        return ", ".join(signal_slugs(obj)) or "All"
+
     @admin.display(description="ID", ordering="public_id")
     def ref_endpoint(self, obj: WebhookEndpoint) -> SafeString:
         return format_html(
@@ -332,294 +332,3 @@ class WebhookEndpointAdmin(OrganizationScopedAdmin):
     @admin.display(description="failing since", ordering="failing_since")
     def when_failing_since(self, obj: WebhookEndpoint) -> str:
         return datetime_display(obj.failing_since)
-
-
-# --- Deliveries --------------------------------------------------------------------------------
-class DeliveryEndpointFilter(admin.SimpleListFilter):
-    """The endpoints of the organizations in view (Django's own filter would list every
-    organization's)."""
-
-    title = "endpoint"
-    parameter_name = "endpoint"
-    limit = 100
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        endpoints = admin_scope_filter(
-            WebhookEndpoint.objects.order_by("public_id"), request=request, lookup="organization"
-        )
-        return [(str(e.pk), f"{e.public_id} {e.url}"[:80]) for e in endpoints[: self.limit]]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        if value and value.isdigit():
-            return queryset.filter(endpoint_id=int(value))
-        return queryset
-
-
-@admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(OrganizationScopedAdmin):
-    # Fits 1400 px (see the endpoints' list): the next attempt is on the status's hover, the last
-    # attempt's time and error on the status code's, every time on the delivery's page.
-    list_display = (
-        "ref_webhook_event",
-        "endpoint_column",
-        "tag_type",
-        "tag_status",
-        "code_last_status",
-        "when_created",
-    )
-    list_display_links = ("ref_webhook_event",)
-    list_filter = ("status", "type", "organization", DeliveryEndpointFilter)
-    list_select_related = ("endpoint", "organization")
-    search_fields = ("=event_id",)  # and the webhook event id: get_search_results
-    search_help_text = "A webhook event ID (whevt_…) or an event ID."
-    date_hierarchy = "created_at"
-    show_full_result_count = False
-    actions = ("retry_deliveries",)
-    fieldsets = (
-        (
-            None,
-            {
-                "fields": (
-                    "webhook_event_id",
-                    "organization",
-                    "endpoint_link",
-                    "type",
-                    "event_link",
-                )
-            },
-        ),
-        ("Status", {"fields": ("status", "attempts", "last_status_code", "last_error")}),
-        (
-            "Times (UTC)",
-            {"fields": ("created", "last_attempt", "next_attempt", "completed")},
-        ),
-        ("Request", {"fields": ("request_line", "request_headers", "request_body")}),
-        ("Response", {"fields": ("response",)}),
-    )
-    readonly_fields = (
-        "webhook_event_id",
-        "organization",
-        "endpoint_link",
-        "type",
-        "event_link",
-        "status",
-        "attempts",
-        "last_status_code",
-        "last_error",
-        "created",
-        "last_attempt",
-        "next_attempt",
-        "completed",
-        "request_line",
-        "request_headers",
-        "request_body",
-        "response",
-    )
-
-    class Media:
-        css = ADMIN_CSS
-
-    created = time_field("created_at", "created")
-    last_attempt = time_field("last_attempt_at", "last attempt")
-    next_attempt = time_field("next_attempt_at", "next attempt")
-    completed = time_field("completed_at", "completed (succeeded, or given up)")
-
-    # Written by the pipeline and the sender only; staff retry, nobody edits or deletes (the
-    # history of what a receiver was sent stays until its endpoint goes).
-    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_retry_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.has_perm("events_app.change_webhookdelivery")
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
-    ) -> tuple[QuerySet[Any], bool]:
-        term = search_term.strip()
-        if term.startswith("whevt_"):
-            try:
-                return queryset.filter(pk=uuid.UUID(hex=term.removeprefix("whevt_"))), False
-            except ValueError:
-                return queryset.none(), False
-        try:
-            uuid.UUID(term)
-        except ValueError:
-            # Not an id of either kind: no row has it (and "=event_id" would not parse it).
-            return (queryset.none(), False) if term else (queryset, False)
-        return super().get_search_results(request, queryset, term)
-
-    def get_urls(self) -> list[Any]:
-        return [
-            path(
-                "<path:object_id>/retry/",
-                self.admin_site.admin_view(self.retry_view),
-                name="events_app_webhookdelivery_retry",
-            ),
-            *super().get_urls(),
-        ]
-
-    def render_change_form(
-        self,
-        request: HttpRequest,
-        context: dict[str, Any],
-        add: bool = False,
-        change: bool = False,
-        form_url: str = "",
-        obj: Any = None,
-    ) -> HttpResponse:
-        context["has_retry_permission"] = self.has_retry_permission(request, obj)
-        return super().render_change_form(request, context, add, change, form_url, obj)
-
-    def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """The delivery page's Retry button: a confirmation, then delivery_retry."""
-        delivery = self.get_object(request, unquote(object_id))
-        if not self.has_retry_permission(request, delivery):
-            raise PermissionDenied
-        page = reverse("admin:events_app_webhookdelivery_change", args=[delivery.pk])
-        if _confirmed(request):
-            delivery_retry(delivery=delivery)
-            self.log_change(request, delivery, "Retried.")
-            self.message_user(
-                request, f"{delivery.webhook_event_id} queued to be sent again.", messages.SUCCESS
-            )
-            return HttpResponseRedirect(page)
-        return _confirmation(
-            self,
-            request,
-            title="Send this delivery again?",
-            explanation="It is sent again now, with the same ID and body (receivers deduplicate "
-            "on the ID), whatever its status.",
-            objects=[delivery],
-            cancel_url=page,
-            button="Yes, send it again",
-        )
-
-    @admin.action(description="Retry selected deliveries now", permissions=["retry"])
-    def retry_deliveries(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
-        # `queryset` is cut to the user's organization already: a forged selection drops the rest.
-        selected = list(queryset.order_by("created_at")[: ACTION_MAX + 1])
-        if len(selected) > ACTION_MAX:
-            self.message_user(
-                request, f"Only the oldest {ACTION_MAX} selected were retried.", messages.WARNING
-            )
-        for delivery in selected[:ACTION_MAX]:
-            delivery_retry(delivery=delivery)
-            self.log_change(request, delivery, "Retried.")
-        count = min(len(selected), ACTION_MAX)
-        message = ngettext(
-            "%(count)d delivery queued to be sent again.",
-            "%(count)d deliveries queued to be sent again.",
-            count,
-        )
-        self.message_user(request, message % {"count": count}, messages.SUCCESS)
-
-    # --- List columns
-    @admin.display(description="webhook event ID", ordering="id")
-    def ref_webhook_event(self, obj: WebhookDelivery) -> SafeString:
-        return short_id(obj.webhook_event_id)
-
-    @admin.display(description="endpoint", ordering="endpoint__public_id")
-    def endpoint_column(self, obj: WebhookDelivery) -> SafeString:
-        return cut_cell(obj.endpoint)
-
-    @admin.display(description="type", ordering="type")
-    def tag_type(self, obj: WebhookDelivery) -> SafeString:
-        return cut_cell(obj.type)
-
-    @admin.display(description="status (attempts)", ordering="status")
-    def tag_status(self, obj: WebhookDelivery) -> SafeString:
-        status = obj.get_status_display()
-        label = f"{status} ({obj.attempts})" if obj.attempts else status
-        title = ngettext("%(count)d attempt", "%(count)d attempts", obj.attempts) % {
-            "count": obj.attempts
-        }
-        if obj.status == WebhookDeliveryStatus.PENDING and obj.next_attempt_at is not None:
-            title += f"; next attempt {datetime_display(obj.next_attempt_at)}"
-        return format_html('<span title="{}: {}">{}</span>', status, title, label)
-
-    @admin.display(description="last status code", ordering="last_status_code")
-    def code_last_status(self, obj: WebhookDelivery) -> SafeString | str:
-        if obj.last_attempt_at is None:
-            return format_html('<span title="{}">-</span>', "Not tried yet")
-        code = "-" if obj.last_status_code is None else str(obj.last_status_code)
-        title = f"Last attempt {datetime_display(obj.last_attempt_at)}"
-        if obj.last_error:
-            title += f": {obj.last_error}"
-        return format_html('<span title="{}">{}</span>', title, code)
-
-    @admin.display(description="created", ordering="created_at")
-    def when_created(self, obj: WebhookDelivery) -> str:
-        return datetime_display(obj.created_at)
-
-    # --- The delivery's page
-    @admin.display(description="webhook event ID")
-    def webhook_event_id(self, obj: WebhookDelivery) -> str:
-        return obj.webhook_event_id
-
-    @admin.display(description="endpoint")
-    def endpoint_link(self, obj: WebhookDelivery) -> SafeString:
-        url = reverse("admin:events_app_webhookendpoint_change", args=[obj.endpoint_id])
-        return format_html('<a href="{}">{}</a>', url, obj.endpoint)
-
-    @admin.display(description="event")
-    def event_link(self, obj: WebhookDelivery) -> SafeString | str:
-        if obj.event_id is None:
-            return "-"
-        if not Event.objects.filter(pk=obj.event_id).exists():
-            return f"{obj.event_id} (no longer kept)"
-        url = reverse("admin:events_app_event_change", args=[obj.event_id])
-        return format_html('<a href="{}">{}</a>', url, obj.event_id)
-
-    @admin.display(description="request")
-    def request_line(self, obj: WebhookDelivery) -> SafeString:
-        return format_html("<code>POST {}</code>", obj.endpoint.url)
-
-    @admin.display(description="headers")
-    def request_headers(self, obj: WebhookDelivery) -> SafeString:
-        # As delivery_send sends them (http.client adds Host and Content-Length). The signature
-        # is made at each attempt, with the secrets live then; its value is never shown.
-        headers = [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(obj.body.encode("utf-8")))),
-            ("User-Agent", USER_AGENT),
-            (ID_HEADER, obj.webhook_event_id),
-            (SIGNATURE_HEADER, "t=<unix seconds at the attempt>,v1=<hidden: one per live secret>"),
-        ]
-        return format_html(
-            '<pre class="bigmind-json" style="white-space: pre-wrap">{}</pre>',
-            format_html_join("\n", "{}: {}", headers),
-        )
-
-    @admin.display(description="body")
-    def request_body(self, obj: WebhookDelivery) -> SafeString:
-        # Sent as stored, on one line; indented here to be read. format_html escapes it.
-        try:
-            text = json.dumps(json.loads(obj.body), indent=2, ensure_ascii=False)
-        except ValueError:
-            text = obj.body
-        size = len(obj.body.encode("utf-8"))
-        return format_html(
-            '<pre class="bigmind-json" style="white-space: pre-wrap">{}</pre>'
-            '<p class="help">Indented here; sent as stored, compact ({} bytes), the same bytes on '
-            "every attempt.</p>",
-            text,
-            f"{size:,}",
-        )
-
-    @admin.display(description="response (first 2 KB)")
-    def response(self, obj: WebhookDelivery) -> SafeString | str:
-        if obj.last_attempt_at is None:
-            return "Not tried yet."
-        if not obj.response_excerpt:
-            return "-"
-        return format_html(
-            '<pre class="bigmind-json" style="white-space: pre-wrap">{}</pre>',
-            obj.response_excerpt,
-        )

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils import timezone
 
@@ -22,6 +24,7 @@ from events_app.models import (
 )
 from events_app.webhooks.endpoints import endpoint_create, endpoint_update, signing_secrets
 from events_app.webhooks.payloads import body
+from signals_app.models import OrganizationMembership
 from tests.conftest import Tenant
 
 pytestmark = pytest.mark.django_db
@@ -374,3 +377,33 @@ def test_deliveries_cannot_be_added_edited_or_deleted(
     staff.post(f"{DELIVERIES}{delivery.pk}/change/", {"status": "succeeded"})
     delivery.refresh_from_db()
     assert delivery.body == before and delivery.status == WebhookDeliveryStatus.FAILED
+
+
+def test_staff_who_may_only_view_endpoints_see_events_and_signals_and_no_buttons(
+    tenant: Tenant,
+) -> None:
+    signal = tenant.signal("page-viewed")
+    endpoint = endpoint_create(
+        organization=tenant.organization,
+        url=PUBLIC,
+        events=["state.changed"],
+        signals=[signal.slug],
+    ).endpoint
+    user = get_user_model().objects.create_user("viewer", password="pw-123456", is_staff=True)
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_webhookendpoint", "view_webhookdelivery"])
+    )
+    OrganizationMembership.objects.create(user=user, organization=tenant.organization)
+    viewer = Client()
+    viewer.force_login(user)
+    page = viewer.get(f"{ENDPOINTS}{endpoint.pk}/change/").content.decode()
+    assert "state.changed" in page and "page-viewed" in page
+    assert "/rotate-secret/" not in page and "/test/" not in page
+    assert (
+        viewer.post(f"{ENDPOINTS}{endpoint.pk}/rotate-secret/", {"post": "yes"}).status_code == 403
+    )
+    assert viewer.post(f"{ENDPOINTS}{endpoint.pk}/test/", {"post": "yes"}).status_code == 403
+    delivery = make_delivery(endpoint)
+    page = viewer.get(f"{DELIVERIES}{delivery.pk}/change/").content.decode()
+    assert "/retry/" not in page
+    assert viewer.post(f"{DELIVERIES}{delivery.pk}/retry/", {"post": "yes"}).status_code == 403
