@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import secrets
 from typing import Any
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
@@ -19,6 +15,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
+from bigmind.admin_once import ShownOnce
 from bigmind.admin_tenancy import OrganizationScopedAdmin
 from bigmind.display import datetime_display
 from signals_app import services
@@ -43,36 +40,9 @@ class ApiKeyStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
-# A key created but not yet shown is split in two between the add form's POST and the page it
-# redirects to: the key XORed with a one-time pad in the session ({api key pk: sealed}), and the
-# pad in a cookie only that page receives. Neither half alone tells anything of the key, so the
-# database (where sessions are) never holds it, even if the page is never visited. The page
-# takes both out as it shows the key.
-NEW_API_KEYS_SESSION_KEY = "bigmind_new_api_keys"
-NEW_API_KEY_PAD_COOKIE = "bigmind_new_api_key_pad"
-NEW_API_KEY_PAD_MAX_AGE = 10 * 60
-
-
-def _seal(raw: str) -> tuple[str, str]:
-    """(sealed, pad): `raw` XOR a random pad of its length, and the pad, both base64."""
-    data = raw.encode("utf-8")
-    pad = secrets.token_bytes(len(data))
-    sealed = bytes(a ^ b for a, b in zip(data, pad, strict=True))
-    return base64.urlsafe_b64encode(sealed).decode(), base64.urlsafe_b64encode(pad).decode()
-
-
-def _unseal(sealed: str, pad: str) -> str | None:
-    try:
-        data = base64.urlsafe_b64decode(sealed)
-        key = base64.urlsafe_b64decode(pad)
-    except (binascii.Error, ValueError):
-        return None
-    if len(data) != len(key):
-        return None
-    try:
-        return bytes(a ^ b for a, b in zip(data, key, strict=True)).decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+# A key created but not yet shown waits for the page the add form redirects to, split in two
+# between the session and a cookie for that page only (bigmind/admin_once.py).
+NEW_API_KEYS = ShownOnce(session_key="bigmind_new_api_keys", cookie="bigmind_new_api_key_pad")
 
 
 @admin.register(ApiKey)
@@ -135,24 +105,10 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
         if raw is None:
             return super().response_add(request, obj, post_url_continue)
         # POST/redirect/GET: a reload of the page that shows the key must not post the form
-        # again (a second key). The key waits for that one page sealed in the session, its pad
-        # in a cookie for that page only (NEW_API_KEYS_SESSION_KEY); never in a message, a URL
-        # or a log.
-        sealed, pad = _seal(raw)
-        pending = dict(request.session.get(NEW_API_KEYS_SESSION_KEY) or {})
-        pending[str(obj.pk)] = sealed
-        request.session[NEW_API_KEYS_SESSION_KEY] = pending
-        url = reverse("admin:signals_app_apikey_created", args=[obj.pk])
-        response = HttpResponseRedirect(url)
-        response.set_cookie(
-            NEW_API_KEY_PAD_COOKIE,
-            pad,
-            max_age=NEW_API_KEY_PAD_MAX_AGE,
-            path=url,
-            secure=settings.SESSION_COOKIE_SECURE,
-            httponly=True,
-            samesite="Strict",
-        )
+        # again (a second key). The key waits for that one page (NEW_API_KEYS); never in a
+        # message, a URL or a log.
+        response = HttpResponseRedirect(reverse("admin:signals_app_apikey_created", args=[obj.pk]))
+        NEW_API_KEYS.hold(request, response, key=str(obj.pk), raw=raw)
         return response
 
     def created_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -160,15 +116,7 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
         api_key = self.get_object(request, unquote(object_id))
         if not self.has_view_permission(request, api_key):
             raise PermissionDenied
-        pending = dict(request.session.get(NEW_API_KEYS_SESSION_KEY) or {})
-        sealed = pending.pop(str(api_key.pk), None)
-        pad = request.COOKIES.get(NEW_API_KEY_PAD_COOKIE)
-        raw = _unseal(sealed, pad) if sealed and pad else None
-        if sealed is not None:
-            if pending:
-                request.session[NEW_API_KEYS_SESSION_KEY] = pending
-            else:
-                del request.session[NEW_API_KEYS_SESSION_KEY]
+        raw = NEW_API_KEYS.take(request, key=str(api_key.pk))
         context = {
             **self.admin_site.each_context(request),
             "title": "API key created" if raw else "API key",
@@ -179,9 +127,7 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
             "has_change_permission": self.has_change_permission(request, api_key),
         }
         response = TemplateResponse(request, "admin/signals_app/apikey/created.html", context)
-        response["Cache-Control"] = "no-store"
-        if pad is not None:
-            response.delete_cookie(NEW_API_KEY_PAD_COOKIE, path=request.path, samesite="Strict")
+        NEW_API_KEYS.forget_pad(request, response)
         return response
 
     def revoke_view(self, request: HttpRequest, object_id: str) -> HttpResponse:

@@ -30,6 +30,10 @@ from events_app.models import (
     MetricAggregate,
     RecordState,
     RejectedEvent,
+    WebhookDelivery,
+    WebhookDeliveryStatus,
+    WebhookEndpoint,
+    WebhookEventType,
 )
 from signals_app.models import OrganizationMembership
 from tests.conftest import Tenant
@@ -146,6 +150,33 @@ def _seed(tenant: Tenant) -> dict[str, Any]:
             received_at=T0 - timedelta(seconds=n),
             replayed_event_id=events[0].pk if n == 2 else None,
             replayed_at=T0 if n == 2 else None,
+        )
+    endpoint = WebhookEndpoint.objects.create(
+        public_id="we_" + "A" * 12,
+        organization=organization,
+        url="https://hooks.example.com/" + "a" * 2000,
+        description=LONG_SUMMARY[:500],
+        event_types=["event.completed", "event.failed", "insight.created", "state.changed"],
+        enabled=False,
+        disabled_reason=LONG_ERROR[:500],
+        failing_since=T0,
+        secret_encrypted="-",
+    )
+    for n, status in enumerate(WebhookDeliveryStatus):
+        WebhookDelivery.objects.create(
+            id=uuid7(),
+            organization=organization,
+            endpoint=endpoint,
+            type=WebhookEventType.STATE_CHANGED,
+            event_id=events[0].pk,
+            body='{"id": "whevt_", "data": {"page": "' + "b" * 3000 + '"}}',
+            status=status,
+            attempts=123 + n,
+            next_attempt_at=T0,
+            last_attempt_at=T0,
+            last_status_code=503,
+            last_error=LONG_ERROR[:500],
+            response_excerpt=LONG_ERROR,
         )
     member = get_user_model().objects.create_user(
         "sales-ops-" + "x" * 40, email="sales.operations." + "x" * 40 + "@example.com"

@@ -125,6 +125,13 @@ class Org:
                     "pk", flat=True
                 )
             ),
+            *WebhookEndpoint.objects.filter(organization=organization).values_list(
+                "public_id", flat=True
+            ),
+            *(
+                d.webhook_event_id
+                for d in WebhookDelivery.objects.filter(organization=organization)
+            ),
         }
         return {marker for marker in found if marker}
 

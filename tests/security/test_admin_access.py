@@ -24,6 +24,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from bigmind.admin_tenancy import OrganizationScopedAdmin
+from events_app.models import WebhookDelivery, WebhookEndpoint
 from signals_app.models import Organization, OrganizationMembership, Signal
 from tests.security.conftest import Org, fingerprint
 
@@ -279,3 +280,47 @@ def test_scoped_staff_cannot_reach_another_organization_through_shared_admin_pag
         assert not leaked(response, acme, url), name
     assert scoped.get(pages["their dashboard"]).status_code == 404
     assert scoped.get(f"/admin/dashboard/{globex.slug}/").status_code == 200
+
+
+def test_scoped_staff_reach_only_their_own_webhook_endpoints_signals_and_deliveries(
+    acme: Org, globex: Org, django_capture_on_commit_callbacks: Any
+) -> None:
+    scoped = staff("globex-staff", globex.tenant.organization)
+    endpoints = f"{ADMIN_PREFIX}events_app/webhookendpoint/"
+    deliveries = f"{ADMIN_PREFIX}events_app/webhookdelivery/"
+    theirs_endpoint = acme.world.webhook_endpoint
+    theirs_delivery = acme.world.webhook_delivery
+    before = fingerprint(acme)
+
+    add = scoped.get(f"{endpoints}add/")
+    assert add.status_code == 200 and not leaked(add, acme, endpoints)
+    offered = set(add.context["adminform"].form.fields["signals"].queryset)
+    assert offered and {s.organization for s in offered} == {globex.tenant.organization}
+    # Forged: another organization, or another organization's signal.
+    for forged in (
+        {"organization": acme.tenant.organization.pk},
+        {"organization": globex.tenant.organization.pk, "signals": [acme.only_signal.pk]},
+    ):
+        response = scoped.post(
+            f"{endpoints}add/",
+            {"url": "https://93.184.215.14/x", "events": ["*"], "enabled": "on", **forged},
+        )
+        assert response.status_code == 200, forged  # the form again, with the error
+        assert response.context["adminform"].form.errors, forged
+    assert not WebhookEndpoint.objects.filter(url="https://93.184.215.14/x").exists()
+
+    # Forged list actions: the other organization's rows are dropped from the selection.
+    with django_capture_on_commit_callbacks(execute=False):
+        scoped.post(
+            endpoints, {"action": "send_test_events", "_selected_action": [theirs_endpoint.pk]}
+        )
+        scoped.post(
+            deliveries,
+            {"action": "retry_deliveries", "_selected_action": [str(theirs_delivery.pk)]},
+        )
+    assert not WebhookDelivery.objects.filter(type="ping").exists()
+    listing = scoped.get(deliveries)
+    assert list(listing.context["cl"].result_list) == [globex.world.webhook_delivery]
+    assert not leaked(listing, acme, deliveries)  # the endpoint filter names theirs only
+    assert scoped.get(f"{deliveries}?endpoint={theirs_endpoint.pk}").context["cl"].result_count == 0
+    assert fingerprint(acme) == before

@@ -16,6 +16,7 @@ from django.test import Client
 from django.utils import timezone
 
 from bigmind.errors import ApplicationError
+from events_app.ids import uuid7
 from events_app.ingest.auth import api_key_authenticate
 from events_app.models import (
     CrmRecord,
@@ -25,7 +26,12 @@ from events_app.models import (
     MetricAggregate,
     RecordState,
     RejectedEvent,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEventType,
 )
+from events_app.webhooks.endpoints import endpoint_create
+from events_app.webhooks.payloads import body
 from signals_app.models import ApiKey, Organization, OrganizationMembership, Signal
 from signals_app.services import api_key_hash
 from tests.conftest import Tenant, signal_form
@@ -47,6 +53,8 @@ class World:
     aggregate: MetricAggregate
     state: RecordState
     rejection: RejectedEvent
+    webhook_endpoint: WebhookEndpoint
+    webhook_delivery: WebhookDelivery
 
     @property
     def organization(self) -> Organization:
@@ -64,6 +72,8 @@ class World:
             "/admin/events_app/metricaggregate/": self.aggregate,
             "/admin/events_app/recordstate/": self.state,
             "/admin/events_app/rejectedevent/": self.rejection,
+            "/admin/events_app/webhookendpoint/": self.webhook_endpoint,
+            "/admin/events_app/webhookdelivery/": self.webhook_delivery,
         }
 
 
@@ -116,7 +126,32 @@ def build_world(tenant: Tenant) -> World:
         body_bytes=2,
         received_at=now,
     )
-    return World(tenant, signal, event, record, insight, aggregate, state, rejection)
+    endpoint = endpoint_create(
+        organization=tenant.organization,
+        url="https://93.184.215.14/hooks",
+        events=["*"],
+        description=f"{tenant.organization.slug}-webhook-endpoint",
+    ).endpoint
+    delivery_id = uuid7()
+    # Written directly, as the outbox writes it: ping_create would queue a send after commit.
+    delivery = WebhookDelivery.objects.create(
+        id=delivery_id,
+        organization=tenant.organization,
+        endpoint=endpoint,
+        type=WebhookEventType.EVENT_COMPLETED,
+        event_id=event.pk,
+        body=body(
+            delivery_id=delivery_id,
+            type=WebhookEventType.EVENT_COMPLETED,
+            created=now,
+            organization=tenant.organization.slug,
+            data={"event": {"id": str(event.pk)}},
+        ),
+        next_attempt_at=now,
+    )
+    return World(
+        tenant, signal, event, record, insight, aggregate, state, rejection, endpoint, delivery
+    )
 
 
 @pytest.fixture
