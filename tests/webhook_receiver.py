@@ -35,6 +35,7 @@ class Received:
     body: bytes
     at: float  # time.monotonic()
     received_at: float = field(default_factory=time.time)  # wall clock: a signature's `t`
+    peer: tuple[str, int] = ("", 0)  # the sender's address: one per connection
 
     @property
     def json(self) -> dict[str, Any]:
@@ -100,7 +101,13 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length)
             with receiver.lock:
                 receiver.received.append(
-                    Received(self.path, dict(self.headers.items()), body, time.monotonic())
+                    Received(
+                        self.path,
+                        dict(self.headers.items()),
+                        body,
+                        time.monotonic(),
+                        peer=self.client_address[:2],
+                    )
                 )
             if receiver.delay is not None:
                 self._wait(body)

@@ -279,7 +279,7 @@ class WebhookDeliveryAdmin(OrganizationScopedAdmin):
         # is made at each attempt, with the secrets live then; its value is never shown.
         headers = [
             ("Content-Type", "application/json"),
-            ("Content-Length", str(len(obj.body.encode("utf-8")))),
+            ("Content-Length", str(len(obj.body.encode("utf-8"))) if obj.body else "-"),
             ("User-Agent", USER_AGENT),
             (ID_HEADER, obj.webhook_event_id),
             (SIGNATURE_HEADER, "t=<unix seconds at the attempt>,v1=<hidden: one per live secret>"),
@@ -292,6 +292,12 @@ class WebhookDeliveryAdmin(OrganizationScopedAdmin):
     @admin.display(description="body")
     def request_body(self, obj: WebhookDelivery) -> SafeString:
         # Sent as stored, on one line; indented here to be read. format_html escapes it.
+        if not obj.body:
+            return format_html(
+                '<p class="help">{}</p>',
+                "Not built yet: the body is made at the first attempt, from the event as it "
+                "stands then, and kept for every retry.",
+            )
         try:
             text = json.dumps(json.loads(obj.body), indent=2, ensure_ascii=False)
         except ValueError:

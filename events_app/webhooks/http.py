@@ -1,25 +1,31 @@
-"""One webhook POST, under the rules of docs/webhooks.md: to an address `addresses` checked at
+"""Webhook POSTs, under the rules of docs/webhooks.md: to an address `addresses` checked at
 connect time, no redirect followed, the response read up to a bound, 10 seconds in all.
 
-The standard library's http.client, not a pooled client: each attempt resolves and checks the
-host again (DNS rebinding), then connects to the checked address itself, with the URL's host
-name kept for TLS (SNI and certificate check) and for `Host`. http.client never follows a
-redirect, so a 3xx is only a status: a failure, as any non-2xx.
+The standard library's http.client over a socket this module connects itself: each connection
+resolves and checks the host again (DNS rebinding), then connects to a checked address, with the
+URL's host name kept for TLS (SNI and certificate check) and for `Host`. http.client never
+follows a redirect, so a 3xx is only a status: a failure, as any non-2xx.
 
-The 10 seconds cover everything (resolution aside): a socket time-out alone bounds each read,
-and a receiver that trickles one byte every few seconds would hold a worker for minutes. A
-watchdog timer shuts the socket down at the deadline, which ends any read in progress.
+A `Connection` is kept for the sends of one claim (up to 20 deliveries to one endpoint): one TCP
+and TLS handshake for them all instead of one each, which is most of an attempt's CPU on both
+sides. A connection the receiver closed while idle is opened again once.
+
+The 10 seconds cover the whole attempt: a socket time-out alone bounds each read, and a receiver
+that trickles one byte every few seconds would hold a worker for minutes. One watchdog thread
+per process shuts a socket down at its attempt's deadline, which ends any read in progress.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import http.client
+import itertools
 import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from events_app.webhooks.addresses import Address, UnsafeUrl, connect_addresses
@@ -43,6 +49,99 @@ class Outcome:
         return not self.error
 
 
+class Connection:
+    """Sends to one URL over one checked connection, opened on the first send and kept while
+    the receiver keeps it (`close()` when done)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        allow_private: bool,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.url = url
+        self.allow_private = allow_private
+        self.ssl_context = ssl_context
+        parts = urlsplit(url)
+        self.host = parts.hostname or ""
+        self.https = parts.scheme == "https"
+        self.port = parts.port or (443 if self.https else 80)
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._http: _Http | None = None
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def post(self, body: bytes, headers: dict[str, str], *, timeout: float) -> Outcome:
+        """POST `body`; never raises for what the receiver or the network does."""
+        started = time.monotonic()
+        deadline = started + timeout
+
+        def outcome(status: int | None, excerpt: str, error: str) -> Outcome:
+            return Outcome(status, excerpt, error[:500], time.monotonic() - started)
+
+        reused = self._http is not None
+        try:
+            if self._http is None:
+                self._http = self._open(deadline)
+            with _WATCHDOG.armed(self._http.raw, deadline):
+                try:
+                    response = self._exchange(body, headers)
+                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                    if not reused:
+                        raise
+                    # The receiver closed the idle connection: once more, on a new one.
+                    self.close()
+                    self._http = self._open(deadline)
+                    with _WATCHDOG.armed(self._http.raw, deadline):
+                        response = self._exchange(body, headers)
+                excerpt = response.read(EXCERPT_BYTES).decode("utf-8", errors="replace")
+                if response.will_close or not response.isclosed():
+                    self.close()  # the receiver ends it, or unread bytes are left: not reusable
+            status = response.status
+        except UnsafeUrl as refused:
+            self.close()
+            return outcome(None, "", f"Refused: {refused}")
+        except _ConnectFailed as failed:
+            self.close()
+            return outcome(None, "", str(failed))
+        except (OSError, http.client.HTTPException) as error:
+            self.close()
+            if time.monotonic() >= deadline - 0.05:
+                return outcome(None, "", f"Timed out after {timeout:g} s")
+            return outcome(None, "", f"{type(error).__name__}: {error}".rstrip(": "))
+        if time.monotonic() > deadline:
+            self.close()
+            return outcome(status, excerpt, f"Timed out after {timeout:g} s")
+        if 200 <= status < 300:
+            return outcome(status, excerpt, "")
+        if 300 <= status < 400:
+            where = response.getheader("Location") or "nowhere"
+            return outcome(status, excerpt, f"HTTP {status}: redirects are not followed ({where})")
+        return outcome(status, excerpt, f"HTTP {status}")
+
+    def _exchange(self, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
+        assert self._http is not None
+        self._http.request("POST", self.target, body=body, headers=headers)
+        return self._http.getresponse()
+
+    def _open(self, deadline: float) -> _Http:
+        addresses = connect_addresses(self.url, allow_private=self.allow_private)
+        raw = _connect(addresses, self.port, deadline)
+        sock: socket.socket = raw
+        try:
+            if self.https:
+                with _WATCHDOG.armed(raw, deadline):
+                    sock = (self.ssl_context or _tls()).wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+        return _Http(self.host, self.port, sock, raw, default_port=443 if self.https else 80)
+
+
 def post(
     url: str,
     *,
@@ -52,66 +151,25 @@ def post(
     timeout: float,
     ssl_context: ssl.SSLContext | None = None,
 ) -> Outcome:
-    """POST `body` to `url`; never raises for what the receiver or the network does."""
-    started = time.monotonic()
-    deadline = started + timeout
-
-    def outcome(status: int | None, excerpt: str, error: str) -> Outcome:
-        return Outcome(status, excerpt, error[:500], time.monotonic() - started)
-
+    """One POST on a connection of its own."""
+    connection = Connection(url, allow_private=allow_private, ssl_context=ssl_context)
     try:
-        addresses = connect_addresses(url, allow_private=allow_private)
-    except UnsafeUrl as refused:
-        return outcome(None, "", f"Refused: {refused}")
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    https = parts.scheme == "https"
-    port = parts.port or (443 if https else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    sock: socket.socket | None = None
-    watchdog: threading.Timer | None = None
-    try:
-        sock, connect_error = _connect(addresses, port, deadline)
-        if sock is None:
-            return outcome(None, "", connect_error)
-        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _shut, (sock,))
-        watchdog.daemon = True
-        watchdog.start()
-        if https:
-            sock = (ssl_context or _tls()).wrap_socket(sock, server_hostname=host)
-        connection = _Connection(host, port, sock, default_port=443 if https else 80)
-        connection.request("POST", target, body=body, headers=headers)
-        response = connection.getresponse()
-        excerpt = response.read(EXCERPT_BYTES).decode("utf-8", errors="replace")
-        status = response.status
-        if time.monotonic() > deadline:
-            return outcome(status, excerpt, f"Timed out after {timeout:g} s")
-        if 200 <= status < 300:
-            return outcome(status, excerpt, "")
-        if 300 <= status < 400:
-            where = response.getheader("Location") or "nowhere"
-            return outcome(status, excerpt, f"HTTP {status}: redirects are not followed ({where})")
-        return outcome(status, excerpt, f"HTTP {status}")
-    except (OSError, http.client.HTTPException) as error:
-        if time.monotonic() >= deadline - 0.05:
-            return outcome(None, "", f"Timed out after {timeout:g} s")
-        return outcome(None, "", f"{type(error).__name__}: {error}".rstrip(": "))
+        return connection.post(body, headers, timeout=timeout)
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
-        if sock is not None:
-            sock.close()
+        connection.close()
 
 
-def _connect(
-    addresses: list[Address], port: int, deadline: float
-) -> tuple[socket.socket | None, str]:
+class _ConnectFailed(Exception):
+    pass
+
+
+def _connect(addresses: list[Address], port: int, deadline: float) -> socket.socket:
     """A TCP connection to the first checked address that answers."""
     error = "No address to connect to"
     for address in addresses:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return None, "Timed out while connecting"
+            raise _ConnectFailed("Timed out while connecting")
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(remaining)
@@ -121,8 +179,9 @@ def _connect(
             sock.close()
             error = f"Could not connect to {address}: {failure}"
             continue
-        return sock, ""
-    return None, error
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise _ConnectFailed(error)
 
 
 _TLS: ssl.SSLContext | None = None
@@ -137,19 +196,72 @@ def _tls() -> ssl.SSLContext:
     return _TLS
 
 
-def _shut(sock: socket.socket) -> None:
-    """The deadline: end whatever read or write is blocked on `sock`."""
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+class _Http(http.client.HTTPConnection):
+    """http.client over a socket already connected (to a checked address); `Host` is the URL's.
+    `raw` is the TCP socket under TLS, the one the watchdog shuts down."""
 
-
-class _Connection(http.client.HTTPConnection):
-    """http.client over a socket already connected (to a checked address); `Host` is the URL's."""
-
-    def __init__(self, host: str, port: int, sock: socket.socket, *, default_port: int) -> None:
+    def __init__(
+        self, host: str, port: int, sock: socket.socket, raw: socket.socket, *, default_port: int
+    ) -> None:
         self.default_port = default_port  # `Host: name`, with the port only when not the default
         super().__init__(host, port)
         self.sock = sock
+        self.raw = raw
 
     def connect(self) -> None:  # the socket is given; never resolve the name again
         raise http.client.HTTPException("the connection was closed")
+
+
+@dataclass(order=True)
+class _Alarm:
+    deadline: float
+    seq: int
+    sock: socket.socket = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+
+class _Watchdog:
+    """One thread per process that shuts sockets down at their deadlines (a timer thread per
+    attempt would cost a thread start each)."""
+
+    def __init__(self) -> None:
+        self._alarms: list[_Alarm] = []
+        self._wake = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def armed(self, sock: socket.socket, deadline: float):  # type: ignore[no-untyped-def]
+        alarm = _Alarm(deadline, next(self._seq), sock)
+        with self._wake:
+            if self._thread is None or not self._thread.is_alive():
+                # Started on first use, in the process that sends (after a prefork fork too).
+                self._thread = threading.Thread(target=self._run, name="webhook-deadlines")
+                self._thread.daemon = True
+                self._thread.start()
+            heapq.heappush(self._alarms, alarm)
+            if self._alarms[0] is alarm:
+                self._wake.notify()
+        try:
+            yield
+        finally:
+            alarm.cancelled = True  # dropped when it comes up
+
+    def _run(self) -> None:
+        with self._wake:
+            while True:
+                while self._alarms and self._alarms[0].cancelled:
+                    heapq.heappop(self._alarms)
+                if not self._alarms:
+                    self._wake.wait()
+                    continue
+                wait = self._alarms[0].deadline - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                alarm = heapq.heappop(self._alarms)
+                with contextlib.suppress(OSError):
+                    alarm.sock.shutdown(socket.SHUT_RDWR)
+
+
+_WATCHDOG = _Watchdog()

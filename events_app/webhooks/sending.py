@@ -247,7 +247,7 @@ def bodies_build(
 
 
 def delivery_send(
-    endpoint: WebhookEndpoint, delivery: WebhookDelivery, secrets: list[str]
+    connection: http.Connection, delivery: WebhookDelivery, secrets: list[str]
 ) -> http.Outcome:
     """One attempt: sign (at send time, with the live `secrets`) and POST."""
     raw = delivery.body.encode("utf-8")
@@ -257,28 +257,29 @@ def delivery_send(
         ID_HEADER: delivery.webhook_event_id,
         HEADER: header_value(secrets, int(time.time()), raw),
     }
-    return http.post(
-        endpoint.url,
-        body=raw,
-        headers=headers,
-        allow_private=settings.BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS,
-        timeout=TIMEOUT_SECONDS,
-    )
+    return connection.post(raw, headers, timeout=TIMEOUT_SECONDS)
 
 
 def claim_send(claim: Claim, *, now: datetime | None = None) -> list[http.Outcome]:
-    """Send the claim's deliveries in order; stop at the first that got no answer at all (a
-    time-out, a refused connection: the next ones would most likely wait as long) or once half
-    the lease is spent. The outcomes of those sent, in order; the rest are released."""
+    """Send the claim's deliveries in order, over one connection; stop at the first that got no
+    answer at all (a time-out, a refused connection: the next ones would most likely wait as
+    long) or once half the lease is spent. The outcomes of those sent, in order; the rest are
+    released by `claim_record`."""
     secrets = signing_secrets(claim.endpoint, now=now)  # decrypted once for the claim
     started = time.monotonic()
     budget = settings.BIGMIND_WEBHOOK_CLAIM_LEASE_SECONDS / 2
     outcomes: list[http.Outcome] = []
-    for delivery in claim.deliveries:
-        outcome = delivery_send(claim.endpoint, delivery, secrets)
-        outcomes.append(outcome)
-        if outcome.status_code is None or time.monotonic() - started > budget:
-            break
+    connection = http.Connection(
+        claim.endpoint.url, allow_private=settings.BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS
+    )
+    try:
+        for delivery in claim.deliveries:
+            outcome = delivery_send(connection, delivery, secrets)
+            outcomes.append(outcome)
+            if outcome.status_code is None or time.monotonic() - started > budget:
+                break
+    finally:
+        connection.close()
     return outcomes
 
 

@@ -101,6 +101,8 @@ def test_a_completion_an_insight_and_a_state_change_arrive_signed_and_verifiable
         assert_signed(received, [created.secret])
         assert received.path == "/hooks"
         assert received.body == stored[received.id].body.encode()  # the stored bytes, exactly
+    # One claim, one connection (kept alive between the five).
+    assert len({r.peer for r in got}) == 1
     assert {d.status for d in stored.values()} == {"succeeded"}
     assert all(d.attempts == 1 and d.last_status_code == 200 for d in stored.values())
     assert all(d.completed_at is not None and d.claimed_at is None for d in stored.values())

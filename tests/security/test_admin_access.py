@@ -310,6 +310,8 @@ def test_scoped_staff_reach_only_their_own_webhook_endpoints_signals_and_deliver
     assert not WebhookEndpoint.objects.filter(url="https://93.184.215.14/x").exists()
 
     # Forged list actions: the other organization's rows are dropped from the selection.
+    pings = set(WebhookDelivery.objects.filter(type="ping").values_list("pk", flat=True))
+    theirs_before = WebhookDelivery.objects.get(pk=theirs_delivery.pk)
     with django_capture_on_commit_callbacks(execute=False):
         scoped.post(
             endpoints, {"action": "send_test_events", "_selected_action": [theirs_endpoint.pk]}
@@ -318,9 +320,17 @@ def test_scoped_staff_reach_only_their_own_webhook_endpoints_signals_and_deliver
             deliveries,
             {"action": "retry_deliveries", "_selected_action": [str(theirs_delivery.pk)]},
         )
-    assert not WebhookDelivery.objects.filter(type="ping").exists()
+    assert set(WebhookDelivery.objects.filter(type="ping").values_list("pk", flat=True)) == pings
+    theirs_after = WebhookDelivery.objects.get(pk=theirs_delivery.pk)
+    assert (theirs_after.status, theirs_after.next_attempt_at) == (
+        theirs_before.status,
+        theirs_before.next_attempt_at,
+    )
     listing = scoped.get(deliveries)
-    assert list(listing.context["cl"].result_list) == [globex.world.webhook_delivery]
+    assert set(listing.context["cl"].result_list) == set(
+        WebhookDelivery.objects.filter(organization=globex.tenant.organization)
+    )
+    assert globex.world.webhook_delivery in listing.context["cl"].result_list
     assert not leaked(listing, acme, deliveries)  # the endpoint filter names theirs only
     assert scoped.get(f"{deliveries}?endpoint={theirs_endpoint.pk}").context["cl"].result_count == 0
     assert fingerprint(acme) == before
