@@ -478,11 +478,18 @@ class WebhookDelivery(models.Model):
         verbose_name_plural = "webhook deliveries"
         indexes = [
             models.Index(fields=["endpoint", "-created_at"], name="webhook_delivery_endpoint"),
-            # The sender's and the sweep's scan: only what is still to send.
+            # A sender's claim, and the sweep's probe per endpoint: an endpoint's pending
+            # deliveries, oldest due first ...
             models.Index(
-                fields=["next_attempt_at"],
-                name="webhook_delivery_due",
+                fields=["endpoint", "next_attempt_at"],
+                name="webhook_delivery_endpoint_due",
                 condition=Q(status="pending"),
+            ),
+            # ... and its count of the endpoint's live claims (only claimed rows are in it).
+            models.Index(
+                fields=["endpoint", "claimed_at"],
+                name="webhook_delivery_claimed",
+                condition=Q(claimed_at__isnull=False),
             ),
             # Retention's scan: finished deliveries, oldest first.
             models.Index(
