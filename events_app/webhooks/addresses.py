@@ -47,6 +47,12 @@ def _split(url: str, *, allow_private: bool) -> SplitResult:
         raise UnsafeUrl(f"The URL is longer than {MAX_URL_LENGTH} characters")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         raise UnsafeUrl("The URL contains spaces or control characters")
+    if not url.isascii():
+        # http.client writes the request line as ASCII: say so now, not at every attempt.
+        raise UnsafeUrl(
+            "The URL must be ASCII: percent-encode other characters, and give an "
+            "internationalized host name in its xn-- form"
+        )
     if "\\" in url:
         # Parsers disagree about a backslash (some read it as a slash): refused outright.
         raise UnsafeUrl("The URL contains a backslash")

@@ -17,6 +17,7 @@ per process shuts a socket down at its attempt's deadline, which ends any read i
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import heapq
 import http.client
@@ -87,7 +88,7 @@ class Connection:
         try:
             if self._http is None:
                 self._http = self._open(deadline)
-            with _WATCHDOG.armed(self._http.raw, deadline):
+            with _WATCHDOG.armed(self._http.guard, deadline):
                 try:
                     response = self._exchange(body, headers)
                 except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
@@ -96,7 +97,7 @@ class Connection:
                     # The receiver closed the idle connection: once more, on a new one.
                     self.close()
                     self._http = self._open(deadline)
-                    with _WATCHDOG.armed(self._http.raw, deadline):
+                    with _WATCHDOG.armed(self._http.guard, deadline):
                         response = self._exchange(body, headers)
                 excerpt = response.read(EXCERPT_BYTES).decode("utf-8", errors="replace")
                 if response.will_close or not response.isclosed():
@@ -129,17 +130,22 @@ class Connection:
         return self._http.getresponse()
 
     def _open(self, deadline: float) -> _Http:
-        addresses = connect_addresses(self.url, allow_private=self.allow_private)
+        addresses = resolve(self.url, allow_private=self.allow_private, deadline=deadline)
         raw = _connect(addresses, self.port, deadline)
+        # The watchdog's handle on the connection: wrapping in TLS detaches `raw` (its
+        # descriptor becomes -1), and shutting down a duplicate descriptor ends the connection
+        # itself, so a read blocked inside TLS returns too.
+        guard = raw.dup()
         sock: socket.socket = raw
         try:
             if self.https:
-                with _WATCHDOG.armed(raw, deadline):
+                with _WATCHDOG.armed(guard, deadline):
                     sock = (self.ssl_context or _tls()).wrap_socket(raw, server_hostname=self.host)
         except BaseException:
             raw.close()
+            guard.close()
             raise
-        return _Http(self.host, self.port, sock, raw, default_port=443 if self.https else 80)
+        return _Http(self.host, self.port, sock, guard, default_port=443 if self.https else 80)
 
 
 def post(
@@ -161,6 +167,20 @@ def post(
 
 class _ConnectFailed(Exception):
     pass
+
+
+# getaddrinfo has no time-out of its own (a slow name server holds it 20 s or more): it runs on
+# these threads, and the attempt waits for it only until its deadline.
+_RESOLVERS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
+
+
+def resolve(url: str, *, allow_private: bool, deadline: float) -> list[Address]:
+    """`addresses.connect_addresses`, given until `deadline` (time.monotonic())."""
+    future = _RESOLVERS.submit(connect_addresses, url, allow_private=allow_private)
+    try:
+        return future.result(timeout=max(0.0, deadline - time.monotonic()))
+    except concurrent.futures.TimeoutError:
+        raise _ConnectFailed("Timed out while resolving the host") from None
 
 
 def _connect(addresses: list[Address], port: int, deadline: float) -> socket.socket:
@@ -198,18 +218,22 @@ def _tls() -> ssl.SSLContext:
 
 class _Http(http.client.HTTPConnection):
     """http.client over a socket already connected (to a checked address); `Host` is the URL's.
-    `raw` is the TCP socket under TLS, the one the watchdog shuts down."""
+    `guard` is a duplicate of the TCP socket's descriptor, the one the watchdog shuts down."""
 
     def __init__(
-        self, host: str, port: int, sock: socket.socket, raw: socket.socket, *, default_port: int
+        self, host: str, port: int, sock: socket.socket, guard: socket.socket, *, default_port: int
     ) -> None:
         self.default_port = default_port  # `Host: name`, with the port only when not the default
         super().__init__(host, port)
         self.sock = sock
-        self.raw = raw
+        self.guard = guard
 
     def connect(self) -> None:  # the socket is given; never resolve the name again
         raise http.client.HTTPException("the connection was closed")
+
+    def close(self) -> None:
+        super().close()
+        self.guard.close()
 
 
 @dataclass(order=True)

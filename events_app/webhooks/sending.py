@@ -184,11 +184,16 @@ def deliveries_claim(
         )
         if not ids:
             return None
-        WebhookDelivery.objects.filter(pk__in=ids).update(
+        # Claimable still: a sender whose lease ran out may have just finished one of them
+        # (its results need no lock on the endpoint). The rows claimed are read back by token.
+        WebhookDelivery.objects.filter(_claimable(now), pk__in=ids).update(
             claimed_at=token, attempts=F("attempts") + 1
         )
+        claimed = WebhookDelivery.objects.filter(
+            pk__in=ids, claimed_at=token, status=WebhookDeliveryStatus.PENDING
+        )
         deliveries = bodies_build(
-            list(WebhookDelivery.objects.filter(pk__in=ids).order_by("next_attempt_at")),
+            list(claimed.order_by("next_attempt_at")),
             organization=endpoint.organization.slug,
             now=now,
         )
@@ -265,7 +270,14 @@ def claim_send(claim: Claim, *, now: datetime | None = None) -> list[http.Outcom
     answer at all (a time-out, a refused connection: the next ones would most likely wait as
     long) or once half the lease is spent. The outcomes of those sent, in order; the rest are
     released by `claim_record`."""
-    secrets = signing_secrets(claim.endpoint, now=now)  # decrypted once for the claim
+    try:
+        secrets = signing_secrets(claim.endpoint, now=now)  # decrypted once for the claim
+    except Exception as error:  # a SECRET_KEY changed without its fallback: nothing can sign
+        logger.exception("webhook endpoint %s: its secret cannot be read", claim.endpoint.public_id)
+        refused = http.Outcome(
+            None, "", f"The signing secret cannot be read ({type(error).__name__}): rotate it", 0.0
+        )
+        return [refused] * len(claim.deliveries)
     started = time.monotonic()
     budget = settings.BIGMIND_WEBHOOK_CLAIM_LEASE_SECONDS / 2
     outcomes: list[http.Outcome] = []
@@ -274,7 +286,14 @@ def claim_send(claim: Claim, *, now: datetime | None = None) -> list[http.Outcom
     )
     try:
         for delivery in claim.deliveries:
-            outcome = delivery_send(connection, delivery, secrets)
+            try:
+                outcome = delivery_send(connection, delivery, secrets)
+            except Exception as error:
+                # Recorded as a failed attempt (retried, then failed), never left claimed: a
+                # row that raised every time would otherwise hold up the endpoint for good.
+                logger.exception("webhook delivery %s: the attempt raised", delivery.pk)
+                connection.close()
+                outcome = http.Outcome(None, "", f"Internal error: {type(error).__name__}", 0.0)
             outcomes.append(outcome)
             if outcome.status_code is None or time.monotonic() - started > budget:
                 break
@@ -286,7 +305,8 @@ def claim_send(claim: Claim, *, now: datetime | None = None) -> list[http.Outcom
 def retry_delay(attempts: int) -> float:
     """Seconds before the retry that follows attempt number `attempts` ("equal jitter")."""
     base = settings.BIGMIND_WEBHOOK_RETRY_BACKOFF_SECONDS
-    ceiling = min(settings.BIGMIND_WEBHOOK_RETRY_BACKOFF_MAX_SECONDS, base * 2 ** (attempts - 1))
+    doublings = min(max(attempts - 1, 0), 40)  # past 40 the cap applies anyway; no overflow
+    ceiling = min(settings.BIGMIND_WEBHOOK_RETRY_BACKOFF_MAX_SECONDS, base * 2**doublings)
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # jitter, not a secret
 
 
@@ -346,8 +366,10 @@ def claim_record(
             WebhookDelivery.objects.filter(
                 pk__in=unsent, status=WebhookDeliveryStatus.PENDING, claimed_at=claim.token
             ).update(claimed_at=None, attempts=F("attempts") - 1)
-        if moved:
-            _endpoint_health(claim.endpoint, outcomes, now=now)
+    # After the results, in a statement of its own: a claim locks the endpoint, then deliveries;
+    # doing both here in the other order could deadlock with it.
+    if moved:
+        _endpoint_health(claim.endpoint, outcomes, now=now)
     for delivery, outcome, status in zip(claim.deliveries, outcomes, statuses, strict=False):
         if delivery.pk not in moved:
             continue
@@ -445,11 +467,10 @@ def delivery_retry(*, delivery: WebhookDelivery, now: datetime | None = None) ->
     succeeded one is sent again, same id and body, for a receiver that lost it)."""
     now = now or timezone.now()
     with transaction.atomic():
+        # A claim in flight is left alone: its result is written as usual (fenced on its
+        # token), and it stands for this retry.
         WebhookDelivery.objects.filter(pk=delivery.pk).update(
-            status=WebhookDeliveryStatus.PENDING,
-            next_attempt_at=now,
-            completed_at=None,
-            claimed_at=None,
+            status=WebhookDeliveryStatus.PENDING, next_attempt_at=now, completed_at=None
         )
         deliveries_committed(endpoint_ids=[delivery.endpoint_id])
     delivery.refresh_from_db()

@@ -106,7 +106,19 @@ def walk_tenant(tenant: Tenant) -> dict[str, str]:
     auth = {"Authorization": f"Bearer {tenant.raw_key}"}
     response = client.post("/v1/events", _event(), content_type="application/json", headers=auth)
     assert response.status_code == 202, response.content
+    endpoint = client.post(
+        "/v1/webhook-endpoints",
+        {"url": "https://93.184.215.14/hooks", "events": ["*"]},
+        content_type="application/json",
+        headers=auth,
+    )
+    assert endpoint.status_code == 201, endpoint.content
+    endpoint_id = endpoint.json()["data"]["id"]
+    ping = client.post(f"/v1/webhook-endpoints/{endpoint_id}/test", headers=auth)
+    assert ping.status_code == 202, ping.content
     return {
+        "endpoint_id": endpoint_id,
+        "delivery_id": ping.json()["data"]["id"],
         "event_id": response.json()["data"]["id"],
         "slug": SIGNAL,
         "version": "1",
