@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import SplitResult, urlsplit
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -79,10 +80,22 @@ def _port(parts: SplitResult) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def connect_addresses(url: str, *, allow_private: bool) -> list[Address]:
+class ResolveTimeout(Exception):
+    """The host did not resolve in the time given."""
+
+
+# getaddrinfo has no time-out of its own (a slow name server holds it 20 s or more): it runs on
+# these threads, and the caller waits for it only as long as it may.
+_RESOLVERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
+
+
+def connect_addresses(
+    url: str, *, allow_private: bool, timeout: float | None = None
+) -> list[Address]:
     """The addresses to connect to for `url`, in resolver order. UnsafeUrl when the URL breaks
     the rule, when the host does not resolve, or when any address it resolves to is not public
-    (one private answer among public ones is refused whole: the resolver's order is not ours)."""
+    (one private answer among public ones is refused whole: the resolver's order is not ours);
+    ResolveTimeout when resolving takes longer than `timeout` seconds."""
     parts = _split(url, allow_private=allow_private)
     host = parts.hostname
     assert host is not None
@@ -93,8 +106,11 @@ def connect_addresses(url: str, *, allow_private: bool) -> list[Address]:
     if literal is not None:
         found = [literal]
     else:
+        lookup = _RESOLVERS.submit(socket.getaddrinfo, host, _port(parts), type=socket.SOCK_STREAM)
         try:
-            infos = socket.getaddrinfo(host, _port(parts), type=socket.SOCK_STREAM)
+            infos = lookup.result(timeout=timeout)
+        except TimeoutError:
+            raise ResolveTimeout(f"The host {host} did not resolve within {timeout:g} s") from None
         except (socket.gaierror, UnicodeError) as error:
             raise UnsafeUrl(f"The host {host} does not resolve: {error}") from None
         found = []
@@ -111,7 +127,15 @@ def connect_addresses(url: str, *, allow_private: bool) -> list[Address]:
     return found
 
 
+# How long saving an endpoint waits for its host to resolve (an API request or an admin form).
+SAVE_RESOLVE_SECONDS = 5.0
+
+
 def url_check(url: str, *, allow_private: bool) -> str:
-    """`url` when it may receive webhooks now (an endpoint being saved); UnsafeUrl otherwise."""
-    connect_addresses(url, allow_private=allow_private)
+    """`url` when it may receive webhooks now (an endpoint being saved); UnsafeUrl otherwise,
+    also when the host does not resolve within SAVE_RESOLVE_SECONDS."""
+    try:
+        connect_addresses(url, allow_private=allow_private, timeout=SAVE_RESOLVE_SECONDS)
+    except ResolveTimeout as slow:
+        raise UnsafeUrl(str(slow)) from None
     return url

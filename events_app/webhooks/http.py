@@ -17,7 +17,6 @@ per process shuts a socket down at its attempt's deadline, which ends any read i
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import heapq
 import http.client
@@ -29,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from events_app.webhooks.addresses import Address, UnsafeUrl, connect_addresses
+from events_app.webhooks.addresses import Address, ResolveTimeout, UnsafeUrl, connect_addresses
 
 # What is kept of a response body: enough to show staff what the receiver said.
 EXCERPT_BYTES = 2048
@@ -169,17 +168,13 @@ class _ConnectFailed(Exception):
     pass
 
 
-# getaddrinfo has no time-out of its own (a slow name server holds it 20 s or more): it runs on
-# these threads, and the attempt waits for it only until its deadline.
-_RESOLVERS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
-
-
 def resolve(url: str, *, allow_private: bool, deadline: float) -> list[Address]:
     """`addresses.connect_addresses`, given until `deadline` (time.monotonic())."""
-    future = _RESOLVERS.submit(connect_addresses, url, allow_private=allow_private)
     try:
-        return future.result(timeout=max(0.0, deadline - time.monotonic()))
-    except concurrent.futures.TimeoutError:
+        return connect_addresses(
+            url, allow_private=allow_private, timeout=max(0.0, deadline - time.monotonic())
+        )
+    except ResolveTimeout:
         raise _ConnectFailed("Timed out while resolving the host") from None
 
 

@@ -159,15 +159,21 @@ def test_a_receiver_trickling_through_tls_is_cut_at_the_deadline(tls: Any) -> No
 def test_a_slow_name_server_costs_the_attempt_its_deadline_not_more() -> None:
     def slow(*args: Any, **kwargs: Any) -> list[Any]:
         time.sleep(3)
-        return [ipaddress.ip_address("127.0.0.1")]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))]
 
-    with mock.patch.object(http, "connect_addresses", slow):
+    with mock.patch("events_app.webhooks.addresses.socket.getaddrinfo", slow):
         started = time.monotonic()
         outcome = http.post(
             "http://slow.example/hooks", body=b"{}", headers={}, allow_private=True, timeout=0.5
         )
-    assert time.monotonic() - started < 1.5
-    assert outcome.error == "Timed out while resolving the host"
+        assert time.monotonic() - started < 1.5
+        assert outcome.error == "Timed out while resolving the host"
+        # Saving an endpoint waits SAVE_RESOLVE_SECONDS, then refuses the URL with the reason.
+        with (
+            mock.patch("events_app.webhooks.addresses.SAVE_RESOLVE_SECONDS", 0.5),
+            pytest.raises(UnsafeUrl, match=r"did not resolve within 0\.5 s"),
+        ):
+            url_check("https://slow.example/hooks", allow_private=False)
 
 
 def test_a_url_that_is_not_ascii_is_refused_when_saved() -> None:
