@@ -12,6 +12,7 @@ from django.db import connection
 from django.test import Client
 
 from bigmind.cache import counter_leases_clear
+from bigmind.redis import cache_breakers_reset
 from events_app.ingest.auth import api_key_last_used_reset
 from events_app.ingest.services import ingest_writer_stop
 from events_app.pipeline.processors import processor_get
@@ -36,6 +37,10 @@ def on_postgres() -> bool:
 @pytest.fixture(autouse=True)
 def _clear_cache() -> Iterator[None]:
     # SQLite reuses row ids after a rolled-back test, so cached lookups must not leak across.
+    # Nor may an open cache circuit breaker (process-wide): a Redis reply slower than
+    # CACHE_SOCKET_TIMEOUT (0.25 s) on a loaded machine opened it in one test and failed the
+    # next one's first cache call.
+    cache_breakers_reset()
     cache.clear()
     counter_leases_clear()
     lookups.clear_local()
@@ -45,6 +50,7 @@ def _clear_cache() -> Iterator[None]:
     # test, so that settings a test changed do not outlive it and the test database can be
     # dropped.
     ingest_writer_stop()
+    cache_breakers_reset()
     cache.clear()
     counter_leases_clear()
     lookups.clear_local()
