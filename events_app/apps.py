@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
 
 
@@ -17,3 +19,18 @@ class EventsAppConfig(AppConfig):
         from events_app.metrics import metrics_hooks_register
 
         metrics_hooks_register()
+
+        # Webhook endpoints filter on signals by id: a deleted signal is dropped from them.
+        from django.db.models.signals import post_delete
+
+        from signals_app.models import Signal
+
+        post_delete.connect(
+            _signal_deleted, sender=Signal, dispatch_uid="events_app-webhook-signal-deleted"
+        )
+
+
+def _signal_deleted(sender: object, instance: Any, **_: object) -> None:
+    from events_app.webhooks.endpoints import signal_deleted
+
+    signal_deleted(signal_id=instance.pk, organization_id=instance.organization_id)

@@ -207,3 +207,25 @@ def subscribed(
     endpoints: Sequence[WebhookEndpoint], event_type: str, signal_id: int | None
 ) -> list[WebhookEndpoint]:
     return [e for e in endpoints if wants(e, event_type, signal_id)]
+
+
+def signal_deleted(*, signal_id: int, organization_id: int) -> None:
+    """A signal is gone: endpoints stop naming it. One whose filter named only deleted signals
+    is disabled, with the reason, instead of being left with an empty filter (which means
+    "every signal") or with ids that match nothing while the API shows none. (Connected to
+    Signal's post_delete in EventsAppConfig.ready; signals_app does not know about endpoints.)"""
+    for endpoint in WebhookEndpoint.objects.filter(organization_id=organization_id).exclude(
+        signal_ids=[]
+    ):
+        if signal_id not in endpoint.signal_ids:
+            continue
+        endpoint.signal_ids = [i for i in endpoint.signal_ids if i != signal_id]
+        fields = ["signal_ids", "updated_at"]
+        if not endpoint.signal_ids:
+            endpoint.enabled = False
+            endpoint.disabled_reason = (
+                "Disabled: its signal filter named only signals that were deleted. Choose "
+                "signals (or none, for all) and enable it again."
+            )
+            fields += ["enabled", "disabled_reason"]
+        endpoint.save(update_fields=fields)

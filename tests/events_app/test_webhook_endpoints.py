@@ -195,3 +195,32 @@ def test_sending_enabled_true_to_an_enabled_endpoint_keeps_its_failure_clock(
 def test_enabled_must_be_a_boolean(tenant: Tenant, enabled: object) -> None:
     with pytest.raises(InvalidEndpoint, match="enabled"):
         endpoint_create(organization=tenant.organization, url=PUBLIC, events=["*"], enabled=enabled)
+
+
+def test_a_deleted_signal_leaves_the_filter_and_a_filter_left_empty_disables_the_endpoint(
+    tenant: Tenant,
+) -> None:
+    visit, health = tenant.signal("page-visit"), tenant.signal("health")
+    filtered = endpoint_create(
+        organization=tenant.organization,
+        url=PUBLIC,
+        events=["*"],
+        signals=["page-visit", "health"],
+    ).endpoint
+    unfiltered = endpoint_create(
+        organization=tenant.organization, url=PUBLIC, events=["*"]
+    ).endpoint
+    visit_id = visit.pk
+
+    visit.delete()  # a signal with no events may be deleted
+    filtered.refresh_from_db()
+    assert filtered.signal_ids == [health.pk] and filtered.enabled
+    assert not wants(filtered, "event.completed", visit_id)
+
+    Signal.objects.filter(pk=health.pk).delete()
+    filtered.refresh_from_db()
+    # Not an empty filter ("every signal"), nor one that matches nothing while showing none.
+    assert filtered.signal_ids == [] and not filtered.enabled
+    assert "named only signals that were deleted" in filtered.disabled_reason
+    unfiltered.refresh_from_db()
+    assert unfiltered.enabled and unfiltered.signal_ids == []
