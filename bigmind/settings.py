@@ -286,7 +286,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "events.process_event": {"queue": "events.process"},
     "events.process_events": {"queue": "events.process"},
-    # Webhook sending waits on other people's servers: its own queue and workers (a thread pool),
+    # Webhook sending waits on other people's servers: its own queue and workers,
     # so a slow receiver never holds a processing worker.
     "webhooks.deliver": {"queue": "webhooks"},
 }
@@ -352,7 +352,7 @@ BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS = env.bool(
     "BIGMIND_WEBHOOK_ALLOW_PRIVATE_NETWORKS", default=False
 )
 # Sends in flight to one endpoint at most: a slow receiver holds this many webhook workers, never
-# all of them (run the `webhooks` worker with more threads than this).
+# all of them (run the `webhooks` worker with more processes than this).
 BIGMIND_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT = env.int(
     "BIGMIND_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", default=4
 )

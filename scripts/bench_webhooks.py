@@ -10,7 +10,7 @@ One command (`make bench-webhooks`, i.e. `.venv/bin/python scripts/bench_webhook
      (scripts/benchlib/receiver.py: asyncio, keep-alive; it answers 200 and records every
      request), at CPU priority `nice` --nice;
   2. creates one webhook endpoint of the demo organization, `events: ["*"]`, pointing at the
-     receiver, and starts one `webhooks` worker as deployed (`--pool threads`, 8 threads), also
+     receiver, and starts one `webhooks` worker as deployed (prefork, 8 processes), also
      at `nice` --nice, which runs for the whole benchmark. The receiver stands for the
      customer's machine, and the sender is background work that can wait: on this 2-core
      machine both share the cores with the processing worker, and the lower priority gives
@@ -54,7 +54,7 @@ from benchlib.receiver import LeanReceiver
 
 from events_app.webhooks.signing import verify
 
-WEBHOOK_THREADS = 8
+WEBHOOK_PROCESSES = 8
 
 ENDPOINT_CODE = """
 from signals_app.models import ApiKey
@@ -88,9 +88,9 @@ def webhooks_worker(harness: stack.Stack) -> subprocess.Popen[bytes]:
         "-Q",
         "webhooks",
         "--pool",
-        "threads",
+        "prefork",
         "--concurrency",
-        str(WEBHOOK_THREADS),
+        str(WEBHOOK_PROCESSES),
         "--without-mingle",
         "-n",
         f"bench-webhooks-{uuid.uuid4().hex[:6]}@%h",
@@ -98,7 +98,7 @@ def webhooks_worker(harness: stack.Stack) -> subprocess.Popen[bytes]:
         "WARNING",
     ]
     nice = harness.args.nice
-    log(f"starting the webhooks worker: threads, {WEBHOOK_THREADS}, nice {nice}")
+    log(f"starting the webhooks worker: prefork, {WEBHOOK_PROCESSES} processes, nice {nice}")
     return subprocess.Popen(
         command,
         cwd=ROOT,
@@ -250,7 +250,7 @@ def report(
         "",
         f"One processing worker process (prefork, 1), `--events {args.events}` per round, stored "
         f"by POST /v1/events/batch ({BATCH_SIZE} per request) before the worker starts; one "
-        f"`webhooks` worker (threads, {WEBHOOK_THREADS}, nice {args.nice}) runs throughout and "
+        f"`webhooks` worker (prefork, {WEBHOOK_PROCESSES}, nice {args.nice}) runs throughout and "
         f"sends to a local receiver (its own process, nice {args.nice}) that answers 200.",
         "",
         "| round | endpoint | events | drain (s) | events/s | deliveries | deliveries/s | "

@@ -58,9 +58,9 @@ def main() -> int:
             "--without-mingle",
             "--without-gossip",
         ],
-        # Webhook sending (queue `webhooks`): threads, since a send mostly waits on the network,
-        # and more of them than the per-endpoint in-flight cap, so one slow receiver cannot
-        # hold them all.
+        # Webhook sending (queue `webhooks`): its own worker, with more processes than the
+        # per-endpoint in-flight cap, so one slow receiver cannot hold them all. Prefork, not
+        # threads: see docs/webhooks.md, "Sending".
         "webhooks": [
             python,
             "-m",
@@ -71,9 +71,9 @@ def main() -> int:
             "-Q",
             "webhooks",
             "--pool",
-            "threads",
+            "prefork",
             "--concurrency",
-            "8",
+            "6",
             "--hostname",
             "webhooks@%h",
             "--loglevel",

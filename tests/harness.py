@@ -308,8 +308,7 @@ def worker_start(
     queues: tuple[str, ...] = QUEUES,
     pool: str = "prefork",
 ) -> Worker:
-    """Start a worker (not waiting for it to be ready: see Worker.wait_ready). The `webhooks`
-    queue's workers run `pool="threads"`, as deployed (docs/deployment.md)."""
+    """Start a worker (not waiting for it to be ready: see Worker.wait_ready)."""
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     log_path = log_dir / f"{name}.log"
     log_file = log_path.open("wb")

@@ -1,5 +1,5 @@
 """Webhooks end to end with real Celery workers: a processing worker on `events.process` and a
-`webhooks` worker (threads pool, as deployed), PostgreSQL and a network broker; events go in
+`webhooks` worker (prefork, as deployed), PostgreSQL and a network broker; events go in
 through this process's HTTP stack and the deliveries come out at real local receivers.
 
 Needs PostgreSQL and a network broker, like tests/events_app/test_worker_e2e.py.
@@ -59,7 +59,7 @@ def test_a_hanging_receiver_costs_one_time_out_and_never_slows_processing(
 ) -> None:
     signal: Signal = tenant.signal("visit", rate_limit_per_minute=100_000)
     processing = start(queues=("default", "events.process"))
-    webhooks = start(queues=("webhooks",), pool="threads", concurrency=4)
+    webhooks = start(queues=("webhooks",), concurrency=4)
     with receiver_running(default="hang") as hanging, receiver_running() as healthy:
         stuck = endpoint_create(
             organization=tenant.organization, url=hanging.url, events=["event.completed"]

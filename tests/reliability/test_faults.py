@@ -601,7 +601,7 @@ WEBHOOK_RATE = float(os.environ.get("BIGMIND_FAULT_WEBHOOK_RATE", "40"))
 # After every event is completed: how long every delivery may take to be sent.
 WEBHOOK_TIMEOUT = float(os.environ.get("BIGMIND_FAULT_WEBHOOK_TIMEOUT", "120"))
 # More threads than the per-endpoint cap of sends in flight (4), as deployed.
-WEBHOOK_THREADS = 8
+WEBHOOK_PROCESSES = 8
 # Each answer waits this long (seconds, uniform), so that a kill most likely lands mid-send.
 RECEIVER_DELAY = (0.05, 0.1)
 IN_FLIGHT_WAIT = 15.0
@@ -631,14 +631,14 @@ def _webhook_endpoint_create(stack: FaultStack, *, url: str, signal_slug: str) -
 
 
 def _webhooks_worker_start(stack: FaultStack) -> Worker:
-    """A worker of the `webhooks` queue alone, a thread pool as deployed (not one of the stack's
+    """A worker of the `webhooks` queue alone, prefork as deployed (not one of the stack's
     workers: `problems()` counts those)."""
     worker = worker_start(
         env=stack.env,
         log_dir=stack.logs,
-        concurrency=WEBHOOK_THREADS,
+        concurrency=WEBHOOK_PROCESSES,
         queues=("webhooks",),
-        pool="threads",
+        pool="prefork",
     )
     worker.wait_ready(timeout=90)
     return worker
