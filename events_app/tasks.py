@@ -67,7 +67,13 @@ def purge_task() -> None:
     retention_purge(time_budget=batch_time_budget())
 
 
-@shared_task(name=DELIVER_TASK, **TASK_OPTIONS)
+# Acknowledged on receipt, unlike the pipeline's tasks: the message is only a wake-up (the
+# delivery rows are the truth, claims are fenced, and the sweep wakes any endpoint with due
+# deliveries), so losing it costs a sweep interval at most. Holding it unacknowledged while
+# sending exposed a kombu Redis-transport failure: a worker that lost the broker while holding
+# its first unacknowledged message died ("Unrecoverable error ... 'NoneType' object has no
+# attribute 'hostname'"), in the fault suite's broker restart.
+@shared_task(name=DELIVER_TASK, acks_late=False, ignore_result=True)
 def deliver_webhooks_task(endpoint_id: int) -> None:
     """Send one endpoint's due webhook deliveries (queue `webhooks`). No Celery retry: each
     delivery's own row holds its attempts and next time, and the sweep wakes what is due."""

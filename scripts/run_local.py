@@ -59,8 +59,8 @@ def main() -> int:
             "--without-gossip",
         ],
         # Webhook sending (queue `webhooks`): its own worker, with more processes than the
-        # per-endpoint in-flight cap, so one slow receiver cannot hold them all. Prefork, not
-        # threads: see docs/webhooks.md, "Sending".
+        # per-endpoint in-flight cap, so one slow receiver cannot hold them all (prefork: its
+        # time limits apply; docs/webhooks.md, "Sending").
         "webhooks": [
             python,
             "-m",

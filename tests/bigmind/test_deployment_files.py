@@ -182,8 +182,7 @@ def test_webhooks_are_sent_by_their_own_workers_above_the_per_endpoint_cap() -> 
     no processing worker consumes `webhooks`."""
     webhooks = command_of(services()["webhooks"])
     assert option(webhooks, "-Q", "--queues") == "webhooks"
-    # Prefork: a threads-pool worker died of a broker restart in the fault suite (acks from pool
-    # threads racing the consumer's reconnection in kombu's Redis transport).
+    # Prefork: Celery's time limits apply to it (the threads pool has none).
     assert option(webhooks, "--pool", "-P") == "prefork"
     processes = int(option(webhooks, "--concurrency", "-c"))
     assert processes > django_settings.BIGMIND_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT
