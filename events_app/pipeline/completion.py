@@ -13,7 +13,6 @@ queues the retries.
 from __future__ import annotations
 
 import logging
-import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,6 +23,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from bigmind.backoff import backoff_delay
 from events_app import dialect, metrics
 from events_app.models import Event, EventStatus, WebhookEventType
 from events_app.pipeline import rollups
@@ -47,11 +47,11 @@ _FAILED = EventStatus.FAILED.value
 
 def retry_delay(attempt: int) -> float:
     """Exponential backoff with "equal jitter": half fixed, half random, capped."""
-    ceiling = min(
-        settings.BIGMIND_RETRY_BACKOFF_MAX_SECONDS,
-        settings.BIGMIND_RETRY_BACKOFF_SECONDS * 2 ** max(0, attempt - 1),
+    return backoff_delay(
+        attempt,
+        base=settings.BIGMIND_RETRY_BACKOFF_SECONDS,
+        cap=settings.BIGMIND_RETRY_BACKOFF_MAX_SECONDS,
     )
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 class ClaimsLost(Exception):

@@ -28,7 +28,6 @@ The database is the source of truth for every decision:
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Exists, F, Max, OuterRef, Q
 from django.utils import timezone
 
+from bigmind.backoff import backoff_delay
 from bigmind.errors import ApplicationError
 from events_app import dialect, metrics
 from events_app.ids import uuid7
@@ -304,10 +304,11 @@ def claim_send(claim: Claim, *, now: datetime | None = None) -> list[http.Outcom
 
 def retry_delay(attempts: int) -> float:
     """Seconds before the retry that follows attempt number `attempts` ("equal jitter")."""
-    base = settings.BIGMIND_WEBHOOK_RETRY_BACKOFF_SECONDS
-    doublings = min(max(attempts - 1, 0), 40)  # past 40 the cap applies anyway; no overflow
-    ceiling = min(settings.BIGMIND_WEBHOOK_RETRY_BACKOFF_MAX_SECONDS, base * 2**doublings)
-    return ceiling / 2 + random.uniform(0, ceiling / 2)  # jitter, not a secret
+    return backoff_delay(
+        attempts,
+        base=settings.BIGMIND_WEBHOOK_RETRY_BACKOFF_SECONDS,
+        cap=settings.BIGMIND_WEBHOOK_RETRY_BACKOFF_MAX_SECONDS,
+    )
 
 
 _RESULT_COLUMNS = [
