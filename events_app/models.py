@@ -92,6 +92,11 @@ class Event(models.Model):
     # and value, state change, engagement weight). Written in the same transaction as the
     # rollups; reprocessing reuses it and never applies the rollups again.
     rollup = models.JSONField(null=True, blank=True)
+    # False: accepted under the signal's `flag` enforcement although `data` failed its schema;
+    # `violations` then holds the same `details` list a 400 would have carried.
+    # db_default: adding the column to a large table is a catalogue change, not a rewrite.
+    schema_valid = models.BooleanField("schema valid", default=True, db_default=True)
+    violations = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-received_at"]

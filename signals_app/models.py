@@ -47,6 +47,13 @@ class Compatibility(models.TextChoices):
     FULL = "full", "Full"
 
 
+class Enforcement(models.TextChoices):
+    """What happens to an event whose `data` fails its schema."""
+
+    REJECT = "reject", "Reject (400)"
+    FLAG = "flag", "Flag (accept, mark invalid)"
+
+
 class Signal(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="signals")
     # `sig_` + 8 base62 characters; what the API shows as `signal_id`.
@@ -75,6 +82,15 @@ class Signal(models.Model):
         blank=True,
         help_text="The property of the event's data that holds the number; value when left empty.",
     )
+    enforcement = models.CharField(
+        max_length=10,
+        choices=Enforcement.choices,
+        default=Enforcement.REJECT,
+        help_text="Reject an event whose data fails the schema, or accept it flagged as invalid.",
+    )
+    # [{"path": "/email", "mode": "hash"}, ...]: JSON Pointers into `data`, applied before
+    # anything is stored or logged (events_app/ingest/redaction.py).
+    redact = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -129,6 +145,20 @@ class SchemaVersion(models.Model):
         return f"{self.signal.slug} v{self.version}"
 
 
+class ApiScope(models.TextChoices):
+    EVENTS_WRITE = "events:write", "events:write (ingest, batch, validate)"
+    EVENTS_READ = "events:read", "events:read"
+    RECORDS_READ = "records:read", "records:read"
+    SIGNALS_READ = "signals:read", "signals:read"
+    REJECTIONS_READ = "rejections:read", "rejections:read"
+    WEBHOOKS_WRITE = "webhooks:write", "webhooks:write"
+
+
+def api_scopes_all() -> list[str]:
+    """Every scope: what a key made without `--scopes` holds (and keys made before scopes)."""
+    return list(ApiScope.values)
+
+
 class ApiKey(models.Model):
     """An `sk_` key. Only its SHA-256 is stored, with a short prefix to recognise it by."""
 
@@ -141,6 +171,12 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField("last used", null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField("revoked", null=True, blank=True, editable=False)
+    # A list of ApiScope values. Stored explicitly (not "empty means all"), so that a key's
+    # page shows exactly what it may do.
+    scopes = models.JSONField(default=api_scopes_all)
+    # Signal slugs the key may write and read; NULL: every signal of its organization.
+    signals = models.JSONField("signal allow-list", null=True, blank=True)
+    expires_at = models.DateTimeField("expires", null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

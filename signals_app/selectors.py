@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cachetools import LRUCache, TTLCache
@@ -37,6 +38,10 @@ class SignalRef:
     organization_id: int
     rate_limit_per_minute: int | None
     latest_version: int | None
+    # "reject" or "flag" (signals_app.models.Enforcement).
+    enforcement: str = "reject"
+    # Checked rules, [{"path", "mode"}] (signals_app/redaction_rules.py); a tuple: refs are shared.
+    redact: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,10 @@ class ApiKeyRef:
     id: int
     organization_id: int
     revoked: bool
+    scopes: frozenset[str] = frozenset()
+    # Signal slugs the key may write and read; None: every signal.
+    signals: frozenset[str] | None = None
+    expires_at: datetime | None = None
 
 
 def signal_cache_key(organization_id: int, slug: str) -> str:
@@ -92,6 +101,8 @@ def signal_get_active_ref(*, organization_id: int, slug: str) -> SignalRef | Non
         organization_id=signal.organization_id,
         rate_limit_per_minute=signal.rate_limit_per_minute,
         latest_version=signal.latest,  # type: ignore[attr-defined]
+        enforcement=signal.enforcement,
+        redact=tuple((rule["path"], rule["mode"]) for rule in signal.redact or ()),
     )
     lookups.fill(key, ref, settings.BIGMIND_LOOKUP_CACHE_SECONDS)
     return ref
@@ -105,7 +116,7 @@ def api_key_get_ref(*, key_hash: str) -> ApiKeyRef | None:
     row = read_on_live_connection(
         lambda: (
             ApiKey.objects.filter(key_hash=key_hash)
-            .values("id", "organization_id", "revoked_at")
+            .values("id", "organization_id", "revoked_at", "scopes", "signals", "expires_at")
             .first()
         )
     )
@@ -116,6 +127,9 @@ def api_key_get_ref(*, key_hash: str) -> ApiKeyRef | None:
         id=row["id"],
         organization_id=row["organization_id"],
         revoked=row["revoked_at"] is not None,
+        scopes=frozenset(row["scopes"] or ()),
+        signals=None if row["signals"] is None else frozenset(row["signals"]),
+        expires_at=row["expires_at"],
     )
     lookups.fill(key, ref, settings.BIGMIND_LOOKUP_CACHE_SECONDS)
     return ref

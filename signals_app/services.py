@@ -23,12 +23,14 @@ from signals_app.models import (
     Aggregation,
     ApiKey,
     Compatibility,
+    Enforcement,
     Organization,
     Period,
     SchemaVersion,
     Signal,
     SignalType,
 )
+from signals_app.redaction_rules import redaction_rules_check
 from signals_app.schemas import schema_check
 from signals_app.selectors import api_key_cache_invalidate, signal_cache_invalidate
 
@@ -174,6 +176,13 @@ def signal_settings_check(fields: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest(f"{text} must be a string")
     if not isinstance(fields.get("active", True), bool):
         raise BadRequest("active must be true or false")
+    if fields.get("enforcement", Enforcement.REJECT) not in Enforcement.values:
+        raise BadRequest(
+            f"enforcement must be one of {', '.join(Enforcement.values)}: "
+            f"{fields.get('enforcement')!r}"
+        )
+    if "redact" in fields:
+        fields["redact"] = redaction_rules_check(fields["redact"])
     limit = fields.get("rate_limit_per_minute")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise BadRequest(f"rate_limit_per_minute must be a positive integer: {limit!r}")
@@ -204,6 +213,8 @@ SIGNAL_SETTINGS = (
     "aggregation",
     "period",
     "value_field",
+    "enforcement",
+    "redact",
 )
 
 

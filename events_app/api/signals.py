@@ -14,7 +14,15 @@ from rest_framework.response import Response
 from events_app.api import schema
 from events_app.api.common import ApiView, success
 from events_app.api.fields import Boolean, Choice, DateTime, FreeObject, Integer, Text
-from signals_app.models import Aggregation, Compatibility, Period, SchemaVersion, Signal, SignalType
+from signals_app.models import (
+    Aggregation,
+    Compatibility,
+    Enforcement,
+    Period,
+    SchemaVersion,
+    Signal,
+    SignalType,
+)
 from signals_app.selectors import schema_version_get, signal_get, signal_list, signal_rate_limit
 
 
@@ -47,6 +55,11 @@ class SchemaVersionRefSerializer(serializers.Serializer):
 _METRIC_ONLY = ("aggregation", "period", "value_field")
 
 
+class RedactionRuleSerializer(serializers.Serializer):
+    path = Text(help_text="A JSON Pointer into data.", example="/email")
+    mode = Choice(["drop", "hash"])
+
+
 class SignalSerializer(serializers.Serializer):
     signal_id = Text(source="signal.public_id", example="sig_7XTK4W1f")
     slug = Text(source="signal.slug", example="api-calls")
@@ -60,6 +73,17 @@ class SignalSerializer(serializers.Serializer):
     )
     rate_limit_is_override = Boolean()
     compatibility = Choice(list(Compatibility.values), source="signal.compatibility")
+    enforcement = Choice(
+        list(Enforcement.values),
+        source="signal.enforcement",
+        help_text="reject: data failing the schema is a 400; flag: it is accepted, marked "
+        "schema_valid false with its violations.",
+    )
+    redact = RedactionRuleSerializer(
+        many=True,
+        source="signal.redact",
+        help_text="Applied to data before it is stored or logged; validation sees the original.",
+    )
     aggregation = Choice(
         list(Aggregation.values),
         source="signal.aggregation",

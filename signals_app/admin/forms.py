@@ -16,7 +16,7 @@ from django.forms.fields import InvalidJSONInput
 from bigmind.errors import ApplicationError
 from bigmind.json_path import detail_line
 from signals_app import services
-from signals_app.models import Signal, SignalType
+from signals_app.models import Enforcement, Signal, SignalType
 from signals_app.schemas import schema_check
 from signals_app.services import SIGNAL_SETTINGS
 
@@ -129,6 +129,11 @@ class SignalForm(forms.ModelForm):
             limit.min_value = 1
             limit.validators.append(MinValueValidator(1))
             limit.widget.attrs["min"] = "1"
+        # Forms posted by tools written before these settings existed keep the signal's own
+        # (or the default) values: see clean().
+        for name in ("enforcement", "redact"):
+            if name in self.fields:
+                self.fields[name].required = False
 
     def clean(self) -> dict[str, Any]:
         # The services' own checks, run here so that a problem is a form error next to the
@@ -137,6 +142,10 @@ class SignalForm(forms.ModelForm):
         # (signal_metric_has_aggregation_and_period...), whose messages would repeat it at the
         # top of the form.
         cleaned = super().clean() or {}
+        if "enforcement" in self.fields and not cleaned.get("enforcement"):
+            cleaned["enforcement"] = self.instance.enforcement or Enforcement.REJECT
+        if "redact" in self.fields and cleaned.get("redact") in (None, ""):
+            cleaned["redact"] = self.instance.redact if self.instance.pk else []
         if cleaned.get("type") == SignalType.METRIC:
             missing = {
                 "aggregation": "A metric signal needs an aggregation.",
@@ -155,9 +164,15 @@ class SignalForm(forms.ModelForm):
             return cleaned  # the field's own error is shown already
         if not any(self.has_error(name) for name in SIGNAL_SETTINGS):
             try:
-                services.signal_settings_check(settings)
+                checked = services.signal_settings_check(settings)
             except ApplicationError as exc:
-                raise forms.ValidationError(exc.message) from exc
+                field = "redact" if exc.message.startswith("redact") else None
+                if field is None:
+                    raise forms.ValidationError(exc.message) from exc
+                self.add_error(field, exc.message)
+                return cleaned
+            if "redact" in checked:
+                cleaned["redact"] = checked["redact"]
         if cleaned.get("slug"):
             try:
                 services.signal_slug_check(cleaned["slug"])

@@ -116,6 +116,16 @@ class SignalAdmin(OrganizationScopedAdmin):
                 )
             },
         ),
+        (
+            "Governance",
+            {
+                "fields": ("enforcement", "redact"),
+                "description": "Redaction rules are JSON Pointers into <code>data</code>, "
+                'e.g. <code>[{"path": "/email", "mode": "hash"}, '
+                '{"path": "/card/number", "mode": "drop"}]</code>. They apply to events '
+                "received after the change; validation still sees the original data.",
+            },
+        ),
         # After compatibility: clean_new_schema reads the compatibility being saved.
         ("Schema", {"fields": ("new_schema",)}),
     )

@@ -23,6 +23,8 @@ SIGNAL_KEYS = {
     "rate_limit_per_minute",
     "rate_limit_is_override",
     "compatibility",
+    "enforcement",
+    "redact",
     "latest_version",
     "versions",
 }
@@ -72,6 +74,8 @@ def page_signal(tenant: Tenant) -> Signal:
         description="A page of the docs was read",
         ai_instructions="Reading the pricing page means buying intent.",
         compatibility="backward",
+        enforcement="flag",
+        redact=[{"path": "/visitor/email", "mode": "hash"}, {"path": "/ip", "mode": "drop"}],
     )
     schema_version_create(signal=signal, schema=V1)
     schema_version_create(signal=signal, schema=V2)
@@ -102,6 +106,8 @@ def test_the_list_shows_every_signal_of_the_organization_by_slug(
         "rate_limit_per_minute": 100,
         "rate_limit_is_override": False,
         "compatibility": "backward",
+        "enforcement": "flag",
+        "redact": [{"path": "/visitor/email", "mode": "hash"}, {"path": "/ip", "mode": "drop"}],
         "latest_version": 2,
         "versions": [{"version": v.version, "created_at": iso(v.created_at)} for v in versions],
     }
@@ -116,6 +122,8 @@ def test_the_list_shows_every_signal_of_the_organization_by_slug(
         "rate_limit_per_minute": 5000,
         "rate_limit_is_override": True,
         "compatibility": "none",
+        "enforcement": "reject",
+        "redact": [],
         "aggregation": "avg",
         "period": "hour",
         "value_field": "value",
