@@ -383,6 +383,8 @@ SYNC_DEFAULTS: dict[str, Any] = {
     "aggregation": "",
     "period": "",
     "value_field": "",
+    "enforcement": Enforcement.REJECT,
+    "redact": [],
 }
 
 
