@@ -51,8 +51,9 @@ class RejectionSerializer(serializers.Serializer):
     body = Text(
         help_text=(
             "The request body as sent (a batch item: the item, re-encoded as compact JSON; "
-            "for a signal with redaction rules, re-encoded with its `data` redacted), cut to `BIGMIND_REJECTION_BODY_MAX_BYTES` (16 KiB by default) at a UTF-8 "
-            "character boundary."
+            "for a signal with redaction rules, re-encoded with its `data` redacted), cut to "
+            "`BIGMIND_REJECTION_BODY_MAX_BYTES` (16 KiB by default) at a UTF-8 character "
+            "boundary."
         )
     )
     body_truncated = Boolean(help_text="Whether `body` was cut.")

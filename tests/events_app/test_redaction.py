@@ -338,3 +338,23 @@ def test_changing_the_rules_affects_only_new_events(
 
     assert Event.objects.get(pk=before).data["email"] == EMAIL  # not rewritten
     assert Event.objects.get(pk=after).data == redacted_data(tenant)
+
+
+@pytest.mark.usefixtures("pipeline_in_process")
+def test_processing_sees_only_the_redacted_data(api: ApiClient, tenant: Tenant) -> None:
+    from events_app.pipeline.processing import events_process
+
+    tenant.signal("spend", type="metric", redact=[{"path": "/value", "mode": "hash"}])
+    tenant.signal("visit", redact=[{"path": "/email", "mode": "hash"}])
+    spend = api.post("/v1/events", {**SEED_REQUEST, "signal": "spend", "data": {"value": 5}})
+    visit = api.post("/v1/events", {**SEED_REQUEST, "signal": "visit", "data": {"email": EMAIL}})
+    ids = [spend.json()["data"]["id"], visit.json()["data"]["id"]]
+
+    events_process(event_ids=ids)
+
+    failed, completed = (Event.objects.get(pk=pk) for pk in ids)
+    # The documented consequence of hashing a metric's value field: nothing to aggregate.
+    assert failed.status == "failed"
+    assert failed.last_error == "Metric value field 'value' must be a number, got str"
+    assert completed.status == "completed"
+    assert EMAIL not in json.dumps(completed.result)
