@@ -26,6 +26,8 @@ EVENT_KEYS = {
     "signal_id",
     "signal",
     "schema_version",
+    "schema_valid",
+    "violations",
     "identity",
     "data",
     "timestamp",
