@@ -149,6 +149,8 @@ def test_an_ingested_event_reads_back_in_full_at_its_location(
         "signal_id": docs_signal.public_id,
         "signal": "visited-documentation-page",
         "schema_version": None,
+        "schema_valid": True,
+        "violations": None,
         "identity": {"type": "account", "id": "001ABC000000123"},
         "data": SEED_REQUEST["data"],
         "timestamp": "2026-03-16T08:00:00Z",
