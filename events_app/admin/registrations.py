@@ -8,6 +8,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
+from django.templatetags.static import static
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -75,7 +76,7 @@ class EventAdmin(IdReceivedColumns, SignalColumn, DataAdmin):
         "signal_column",
         "identity_column",
         "tag_status",
-        "tag_schema_valid",
+        "icon_schema_valid",
         "reference_column",
     )
     list_display_links = ("ref_id",)
@@ -210,9 +211,19 @@ class EventAdmin(IdReceivedColumns, SignalColumn, DataAdmin):
     def reference_column(self, obj: Event) -> SafeString:
         return cut_cell(obj.reference)
 
-    @admin.display(description="schema valid", boolean=True, ordering="schema_valid")
-    def tag_schema_valid(self, obj: Event) -> bool:
-        return obj.schema_valid
+    @admin.display(description="schema valid", ordering="schema_valid")
+    def icon_schema_valid(self, obj: Event) -> SafeString:
+        # The admin's own yes/no icon, in a narrow column; the hover says what it means.
+        if obj.schema_valid:
+            icon, title = "yes", "Valid (or no schema)"
+        else:
+            icon, title = "no", f"Invalid: data failed schema version {obj.schema_version}"
+        return format_html(
+            '<span class="bigmind-cut" title="{}"><img src="{}" alt="{}"></span>',
+            title,
+            static(f"admin/img/icon-{icon}.svg"),
+            str(obj.schema_valid),
+        )
 
     @admin.display(description="schema check")
     def schema_check(self, obj: Event) -> str:

@@ -213,6 +213,9 @@ def events_ingest_batch(*, client: ApiClient, raw_body: bytes) -> BatchResult:
         except ApplicationError as exc:
             item.reject(exc)
 
+    # Seam for redaction: each accepted item's data and violations (`item.request`,
+    # `item.schema`) may be changed here, after the checks and before the rows are built.
+
     # 4. Store what passed, all or nothing.
     accepted = [item for item in items if item.error is None]
     if accepted:
