@@ -19,6 +19,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from events_app.ingest.replay import rejection_replay
 from events_app.models import (
     Event,
     EventStatus,
@@ -37,6 +38,7 @@ from events_app.pipeline.processors import (
 from events_app.pipeline.processors.openai import OpenAIProcessor
 from events_app.selectors import EventFilters, event_list
 from signals_app.models import Signal
+from signals_app.services import signal_update
 from tests.bigmind.test_metrics import Delta
 from tests.conftest import ApiClient, Tenant
 
@@ -202,6 +204,32 @@ def test_reject_mode_is_unchanged(api: ApiClient, synced: dict[str, Signal]) -> 
     }
     assert Event.objects.count() == 0
     assert RejectedEvent.objects.get().violations == VIOLATIONS
+
+
+def test_a_rejection_replayed_after_a_switch_to_flag_is_stored_flagged(
+    api: ApiClient, synced: dict[str, Signal], django_capture_on_commit_callbacks: Any
+) -> None:
+    assert api.post("/v1/events", body("strict-signup")).status_code == 400
+    with django_capture_on_commit_callbacks(execute=True):  # the signal caches are cleared
+        signal_update(signal=synced["strict-signup"], enforcement="flag")
+
+    result = rejection_replay(rejection=RejectedEvent.objects.get())
+
+    assert result.accepted, result.error
+    event = Event.objects.get(pk=result.event_id)
+    assert (event.schema_valid, event.violations) == (False, VIOLATIONS)
+
+
+def test_after_a_switch_back_to_reject_a_flagged_requests_replay_is_refused(
+    api: ApiClient, synced: dict[str, Signal], django_capture_on_commit_callbacks: Any
+) -> None:
+    assert api.post("/v1/events", body(), **{"Idempotency-Key": "k-2"}).status_code == 202
+    with django_capture_on_commit_callbacks(execute=True):
+        signal_update(signal=synced["signup"], enforcement="reject")
+    again = api.post("/v1/events", body(), **{"Idempotency-Key": "k-2"})
+    assert again.status_code == 400
+    assert again.json()["code"] == "schema_validation_failed"
+    assert Event.objects.get().schema_valid is False  # the stored event keeps its flag
 
 
 def test_a_flagged_event_is_not_a_rejection(api: ApiClient, synced: dict[str, Signal]) -> None:
