@@ -296,6 +296,8 @@ NEW_EVENT_COLUMNS = {
     "reference": "text",
     "idempotency_key": "text",
     "request_hash": "text",
+    "schema_valid": "boolean",
+    "violations": "jsonb",
 }
 
 

@@ -43,6 +43,12 @@ EVENTS_ACCEPTED = Counter(
     "Events stored by POST /v1/events and /v1/events/batch (idempotent replays excluded).",
     ["signal_type"],
 )
+EVENTS_SCHEMA_INVALID = Counter(
+    "bigmind_events_schema_invalid",
+    "Events accepted although `data` failed its schema (the signal's `flag` enforcement), by "
+    "organization and signal slug; idempotent replays excluded.",
+    ["organization", "signal"],
+)
 EVENTS_REJECTED = Counter(
     "bigmind_events_rejected",
     "Ingest requests (or batch items) refused, by the error's `code`; rate limiting excluded.",
@@ -127,9 +133,21 @@ def ingest_signal_seen(signal: Any) -> None:
     log_context_update(signal=signal.slug, signal_type=signal.type)
 
 
-def ingest_event_stored(*, signal: Any, event_id: Any, replayed: bool) -> None:
+def _schema_invalid_child(signal: Any) -> Any:
+    # Labelled by slugs, which people read; the organization's slug is cached per process (the
+    # request's log line has already looked it up).
+    organization = _label(organization_slug(signal.organization_id))
+    return metric_child(EVENTS_SCHEMA_INVALID, organization, signal.slug)
+
+
+def ingest_event_stored(
+    *, signal: Any, event_id: Any, replayed: bool, schema_valid: bool = True
+) -> None:
     if not replayed:
         metric_child(EVENTS_ACCEPTED, signal.type).inc()
+        if not schema_valid:
+            _schema_invalid_child(signal).inc()
+            log_context_update(schema_valid=False)
     log_context_add_events([event_id])
 
 
@@ -144,6 +162,7 @@ def ingest_batch_observe(items: Iterable[Any]) -> None:
     accepted: Tally[str] = Tally()
     rate_limited: Tally[str] = Tally()
     rejected: Tally[str] = Tally()
+    invalid: Tally[Any] = Tally()  # by SignalRef
     event_ids = []
     for item in items:
         signal = item.signal
@@ -152,6 +171,8 @@ def ingest_batch_observe(items: Iterable[Any]) -> None:
                 event_ids.append(item.event.id)
             if not item.replayed and signal is not None:
                 accepted[signal.type] += 1
+                if not item.schema.valid:
+                    invalid[signal] += 1
             if signal is not None:
                 log_context_add_to_set("signals", signal.slug)
         elif item.error.code == "rate_limited":
@@ -164,7 +185,11 @@ def ingest_batch_observe(items: Iterable[Any]) -> None:
         EVENTS_RATE_LIMITED.labels(signal_type).inc(count)
     for reason, count in rejected.items():
         EVENTS_REJECTED.labels(reason).inc(count)
+    for signal, count in invalid.items():
+        _schema_invalid_child(signal).inc(count)
     log_context_add_events(event_ids)
+    if invalid:
+        log_context_update(schema_invalid_items=sum(invalid.values()))
     if rejected or rate_limited:
         log_context_update(rejected_items=sum(rejected.values()) + sum(rate_limited.values()))
 

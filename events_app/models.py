@@ -116,6 +116,14 @@ class Event(models.Model):
             models.Index(fields=["crm_record", "-timestamp"], name="event_record_timestamp"),
             # The admin's per-signal "events in the last 24 h" and "last event" columns.
             models.Index(fields=["signal", "-received_at"], name="event_signal_received"),
+            # GET /v1/events?schema_valid=false (and the admin's filter), in the list's order.
+            # Partial: only flagged events are in it, so valid inserts never touch it, and a
+            # page of the rare flagged events is not a walk past every valid one.
+            models.Index(
+                fields=["organization", "-received_at"],
+                condition=Q(schema_valid=False),
+                name="event_org_invalid_received",
+            ),
         ]
 
     def __str__(self) -> str:

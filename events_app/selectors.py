@@ -63,6 +63,7 @@ class EventFilters:
     identity_id: str | None = None
     status: str | None = None
     reference: str | None = None
+    schema_valid: bool | None = None
     since: datetime | None = None  # inclusive, on received_at
     until: datetime | None = None  # exclusive, on received_at
 
@@ -152,6 +153,7 @@ def event_list(
         "identity_id": filters.identity_id,
         "status": filters.status,
         "reference": filters.reference,
+        "schema_valid": filters.schema_valid,
         "received_at__gte": filters.since,
         "received_at__lt": filters.until,
     }

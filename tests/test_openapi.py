@@ -154,6 +154,7 @@ def test_the_event_list_documents_its_query_parameters(document: dict[str, Any])
         "identity_id",
         "status",
         "reference",
+        "schema_valid",
         "since",
         "until",
         "limit",

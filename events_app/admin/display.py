@@ -27,6 +27,7 @@ from events_app.selectors import CrmRecordProfile
 #   tag_*  a short word (a status, a kind, a period)
 #   num_*  a number
 #   code_* a code of a few characters (an HTTP status)
+#   icon_* one of the admin's yes/no icons (whether an event's data passed its schema)
 #   wide_* the list's main text (30% of the table)
 # Columns without a prefix share what is left; their text is cut with an ellipsis (CSS) and the
 # whole value is in the cell's title, shown on hover. Detail pages show every value whole.

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
+from django.templatetags.static import static
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -75,10 +76,18 @@ class EventAdmin(IdReceivedColumns, SignalColumn, DataAdmin):
         "signal_column",
         "identity_column",
         "tag_status",
+        "icon_schema_valid",
         "reference_column",
     )
     list_display_links = ("ref_id",)
-    list_filter = ("status", SignalListFilter, "signal__type", "organization", "received_at")
+    list_filter = (
+        "status",
+        "schema_valid",
+        SignalListFilter,
+        "signal__type",
+        "organization",
+        "received_at",
+    )
     search_fields = ("=id", "=reference", "=identity_id", "=idempotency_key")
     list_select_related = ("signal", "signal__organization")
     date_hierarchy = "received_at"
@@ -95,6 +104,7 @@ class EventAdmin(IdReceivedColumns, SignalColumn, DataAdmin):
                     "organization",
                     "signal",
                     "schema_version",
+                    "schema_check",
                     "identity",
                     "reference",
                     "idempotency_key",
@@ -114,6 +124,7 @@ class EventAdmin(IdReceivedColumns, SignalColumn, DataAdmin):
         "organization",
         "signal",
         "schema_version",
+        "schema_check",
         "identity",
         "reference",
         "idempotency_key",
@@ -199,6 +210,49 @@ class EventAdmin(IdReceivedColumns, SignalColumn, DataAdmin):
     @admin.display(description="reference")
     def reference_column(self, obj: Event) -> SafeString:
         return cut_cell(obj.reference)
+
+    @admin.display(description="schema valid", ordering="schema_valid")
+    def icon_schema_valid(self, obj: Event) -> SafeString:
+        # The admin's own yes/no icon, in a narrow column; the hover says what it means.
+        if obj.schema_valid:
+            icon, title = "yes", "Valid (or no schema)"
+        else:
+            icon, title = "no", f"Invalid: data failed schema version {obj.schema_version}"
+        return format_html(
+            '<span class="bigmind-cut" title="{}"><img src="{}" alt="{}"></span>',
+            title,
+            static(f"admin/img/icon-{icon}.svg"),
+            str(obj.schema_valid),
+        )
+
+    @admin.display(description="schema check")
+    def schema_check(self, obj: Event) -> str:
+        if obj.schema_valid:
+            if obj.schema_version is None:
+                return "Not checked: the signal had no schema."
+            return f"Valid against schema version {obj.schema_version}."
+        rows = [
+            (str(v.get("path", "")), str(v.get("message", "")), str(v.get("keyword", "")))
+            for v in (obj.violations or [])
+            if isinstance(v, dict)
+        ]
+        body = format_html_join(
+            "\n",
+            '<tr class="violation"><td><code>{}</code></td>'
+            '<td class="bigmind-long" style="white-space: pre-wrap">{}</td><td>{}</td></tr>',
+            rows,
+        )
+        return format_html(
+            "<p><strong>Invalid: data failed schema version {}</strong>; accepted because the "
+            "signal's enforcement was <em>flag</em>. {}:</p>"
+            '<table class="bigmind-violations"><thead><tr><th scope="col">Path</th>'
+            '<th scope="col">Message</th><th scope="col">Keyword</th></tr></thead>'
+            "<tbody>{}</tbody></table>",
+            obj.schema_version,
+            ngettext("%(count)d violation", "%(count)d violations", len(rows))
+            % {"count": len(rows)},
+            body,
+        )
 
     occurred = time_field("timestamp", "timestamp (when it happened)")
     received = time_field("received_at", "received")

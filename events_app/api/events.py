@@ -25,7 +25,17 @@ from events_app.api.common import (
     request_body_read,
     success,
 )
-from events_app.api.fields import Choice, DateTime, FreeObject, Integer, Passed, Text, Uuid
+from events_app.api.fields import (
+    Boolean,
+    Choice,
+    DateTime,
+    FreeObject,
+    Integer,
+    Passed,
+    PassedList,
+    Text,
+    Uuid,
+)
 from events_app.ingest.auth import ApiClient, ApiKeyAuthentication
 from events_app.ingest.services import event_ingest
 from events_app.ingest.store import StoredEvent
@@ -159,6 +169,17 @@ class EventSerializer(serializers.Serializer):
     signal_id = Text(source="signal.public_id")
     signal = Text(source="signal.slug", help_text="The signal's slug (as it is now).")
     schema_version = Integer(allow_null=True)
+    schema_valid = Boolean(
+        help_text=(
+            "False: `data` failed schema version `schema_version`, and the event was accepted "
+            "because its signal's enforcement was `flag`."
+        )
+    )
+    violations = PassedList(
+        child=schema.SchemaViolationSerializer(),
+        allow_null=True,
+        help_text="What `data` failed, as a 400 would have listed it; null when valid.",
+    )
     identity = IdentitySerializer(source="*")
     data = FreeObject()
     timestamp = DateTime(help_text="When it happened, UTC.")
@@ -188,6 +209,13 @@ class EventListQuery(serializers.Serializer):
     identity_id = QueryText(max_length=255, help_text="Exact match on `identity.id`.")
     status = QueryChoice(list(EventStatus.values), help_text="Processing status.")
     reference = QueryText(max_length=255, help_text="Exact match.")
+    schema_valid = QueryChoice(
+        ["true", "false"],
+        help_text=(
+            "`false`: only events accepted although `data` failed its schema (a signal's `flag` "
+            "enforcement); `true`: only the others."
+        ),
+    )
     since = QueryDateTime(
         help_text=(
             "Events received at or after it. ISO 8601 (a date alone is midnight UTC; no "
@@ -358,9 +386,13 @@ _GET = extend_schema(
 
 
 # --- Views ------------------------------------------------------------------------------------
+_BOOLEANS = {"true": True, "false": False}
+
+
 def event_list_answer(request: Request) -> Response:
     query = query_parse(EventListQuery, request)
     limit, cursor = query.pop("limit"), query.pop("cursor")
+    query["schema_valid"] = _BOOLEANS.get(query["schema_valid"])
     page = event_list(
         organization_id=request.user.organization_id,
         filters=EventFilters(**query),

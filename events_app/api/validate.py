@@ -11,14 +11,25 @@ from rest_framework.response import Response
 from events_app.api import schema
 from events_app.api.common import ApiView, request_body_read, success
 from events_app.api.events import EventRequestSerializer
-from events_app.api.fields import Const, Integer, Text
+from events_app.api.fields import Boolean, Const, Integer, PassedList, Text
 from events_app.ingest.services import event_validate
 
 
 class EventValidatedSerializer(serializers.Serializer):
-    valid = Const(True)
+    valid = Const(True, help_text="The event would be accepted.")
     signal_id = Text()
     schema_version = Integer(allow_null=True)
+    schema_valid = Boolean(
+        help_text=(
+            "False: `data` fails the schema, and the event would be accepted only because its "
+            "signal's enforcement is `flag` (stored with `schema_valid: false`)."
+        )
+    )
+    violations = PassedList(
+        child=schema.SchemaViolationSerializer(),
+        allow_null=True,
+        help_text="What `data` fails, as a 400 would list it; null when it passes.",
+    )
 
 
 _VALIDATED = EventValidatedSerializer()
@@ -30,7 +41,9 @@ _VALIDATE = extend_schema(
     description=(
         "Every check of `POST /v1/events` except storing and rate limiting: an invalid event "
         "gets exactly the answer ingest would give. Spends no budget (the `X-RateLimit-*` "
-        "headers report it as it is)."
+        "headers report it as it is). Under a signal's `flag` enforcement, data failing its "
+        "schema is answered 200 with `schema_valid: false` and its `violations`, as ingest "
+        "would accept it."
     ),
     tags=["events"],
     request=EventRequestSerializer,
@@ -68,6 +81,11 @@ class EventValidateApi(ApiView):
             idempotency_header=request.META.get("HTTP_IDEMPOTENCY_KEY"),
         )
         data = _VALIDATED.to_representation(
-            {"signal_id": result.signal.public_id, "schema_version": result.schema_version}
+            {
+                "signal_id": result.signal.public_id,
+                "schema_version": result.schema.version,
+                "schema_valid": result.schema.valid,
+                "violations": result.schema.violations,
+            }
         )
         return Response(success(data), headers=result.rate.headers())

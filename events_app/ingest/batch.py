@@ -28,7 +28,9 @@ from events_app.ingest.backpressure import ingest_backpressure_check
 from events_app.ingest.ratelimits import RateLimitStatus, rate_limit_consume_many, rate_limited
 from events_app.ingest.rejections import Refusal, rejections_record
 from events_app.ingest.services import (
-    event_request_redact,
+    SCHEMA_UNCHECKED,
+    SchemaCheck,
+    event_redact,
     event_request_resolve,
     event_row_new,
     event_schema_check,
@@ -48,7 +50,7 @@ class _Item:
     request: EventRequest | None = None
     signal: SignalRef | None = None
     rate: RateLimitStatus | None = None
-    schema_version: int | None = None
+    schema: SchemaCheck = SCHEMA_UNCHECKED
     error: ApplicationError | None = None
     event: Event | None = None
     replayed: bool = False
@@ -148,7 +150,7 @@ def _store(client: ApiClient, items: list[_Item]) -> None:
                     organization_id=client.organization_id,
                     signal=item.signal,
                     request=item.request,
-                    schema_version=item.schema_version,
+                    schema=item.schema,
                     received_at=now,
                 )
             )
@@ -207,10 +209,14 @@ def events_ingest_batch(*, client: ApiClient, raw_body: bytes) -> BatchResult:
         try:
             if item.rate.exceeded:
                 raise rate_limited(item.signal, item.rate)
-            item.schema_version = event_schema_check(item.signal, item.request)
-            item.request = event_request_redact(item.signal, item.request)
+            # Under `flag`, data failing its schema passes with its violations (stored with it).
+            schema = event_schema_check(item.signal, item.request)
+            item.request, item.schema = event_redact(item.signal, item.request, schema)
         except ApplicationError as exc:
             item.reject(exc)
+
+    # Seam for redaction: each accepted item's data and violations (`item.request`,
+    # `item.schema`) may be changed here, after the checks and before the rows are built.
 
     # 4. Store what passed, all or nothing.
     accepted = [item for item in items if item.error is None]

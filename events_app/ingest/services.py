@@ -35,13 +35,14 @@ from events_app.ingest.ratelimits import (
     rate_limit_peek,
     rate_limited,
 )
-from events_app.ingest.redaction import data_redact
+from events_app.ingest.redaction import data_redact, violations_redact
 from events_app.ingest.rejections import Refusal, rejections_record
 from events_app.ingest.store import NewEvent, StoredEvent, StoreOutcome, events_store
 from events_app.ingest.validation import EventRequest, event_request_parse
 from events_app.models import Event, EventStatus
 from events_app.pipeline.queue import event_enqueue, events_committed
-from signals_app.schemas import schema_violations
+from signals_app.models import Enforcement
+from signals_app.schemas import SchemaUnusable, schema_violations
 from signals_app.selectors import SignalRef, schema_version_validator, signal_get_active_ref
 from signals_app.services import signal_slug_check
 
@@ -64,25 +65,54 @@ def _signal_lookup(organization_id: int, slug: str) -> SignalRef | None:
     return signal_get_active_ref(organization_id=organization_id, slug=slug)
 
 
-def event_schema_check(signal: SignalRef, request: EventRequest) -> int | None:
-    """The schema version used, after checking `data` against it; None if the signal has none."""
+@dataclass(frozen=True, slots=True)
+class SchemaCheck:
+    """What checking `data` against its schema found: the version used (None: the signal has
+    no schema), and the violations of data accepted under the signal's `flag` enforcement (None:
+    the data passed, or was not checked)."""
+
+    version: int | None
+    violations: list[dict[str, str]] | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.violations is None
+
+
+SCHEMA_UNCHECKED = SchemaCheck(version=None)
+
+
+def event_schema_check(signal: SignalRef, request: EventRequest) -> SchemaCheck:
+    """Check `data` against the schema version asked for (or the latest).
+
+    Data that fails it is refused (400 `schema_validation_failed`, its `details` the violations)
+    under the signal's `reject` enforcement; under `flag` it passes, carrying those same details
+    as its violations. CPU only: the validator is cached, and the enforcement is on the ref."""
     number = request.version if request.version is not None else signal.latest_version
     if number is None:
-        return None
+        return SCHEMA_UNCHECKED
     validator = schema_version_validator(signal, number)
     if validator is None:
         raise NotFound(
             f"Schema version {number} not found for signal {signal.slug}",
             code="schema_version_not_found",
         )
-    details = schema_violations(validator, request.data)
-    if details:
-        raise BadRequest(
-            f"data does not match schema version {number} of signal {signal.slug}",
-            code="schema_validation_failed",
-            details=details,
-        )
-    return number
+    try:
+        details = schema_violations(validator, request.data)
+    except SchemaUnusable as exc:
+        # Data the schema cannot even be applied to fails it like any violation.
+        if signal.enforcement != Enforcement.FLAG:
+            raise
+        return SchemaCheck(version=number, violations=list(exc.details or []))
+    if not details:
+        return SchemaCheck(version=number)
+    if signal.enforcement == Enforcement.FLAG:
+        return SchemaCheck(version=number, violations=details)
+    raise BadRequest(
+        f"data does not match schema version {number} of signal {signal.slug}",
+        code="schema_validation_failed",
+        details=details,
+    )
 
 
 def event_request_redact(signal: SignalRef, request: EventRequest) -> EventRequest:
@@ -93,6 +123,20 @@ def event_request_redact(signal: SignalRef, request: EventRequest) -> EventReque
         return request
     data = data_redact(request.data, rules=signal.redact, organization_id=signal.organization_id)
     return replace(request, data=data)
+
+
+def event_redact(
+    signal: SignalRef, request: EventRequest, schema: SchemaCheck
+) -> tuple[EventRequest, SchemaCheck]:
+    """The request and its schema check as they may be stored: `data` redacted, and the
+    violations of a flagged event made safe (their messages quote the data as sent, so they are
+    redacted against the original, before it is replaced)."""
+    if not signal.redact:
+        return request, schema
+    if schema.violations:
+        safe = violations_redact(schema.violations, data=request.data, rules=signal.redact)
+        schema = replace(schema, violations=safe)
+    return event_request_redact(signal, request), schema
 
 
 def idempotency_conflict() -> Conflict:
@@ -106,15 +150,16 @@ def event_row_new(
     organization_id: int,
     signal: SignalRef,
     request: EventRequest,
-    schema_version: int | None,
+    schema: SchemaCheck,
     received_at: datetime,
 ) -> NewEvent:
-    """The row of a checked request, ready to store: a new id, the time it was received."""
+    """The row of a checked request, ready to store: a new id, the time it was received, and
+    what the schema check found (`schema_valid`, `violations`)."""
     return NewEvent(
         id=uuid7(),
         organization_id=organization_id,
         signal_id=signal.id,
-        schema_version=schema_version,
+        schema_version=schema.version,
         identity_type=request.identity_type,
         identity_id=request.identity_id,
         data=request.data,
@@ -123,6 +168,8 @@ def event_row_new(
         reference=request.reference,
         idempotency_key=request.idempotency_key,
         request_hash=request.fingerprint(),
+        schema_valid=schema.valid,
+        violations=schema.violations,
     )
 
 
@@ -207,14 +254,14 @@ def _event_write(row: NewEvent) -> StoreOutcome:
 
 
 def _event_store(
-    *, client: ApiClient, signal: SignalRef, request: EventRequest, schema_version: int | None
+    *, client: ApiClient, signal: SignalRef, request: EventRequest, schema: SchemaCheck
 ) -> tuple[StoredEvent, bool]:
     received_at = timezone.now()
     row = event_row_new(
         organization_id=client.organization_id,
         signal=signal,
         request=request,
-        schema_version=schema_version,
+        schema=schema,
         received_at=received_at,
     )
     outcome = _event_write(row)
@@ -280,24 +327,24 @@ def event_ingest(
     try:
         if rate.exceeded:
             raise rate_limited(signal, rate)
-        schema_version = event_schema_check(signal, request)
-        request = event_request_redact(signal, request)
-        event, replayed = _event_store(
-            client=client, signal=signal, request=request, schema_version=schema_version
-        )
+        schema = event_schema_check(signal, request)
+        request, schema = event_redact(signal, request, schema)
+        event, replayed = _event_store(client=client, signal=signal, request=request, schema=schema)
     except ApplicationError as exc:
         exc.headers.update(rate.headers())
         if record_rejection:
             rejections_record(client=client, refusals=[Refusal(exc, payload, raw_body)])
         raise
-    metrics.ingest_event_stored(signal=signal, event_id=event.id, replayed=replayed)
+    metrics.ingest_event_stored(
+        signal=signal, event_id=event.id, replayed=replayed, schema_valid=schema.valid
+    )
     return IngestResult(event=event, signal=signal, replayed=replayed, rate=rate)
 
 
 @dataclass(frozen=True)
 class ValidateResult:
     signal: SignalRef
-    schema_version: int | None
+    schema: SchemaCheck
     rate: RateLimitStatus
 
 
@@ -323,9 +370,9 @@ def event_validate(
     request, signal = event_request_resolve(client, payload, idempotency_header)
     rate = rate_limit_peek(signal)
     try:
-        schema_version = event_schema_check(signal, request)
+        schema = event_schema_check(signal, request)
         _idempotency_conflict_check(client, event_request_redact(signal, request))
     except ApplicationError as exc:
         exc.headers.update(rate.headers())
         raise
-    return ValidateResult(signal=signal, schema_version=schema_version, rate=rate)
+    return ValidateResult(signal=signal, schema=schema, rate=rate)

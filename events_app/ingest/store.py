@@ -54,6 +54,10 @@ class NewEvent:
     reference: str | None
     idempotency_key: str | None
     request_hash: str
+    # False: accepted under the signal's `flag` enforcement although `data` failed its schema;
+    # `violations` is then the `details` list a 400 would have carried (None when valid).
+    schema_valid: bool = True
+    violations: list[dict[str, str]] | None = None
 
 
 # NewEvent's field names, which are Event's column names too.
@@ -147,6 +151,8 @@ def group_rows_json(rows: list[NewEvent]) -> str:
                 "reference": row.reference,
                 "idempotency_key": row.idempotency_key,
                 "request_hash": row.request_hash,
+                "schema_valid": row.schema_valid,
+                "violations": row.violations,
             }
             for row in rows
         ]
@@ -242,6 +248,8 @@ def _store_orm_row(row: NewEvent) -> StoreOutcome:
         reference=row.reference,
         idempotency_key=row.idempotency_key,
         request_hash=row.request_hash,
+        schema_valid=row.schema_valid,
+        violations=row.violations,
         status=EventStatus.PENDING,
         attempts=0,
         last_error="",
@@ -340,9 +348,16 @@ def _insert_many_postgres(events: list[Event]) -> None:
         for event in events:
             for column, name in zip(columns, dialect.EVENT_COLUMN_TYPES, strict=True):
                 value = getattr(event, name)
-                column.append(Jsonb(value) if name == "data" else value)
+                # jsonb columns: a value (`violations` may be None: SQL NULL, not JSON null).
+                json_column = name in _JSON_COLUMNS and value is not None
+                column.append(Jsonb(value) if json_column else value)
         cursor.execute(events_sql, columns)
         cursor.close()
+
+
+_JSON_COLUMNS = frozenset(
+    name for name, kind in dialect.EVENT_COLUMN_TYPES.items() if kind == "jsonb"
+)
 
 
 def events_insert_many(events: list[Event]) -> None:

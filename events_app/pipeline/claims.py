@@ -55,6 +55,11 @@ class Claim:
     received_at: datetime
     processed_at: datetime | None  # of an earlier completion (a reprocessed event)
     rollup: dict[str, Any] | None
+    # Accepted under `flag` enforcement although `data` failed schema version
+    # `schema_version`: the processor is told, with the violations.
+    schema_valid: bool = True
+    violations: list[dict[str, str]] | None = None
+    schema_version: int | None = None
 
     @property
     def id(self) -> UUID:  # what events_app.metrics reads of an event
@@ -66,7 +71,7 @@ class Claim:
 _RETURNED = (
     '"id", "attempts", "signal_id", "organization_id", "crm_record_id", "identity_type", '
     '"identity_id", "data", CAST("timestamp" AS text), CAST("received_at" AS text), '
-    'CAST("processed_at" AS text), "rollup"'
+    'CAST("processed_at" AS text), "rollup", "schema_valid", "violations", "schema_version"'
 )
 
 
@@ -86,6 +91,9 @@ def _claims_read(rows: list[tuple[Any, ...]], claimed_at: datetime) -> list[Clai
             received_at=dialect.datetime_read(row[9]),
             processed_at=dialect.datetime_read(row[10]),
             rollup=dialect.json_read(row[11]),
+            schema_valid=bool(row[12]),  # SQLite answers 0 or 1
+            violations=dialect.json_read(row[13]),
+            schema_version=row[14],
         )
         for row in rows
     ]

@@ -134,6 +134,8 @@ def _events_complete(works: list[Work], processor: Processor, now: datetime) -> 
             "insight": _insight_data(work.kind, work.draft),
             "rollup": work.rollup,
         }
+        if work.skipped is not None:
+            result["rollup_skipped"] = work.skipped
         values.append(
             (
                 work.claim.event_id,
@@ -308,7 +310,10 @@ def chunk_complete(
         outcome.retried, outcome.failed = events_settle(failing, now)
         outcome.completed = done
         rollups.transitions_insert(
-            rows=[(w.claim.event_id, EventStatus.COMPLETED, w.claim.attempt, now, "") for w in done]
+            rows=[
+                (w.claim.event_id, EventStatus.COMPLETED, w.claim.attempt, now, w.skipped or "")
+                for w in done
+            ]
         )
         deltas: rollups.MetricDeltas = {}
         for work in done:

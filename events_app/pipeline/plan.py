@@ -68,6 +68,9 @@ class Work:
     asked: tuple[str, dict[str, Any]] | None = None  # the kind and facts `draft` answers
     error: str | None = None
     transient: bool = False
+    # Why no rollup was applied to a completed event: the metric value of flagged data (see
+    # works_build). Recorded in its result and history.
+    skipped: str | None = None
 
     @property
     def pair(self) -> Pair:
@@ -92,7 +95,16 @@ def works_build(claims: Iterable[Claim], signals: dict[int, Signal]) -> list[Wor
         try:
             if signal.type == SignalType.METRIC:
                 work.kind = InsightKind.METRIC_UNUSUAL
-                work.value = F.metric_value(data=claim.data, value_field=signal.value_field)
+                try:
+                    work.value = F.metric_value(data=claim.data, value_field=signal.value_field)
+                except PermanentProcessingError as error:
+                    if claim.schema_valid:
+                        raise
+                    # Flagged data (accepted although it failed its schema) without a usable
+                    # value: no retry can give it one, and failing it would treat the accepted
+                    # event as an error. It completes without a rollup, saying why.
+                    work.skipped = str(error)
+                    continue
                 if "metric" not in applied:
                     work.fresh = "metric"
                     work.bucket = F.bucket_start(claim.timestamp, signal.period)
@@ -145,7 +157,9 @@ def works_fold(
             continue
         applied: dict[str, Any] = work.claim.rollup or {}
         rollup = dict(applied)
-        if work.kind == InsightKind.METRIC_UNUSUAL:
+        if work.skipped is not None:
+            work.facts, work.insight_due = {}, False
+        elif work.kind == InsightKind.METRIC_UNUSUAL:
             if work.fresh == "metric":
                 assert work.bucket is not None and work.value is not None
                 signal, record = work.signal, work.claim.crm_record_id
@@ -276,6 +290,9 @@ class Drafts:
                 identity_id=claim.identity_id,
                 data=claim.data,
                 timestamp=claim.timestamp,
+                schema_valid=claim.schema_valid,
+                schema_version=claim.schema_version,
+                violations=claim.violations,
             ),
             context=RecordContext(
                 signal_events_7d=counts.get(signal.pk, 0),

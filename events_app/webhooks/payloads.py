@@ -25,6 +25,8 @@ def event_data(event: Event) -> dict[str, Any]:
         "signal_id": event.signal.public_id,
         "signal": event.signal.slug,
         "schema_version": event.schema_version,
+        "schema_valid": event.schema_valid,
+        "violations": event.violations,
         "identity": {"type": event.identity_type, "id": event.identity_id},
         "data": event.data,
         "timestamp": iso_utc(event.timestamp),

@@ -94,6 +94,7 @@ def test_the_text_parses_and_lists_every_metric(client: Client) -> None:
         "bigmind_http_request_duration_seconds",
         "bigmind_events_accepted",
         "bigmind_events_rejected",
+        "bigmind_events_schema_invalid",
         "bigmind_events_rate_limited",
         "bigmind_events_completed",
         "bigmind_events_failed",

@@ -166,6 +166,7 @@ def test_the_event_list_shows_short_ids_one_identity_column_and_status_with_atte
         "Signal",
         "CRM record",
         "Status (attempts)",
+        "Schema valid",
         "Reference",
     ]
     [id_cell] = _cells(page, "ref_id")

@@ -276,7 +276,7 @@ def test_without_a_key_no_authorization_header_is_sent(fake_ai: FakeAI, settings
 def test_the_version_records_the_model_within_the_column_length(settings: Any) -> None:
     settings.BIGMIND_AI_MODEL = MODEL
     processor = OpenAIProcessor()
-    assert (processor.name, processor.version) == ("openai", f"1/{MODEL}")
+    assert (processor.name, processor.version) == ("openai", f"2/{MODEL}")
     assert processor.wants_context is True
 
     settings.BIGMIND_AI_MODEL = "org/" + "very-long-model-name-" * 5
@@ -536,10 +536,10 @@ def test_the_pipeline_stores_the_models_insight(
     event = Event.objects.get(pk=event_id)
     assert event.status == EventStatus.COMPLETED, event.last_error
     assert event.result is not None
-    assert event.result["processor"] == {"name": "openai", "version": f"1/{MODEL}"}
+    assert event.result["processor"] == {"name": "openai", "version": f"2/{MODEL}"}
     assert event.result["insight"]["summary"] == GOOD["summary"]
     insight = Insight.objects.get(event_id=event_id)
-    assert (insight.processor, insight.processor_version) == ("openai", f"1/{MODEL}")
+    assert (insight.processor, insight.processor_version) == ("openai", f"2/{MODEL}")
     assert (insight.score, insight.next_action) == (GOOD["score"], GOOD["next_action"])
     assert insight.reasons == GOOD["reasons"]
     [request] = fake_ai.received

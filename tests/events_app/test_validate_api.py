@@ -25,7 +25,13 @@ def test_a_valid_event_is_reported_valid_and_nothing_is_stored(
     assert response.status_code == 200
     assert response.json() == {
         "success": True,
-        "data": {"valid": True, "signal_id": docs_signal.public_id, "schema_version": 1},
+        "data": {
+            "valid": True,
+            "signal_id": docs_signal.public_id,
+            "schema_version": 1,
+            "schema_valid": True,
+            "violations": None,
+        },
     }
     assert Event.objects.count() == 0
     assert callbacks == []

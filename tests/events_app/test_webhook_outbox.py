@@ -102,6 +102,27 @@ def test_a_completion_and_its_insight_are_owed_with_the_event_as_the_api_shows_i
     assert WebhookDelivery.objects.filter(body="").count() == 0  # kept once built
 
 
+def test_a_flagged_event_is_announced_with_its_schema_flag_and_violations(
+    api: ApiClient, tenant: Tenant
+) -> None:
+    tenant.signal(
+        "signup",
+        schema={"type": "object", "required": ["plan"]},
+        enforcement="flag",
+        rate_limit_per_minute=10000,
+    )
+    endpoint_create(organization=tenant.organization, url=PUBLIC, events=["*"])
+    event_id = ingest(api, "signup", {"seats": 2})
+    events_process(event_ids=[event_id])
+
+    completed, insight = bodies()
+    violations = [{"path": "$", "message": "'plan' is a required property", "keyword": "required"}]
+    for body in (completed, insight):
+        event = body["data"]["event"]
+        assert (event["schema_valid"], event["violations"]) == (False, violations)
+    assert insight["data"]["insight"]["summary"].endswith("[data failed schema version 1]")
+
+
 def test_the_signature_covers_the_exact_stored_bytes(
     api: ApiClient, tenant: Tenant, signals: None
 ) -> None:

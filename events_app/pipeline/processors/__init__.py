@@ -54,6 +54,24 @@ class EventInfo:
     identity_id: str
     data: dict[str, Any]
     timestamp: datetime
+    # False: `data` failed schema version `schema_version` and was accepted under the signal's
+    # `flag` enforcement; `violations` lists how ({"path", "message", "keyword"}), as a 400
+    # would have. A processor should say so rather than trust such data.
+    schema_valid: bool = True
+    schema_version: int | None = None
+    violations: list[dict[str, str]] | None = None
+
+    def schema_note(self) -> str | None:
+        """One line saying how `data` failed its schema; None when it passed."""
+        if self.schema_valid:
+            return None
+        found = self.violations or []
+        # Cut: a violation's message quotes the offending value, which may be long.
+        shown = "; ".join(
+            f"{v.get('path', '$')}: {str(v.get('message', ''))[:120]}" for v in found[:3]
+        )
+        more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+        return f"data failed schema version {self.schema_version}: {shown}{more}"
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,21 @@ def _tone(label: str) -> int:
     return 0
 
 
+def _flagged(draft: InsightDraft, job: ProcessingInput) -> InsightDraft:
+    """The draft of an event whose data failed its schema (accepted under `flag` enforcement)
+    says so: in the summary, which is what a reader sees first, and first among the reasons."""
+    note = job.event.schema_note()
+    if note is None:
+        return draft
+    suffix = f" [data failed schema version {job.event.schema_version}]"
+    summary = draft.summary[: 500 - len(suffix)] + suffix
+    reason = (note[0].upper() + note[1:])[:499] + "."
+    reasons = [reason, *draft.reasons][:10]
+    return InsightDraft(
+        summary=summary, score=draft.score, next_action=draft.next_action, reasons=reasons
+    )
+
+
 class LocalProcessor:
     name = "local"
     version = "1"
@@ -98,10 +113,12 @@ class LocalProcessor:
 
     def insight(self, job: ProcessingInput) -> InsightDraft:
         if job.kind == "metric_unusual":
-            return self._metric(job)
-        if job.kind == "state_change":
-            return self._state(job)
-        return self._event(job)
+            draft = self._metric(job)
+        elif job.kind == "state_change":
+            draft = self._state(job)
+        else:
+            draft = self._event(job)
+        return _flagged(draft, job)
 
     def _event(self, job: ProcessingInput) -> InsightDraft:
         signal, event, context = job.signal, job.event, job.context
