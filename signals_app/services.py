@@ -1,7 +1,9 @@
-"""Writes of the control plane: organizations, signals, schema versions, API keys.
+"""Writes of the control plane: signals, schema versions, API keys (organizations and
+memberships: signals_app/organizations.py).
 
 Every write that changes what the ingest path sees invalidates the cached lookups after its
 transaction commits (so a concurrent request cannot re-cache the old row before the commit).
+Every change is recorded in the audit log (signals_app/audit.py) in its own transaction.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from bigmind.errors import BadRequest, Conflict, NotFound
+from signals_app.audit import audit_diff, audit_record
 from signals_app.compatibility import SchemaIncompatible, schema_compatibility_check
 from signals_app.models import (
     Aggregation,
@@ -30,6 +33,9 @@ from signals_app.models import (
     Signal,
     SignalType,
 )
+
+# Organizations and memberships have their own module; callers know this one.
+from signals_app.organizations import organization_get_or_create
 from signals_app.redaction_rules import redaction_rules_check
 from signals_app.schemas import schema_check
 from signals_app.selectors import api_key_cache_invalidate, signal_cache_invalidate
@@ -39,22 +45,6 @@ API_KEY_PREFIX = "sk_"
 # Characters of the secret kept in clear as the key's recognisable prefix (`sk_` + 8).
 _VISIBLE_SECRET_CHARS = 8
 SLUG_MAX_LENGTH = 100
-
-
-# --- Organizations ----------------------------------------------------------------------------
-def organization_get_or_create(*, slug: str, name: str | None = None) -> tuple[Organization, bool]:
-    clean = slugify(slug)
-    if not clean or clean != slug:
-        raise BadRequest(
-            f"Organization slug must be lowercase letters, digits and hyphens: {slug!r}"
-        )
-    organization, created = Organization.objects.get_or_create(
-        slug=slug, defaults={"name": name or slug}
-    )
-    if not created and name and organization.name != name:
-        organization.name = name
-        organization.save(update_fields=["name"])
-    return organization, created
 
 
 # --- API keys ---------------------------------------------------------------------------------
@@ -85,6 +75,7 @@ def api_key_create(
             api_key = ApiKey.objects.create(
                 organization=organization, name=name, prefix=api_key_prefix(raw), key_hash=key_hash
             )
+            _api_key_audit("api_key.created", api_key, audit_diff({}, _api_key_fields(api_key)))
     except IntegrityError as exc:
         raise Conflict("That API key exists already") from exc
     # An unknown key may have been cached as such by a request that tried it before.
@@ -92,12 +83,50 @@ def api_key_create(
     return api_key, raw
 
 
+# What an API key's audit entries show: never its hash (nor, since it is not stored, the key).
+_API_KEY_AUDITED = ("name", "prefix", "scopes", "signals", "expires_at", "revoked_at")
+
+
+def _api_key_fields(api_key: ApiKey) -> dict[str, Any]:
+    return {name: getattr(api_key, name) for name in _API_KEY_AUDITED}
+
+
+def _api_key_audit(action: str, api_key: ApiKey, diff: dict[str, list[Any]]) -> None:
+    audit_record(
+        action=action,
+        organization=api_key.organization,
+        object_type="api_key",
+        object_id=api_key.prefix,
+        object_repr=str(api_key),
+        changes=diff,
+    )
+
+
+def api_key_update(*, api_key: ApiKey, name: str) -> ApiKey:
+    """Rename a key (the admin's change page); nothing else about a key is edited in place."""
+    with transaction.atomic():
+        before = _api_key_fields(api_key)
+        if ApiKey.objects.filter(pk=api_key.pk).exclude(name=name).update(name=name):
+            api_key.name = name
+            _api_key_audit("api_key.updated", api_key, audit_diff(before, _api_key_fields(api_key)))
+    return api_key
+
+
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     if api_key.revoked_at is None:
-        ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
-            revoked_at=timezone.now()
-        )
-        api_key.refresh_from_db(fields=["revoked_at"])
+        with transaction.atomic():
+            # Conditional: of two concurrent revocations, one writes (and records) it.
+            if ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
+                revoked_at=timezone.now()
+            ):
+                api_key.refresh_from_db(fields=["revoked_at"])
+                _api_key_audit(
+                    "api_key.revoked",
+                    api_key,
+                    audit_diff({"revoked_at": None}, {"revoked_at": api_key.revoked_at}),
+                )
+            else:
+                api_key.refresh_from_db(fields=["revoked_at"])
     key_hash = api_key.key_hash
     transaction.on_commit(lambda: api_key_cache_invalidate(key_hash=key_hash))
     return api_key
@@ -106,7 +135,16 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
 def api_key_reinstate(*, api_key: ApiKey) -> ApiKey:
     """Undo a revocation (bootstrap_demo keeps its well-known key usable)."""
     if api_key.revoked_at is not None:
-        ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=None)
+        with transaction.atomic():
+            revoked_at = api_key.revoked_at
+            if ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=False).update(
+                revoked_at=None
+            ):
+                _api_key_audit(
+                    "api_key.reinstated",
+                    api_key,
+                    audit_diff({"revoked_at": revoked_at}, {"revoked_at": None}),
+                )
         api_key.revoked_at = None
         key_hash = api_key.key_hash
         transaction.on_commit(lambda: api_key_cache_invalidate(key_hash=key_hash))
@@ -248,6 +286,7 @@ def signal_create(
                 signal = Signal.objects.create(
                     organization=organization, slug=slug, public_id=_public_id(), **fields
                 )
+                _signal_audit("signal.created", signal, audit_diff({}, _signal_fields(signal)))
             break
         except IntegrityError as exc:
             if Signal.objects.filter(organization=organization, slug=slug).exists():
@@ -279,9 +318,14 @@ def signal_update(*, signal: Signal, **changes: Any) -> Signal:
             fields = signal_settings_check(merged)
             if "slug" in changes:
                 fields["slug"] = signal_slug_check(changes["slug"])
+            before = _signal_fields(stored)
             for name, value in fields.items():
                 setattr(stored, name, value)
             stored.save()
+            diff = audit_diff(before, _signal_fields(stored))
+            if diff:
+                # Enforcement and redaction rules are among the fields: their changes show here.
+                _signal_audit("signal.updated", stored, diff)
     except IntegrityError as exc:
         raise Conflict(f"A signal with slug {changes.get('slug')!r} exists already") from exc
     org_id, new_slug = stored.organization_id, stored.slug
@@ -292,6 +336,21 @@ def signal_update(*, signal: Signal, **changes: Any) -> Signal:
 
     transaction.on_commit(invalidate)
     return stored
+
+
+def _signal_fields(signal: Signal) -> dict[str, Any]:
+    return {"slug": signal.slug} | {name: getattr(signal, name) for name in SIGNAL_SETTINGS}
+
+
+def _signal_audit(action: str, signal: Signal, diff: dict[str, list[Any]]) -> None:
+    audit_record(
+        action=action,
+        organization=signal.organization,
+        object_type="signal",
+        object_id=signal.public_id,
+        object_repr=str(signal),
+        changes=diff,
+    )
 
 
 def _schema_version_compatibility_raise(
@@ -348,6 +407,15 @@ def schema_version_create(*, signal: Signal, schema: Any) -> SchemaVersion:
         )
         number = latest.version + 1 if latest is not None else 1
         version = SchemaVersion.objects.create(signal=signal, version=number, schema=schema)
+        # The schema itself stays in its (immutable) version; the entry names the version.
+        audit_record(
+            action="schema_version.created",
+            organization=signal.organization,
+            object_type="schema_version",
+            object_id=f"{signal.public_id}/v{number}",
+            object_repr=f"{signal} v{number}",
+            changes={"version": [None, number]},
+        )
     org_id, slug = signal.organization_id, signal.slug
     transaction.on_commit(lambda: signal_cache_invalidate(organization_id=org_id, slug=slug))
     return version
