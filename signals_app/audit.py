@@ -91,9 +91,12 @@ def audit_current_actor() -> tuple[str, str]:
 
 
 def _plain(value: Any) -> Any:
-    """A JSON value: times as ISO 8601 text, like the API shows them."""
+    """A JSON value: times as ISO 8601 UTC text to the microsecond (DjangoJSONEncoder would cut
+    them to milliseconds, making a time differ from the stored one)."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
 
 

@@ -105,10 +105,16 @@ def _api_key_audit(action: str, api_key: ApiKey, diff: dict[str, list[Any]]) -> 
 def api_key_update(*, api_key: ApiKey, name: str) -> ApiKey:
     """Rename a key (the admin's change page); nothing else about a key is edited in place."""
     with transaction.atomic():
-        before = _api_key_fields(api_key)
-        if ApiKey.objects.filter(pk=api_key.pk).exclude(name=name).update(name=name):
-            api_key.name = name
-            _api_key_audit("api_key.updated", api_key, audit_diff(before, _api_key_fields(api_key)))
+        # The stored row: a ModelForm has already written the new name onto `api_key`.
+        stored = (
+            ApiKey.objects.select_for_update().select_related("organization").get(pk=api_key.pk)
+        )
+        before = _api_key_fields(stored)
+        if stored.name != name:
+            stored.name = name
+            stored.save(update_fields=["name"])
+            _api_key_audit("api_key.updated", stored, audit_diff(before, _api_key_fields(stored)))
+    api_key.name = name
     return api_key
 
 
