@@ -102,10 +102,13 @@ def _plain(value: Any) -> Any:
 
 def audit_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list[Any]]:
     """{field: [old, new]} for each field of `new` whose value differs from `old`'s (a field
-    missing from `old` counts as None: a creation is a diff against nothing)."""
+    missing from `old` counts as None: a creation is a diff against nothing, leaving out the
+    fields it leaves empty)."""
     changes: dict[str, list[Any]] = {}
     for name, value in new.items():
         before, after = _plain(old.get(name)), _plain(value)
+        if name not in old and after in ("", [], {}):
+            continue  # a created object's empty settings say nothing
         if before != after:
             changes[name] = [before, after]
     return changes

@@ -247,7 +247,7 @@ class AuditEntry(models.Model):
     class Meta:
         ordering = ["-at", "-id"]
         verbose_name = "audit entry"
-        verbose_name_plural = "audit log"
+        verbose_name_plural = "audit log entries"
         indexes = [
             # The admin's list and `audit_log --organization`: one organization, by time.
             models.Index(fields=["organization_pk", "at"], name="audit_org_time"),

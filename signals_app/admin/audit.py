@@ -9,12 +9,16 @@ from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from bigmind.admin_tenancy import OrganizationScopedAdmin, admin_scope
 from bigmind.display import datetime_display
 from signals_app.admin.display import SIGNALS_ADMIN_CSS, clipped
 from signals_app.models import AuditEntry
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 @admin.register(AuditEntry)
@@ -69,9 +73,22 @@ class AuditEntryAdmin(OrganizationScopedAdmin):
 
     @admin.display(description="Changed fields")
     def changes_json(self, obj: AuditEntry) -> str:
+        # A row per field, old beside new, each value as compact JSON (null: none before, or
+        # none after).
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+            (
+                (name, _json(pair[0] if len(pair) > 0 else None), _json(pair[-1] if pair else None))
+                for name, pair in sorted(obj.changes.items())
+            ),
+        )
+        if not rows:
+            return "-"
         return format_html(
-            '<pre class="bigmind-schema">{}</pre>',
-            json.dumps(obj.changes, indent=2, ensure_ascii=False, sort_keys=True),
+            '<table class="bigmind-audit-changes"><thead><tr><th>field</th><th>old</th>'
+            "<th>new</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
         )
 
     def get_list_filter(self, request: HttpRequest) -> Any:

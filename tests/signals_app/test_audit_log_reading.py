@@ -168,6 +168,10 @@ def test_the_admin_lists_entries_and_shows_one_but_nobody_may_add_change_or_dele
     text = page.content.decode()
     assert "api_key.created" in text and tenant.api_key.prefix in text
     assert 'name="_save"' not in text  # a view, not a form
+    # The changed fields, old beside new.
+    assert (
+        "<tr><td>name</td><td><code>null</code></td><td><code>&quot;acme key&quot;</code>" in text
+    )
 
     assert superuser.get(f"{AUDIT}add/").status_code == 403
     assert superuser.post(f"{AUDIT}add/", {"action": "forged"}).status_code == 403
