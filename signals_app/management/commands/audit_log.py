@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 from django.utils.dateparse import parse_date, parse_datetime
 
 from signals_app.audit import audit_entries_list, audit_entry_as_dict
@@ -52,5 +53,8 @@ class Command(BaseCommand):
         ):
             raise CommandError(f"No organization with slug {organization!r}")
         entries = audit_entries_list(organization_slug=organization, since=start)
-        for entry in entries.iterator(chunk_size=_CHUNK):
-            self.stdout.write(json.dumps(audit_entry_as_dict(entry), ensure_ascii=False))
+        # In a transaction: the server-side cursor behind iterator() then lives only as long as
+        # it, which is what PgBouncer's transaction pooling needs (docs/deployment.md).
+        with transaction.atomic():
+            for entry in entries.iterator(chunk_size=_CHUNK):
+                self.stdout.write(json.dumps(audit_entry_as_dict(entry), ensure_ascii=False))
