@@ -15,7 +15,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # Celery or manage.py start, 6 s more for each collection. The caches are gitignored.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: run test install install-runtime lint migrate demo bench bench-process bench-webhooks bench-soak fault api-fuzz clean
+.PHONY: run test install install-runtime lint migrate demo bench bench-process bench-webhooks bench-governance bench-soak fault api-fuzz clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -68,6 +68,11 @@ lint: install
 
 bench: install
 	$(BIN)/python scripts/bench_ingest.py
+
+# Ingest with enforcement `flag` and one redaction rule against the same schema without them,
+# and against plain ingest, in one run (docs/benchmarks.md, "Governance"). About four minutes.
+bench-governance: install
+	$(BIN)/python scripts/bench_ingest.py --endpoints ingest,ingest-plain,ingest-governed,ingest-flagged
 
 # Celery workers: events/s per worker process draining a backlog (single-event and batch
 # messages), and whether one worker per core keeps up with single-event ingest. About 10 minutes.

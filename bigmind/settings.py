@@ -66,6 +66,8 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.
 # Keys that still verify signatures (sessions, password-reset links) while a new
 # DJANGO_SECRET_KEY rolls out; drop them once what they signed has expired.
 SECRET_KEY_FALLBACKS = env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])
+# The secret of redaction hashes (docs/governance.md "Redaction"); unset: DJANGO_SECRET_KEY.
+BIGMIND_REDACTION_KEY = env("BIGMIND_REDACTION_KEY", default="")
 # Session and CSRF cookies only over HTTPS whenever debug is off. Browsers also keep Secure
 # cookies on http://localhost, so the browser tests and `make run` are unaffected.
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
@@ -141,7 +143,6 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "bigmind.urls"
 WSGI_APPLICATION = "bigmind.wsgi.application"
-
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -226,7 +227,6 @@ _ratelimit_cache = {
     "BACKEND": _COUNTER_BACKENDS.get(_default_cache["BACKEND"], _default_cache["BACKEND"]),
 }
 CACHES = {"default": _default_cache, "ratelimit": _ratelimit_cache}
-
 # django-ratelimit counts in this cache with add()/incr(): atomic in Redis and in SQLiteCache.
 RATELIMIT_USE_CACHE = "ratelimit"
 # Our rate-limit service decides what an unreachable store means (accept and log); see

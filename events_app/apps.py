@@ -13,7 +13,8 @@ class EventsAppConfig(AppConfig):
         # Registers the tasks in every process, not only in workers (whose Celery loader
         # imports them): the pipeline publishes by task name (events_app/pipeline/queue.py),
         # and a web process must find the name in the app's registry.
-        from events_app import tasks  # noqa: F401
+        # `checks` registers the deploy check of BIGMIND_REDACTION_KEY.
+        from events_app import checks, tasks  # noqa: F401
 
         # Imported here, not at the top: the app registry must be ready for the models.
         from events_app.metrics import metrics_hooks_register

@@ -27,6 +27,15 @@ Endpoints:
   ingest-batch   POST /v1/events/batch, 100 events of `ingest`'s kind per request (one
                  transaction, one broker message per request)
 
+Governance endpoints (not in the default set; `make bench-governance` runs them with `ingest`;
+their signals come from scripts/benchlib/governance_signals.yaml):
+  ingest-plain     POST /v1/events, signal `bench-plain`: a schema (required string `email`,
+                   number `value`), enforcement reject, no redaction
+  ingest-governed  the same events to `bench-governed`: same schema, enforcement flag, `/email`
+                   hashed
+  ingest-flagged   events whose `value` is a string, to `bench-governed`: each fails the
+                   schema, is accepted and stored flagged with its violation
+
 Every event is unique (a per-run, per-thread, per-event `reference`), no Idempotency-Key is
 sent, so nothing is an idempotent replay; identities cycle through a pool (--identities) so
 the CRM upsert mostly updates existing records, as in production. A batch holds the events a
@@ -64,6 +73,7 @@ from benchlib.stats import machine_lines
 INGEST_BARE_TARGET = 0.5  # ingest requests/s at least half the bare view's
 INGEST_BARE_INSERT_TARGET = 1.0  # ... and at least the bare+INSERT view's
 INGEST_P99_TARGET_MS = 50.0  # ingest's p99 at --concurrency 16
+GOVERNED_TARGET = 0.9  # flag enforcement and one redaction rule: at least 0.9x plain ingest
 BATCH_INGEST_TARGET = 5.0  # ingest-batch events/s at least 5 times ingest's
 BASELINES = ("bare", "bare-insert")  # endpoints that store no event
 
@@ -351,6 +361,13 @@ def print_report(
     batch = summary.get("ingest-batch", {}).get("eps")
     if batch and single:
         ratios["batch/ingest"] = batch / single
+    plain = summary.get("ingest-plain", {}).get("eps")
+    for name in ("ingest-governed", "ingest-flagged"):
+        governed = summary.get(name, {}).get("eps")
+        if governed and plain:
+            ratios[f"{name}/plain"] = governed / plain
+        if governed and single:
+            ratios[f"{name}/ingest"] = governed / single
     return ratios
 
 
@@ -383,6 +400,28 @@ VERDICTS = [
         True,
     ),
 ]
+
+
+for _name, _what in (
+    ("ingest-governed", "flag mode and one hashed field"),
+    ("ingest-flagged", "flag mode, one hashed field, every event failing the schema"),
+):
+    VERDICTS += [
+        (
+            f"{_name}/plain",
+            f"{_name}/ingest-plain events/s {{value:.2f}} ({_what}, against the same schema "
+            "in reject mode, same run): {verdict} the target of >= {target:.2f}.",
+            GOVERNED_TARGET,
+            True,
+        ),
+        (
+            f"{_name}/ingest",
+            f"{_name}/ingest events/s {{value:.2f}} ({_what}, against the signal without "
+            "schema, same run): {verdict} the target of >= {target:.2f}.",
+            GOVERNED_TARGET,
+            True,
+        ),
+    ]
 
 
 def print_verdicts(args: argparse.Namespace, ratios: dict[str, float]) -> None:

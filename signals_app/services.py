@@ -457,6 +457,8 @@ SYNC_DEFAULTS: dict[str, Any] = {
     "aggregation": "",
     "period": "",
     "value_field": "",
+    "enforcement": Enforcement.REJECT,
+    "redact": [],
 }
 
 

@@ -43,13 +43,17 @@ class RejectionSerializer(serializers.Serializer):
     details = PassedList(
         source="violations",
         child=schema.SchemaViolationSerializer(),
-        help_text="The violations (`schema_validation_failed`); empty otherwise.",
+        help_text=(
+            "The violations (`schema_validation_failed`), a redacted value shown as "
+            "`<redacted>`; empty otherwise."
+        ),
     )
     body = Text(
         help_text=(
-            "The request body as sent (a batch item: the item, re-encoded as compact JSON), "
-            "cut to `BIGMIND_REJECTION_BODY_MAX_BYTES` (16 KiB by default) at a UTF-8 "
-            "character boundary."
+            "The request body as sent (a batch item: the item, re-encoded as compact JSON; "
+            "for a signal with redaction rules, re-encoded with its `data` redacted), cut to "
+            "`BIGMIND_REJECTION_BODY_MAX_BYTES` (16 KiB by default) at a UTF-8 character "
+            "boundary."
         )
     )
     body_truncated = Boolean(help_text="Whether `body` was cut.")

@@ -28,6 +28,7 @@ from events_app.ingest.backpressure import ingest_backpressure_check
 from events_app.ingest.ratelimits import RateLimitStatus, rate_limit_consume_many, rate_limited
 from events_app.ingest.rejections import Refusal, rejections_record
 from events_app.ingest.services import (
+    event_request_redact,
     event_request_resolve,
     event_row_new,
     event_schema_check,
@@ -207,6 +208,7 @@ def events_ingest_batch(*, client: ApiClient, raw_body: bytes) -> BatchResult:
             if item.rate.exceeded:
                 raise rate_limited(item.signal, item.rate)
             item.schema_version = event_schema_check(item.signal, item.request)
+            item.request = event_request_redact(item.signal, item.request)
         except ApplicationError as exc:
             item.reject(exc)
 

@@ -15,6 +15,9 @@ replaying a rejection is `events_app.ingest.replay` (it runs ingest, which recor
   organization and minute, in RejectionOverflow (an F() increment). If the cache is down the
   cap is checked against the database instead (a COUNT on the organization's index): rows are
   still kept, and concurrent requests can overshoot the cap by at most their own number.
+- **Redacted**: the signal's redaction rules (events_app/ingest/redaction.py) apply to the stored
+  body and the violations, as to an event; for an unknown slug, those of an inactive signal of
+  that slug if there is one (nothing else can say what its data holds).
 - **Kept** BIGMIND_REJECTION_RETENTION_DAYS; the purge deletes in chunks, each its own short
   transaction.
 """
@@ -34,10 +37,14 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from bigmind.errors import ApplicationError
+from bigmind.errors import ApplicationError, BadRequest
 from events_app.ingest.auth import ApiClient
+from events_app.ingest.redaction import Rules, data_redact, violations_redact
 from events_app.models import RejectedEvent, RejectionOverflow, RejectionReason
 from events_app.selectors import keyset_page
+from signals_app.models import Signal
+from signals_app.selectors import signal_get_active_ref
+from signals_app.services import signal_slug_check
 
 logger = logging.getLogger(__name__)
 
@@ -109,15 +116,60 @@ def _overflow_add(organization_id: int, minute: datetime, n: int) -> None:
         row.update(count=F("count") + n)  # a concurrent request created it first
 
 
+def _slug(refusal: Refusal) -> Any:
+    return refusal.payload.get("signal") if isinstance(refusal.payload, dict) else None
+
+
 def _text(value: Any, max_length: int) -> str:
     return value[:max_length] if isinstance(value, str) else ""
 
 
-def _row(client: ApiClient, refusal: Refusal, received_at: datetime) -> RejectedEvent:
+def _rules_by_slug(organization_id: int, refusals: list[Refusal]) -> dict[str, Rules]:
+    """The redaction rules of the signals the refusals name, by slug (only those with rules).
+
+    An active signal's come from the cached lookup ingest just made; a slug no active signal
+    has costs one query for all of them, for an inactive signal's rules.
+    """
+    slugs: set[str] = set()
+    for refusal in refusals:
+        slug = _slug(refusal)
+        if isinstance(slug, str):
+            try:
+                signal_slug_check(slug)
+            except BadRequest:
+                continue  # cannot be a slug, so names no signal
+            slugs.add(slug)
+    found: dict[str, Rules] = {}
+    inactive: list[str] = []
+    for slug in slugs:
+        ref = signal_get_active_ref(organization_id=organization_id, slug=slug)
+        if ref is None:
+            inactive.append(slug)
+        elif ref.redact:
+            found[slug] = ref.redact
+    if inactive:
+        rows = Signal.objects.filter(organization_id=organization_id, slug__in=inactive)
+        for slug, rules in rows.values_list("slug", "redact"):
+            if rules:
+                found[slug] = tuple((rule["path"], rule["mode"]) for rule in rules)
+    return found
+
+
+def _row(client: ApiClient, refusal: Refusal, received_at: datetime, rules: Rules) -> RejectedEvent:
     payload = refusal.payload if isinstance(refusal.payload, dict) else {}
     raw = refusal.raw_body
     if raw is None:
         raw = json.dumps(refusal.payload, ensure_ascii=False, separators=(",", ":")).encode()
+    sent_bytes = len(raw)
+    violations = refusal.error.details or []
+    data = payload.get("data")
+    if rules and isinstance(data, dict):
+        redacted = data_redact(data, rules=rules, organization_id=client.organization_id)
+        # The body as received is replaced by the redacted one, re-encoded (its bytes differ).
+        raw = json.dumps(
+            {**payload, "data": redacted}, ensure_ascii=False, separators=(",", ":")
+        ).encode()
+        violations = violations_redact(violations, data=data, rules=rules)
     body, truncated = rejection_body_cut(raw, settings.BIGMIND_REJECTION_BODY_MAX_BYTES)
     identity = payload.get("identity")
     identity = identity if isinstance(identity, dict) else {}
@@ -127,10 +179,10 @@ def _row(client: ApiClient, refusal: Refusal, received_at: datetime) -> Rejected
         signal_slug=_text(payload.get("signal"), _MAX_SLUG),
         reason=refusal.error.code,
         message=refusal.error.message,
-        violations=refusal.error.details or [],
+        violations=violations,
         body=body,
         body_truncated=truncated,
-        body_bytes=len(raw),
+        body_bytes=sent_bytes,
         identity_type=_text(identity.get("type"), _MAX_IDENTITY_TYPE),
         identity_id=_text(identity.get("id"), _MAX_IDENTITY_ID),
         received_at=received_at,
@@ -148,7 +200,11 @@ def _record(client: ApiClient, refusals: list[Refusal]) -> int:
             count = _minute_count_db(client.organization_id, minute, n)
         # `count` includes these n: the first (cap - earlier) of them are kept, the rest counted.
         kept = max(0, min(n, settings.BIGMIND_REJECTIONS_PER_MINUTE - (count - n)))
-        rows = [_row(client, refusal, now) for refusal in refusals[:kept]]
+        rules = _rules_by_slug(client.organization_id, refusals[:kept]) if kept else {}
+        rows = [
+            _row(client, refusal, now, rules.get(_text(_slug(refusal), _MAX_SLUG), ()))
+            for refusal in refusals[:kept]
+        ]
         if rows:
             RejectedEvent.objects.bulk_create(rows)
         if kept < n:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from events_app.ingest.ratelimits import (
     rate_limit_peek,
     rate_limited,
 )
+from events_app.ingest.redaction import data_redact
 from events_app.ingest.rejections import Refusal, rejections_record
 from events_app.ingest.store import NewEvent, StoredEvent, StoreOutcome, events_store
 from events_app.ingest.validation import EventRequest, event_request_parse
@@ -82,6 +83,16 @@ def event_schema_check(signal: SignalRef, request: EventRequest) -> int | None:
             details=details,
         )
     return number
+
+
+def event_request_redact(signal: SignalRef, request: EventRequest) -> EventRequest:
+    """The request with the signal's redaction rules applied to `data` (the request itself
+    when the signal has none). After the schema check, which sees the data as sent, and before
+    anything is built from it: the stored row, its idempotency fingerprint, a log line."""
+    if not signal.redact:
+        return request
+    data = data_redact(request.data, rules=signal.redact, organization_id=signal.organization_id)
+    return replace(request, data=data)
 
 
 def idempotency_conflict() -> Conflict:
@@ -270,6 +281,7 @@ def event_ingest(
         if rate.exceeded:
             raise rate_limited(signal, rate)
         schema_version = event_schema_check(signal, request)
+        request = event_request_redact(signal, request)
         event, replayed = _event_store(
             client=client, signal=signal, request=request, schema_version=schema_version
         )
@@ -312,7 +324,7 @@ def event_validate(
     rate = rate_limit_peek(signal)
     try:
         schema_version = event_schema_check(signal, request)
-        _idempotency_conflict_check(client, request)
+        _idempotency_conflict_check(client, event_request_redact(signal, request))
     except ApplicationError as exc:
         exc.headers.update(rate.headers())
         raise

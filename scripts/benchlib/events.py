@@ -77,7 +77,37 @@ ENDPOINTS = [
         batch_size=100,
     ),
 ]
-ENDPOINTS_BY_NAME = {e.name: e for e in ENDPOINTS}
+# The governance benchmark (`make bench-governance`; signals in governance_signals.yaml): the
+# same events to a plain signal and to one with enforcement `flag` and a redaction rule, plus
+# events that fail the schema, which the flag signal accepts and marks invalid.
+GOVERNED_EVENT = '{{"email":"bench-{n}@example.com","value":1}}'
+GOVERNANCE_ENDPOINTS = [
+    Endpoint(
+        "ingest-plain",
+        "/v1/events",
+        "bench-plain",
+        GOVERNED_EVENT,
+        auth=True,
+        note="schema (required email and number), enforcement reject, no redaction",
+    ),
+    Endpoint(
+        "ingest-governed",
+        "/v1/events",
+        "bench-governed",
+        GOVERNED_EVENT,
+        auth=True,
+        note="the same events and schema; enforcement flag, /email hashed",
+    ),
+    Endpoint(
+        "ingest-flagged",
+        "/v1/events",
+        "bench-governed",
+        '{{"email":"bench-{n}@example.com","value":"not a number"}}',
+        auth=True,
+        note="events failing the schema: accepted, flagged with their violation, /email hashed",
+    ),
+]
+ENDPOINTS_BY_NAME = {e.name: e for e in [*ENDPOINTS, *GOVERNANCE_ENDPOINTS]}
 
 # One event of an endpoint; the Lua of wrk is generated from the same template.
 EVENT_TEMPLATE = (

@@ -362,6 +362,9 @@ def broker_wait_empty(broker: Any, workers: list[Worker], timeout: float) -> int
 
 
 # --- one run ---------------------------------------------------------------------------------
+GOVERNANCE_SIGNALS = Path(__file__).with_name("governance_signals.yaml")
+
+
 class Stack:
     """What one run starts: a work directory for the logs, gunicorn, Celery workers; `close()`
     stops them all (call it in a `finally`) and removes the work directory unless told to keep
@@ -391,6 +394,8 @@ class Stack:
         manage(self.env, "migrate", "--noinput")
         log("bootstrap_demo --allow-production")
         manage(self.env, "bootstrap_demo", "--allow-production")
+        # The governance benchmark's signals (harmless to the others: nothing sends to them).
+        manage(self.env, "sync_signals", str(GOVERNANCE_SIGNALS))
 
     def start_gunicorn(self) -> int:
         """Start gunicorn on --port (or a free one) and wait until it answers; its port."""

@@ -54,7 +54,9 @@ def production_env(tmp_path: Path, **overrides: str | None) -> dict[str, str]:
         if not key.startswith(_CLEARED_PREFIXES) and key != "DJANGO_SETTINGS_MODULE"
     }
     env.update(documented_production_env())
-    env["DJANGO_SECRET_KEY"] = strong_secret()  # the documented one is a placeholder
+    # The documented ones are placeholders.
+    env["DJANGO_SECRET_KEY"] = strong_secret()
+    env["BIGMIND_REDACTION_KEY"] = strong_secret()
     env["BIGMIND_VAR_DIR"] = str(tmp_path / "var")
     for key, value in overrides.items():
         if value is None:
@@ -170,6 +172,26 @@ def test_it_fails_check_deploy_with_a_weak_secret_key(tmp_path: Path) -> None:
 
     assert result.returncode != 0
     assert "security.W009" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "redaction_key",
+    [None, "DJANGO_SECRET_KEY", secrets.token_hex(25)[:49]],
+    ids=["missing", "the secret key", "weak"],
+)
+def test_it_fails_check_deploy_without_a_strong_redaction_key_of_its_own(
+    tmp_path: Path, redaction_key: str | None
+) -> None:
+    env = production_env(tmp_path)
+    if redaction_key is None:
+        del env["BIGMIND_REDACTION_KEY"]
+    else:
+        env["BIGMIND_REDACTION_KEY"] = env.get(redaction_key, redaction_key)
+
+    result = check_deploy(env)
+
+    assert result.returncode != 0
+    assert "events_app.W001" in result.stderr + result.stdout
 
 
 def test_it_fails_check_deploy_with_debug_on(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def interpolated(value: str) -> str:
         name, kind, rest = match.group(1), match.group(2), match.group(3)
         if kind == ":-":
             return rest
-        if name == "DJANGO_SECRET_KEY":
+        if name in ("DJANGO_SECRET_KEY", "BIGMIND_REDACTION_KEY"):
             return secrets.token_urlsafe(50)
         return secrets.token_urlsafe(16)
 
@@ -287,7 +287,7 @@ def test_the_image_installs_the_runtime_requirements_and_copies_what_exists() ->
 def test_no_secret_has_a_default_in_the_compose_file() -> None:
     text = COMPOSE.read_text()
 
-    for name in ("DJANGO_SECRET_KEY", "POSTGRES_PASSWORD"):
+    for name in ("DJANGO_SECRET_KEY", "BIGMIND_REDACTION_KEY", "POSTGRES_PASSWORD"):
         uses = re.findall(r"\$\{" + name + r"(:.)?", text)
         assert uses
         assert all(kind == ":?" for kind in uses), name
