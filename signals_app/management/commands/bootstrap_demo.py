@@ -14,8 +14,8 @@ from signals_app.services import (
     api_key_create,
     api_key_hash,
     api_key_reinstate,
-    signals_sync,
 )
+from signals_app.signals_as_code import signals_sync
 
 # Fixed so that the README's curl works as printed. Local demo only: the command refuses to
 # run with DEBUG off unless told otherwise.

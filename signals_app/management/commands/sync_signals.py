@@ -8,7 +8,7 @@ import yaml
 from django.core.management.base import CommandError, CommandParser
 
 from signals_app.management.commands._base import ControlPlaneCommand, run_service
-from signals_app.services import signals_sync
+from signals_app.signals_as_code import signals_sync
 
 
 class Command(ControlPlaneCommand):
