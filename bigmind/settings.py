@@ -138,6 +138,7 @@ MIDDLEWARE = [
     "bigmind.middleware.AuthenticationMiddleware",
     "bigmind.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "signals_app.audit.AuditActorMiddleware",  # who made a change, for the audit log
 ]
 
 ROOT_URLCONF = "bigmind.urls"
@@ -308,12 +309,13 @@ BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS = env.float(
     "BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS", default=3600.0
 )
 BIGMIND_REJECTION_PURGE_CHUNK_SIZE = env.int("BIGMIND_REJECTION_PURGE_CHUNK_SIZE", default=1000)
-# Retention of events and metric buckets (events_app/retention.py, docs/operations.md
-# "Retention"); 0 keeps them forever. Failed events are kept at least as long as completed ones
-# (they are the only copy of what could not be processed, kept for reprocessing).
+# Retention of events, metric buckets and the audit log (events_app/retention.py, docs/
+# operations.md "Retention"); 0 keeps them forever. Failed events are kept at least as long as
+# completed ones (the only copy of what could not be processed, kept for reprocessing).
 BIGMIND_EVENT_RETENTION_DAYS = env.int("BIGMIND_EVENT_RETENTION_DAYS", default=90)
 BIGMIND_FAILED_EVENT_RETENTION_DAYS = env.int("BIGMIND_FAILED_EVENT_RETENTION_DAYS", default=180)
 BIGMIND_METRIC_BUCKET_RETENTION_DAYS = env.int("BIGMIND_METRIC_BUCKET_RETENTION_DAYS", default=400)
+BIGMIND_AUDIT_RETENTION_DAYS = env.int("BIGMIND_AUDIT_RETENTION_DAYS", default=400)
 BIGMIND_RETENTION_INTERVAL_SECONDS = env.float("BIGMIND_RETENTION_INTERVAL_SECONDS", default=3600.0)
 BIGMIND_RETENTION_CHUNK_SIZE = env.int("BIGMIND_RETENTION_CHUNK_SIZE", default=1000)
 CELERY_BEAT_SCHEDULE = {
@@ -441,8 +443,7 @@ SPECTACULAR_SETTINGS = {
     ],
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PUBLIC": True,
-    # The document and the docs page need no API key.
-    "SERVE_AUTHENTICATION": [],
+    "SERVE_AUTHENTICATION": [],  # the document and the docs page need no API key
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -450,8 +451,7 @@ SPECTACULAR_SETTINGS = {
     # validatorUrl null: Swagger UI would otherwise send the document to an outside validator.
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "POSTPROCESSING_HOOKS": ["events_app.api.schema.postprocess"],
-    # An enum's values are its description; the fields' help texts say what they mean.
-    "ENUM_GENERATE_CHOICE_DESCRIPTION": False,
+    "ENUM_GENERATE_CHOICE_DESCRIPTION": False,  # the fields' help texts say what values mean
 }
 
 # Group commit (events_app/ingest/group_commit.py, docs/architecture.md): each web process has one

@@ -9,6 +9,8 @@
 - **Webhook deliveries** finished (succeeded or failed) more than
   BIGMIND_WEBHOOK_DELIVERY_RETENTION_DAYS ago. Pending ones are never deleted: they are still
   owed to their endpoint.
+- **Audit log entries** older than BIGMIND_AUDIT_RETENTION_DAYS (400 by default: regulated
+  customers keep a year of changes, and then some).
 - **Rejected events** keep their own purge (events_app/ingest/rejections.py,
   `events.purge_rejections`); the `purge_expired` command runs it too.
 
@@ -51,6 +53,7 @@ from events_app.models import (
     db_value,
 )
 from events_app.pipeline.facts import bucket_start
+from signals_app.models import AuditEntry
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ class RetentionResult:
     failed_events: int = 0
     metric_buckets: int = 0
     webhook_deliveries: int = 0
+    audit_entries: int = 0
     chunks: int = 0
     # False when the time budget ran out with rows still to delete (the next run continues).
     finished: bool = True
@@ -88,6 +92,7 @@ def retention_cutoffs(*, now: datetime) -> dict[str, datetime | None]:
         EventStatus.FAILED: _cutoff(now, failed_days),
         "metric_buckets": _cutoff(now, settings.BIGMIND_METRIC_BUCKET_RETENTION_DAYS),
         "webhook_deliveries": _cutoff(now, settings.BIGMIND_WEBHOOK_DELIVERY_RETENTION_DAYS),
+        "audit_entries": _cutoff(now, settings.BIGMIND_AUDIT_RETENTION_DAYS),
     }
 
 
@@ -173,6 +178,16 @@ def _deliveries_chunk(cutoff: datetime, size: int) -> int:
     return len(ids)
 
 
+def _audit_chunk(cutoff: datetime, size: int) -> int:
+    # Nothing refers to an entry; oldest first through the index on the time.
+    ids = list(
+        AuditEntry.objects.filter(at__lt=cutoff).order_by("at").values_list("pk", flat=True)[:size]
+    )
+    if ids:
+        AuditEntry.objects.filter(pk__in=ids).delete()
+    return len(ids)
+
+
 def _bucket_boundaries(cutoff: datetime) -> dict[str, datetime]:
     """Per period, the start of the bucket holding `cutoff`: buckets starting before it ended
     by then (periods are contiguous), so they are wholly older than the cutoff."""
@@ -247,16 +262,29 @@ def retention_purge(
                 if done < size:
                     break
 
+    audit_cutoff = cutoffs["audit_entries"]
+    if audit_cutoff is not None:
+        if dry_run:
+            result.audit_entries = AuditEntry.objects.filter(at__lt=audit_cutoff).count()
+        else:
+            while not out_of_time():
+                done = _audit_chunk(audit_cutoff, size)
+                result.audit_entries += done
+                result.chunks += 1 if done else 0
+                if done < size:
+                    break
+
     counts = (
         result.completed_events,
         result.failed_events,
         result.metric_buckets,
         result.webhook_deliveries,
+        result.audit_entries,
     )
     if not dry_run and any(counts):
         logger.info(
             "retention purge: %d completed and %d failed event(s), %d metric bucket(s), "
-            "%d webhook deliveries deleted%s",
+            "%d webhook deliveries, %d audit log entries deleted%s",
             *counts,
             "" if result.finished else " (time budget spent; the next run continues)",
         )

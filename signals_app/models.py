@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class Organization(models.Model):
@@ -213,3 +214,47 @@ class OrganizationMembership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.organization}"
+
+
+class AuditActorKind(models.TextChoices):
+    USER = "user", "User"
+    API_KEY = "api_key", "API key"
+    COMMAND = "command", "Command"
+    SYSTEM = "system", "System"
+
+
+class AuditEntry(models.Model):
+    """One change to the control plane (signals_app/audit.py): who, which organization, what,
+    to which object, the fields changed (never a secret's value) and the request.
+
+    The organization is kept as its id and slug, not a foreign key: the entry that records an
+    organization's deletion, and every entry before it, must outlive the organization."""
+
+    at = models.DateTimeField("time", default=timezone.now)
+    actor_kind = models.CharField(max_length=10, choices=AuditActorKind.choices)
+    # The username, the API key's prefix or the command's name; empty for the system.
+    actor = models.CharField(max_length=150, blank=True)
+    organization_pk = models.BigIntegerField("organization ID", null=True, blank=True)
+    organization_slug = models.CharField("organization", max_length=64, blank=True)
+    action = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=64)
+    object_id = models.CharField("object ID", max_length=64, blank=True)
+    object_repr = models.CharField("object", max_length=200, blank=True)
+    # {field: [old, new]}; a secret appears only as SECRET_MASK on both sides.
+    changes = models.JSONField(default=dict, blank=True)
+    request_id = models.CharField("request ID", max_length=128, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit log entries"
+        indexes = [
+            # The admin's list and `audit_log --organization`: one organization, by time.
+            models.Index(fields=["organization_pk", "at"], name="audit_org_time"),
+            # `--since`, the unscoped list, and the retention purge.
+            models.Index(fields=["at"], name="audit_time"),
+            models.Index(fields=["action", "at"], name="audit_action_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.object_repr}".strip()

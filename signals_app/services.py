@@ -1,7 +1,9 @@
-"""Writes of the control plane: organizations, signals, schema versions, API keys.
+"""Writes of the control plane: signals, schema versions, API keys (organizations and
+memberships: signals_app/organizations.py; signals as code: signals_app/signals_as_code.py).
 
 Every write that changes what the ingest path sees invalidates the cached lookups after its
 transaction commits (so a concurrent request cannot re-cache the old row before the commit).
+Every change is recorded in the audit log (signals_app/audit.py) in its own transaction.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import functools
 import hashlib
 import secrets
 import string
-from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -18,6 +19,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from bigmind.errors import BadRequest, Conflict, NotFound
+from signals_app.audit import audit_diff, audit_record
 from signals_app.compatibility import SchemaIncompatible, schema_compatibility_check
 from signals_app.models import (
     Aggregation,
@@ -30,6 +32,10 @@ from signals_app.models import (
     Signal,
     SignalType,
 )
+
+# Organizations and memberships have their own module; callers know this one.
+# Organizations and memberships have their own module; callers know this one.
+from signals_app.organizations import organization_get_or_create as organization_get_or_create
 from signals_app.redaction_rules import redaction_rules_check
 from signals_app.schemas import schema_check
 from signals_app.selectors import api_key_cache_invalidate, signal_cache_invalidate
@@ -39,22 +45,6 @@ API_KEY_PREFIX = "sk_"
 # Characters of the secret kept in clear as the key's recognisable prefix (`sk_` + 8).
 _VISIBLE_SECRET_CHARS = 8
 SLUG_MAX_LENGTH = 100
-
-
-# --- Organizations ----------------------------------------------------------------------------
-def organization_get_or_create(*, slug: str, name: str | None = None) -> tuple[Organization, bool]:
-    clean = slugify(slug)
-    if not clean or clean != slug:
-        raise BadRequest(
-            f"Organization slug must be lowercase letters, digits and hyphens: {slug!r}"
-        )
-    organization, created = Organization.objects.get_or_create(
-        slug=slug, defaults={"name": name or slug}
-    )
-    if not created and name and organization.name != name:
-        organization.name = name
-        organization.save(update_fields=["name"])
-    return organization, created
 
 
 # --- API keys ---------------------------------------------------------------------------------
@@ -85,6 +75,7 @@ def api_key_create(
             api_key = ApiKey.objects.create(
                 organization=organization, name=name, prefix=api_key_prefix(raw), key_hash=key_hash
             )
+            _api_key_audit("api_key.created", api_key, audit_diff({}, _api_key_fields(api_key)))
     except IntegrityError as exc:
         raise Conflict("That API key exists already") from exc
     # An unknown key may have been cached as such by a request that tried it before.
@@ -92,12 +83,56 @@ def api_key_create(
     return api_key, raw
 
 
+# What an API key's audit entries show: never its hash (nor, since it is not stored, the key).
+_API_KEY_AUDITED = ("name", "prefix", "scopes", "signals", "expires_at", "revoked_at")
+
+
+def _api_key_fields(api_key: ApiKey) -> dict[str, Any]:
+    return {name: getattr(api_key, name) for name in _API_KEY_AUDITED}
+
+
+def _api_key_audit(action: str, api_key: ApiKey, diff: dict[str, list[Any]]) -> None:
+    audit_record(
+        action=action,
+        organization=api_key.organization,
+        object_type="api_key",
+        object_id=api_key.prefix,
+        object_repr=str(api_key),
+        changes=diff,
+    )
+
+
+def api_key_update(*, api_key: ApiKey, name: str) -> ApiKey:
+    """Rename a key (the admin's change page); nothing else about a key is edited in place."""
+    with transaction.atomic():
+        # The stored row: a ModelForm has already written the new name onto `api_key`.
+        stored = (
+            ApiKey.objects.select_for_update().select_related("organization").get(pk=api_key.pk)
+        )
+        before = _api_key_fields(stored)
+        if stored.name != name:
+            stored.name = name
+            stored.save(update_fields=["name"])
+            _api_key_audit("api_key.updated", stored, audit_diff(before, _api_key_fields(stored)))
+    api_key.name = name
+    return api_key
+
+
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     if api_key.revoked_at is None:
-        ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
-            revoked_at=timezone.now()
-        )
-        api_key.refresh_from_db(fields=["revoked_at"])
+        with transaction.atomic():
+            # Conditional: of two concurrent revocations, one writes (and records) it.
+            if ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
+                revoked_at=timezone.now()
+            ):
+                api_key.refresh_from_db(fields=["revoked_at"])
+                _api_key_audit(
+                    "api_key.revoked",
+                    api_key,
+                    audit_diff({"revoked_at": None}, {"revoked_at": api_key.revoked_at}),
+                )
+            else:
+                api_key.refresh_from_db(fields=["revoked_at"])
     key_hash = api_key.key_hash
     transaction.on_commit(lambda: api_key_cache_invalidate(key_hash=key_hash))
     return api_key
@@ -106,7 +141,16 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
 def api_key_reinstate(*, api_key: ApiKey) -> ApiKey:
     """Undo a revocation (bootstrap_demo keeps its well-known key usable)."""
     if api_key.revoked_at is not None:
-        ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=None)
+        with transaction.atomic():
+            revoked_at = api_key.revoked_at
+            if ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=False).update(
+                revoked_at=None
+            ):
+                _api_key_audit(
+                    "api_key.reinstated",
+                    api_key,
+                    audit_diff({"revoked_at": revoked_at}, {"revoked_at": None}),
+                )
         api_key.revoked_at = None
         key_hash = api_key.key_hash
         transaction.on_commit(lambda: api_key_cache_invalidate(key_hash=key_hash))
@@ -248,6 +292,7 @@ def signal_create(
                 signal = Signal.objects.create(
                     organization=organization, slug=slug, public_id=_public_id(), **fields
                 )
+                _signal_audit("signal.created", signal, audit_diff({}, _signal_fields(signal)))
             break
         except IntegrityError as exc:
             if Signal.objects.filter(organization=organization, slug=slug).exists():
@@ -279,9 +324,14 @@ def signal_update(*, signal: Signal, **changes: Any) -> Signal:
             fields = signal_settings_check(merged)
             if "slug" in changes:
                 fields["slug"] = signal_slug_check(changes["slug"])
+            before = _signal_fields(stored)
             for name, value in fields.items():
                 setattr(stored, name, value)
             stored.save()
+            diff = audit_diff(before, _signal_fields(stored))
+            if diff:
+                # Enforcement and redaction rules are among the fields: their changes show here.
+                _signal_audit("signal.updated", stored, diff)
     except IntegrityError as exc:
         raise Conflict(f"A signal with slug {changes.get('slug')!r} exists already") from exc
     org_id, new_slug = stored.organization_id, stored.slug
@@ -292,6 +342,21 @@ def signal_update(*, signal: Signal, **changes: Any) -> Signal:
 
     transaction.on_commit(invalidate)
     return stored
+
+
+def _signal_fields(signal: Signal) -> dict[str, Any]:
+    return {"slug": signal.slug} | {name: getattr(signal, name) for name in SIGNAL_SETTINGS}
+
+
+def _signal_audit(action: str, signal: Signal, diff: dict[str, list[Any]]) -> None:
+    audit_record(
+        action=action,
+        organization=signal.organization,
+        object_type="signal",
+        object_id=signal.public_id,
+        object_repr=str(signal),
+        changes=diff,
+    )
 
 
 def _schema_version_compatibility_raise(
@@ -348,122 +413,15 @@ def schema_version_create(*, signal: Signal, schema: Any) -> SchemaVersion:
         )
         number = latest.version + 1 if latest is not None else 1
         version = SchemaVersion.objects.create(signal=signal, version=number, schema=schema)
+        # The schema itself stays in its (immutable) version; the entry names the version.
+        audit_record(
+            action="schema_version.created",
+            organization=signal.organization,
+            object_type="schema_version",
+            object_id=f"{signal.public_id}/v{number}",
+            object_repr=f"{signal} v{number}",
+            changes={"version": [None, number]},
+        )
     org_id, slug = signal.organization_id, signal.slug
     transaction.on_commit(lambda: signal_cache_invalidate(organization_id=org_id, slug=slug))
     return version
-
-
-# --- Signals as code --------------------------------------------------------------------------
-@dataclass
-class SyncReport:
-    organization_created: bool = False
-    created: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    versions_added: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        out = []
-        if self.organization_created:
-            out.append("organization created")
-        out += [f"created {slug}" for slug in self.created]
-        out += [f"updated {slug}" for slug in self.updated]
-        out += [f"unchanged {slug}" for slug in self.unchanged]
-        out += [f"added schema {item}" for item in self.versions_added]
-        return out
-
-
-# What a signals-as-code entry means by leaving a setting out.
-SYNC_DEFAULTS: dict[str, Any] = {
-    "description": "",
-    "ai_instructions": "",
-    "active": True,
-    "rate_limit_per_minute": None,
-    "compatibility": Compatibility.NONE,
-    "aggregation": "",
-    "period": "",
-    "value_field": "",
-    "enforcement": Enforcement.REJECT,
-    "redact": [],
-}
-
-
-def _sync_item_check(index: int, item: Any) -> dict[str, Any]:
-    where = f"signals[{index}]"
-    if not isinstance(item, dict):
-        raise BadRequest(f"{where} must be a mapping")
-    allowed = {*SIGNAL_SETTINGS, "slug", "schemas"}
-    unknown = set(item) - allowed
-    if unknown:
-        raise BadRequest(f"{where}: unknown fields {', '.join(sorted(unknown))}")
-    if not isinstance(item.get("slug"), str):
-        raise BadRequest(f"{where}: slug is required")
-    schemas = item.get("schemas") or []
-    if not isinstance(schemas, list):
-        raise BadRequest(f"{where}: schemas must be a list")
-    for n, entry in enumerate(schemas, start=1):
-        if not isinstance(entry, dict) or set(entry) != {"version", "schema"}:
-            raise BadRequest(f"{where}.schemas[{n - 1}] must have exactly version and schema")
-        if entry["version"] != n:
-            raise BadRequest(
-                f"{where}.schemas must be numbered 1, 2, 3... in order; found version "
-                f"{entry['version']!r} at position {n}"
-            )
-    return item
-
-
-def signals_sync(*, document: Any) -> SyncReport:
-    """Apply a signals-as-code document: all of it, or (on any error) nothing."""
-    if not isinstance(document, dict) or not isinstance(document.get("organization"), str):
-        raise BadRequest("The document needs 'organization' (a slug) and 'signals' (a list)")
-    items = document.get("signals") or []
-    if not isinstance(items, list):
-        raise BadRequest("'signals' must be a list")
-    unknown = set(document) - {"organization", "signals"}
-    if unknown:
-        raise BadRequest(f"Unknown top-level fields: {', '.join(sorted(unknown))}")
-    checked = [_sync_item_check(i, item) for i, item in enumerate(items)]
-    slugs = [item["slug"] for item in checked]
-    if len(set(slugs)) != len(slugs):
-        raise BadRequest("A slug appears twice in the document")
-
-    report = SyncReport()
-    with transaction.atomic():
-        organization, report.organization_created = organization_get_or_create(
-            slug=document["organization"]
-        )
-        for item in checked:
-            slug = signal_slug_check(item["slug"])
-            # The file is the source of truth: a setting it leaves out takes its default.
-            settings = signal_settings_check(
-                {**SYNC_DEFAULTS, "name": slug}
-                | {k: v for k, v in item.items() if k in SIGNAL_SETTINGS}
-            )
-            existing = Signal.objects.filter(organization=organization, slug=slug).first()
-            if existing is None:
-                signal = signal_create(organization=organization, slug=slug, **settings)
-                report.created.append(slug)
-            elif any(getattr(existing, name) != value for name, value in settings.items()):
-                signal = signal_update(signal=existing, **settings)
-                report.updated.append(slug)
-            else:
-                signal = existing
-                report.unchanged.append(slug)
-            stored = {v.version: v.schema for v in signal.schema_versions.all()}
-            for entry in item.get("schemas") or []:
-                number, schema = entry["version"], entry["schema"]
-                if number in stored:
-                    if stored[number] != schema:
-                        raise Conflict(
-                            f"{slug} schema version {number} exists with different content; "
-                            f"versions are immutable, add a new version instead"
-                        )
-                    continue
-                created = schema_version_create(signal=signal, schema=schema)
-                if created.version != number:
-                    raise Conflict(
-                        f"{slug}: the file adds version {number} but the next version is "
-                        f"{created.version}"
-                    )
-                report.versions_added.append(f"{slug} v{number}")
-    return report

@@ -26,7 +26,7 @@ from events_app.admin.webhook_forms import WebhookEndpointForm
 from events_app.models import (
     WebhookEndpoint,
 )
-from events_app.webhooks.endpoints import endpoint_rotate_secret, signal_slugs
+from events_app.webhooks.endpoints import endpoint_delete, endpoint_rotate_secret, signal_slugs
 from events_app.webhooks.sending import (
     EndpointDisabled,
     ping_create,
@@ -147,6 +147,14 @@ class WebhookEndpointAdmin(OrganizationScopedAdmin):
         self.scoped_organization(request, obj.organization)
         if not change:
             request._bigmind_new_webhook_secret = form.secret  # type: ignore[attr-defined]
+
+    def delete_model(self, request: HttpRequest, obj: WebhookEndpoint) -> None:
+        endpoint_delete(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        # One by one through the service (not Django's bulk delete): each is audited.
+        for endpoint in queryset.select_related("organization"):
+            endpoint_delete(endpoint)
 
     def response_add(
         self, request: HttpRequest, obj: Any, post_url_continue: Any = None

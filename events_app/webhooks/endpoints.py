@@ -20,6 +20,7 @@ from bigmind.errors import ApplicationError
 from events_app.models import WebhookEndpoint, WebhookEventType
 from events_app.webhooks.addresses import UnsafeUrl, url_check
 from events_app.webhooks.secrets import secret_decrypt, secret_encrypt, secret_new
+from signals_app.audit import audit_diff, audit_record
 from signals_app.models import Organization, Signal
 from signals_app.services import base62
 
@@ -104,6 +105,29 @@ def _enabled(value: Any) -> bool:
     return value
 
 
+def _audited(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """An endpoint's fields as its audit entries show them: never a secret."""
+    return {
+        "url": endpoint.url,
+        "events": endpoint.event_types,
+        "signals": signal_slugs(endpoint),
+        "description": endpoint.description,
+        "enabled": endpoint.enabled,
+        "disabled_reason": endpoint.disabled_reason,
+    }
+
+
+def _audit(action: str, endpoint: WebhookEndpoint, changes: dict[str, list[Any]]) -> None:
+    audit_record(
+        action=f"webhook_endpoint.{action}",
+        organization=endpoint.organization,
+        object_type="webhook_endpoint",
+        object_id=endpoint.public_id,
+        object_repr=endpoint.url,
+        changes=changes,
+    )
+
+
 def endpoint_create(
     *,
     organization: Organization,
@@ -114,22 +138,26 @@ def endpoint_create(
     enabled: Any = True,
 ) -> Created:
     secret = secret_new()
-    endpoint = WebhookEndpoint.objects.create(
-        public_id=ID_PREFIX + base62(12),
-        organization=organization,
-        url=_url(url),
-        description=_description(description),
-        event_types=_event_types(events),
-        signal_ids=_signals(organization, signals),
-        enabled=_enabled(enabled),
-        secret_encrypted=secret_encrypt(secret),
-    )
+    with transaction.atomic():
+        endpoint = WebhookEndpoint.objects.create(
+            public_id=ID_PREFIX + base62(12),
+            organization=organization,
+            url=_url(url),
+            description=_description(description),
+            event_types=_event_types(events),
+            signal_ids=_signals(organization, signals),
+            enabled=_enabled(enabled),
+            secret_encrypted=secret_encrypt(secret),
+        )
+        # The secret only as "set" (audit_record masks it): never its value.
+        _audit("created", endpoint, audit_diff({}, _audited(endpoint)) | {"secret": ["", ""]})
     return Created(endpoint=endpoint, secret=secret)
 
 
 def endpoint_update(endpoint: WebhookEndpoint, **changes: Any) -> WebhookEndpoint:
     """Change the given fields (url, events, signals, description, enabled). Enabling an
     endpoint that was disabled for failing clears the reason and the failure run."""
+    before = _audited(endpoint)
     fields = ["updated_at"]
     if "url" in changes:
         endpoint.url = _url(changes["url"])
@@ -153,14 +181,21 @@ def endpoint_update(endpoint: WebhookEndpoint, **changes: Any) -> WebhookEndpoin
             fields += ["disabled_reason", "failing_since"]
         endpoint.enabled = enabled
         fields.append("enabled")
-    endpoint.save(update_fields=fields)
+    with transaction.atomic():
+        endpoint.save(update_fields=fields)
+        diff = audit_diff(before, _audited(endpoint))
+        if diff:
+            _audit("updated", endpoint, diff)
     return endpoint
 
 
 def endpoint_delete(endpoint: WebhookEndpoint) -> None:
     """The endpoint and its deliveries (the ORM deletes them: their foreign key has no database
     constraint, see WebhookDelivery). One written meanwhile is dropped by the sweep."""
-    endpoint.delete()
+    with transaction.atomic():
+        before = _audited(endpoint)
+        _audit("deleted", endpoint, audit_diff(before, dict.fromkeys(before)))
+        endpoint.delete()
 
 
 def endpoint_rotate_secret(endpoint: WebhookEndpoint, *, now: datetime | None = None) -> Created:
@@ -177,7 +212,24 @@ def endpoint_rotate_secret(endpoint: WebhookEndpoint, *, now: datetime | None = 
         ]
         locked.secret_encrypted = secret_encrypt(secret)
         locked.save(update_fields=["previous_secrets", "secret_encrypted", "updated_at"])
+        # That it changed, never what to (audit_record masks the field's values).
+        _audit("secret_rotated", locked, {"secret": ["", ""]})
     return Created(endpoint=locked, secret=secret)
+
+
+def endpoint_disable(endpoint: WebhookEndpoint, *, failing_before: datetime, reason: str) -> bool:
+    """Disable an endpoint still enabled and failing since before `failing_before` (the sender,
+    once every delivery has failed for long enough); recorded as a change by the system. False
+    when another sender did it first, or it recovered or was re-enabled meanwhile."""
+    with transaction.atomic():
+        disabled = WebhookEndpoint.objects.filter(
+            pk=endpoint.pk, enabled=True, failing_since__lte=failing_before
+        ).update(enabled=False, disabled_reason=reason)
+        if disabled:
+            before = {"enabled": True, "disabled_reason": endpoint.disabled_reason}
+            after = {"enabled": False, "disabled_reason": reason}
+            _audit("disabled", endpoint, audit_diff(before, after))
+    return bool(disabled)
 
 
 def _expires(previous: dict[str, str]) -> datetime:

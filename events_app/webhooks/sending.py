@@ -54,7 +54,7 @@ from events_app.models import (
     WebhookEventType,
 )
 from events_app.webhooks import http
-from events_app.webhooks.endpoints import signing_secrets
+from events_app.webhooks.endpoints import endpoint_disable, signing_secrets
 from events_app.webhooks.payloads import body, event_data
 from events_app.webhooks.signing import HEADER, header_value
 
@@ -434,9 +434,7 @@ def _endpoint_health(
         f"Disabled on {now:%Y-%m-%d %H:%M} UTC: every delivery failed since "
         f"{since:%Y-%m-%d %H:%M} UTC (last: {outcomes[-1].error})"
     )[:500]
-    if rows.filter(enabled=True, failing_since__lte=cutoff).update(
-        enabled=False, disabled_reason=reason
-    ):
+    if endpoint_disable(endpoint, failing_before=cutoff, reason=reason):
         logger.warning("webhook endpoint %s disabled: %s", endpoint.public_id, reason)
 
 

@@ -90,7 +90,7 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:
-            ApiKey.objects.filter(pk=obj.pk).update(name=obj.name)
+            services.api_key_update(api_key=obj, name=obj.name)
             return
         organization = self.scoped_organization(request, obj.organization)
         api_key, raw = services.api_key_create(organization=organization, name=obj.name)

@@ -6,11 +6,12 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from bigmind.admin_tenancy import OrganizationScopedAdmin, admin_scope
 from bigmind.errors import ApplicationError
-from signals_app import services
+from signals_app import organizations
 from signals_app.admin.display import SIGNALS_ADMIN_CSS, clipped
 from signals_app.models import Organization, OrganizationMembership
 
@@ -40,16 +41,27 @@ class OrganizationAdmin(OrganizationScopedAdmin):
         return admin_scope(request).everything and super().has_delete_permission(request, obj)
 
     def save_model(self, request: HttpRequest, obj: Organization, form: Any, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)
-            return
-        # The service `create_organization` uses; the form has checked the slug is free.
+        # The services `create_organization` uses, which record the change in the audit log;
+        # the form has checked the slug is free.
         try:
-            created, _ = services.organization_get_or_create(slug=obj.slug, name=obj.name)
+            if change:
+                saved = organizations.organization_update(
+                    organization=obj, slug=obj.slug, name=obj.name
+                )
+            else:
+                saved, _ = organizations.organization_get_or_create(slug=obj.slug, name=obj.name)
         except ApplicationError as exc:
             raise forms.ValidationError(exc.message) from exc
-        obj.pk = created.pk
-        obj.__dict__.update(created.__dict__)
+        obj.pk = saved.pk
+        obj.__dict__.update(saved.__dict__)
+
+    def delete_model(self, request: HttpRequest, obj: Organization) -> None:
+        organizations.organization_delete(organization=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
+        # One by one (not Django's bulk delete): each deletion is its own audit entry.
+        for organization in queryset:
+            organizations.organization_delete(organization=organization)
 
 
 @admin.register(OrganizationMembership)
@@ -79,3 +91,18 @@ class OrganizationMembershipAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self.has_module_permission(request)
+
+    # Through the services: each change is recorded in the audit log.
+    def save_model(
+        self, request: HttpRequest, obj: OrganizationMembership, form: Any, change: bool
+    ) -> None:
+        organizations.membership_save(membership=obj)
+
+    def delete_model(self, request: HttpRequest, obj: OrganizationMembership) -> None:
+        organizations.membership_delete(membership=obj)
+
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet[OrganizationMembership]
+    ) -> None:
+        for membership in queryset.select_related("user", "organization"):
+            organizations.membership_delete(membership=membership)

@@ -17,7 +17,7 @@ import pytest
 from django.test import Client
 
 from events_app.models import CrmRecord, Event, RejectedEvent, WebhookDelivery, WebhookEndpoint
-from signals_app.models import SchemaVersion, Signal
+from signals_app.models import AuditEntry, SchemaVersion, Signal
 from tests.conftest import SEED_REQUEST, Tenant
 from tests.signals_app.test_admin_permissions import World, build_world
 
@@ -242,4 +242,6 @@ def fingerprint(org: Org) -> dict[str, Any]:
         "keys": rows(organization.api_keys.all()),
         "webhook_endpoints": rows(WebhookEndpoint.objects.filter(organization=organization)),
         "webhook_deliveries": rows(WebhookDelivery.objects.filter(organization=organization)),
+        # A refused attempt records no change either.
+        "audit_log": rows(AuditEntry.objects.filter(organization_pk=organization.pk)),
     }

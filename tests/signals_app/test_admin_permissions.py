@@ -32,7 +32,7 @@ from events_app.models import (
 )
 from events_app.webhooks.endpoints import endpoint_create
 from events_app.webhooks.payloads import body
-from signals_app.models import ApiKey, Organization, OrganizationMembership, Signal
+from signals_app.models import ApiKey, AuditEntry, Organization, OrganizationMembership, Signal
 from signals_app.services import api_key_hash
 from tests.conftest import Tenant, signal_form
 from tests.events_app.test_read_api import store_event
@@ -55,6 +55,7 @@ class World:
     rejection: RejectedEvent
     webhook_endpoint: WebhookEndpoint
     webhook_delivery: WebhookDelivery
+    audit_entry: AuditEntry
 
     @property
     def organization(self) -> Organization:
@@ -74,6 +75,7 @@ class World:
             "/admin/events_app/rejectedevent/": self.rejection,
             "/admin/events_app/webhookendpoint/": self.webhook_endpoint,
             "/admin/events_app/webhookdelivery/": self.webhook_delivery,
+            "/admin/signals_app/auditentry/": self.audit_entry,
         }
 
 
@@ -149,8 +151,20 @@ def build_world(tenant: Tenant) -> World:
         ),
         next_attempt_at=now,
     )
+    # Its organization's latest change (the endpoint's creation, recorded by the service).
+    audit_entry = AuditEntry.objects.filter(organization_pk=tenant.organization.pk).latest("id")
     return World(
-        tenant, signal, event, record, insight, aggregate, state, rejection, endpoint, delivery
+        tenant,
+        signal,
+        event,
+        record,
+        insight,
+        aggregate,
+        state,
+        rejection,
+        endpoint,
+        delivery,
+        audit_entry,
     )
 
 
@@ -189,6 +203,8 @@ def scoped(acme: World) -> Client:
 def organization_of(obj: Any) -> Organization:
     if isinstance(obj, Organization):
         return obj
+    if isinstance(obj, AuditEntry):
+        return Organization.objects.get(pk=obj.organization_pk)
     if isinstance(obj, MetricAggregate | RecordState):
         return obj.crm_record.organization
     return obj.organization

@@ -25,7 +25,8 @@ from signals_app.compatibility import (
 )
 from signals_app.models import Organization, SchemaVersion, Signal
 from signals_app.schemas import payload_try, schema_compile, schema_diff, schema_violations
-from signals_app.services import schema_version_create, signal_update, signals_sync
+from signals_app.services import schema_version_create, signal_update
+from signals_app.signals_as_code import signals_sync
 from tests.conftest import ApiClient, Tenant, signal_form
 
 

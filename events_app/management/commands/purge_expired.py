@@ -19,8 +19,8 @@ def _kept(cutoff: Any, what: str = "received") -> str:
 class Command(BaseCommand):
     help = (
         "Delete what retention has expired, once, now: completed and failed events, metric "
-        "buckets and rejected events (what beat's events.purge and events.purge_rejections do). "
-        "See docs/operations.md, 'Retention'."
+        "buckets, webhook deliveries, audit log entries and rejected events (what beat's "
+        "events.purge and events.purge_rejections do). See docs/operations.md, 'Retention'."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -47,6 +47,10 @@ class Command(BaseCommand):
         self.stdout.write(
             f"webhook deliveries: {result.webhook_deliveries} {verb} "
             f"({_kept(cutoffs['webhook_deliveries'], 'finished')})"
+        )
+        self.stdout.write(
+            f"audit log entries: {result.audit_entries} {verb} "
+            f"({_kept(cutoffs['audit_entries'], 'recorded')})"
         )
         if dry_run:
             # The same cutoff as rejections_purge (which has no dry run of its own).

@@ -5,16 +5,17 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import transaction
 
+from signals_app.management.commands._base import ControlPlaneCommand
 from signals_app.models import ApiKey
 from signals_app.services import (
     api_key_create,
     api_key_hash,
     api_key_reinstate,
-    signals_sync,
 )
+from signals_app.signals_as_code import signals_sync
 
 # Fixed so that the README's curl works as printed. Local demo only: the command refuses to
 # run with DEBUG off unless told otherwise.
@@ -73,7 +74,7 @@ DEMO_SIGNALS = {
 }
 
 
-class Command(BaseCommand):
+class Command(ControlPlaneCommand):
     help = (
         "Create the demo organization, an admin user, one signal of each type and the demo "
         "API key. Idempotent. Local development only."

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
-from signals_app.management.commands._base import run_service
+from signals_app.management.commands._base import ControlPlaneCommand, run_service
 from signals_app.models import Organization
 from signals_app.services import api_key_create
 
 
-class Command(BaseCommand):
+class Command(ControlPlaneCommand):
     help = "Create an API key and print it (only the key, on stdout). It is never shown again."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
-from signals_app.management.commands._base import run_service
+from signals_app.management.commands._base import ControlPlaneCommand, run_service
 from signals_app.services import organization_get_or_create
 
 
-class Command(BaseCommand):
+class Command(ControlPlaneCommand):
     help = "Create an organization (tenant); does nothing if it exists."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
-from signals_app.management.commands._base import run_service
+from signals_app.management.commands._base import ControlPlaneCommand, run_service
 from signals_app.services import api_key_find, api_key_revoke
 
 
-class Command(BaseCommand):
+class Command(ControlPlaneCommand):
     help = "Revoke an API key, named by the prefix the admin shows (sk_XXXXXXXX) or the full key."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -5,13 +5,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
-from signals_app.management.commands._base import run_service
-from signals_app.services import signals_sync
+from signals_app.management.commands._base import ControlPlaneCommand, run_service
+from signals_app.signals_as_code import signals_sync
 
 
-class Command(BaseCommand):
+class Command(ControlPlaneCommand):
     help = (
         "Apply signals-as-code from a YAML or JSON file: create missing signals, update "
         "settings, add new schema versions. Refuses (changing nothing) to alter an existing "
