@@ -402,6 +402,7 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     """`Authorization: Bearer sk_...` as the document's one security scheme."""
 
     target_class = ApiKeyAuthentication
+    match_subclasses = True  # ScopedApiKeyAuthentication, the views' class
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema: Any) -> Schema:
