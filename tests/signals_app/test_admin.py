@@ -13,7 +13,7 @@ from events_app.ingest.auth import api_key_authenticate
 from signals_app.models import ApiKey, Organization, SchemaVersion, Signal
 from signals_app.selectors import lookups
 from signals_app.services import api_key_hash
-from tests.conftest import SEED_REQUEST, ApiClient, Tenant, signal_form
+from tests.conftest import KEY_FORM, SEED_REQUEST, ApiClient, Tenant, signal_form
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_a_new_api_key_is_shown_once_and_only_its_hash_is_stored(
 ) -> None:
     response = staff.post(
         "/admin/signals_app/apikey/add/",
-        {"organization": org.pk, "name": "backend"},
+        {"organization": org.pk, "name": "backend", **KEY_FORM},
         follow=True,
     )
     assert response.status_code == 200
@@ -118,7 +118,9 @@ def test_a_new_api_key_is_shown_once_and_only_its_hash_is_stored(
 def test_the_revoke_action_revokes_and_the_key_stops_working(
     staff: Client, org: Organization, django_capture_on_commit_callbacks
 ) -> None:
-    staff.post("/admin/signals_app/apikey/add/", {"organization": org.pk, "name": "backend"})
+    staff.post(
+        "/admin/signals_app/apikey/add/", {"organization": org.pk, "name": "backend", **KEY_FORM}
+    )
     key = ApiKey.objects.get()
     with django_capture_on_commit_callbacks(execute=True):
         response = staff.post(
