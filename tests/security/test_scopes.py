@@ -221,3 +221,22 @@ def test_a_key_made_before_scopes_has_full_access(acme: Org) -> None:
         answered = send(client, method, call.path, key=raw, body=call.body)
         assert answered.status_code == call.status, (name, method, answered.content[:300])
     assert WebhookEndpoint.objects.filter(organization=acme.tenant.organization).exists()
+
+
+def test_the_openapi_document_names_each_operations_scope(db: None) -> None:
+    document = Client().get("/v1/openapi.json").json()
+    seen = set()
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict):
+                continue
+            forbidden = operation["responses"]["403"]
+            example = forbidden["content"]["application/json"]["examples"]["insufficient_scope"]
+            scope = example["value"]["error"].removeprefix("This API key lacks the ")
+            seen.add((path, method.upper(), scope.removesuffix(" scope")))
+    table = {scope for methods in ROUTE_SCOPES.values() for scope in methods.values()}
+    assert {scope for *_, scope in seen} == table
+    assert ("/v1/events", "POST", "events:write") in seen
+    assert ("/v1/events", "GET", "events:read") in seen
+    assert ("/v1/webhook-endpoints/{endpoint_id}/deliveries", "GET", "webhooks:write") in seen
+    assert len(seen) == sum(len(methods) for methods in ROUTE_SCOPES.values())
