@@ -13,10 +13,8 @@ docs/api.md is the prose version of the same contract.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from django.urls import resolve
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -35,7 +33,7 @@ from events_app.api.fields import (
     PassedList,
     Text,
 )
-from events_app.api.scopes import ROUTE_SCOPES
+from events_app.api.scopes import openapi_forbidden_add
 from events_app.ingest.auth import ApiKeyAuthentication
 
 Schema = dict[str, Any]
@@ -513,56 +511,6 @@ def _shared_header(headers: Schema, name: str, header: Schema) -> Schema:
     return {"$ref": f"#/components/headers/{key}"}
 
 
-# The operations that refuse a signal outside the key's allow-list with a 403 of their own (a
-# batch refuses such items in its 207 instead; the reads of one signal answer 404).
-_SIGNAL_NOT_ALLOWED = {
-    ("event-ingest", "post"),
-    ("event-ingest", "get"),
-    ("event-validate", "post"),
-    ("rejection-list", "get"),
-    ("webhook-endpoint-list", "post"),
-    ("webhook-endpoint-detail", "patch"),
-}
-
-
-def _forbidden_add(path: str, method: str, operation: Schema) -> None:
-    """The 403 of a keyed operation, from the scope table itself (events_app/api/scopes.py), so
-    the document names the scope each operation needs."""
-    route = resolve(re.sub(r"\{[^}]+\}", "x", path)).url_name or ""
-    scope = ROUTE_SCOPES.get(route, {}).get(method.upper())
-    responses = operation.get("responses", {})
-    if scope is None or "401" not in responses:
-        return
-    examples: Schema = {
-        "insufficient_scope": {
-            "value": {
-                "success": False,
-                "error": f"This API key lacks the {scope} scope",
-                "code": "insufficient_scope",
-            }
-        }
-    }
-    description = f"The key lacks the `{scope}` scope (`insufficient_scope`)"
-    if (route, method) in _SIGNAL_NOT_ALLOWED:
-        examples["signal_not_allowed"] = {
-            "value": {
-                "success": False,
-                "error": (
-                    "This API key may not use signal signup: it is not in the key's signal "
-                    "allow-list"
-                ),
-                "code": "signal_not_allowed",
-            }
-        }
-        description += ", or names a signal outside its signal allow-list (`signal_not_allowed`)"
-    unauthorized = responses["401"]
-    headers = {k: v for k, v in unauthorized.get("headers", {}).items() if k != "WWW-Authenticate"}
-    content = {
-        media: {**body, "examples": examples} for media, body in unauthorized["content"].items()
-    }
-    responses["403"] = {"headers": headers, "content": content, "description": description + "."}
-
-
 def postprocess(result: Schema, generator: Any, request: Any, public: bool) -> Schema:
     """drf-spectacular hook: add the shapes and links above, share the response headers
     (X-Request-ID alone is on every answer) and mark every request body required."""
@@ -572,7 +520,7 @@ def postprocess(result: Schema, generator: Any, request: Any, public: bool) -> S
         for method, operation in path_item.items():
             if not isinstance(operation, dict):
                 continue
-            _forbidden_add(path, method, operation)
+            openapi_forbidden_add(path, method, operation)
             if "requestBody" in operation:
                 operation["requestBody"]["required"] = True
             paged = any(

@@ -11,9 +11,11 @@ describes the route's methods and holds no data.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.http import HttpRequest
+from django.urls import resolve
 from rest_framework.request import Request
 
 from bigmind.errors import Forbidden
@@ -76,12 +78,65 @@ def route_scope(request: HttpRequest | Request) -> str | None:
     if method == "OPTIONS":
         return None
     match = request.resolver_match
-    name = match.url_name if match is not None else None
+    if match is None:
+        # Called outside the URLconf (no route to look up): refuse rather than guess.
+        raise RuntimeError("a keyed /v1 view was called without a resolved route")
+    name = match.url_name
     scope = ROUTE_SCOPES.get(name or "", {}).get(method)
-    if scope is None and match is not None and _implements(match.func, method):
+    if scope is None and _implements(match.func, method):
         # Fail closed: a keyed method nobody gave a scope is a bug, not an open door.
         raise RuntimeError(f"/v1 route {name!r} has no scope for {method}: add it to ROUTE_SCOPES")
     return scope
+
+
+# The operations that refuse a signal outside the key's allow-list with a 403 of their own (a
+# batch refuses such items in its 207 instead; the reads of one signal answer 404).
+_SIGNAL_NOT_ALLOWED = {
+    ("event-ingest", "post"),
+    ("event-ingest", "get"),
+    ("event-validate", "post"),
+    ("rejection-list", "get"),
+    ("webhook-endpoint-list", "post"),
+    ("webhook-endpoint-detail", "patch"),
+}
+
+
+def openapi_forbidden_add(path: str, method: str, operation: dict[str, Any]) -> None:
+    """The OpenAPI document's 403 of a keyed operation (events_app/api/schema.py's hook), made
+    from the table above, so the document names the scope each operation needs."""
+    route = resolve(re.sub(r"\{[^}]+\}", "x", path)).url_name or ""
+    scope = ROUTE_SCOPES.get(route, {}).get(method.upper())
+    responses = operation.get("responses", {})
+    if scope is None or "401" not in responses:
+        return
+    examples: dict[str, Any] = {
+        "insufficient_scope": {
+            "value": {
+                "success": False,
+                "error": f"This API key lacks the {scope} scope",
+                "code": "insufficient_scope",
+            }
+        }
+    }
+    description = f"The key lacks the `{scope}` scope (`insufficient_scope`)"
+    if (route, method) in _SIGNAL_NOT_ALLOWED:
+        examples["signal_not_allowed"] = {
+            "value": {
+                "success": False,
+                "error": (
+                    "This API key may not use signal signup: it is not in the key's signal "
+                    "allow-list"
+                ),
+                "code": "signal_not_allowed",
+            }
+        }
+        description += ", or names a signal outside its signal allow-list (`signal_not_allowed`)"
+    unauthorized = responses["401"]
+    headers = {k: v for k, v in unauthorized.get("headers", {}).items() if k != "WWW-Authenticate"}
+    content = {
+        media: {**body, "examples": examples} for media, body in unauthorized["content"].items()
+    }
+    responses["403"] = {"headers": headers, "content": content, "description": description + "."}
 
 
 class ScopedApiKeyAuthentication(ApiKeyAuthentication):

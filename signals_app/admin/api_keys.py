@@ -104,7 +104,6 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
         "organization",
         "status",
         "scope_list",
-        "expires_at",
         "created_at",
         "last_used_at",
     )
@@ -146,8 +145,8 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
     def scope_list(self, obj: ApiKey) -> str:
         scopes = list(obj.scopes or ())
         if set(scopes) >= set(ApiScope.values):
-            return "All (full access)"
-        return ", ".join(scopes) or "None"
+            return "All"
+        return clipped(", ".join(scopes) or "None", 40)
 
     @admin.display(description="Signal allow-list")
     def signal_list(self, obj: ApiKey) -> str:
@@ -160,6 +159,13 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
         if obj.expires_at is not None and obj.revoked_at is None and obj.expires_at <= now():
             return format_html(
                 '<span title="Expired {}">Expired</span>', datetime_display(obj.expires_at)
+            )
+        if obj.revoked_at is None and obj.expires_at is not None:
+            # The day only: the list must fit the window; the exact time is on hover.
+            return format_html(
+                '<span title="Active, expires {}">Expires {}</span>',
+                datetime_display(obj.expires_at),
+                obj.expires_at.date().isoformat(),
             )
         if obj.revoked_at is None:
             return "Active"
