@@ -56,6 +56,11 @@ def test_a_keyed_method_without_a_scope_fails_closed() -> None:
     # A method the view does not implement needs none: it is a 405 for everyone.
     _Request.method = "PATCH"
     assert route_scope(_Request()) is None  # type: ignore[arg-type]
+    # A view called without a resolved route (no URLconf): refused, not guessed.
+    _Request.method = "GET"
+    _Request.resolver_match = None  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="without a resolved route"):
+        route_scope(_Request())  # type: ignore[arg-type]
 
 
 # --- Every route, method and scope through the HTTP stack -------------------------------------
