@@ -58,6 +58,11 @@ class Unauthorized(ApplicationError):
     code = "unauthorized"
 
 
+class Forbidden(ApplicationError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(ApplicationError):
     status_code = 404
     code = "not_found"

@@ -40,16 +40,20 @@ M = TypeVar("M", bound=models.Model)
 _UUID_TEXT = re.compile(r"^[0-9a-fA-F]{8}-?(?:[0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 
 
-def event_get(*, organization_id: int, event_id: str) -> Event:
-    """The organization's event with this id; anything else (foreign, unknown, malformed) is 404."""
+def event_get(
+    *, organization_id: int, event_id: str, signals: frozenset[str] | None = None
+) -> Event:
+    """The organization's event with this id; anything else (foreign, unknown, malformed, or of
+    a signal outside `signals`, an API key's allow-list) is 404."""
     not_found = NotFound(f"Event not found: {event_id}", code="event_not_found")
     if not _UUID_TEXT.match(event_id):
         raise not_found
-    event = (
-        Event.objects.select_related("signal")
-        .filter(organization_id=organization_id, pk=uuid.UUID(event_id))
-        .first()
+    events = Event.objects.select_related("signal").filter(
+        organization_id=organization_id, pk=uuid.UUID(event_id)
     )
+    if signals is not None:
+        events = events.filter(signal__slug__in=sorted(signals))
+    event = events.first()
     if event is None:
         raise not_found
     return event
@@ -143,10 +147,18 @@ def keyset_page(
 
 
 def event_list(
-    *, organization_id: int, filters: EventFilters, limit: int, cursor: str | None = None
+    *,
+    organization_id: int,
+    filters: EventFilters,
+    limit: int,
+    cursor: str | None = None,
+    signals: frozenset[str] | None = None,
 ) -> EventPage:
-    """A page of the organization's events, newest first (see keyset_page)."""
+    """A page of the organization's events, newest first (see keyset_page); only those of
+    `signals` (slugs, an API key's allow-list) when given."""
     events = Event.objects.select_related("signal").filter(organization_id=organization_id)
+    if signals is not None:
+        events = events.filter(signal__slug__in=sorted(signals))
     lookups = {
         "signal__slug": filters.signal,
         "identity_type": filters.identity_type,
@@ -219,8 +231,16 @@ def _metric_series(record: CrmRecord) -> list[MetricSeries]:
     return list(series.values())
 
 
-def crm_record_profile(*, organization_id: int, type: str, external_id: str) -> CrmRecordProfile:
-    """The record's profile: when it was seen, events per signal, what processing made of it."""
+def crm_record_profile(
+    *, organization_id: int, type: str, external_id: str, signals: frozenset[str] | None = None
+) -> CrmRecordProfile:
+    """The record's profile: when it was seen, events per signal, what processing made of it.
+
+    With `signals` (an API key's allow-list, slugs) the per-signal parts hold only those
+    signals, and a record none of whose events (live or purged) is of one of them is not found:
+    a restricted key learns nothing of the other signals' records. The record's own fields
+    (first and last seen, the engagement score) stay the record's.
+    """
     not_found = NotFound(f"Record not found: {type}/{external_id}", code="record_not_found")
     if "\x00" in type or "\x00" in external_id:
         # Never stored (ingest refuses NUL), and PostgreSQL refuses it even as a parameter.
@@ -253,21 +273,27 @@ def crm_record_profile(*, organization_id: int, type: str, external_id: str) -> 
             else row["last_event_at"],
         )
     counts = list(by_signal.values())
+    states = RecordState.objects.filter(crm_record=record)
+    insights = Insight.objects.filter(crm_record=record)
+    aggregates = _metric_series(record)
+    if signals is not None:
+        counts = [item for item in counts if item.signal in signals]
+        if not counts:
+            raise not_found
+        states = states.filter(signal__slug__in=sorted(signals))
+        insights = insights.filter(signal__slug__in=sorted(signals))
+        aggregates = [series for series in aggregates if series.signal.slug in signals]
     return CrmRecordProfile(
         record=record,
         event_count=sum(item.count for item in counts),
         events_by_signal=counts,
-        states=list(
-            RecordState.objects.filter(crm_record=record)
-            .select_related("signal")
-            .order_by("signal__slug")
-        ),
-        aggregates=_metric_series(record),
+        states=list(states.select_related("signal").order_by("signal__slug")),
+        aggregates=aggregates,
         engagement_score=engagement_score(mass=record.engagement_mass, at=timezone.now()),
         insights=list(
-            Insight.objects.filter(crm_record=record)
-            .select_related("signal")
-            .order_by("-occurred_at", "-event_id")[:PROFILE_INSIGHTS]
+            insights.select_related("signal").order_by("-occurred_at", "-event_id")[
+                :PROFILE_INSIGHTS
+            ]
         ),
     )
 
@@ -300,8 +326,28 @@ class WebhookDeliveryPage:
     next_cursor: str | None
 
 
-def webhook_endpoint_get(*, organization_id: int, endpoint_id: str) -> WebhookEndpoint:
-    """The organization's endpoint with this `we_` id; foreign, unknown or malformed is 404."""
+def _signal_ids(organization_id: int, slugs: frozenset[str]) -> set[int]:
+    return set(
+        Signal.objects.filter(organization_id=organization_id, slug__in=sorted(slugs)).values_list(
+            "pk", flat=True
+        )
+    )
+
+
+def webhook_endpoint_within(endpoint: WebhookEndpoint, *, signals: frozenset[str] | None) -> bool:
+    """Whether the endpoint is within an API key's signal allow-list (slugs; None: every
+    signal): it names signals, and only allowed ones. One for "every signal" is not."""
+    if signals is None:
+        return True
+    wanted = set(endpoint.signal_ids or ())
+    return bool(wanted) and wanted <= _signal_ids(endpoint.organization_id, signals)
+
+
+def webhook_endpoint_get(
+    *, organization_id: int, endpoint_id: str, signals: frozenset[str] | None = None
+) -> WebhookEndpoint:
+    """The organization's endpoint with this `we_` id; foreign, unknown, malformed or outside
+    `signals` (an API key's allow-list, see webhook_endpoint_within) is 404."""
     not_found = NotFound(
         f"Webhook endpoint not found: {endpoint_id}", code="webhook_endpoint_not_found"
     )
@@ -312,16 +358,31 @@ def webhook_endpoint_get(*, organization_id: int, endpoint_id: str) -> WebhookEn
         .filter(organization_id=organization_id, public_id=endpoint_id)
         .first()
     )
-    if endpoint is None:
+    if endpoint is None or not webhook_endpoint_within(endpoint, signals=signals):
         raise not_found
     return endpoint
 
 
 def webhook_endpoint_list(
-    *, organization_id: int, limit: int, cursor: str | None = None
+    *,
+    organization_id: int,
+    limit: int,
+    cursor: str | None = None,
+    signals: frozenset[str] | None = None,
 ) -> WebhookEndpointPage:
-    """A page of the organization's endpoints, newest first by (created_at, id)."""
+    """A page of the organization's endpoints, newest first by (created_at, id); only those
+    within `signals` (an API key's allow-list, see webhook_endpoint_within) when given."""
     rows = WebhookEndpoint.objects.filter(organization_id=organization_id)
+    if signals is not None:
+        # The filter is a JSON list of ids: decided here, over the organization's endpoints
+        # (a handful), then a plain `pk IN` for the page.
+        allowed = _signal_ids(organization_id, signals)
+        within = [
+            pk
+            for pk, wanted in rows.values_list("pk", "signal_ids")
+            if wanted and set(wanted) <= allowed
+        ]
+        rows = rows.filter(pk__in=within)
     page, next_cursor = keyset_page(
         rows,
         organization_id=organization_id,
@@ -343,8 +404,11 @@ def webhook_signal_slugs(endpoints: list[WebhookEndpoint]) -> dict[int, list[str
     }
 
 
-def webhook_delivery_get(*, organization_id: int, delivery_id: str) -> WebhookDelivery:
-    """The organization's delivery with this `whevt_` id; foreign, unknown or malformed is 404."""
+def webhook_delivery_get(
+    *, organization_id: int, delivery_id: str, signals: frozenset[str] | None = None
+) -> WebhookDelivery:
+    """The organization's delivery with this `whevt_` id; foreign, unknown, malformed or of an
+    endpoint outside `signals` (an API key's allow-list) is 404."""
     not_found = NotFound(
         f"Webhook delivery not found: {delivery_id}", code="webhook_delivery_not_found"
     )
@@ -356,6 +420,10 @@ def webhook_delivery_get(*, organization_id: int, delivery_id: str) -> WebhookDe
     ).first()
     if delivery is None:
         raise not_found
+    if signals is not None:
+        endpoint = WebhookEndpoint.objects.filter(pk=delivery.endpoint_id).first()
+        if endpoint is None or not webhook_endpoint_within(endpoint, signals=signals):
+            raise not_found
     return delivery
 
 

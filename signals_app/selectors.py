@@ -189,18 +189,25 @@ def _signals_with_versions(organization_id: int) -> QuerySet[Signal]:
     )
 
 
-def signal_list(*, organization_id: int) -> list[Signal]:
-    """Every signal of the organization, active or not, by slug; versions prefetched."""
-    return list(_signals_with_versions(organization_id).order_by("slug"))
+def signal_list(*, organization_id: int, slugs: frozenset[str] | None = None) -> list[Signal]:
+    """Every signal of the organization, active or not, by slug; versions prefetched. Only
+    those of `slugs` (an API key's allow-list) when given."""
+    signals = _signals_with_versions(organization_id)
+    if slugs is not None:
+        signals = signals.filter(slug__in=sorted(slugs))
+    return list(signals.order_by("slug"))
 
 
 def _signal_not_found(slug: str) -> NotFound:
     return NotFound(f"Signal not found: {slug}", code="signal_not_found")
 
 
-def signal_get(*, organization_id: int, slug: str) -> Signal:
-    """The organization's signal with this slug, inactive ones included; versions prefetched."""
+def signal_get(*, organization_id: int, slug: str, slugs: frozenset[str] | None = None) -> Signal:
+    """The organization's signal with this slug, inactive ones included; versions prefetched.
+    A slug outside `slugs` (an API key's allow-list) is not found, like one that never was."""
     if "\x00" in slug:  # never a slug, and PostgreSQL refuses NUL even as a parameter
+        raise _signal_not_found(slug)
+    if slugs is not None and slug not in slugs:
         raise _signal_not_found(slug)
     signal = _signals_with_versions(organization_id).filter(slug=slug).first()
     if signal is None:
@@ -215,9 +222,14 @@ def signal_rate_limit(*, signal: Signal) -> tuple[int, bool]:
     return settings.BIGMIND_RATE_LIMITS[signal.type], False
 
 
-def schema_version_get(*, organization_id: int, slug: str, version: str) -> SchemaVersion:
-    """Version `version` ("latest" or a number) of the signal's schema, signal selected."""
+def schema_version_get(
+    *, organization_id: int, slug: str, version: str, slugs: frozenset[str] | None = None
+) -> SchemaVersion:
+    """Version `version` ("latest" or a number) of the signal's schema, signal selected. A
+    slug outside `slugs` (an API key's allow-list) is not found, like one that never was."""
     if "\x00" in slug:
+        raise _signal_not_found(slug)
+    if slugs is not None and slug not in slugs:
         raise _signal_not_found(slug)
     signal = Signal.objects.filter(organization_id=organization_id, slug=slug).first()
     if signal is None:

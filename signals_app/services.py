@@ -12,6 +12,9 @@ import functools
 import hashlib
 import secrets
 import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -24,6 +27,7 @@ from signals_app.compatibility import SchemaIncompatible, schema_compatibility_c
 from signals_app.models import (
     Aggregation,
     ApiKey,
+    ApiScope,
     Compatibility,
     Enforcement,
     Organization,
@@ -31,6 +35,7 @@ from signals_app.models import (
     SchemaVersion,
     Signal,
     SignalType,
+    api_scopes_all,
 )
 
 # Organizations and memberships have their own module; callers know this one.
@@ -58,14 +63,82 @@ def api_key_prefix(raw_key: str) -> str:
     return raw_key[: len(API_KEY_PREFIX) + _VISIBLE_SECRET_CHARS]
 
 
+@dataclass(frozen=True)
+class ApiKeyLimits:
+    """What a new key may do, checked: its scopes (in ApiScope's order), its signal allow-list
+    (sorted slugs; None: every signal) and its expiry (None: never)."""
+
+    scopes: list[str]
+    signals: list[str] | None
+    expires_at: datetime | None
+
+
+def api_key_limits_check(
+    *,
+    organization: Organization,
+    scopes: Sequence[str] | None = None,
+    signals: Sequence[str] | None = None,
+    expires_at: datetime | None = None,
+) -> ApiKeyLimits:
+    """The limits of a key about to be made, or BadRequest saying what is wrong with them.
+
+    `scopes` None: every scope (the default of a key). `signals` None: every signal; otherwise
+    slugs of the organization's signals, inactive ones included. An empty list of either is
+    refused: a key that may do nothing is a mistake, and an empty allow-list must not be
+    mistaken for "every signal".
+    """
+    if scopes is None:
+        chosen = api_scopes_all()
+    else:
+        unknown = sorted({scope for scope in scopes if scope not in ApiScope.values})
+        if unknown:
+            raise BadRequest(
+                f"Unknown scope: {', '.join(unknown)}; the scopes are {', '.join(ApiScope.values)}"
+            )
+        if not scopes:
+            raise BadRequest("A key needs at least one scope (leave them out for every scope)")
+        chosen = [scope for scope in ApiScope.values if scope in scopes]
+    allowed: list[str] | None = None
+    if signals is not None:
+        if not signals:
+            raise BadRequest(
+                "A signal allow-list needs at least one signal (leave it out for every signal)"
+            )
+        wanted = sorted(set(signals))
+        found = set(
+            Signal.objects.filter(organization=organization, slug__in=wanted).values_list(
+                "slug", flat=True
+            )
+        )
+        missing = [slug for slug in wanted if slug not in found]
+        if missing:
+            raise BadRequest(
+                f"No such signal in organization {organization.slug}: {', '.join(missing)}"
+            )
+        allowed = wanted
+    if expires_at is not None and expires_at <= timezone.now():
+        raise BadRequest("The expiry time must be in the future")
+    return ApiKeyLimits(scopes=chosen, signals=allowed, expires_at=expires_at)
+
+
 def api_key_create(
-    *, organization: Organization, name: str = "", raw_key: str | None = None
+    *,
+    organization: Organization,
+    name: str = "",
+    raw_key: str | None = None,
+    scopes: Sequence[str] | None = None,
+    signals: Sequence[str] | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with the full secret, which is never available again.
 
     `raw_key` lets `bootstrap_demo` install its fixed, documented local key; everything else
-    gets 256 random bits.
+    gets 256 random bits. `scopes`, `signals` and `expires_at` limit it (api_key_limits_check);
+    left out, the key has full access to its organization's data and never expires.
     """
+    limits = api_key_limits_check(
+        organization=organization, scopes=scopes, signals=signals, expires_at=expires_at
+    )
     raw = raw_key or API_KEY_PREFIX + secrets.token_urlsafe(32)
     if not raw.startswith(API_KEY_PREFIX) or len(raw) < 24:
         raise BadRequest("An API key must start with 'sk_' and be at least 24 characters long")
@@ -73,7 +146,13 @@ def api_key_create(
     try:
         with transaction.atomic():
             api_key = ApiKey.objects.create(
-                organization=organization, name=name, prefix=api_key_prefix(raw), key_hash=key_hash
+                organization=organization,
+                name=name,
+                prefix=api_key_prefix(raw),
+                key_hash=key_hash,
+                scopes=limits.scopes,
+                signals=limits.signals,
+                expires_at=limits.expires_at,
             )
             _api_key_audit("api_key.created", api_key, audit_diff({}, _api_key_fields(api_key)))
     except IntegrityError as exc:

@@ -16,7 +16,7 @@ from bigmind.redis import cache_breakers_reset
 from events_app.ingest.auth import api_key_last_used_reset
 from events_app.ingest.services import ingest_writer_stop
 from events_app.pipeline.processors import processor_get
-from signals_app.models import ApiKey, Organization, Signal
+from signals_app.models import ApiKey, ApiScope, Organization, Signal
 from signals_app.selectors import lookups
 from signals_app.services import (
     api_key_create,
@@ -122,6 +122,10 @@ def api(tenant: Tenant) -> ApiClient:
 def anon() -> ApiClient:
     return ApiClient(None)
 
+
+# What the API key add form posts besides the organization and name: every scope box ticked, as
+# the form shows them at first.
+KEY_FORM = {"scope_choices": list(ApiScope.values)}
 
 SEED_REQUEST = {
     "signal": "visited-documentation-page",

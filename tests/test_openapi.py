@@ -129,7 +129,7 @@ def test_every_answer_documents_x_request_id_and_every_error_the_envelope(
 def test_ingest_documents_the_rate_limit_headers_replay_and_429(document: dict[str, Any]) -> None:
     responses = document["paths"]["/v1/events"]["post"]["responses"]
     assert set(responses) == {
-        "200", "202", "400", "401", "404", "409", "413", "414", "429", "503",
+        "200", "202", "400", "401", "403", "404", "409", "413", "414", "429", "503",
     }  # fmt: skip
     headers = {status: headers_of(document, response) for status, response in responses.items()}
     for status in ("200", "202", "429"):

@@ -49,7 +49,7 @@ class EventBatchItemRejectedSerializer(serializers.Serializer):
     error = Text(source="error.message", example="Signal not found: no-such-signal")
     code = Text(source="error.code", example="signal_not_found")
     status_code = Choice(
-        [400, 404, 409, 413, 429],
+        [400, 403, 404, 409, 413, 429],
         source="error.status_code",
         help_text="The status the item would have had sent alone.",
     )

@@ -14,16 +14,17 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from bigmind.errors import ApplicationError, BadRequest, PayloadTooLarge
-from events_app.ingest.auth import ApiKeyAuthentication
+from events_app.api.scopes import ScopedApiKeyAuthentication
 
 LIST_DEFAULT_LIMIT = 50
 LIST_MAX_LIMIT = 100
 
 
 class ApiView(APIView):
-    """The base of every keyed /v1 view: an organization's API key, nothing else."""
+    """The base of every keyed /v1 view: an organization's API key, nothing else, holding the
+    scope its route and method need (events_app/api/scopes.py)."""
 
-    authentication_classes = [ApiKeyAuthentication]
+    authentication_classes = [ScopedApiKeyAuthentication]
     permission_classes = [IsAuthenticated]
 
 

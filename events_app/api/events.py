@@ -36,7 +36,8 @@ from events_app.api.fields import (
     Text,
     Uuid,
 )
-from events_app.ingest.auth import ApiClient, ApiKeyAuthentication
+from events_app.api.scopes import ScopedApiKeyAuthentication
+from events_app.ingest.auth import ApiClient
 from events_app.ingest.services import event_ingest
 from events_app.ingest.store import StoredEvent
 from events_app.ingest.validation import (
@@ -228,7 +229,7 @@ class EventListQuery(serializers.Serializer):
 
 
 # --- POST /v1/events --------------------------------------------------------------------------
-_AUTHENTICATION = ApiKeyAuthentication()
+_AUTHENTICATION = ScopedApiKeyAuthentication()
 
 
 def event_ingest_answer(request: HttpRequest | Request, client: ApiClient) -> HttpResponse:
@@ -393,11 +394,15 @@ def event_list_answer(request: Request) -> Response:
     query = query_parse(EventListQuery, request)
     limit, cursor = query.pop("limit"), query.pop("cursor")
     query["schema_valid"] = _BOOLEANS.get(query["schema_valid"])
+    client: ApiClient = request.user
+    if query["signal"] is not None:
+        client.signal_allowed_check(query["signal"])
     page = event_list(
-        organization_id=request.user.organization_id,
+        organization_id=client.organization_id,
         filters=EventFilters(**query),
         limit=limit,
         cursor=cursor,
+        signals=client.signals,
     )
     return Response(
         success(EventSerializer(page.events, many=True).data, next_cursor=page.next_cursor)
@@ -440,5 +445,9 @@ class EventDetailApi(ApiView):
 
     @_GET
     def get(self, request: Request, event_id: str) -> Response:
-        event = event_get(organization_id=request.user.organization_id, event_id=event_id)
+        event = event_get(
+            organization_id=request.user.organization_id,
+            event_id=event_id,
+            signals=request.user.signals,
+        )
         return Response(success(EventSerializer(event).data))

@@ -146,6 +146,9 @@ class CrmRecordDetailApi(ApiView):
     )
     def get(self, request: Request, record_type: str, record_id: str) -> Response:
         profile = crm_record_profile(
-            organization_id=request.user.organization_id, type=record_type, external_id=record_id
+            organization_id=request.user.organization_id,
+            type=record_type,
+            external_id=record_id,
+            signals=request.user.signals,
         )
         return Response(success(CrmRecordSerializer(profile).data))

@@ -23,6 +23,7 @@ from events_app.api.common import (
 )
 from events_app.api.events import IdentitySerializer
 from events_app.api.fields import Boolean, Choice, DateTime, Integer, PassedList, Text, Uuid
+from events_app.ingest.auth import ApiClient
 from events_app.ingest.rejections import RejectionFilters, rejection_list
 from events_app.models import RejectionReason
 
@@ -126,11 +127,15 @@ class RejectionListApi(ApiView):
     def get(self, request: Request) -> Response:
         query = query_parse(RejectionListQuery, request)
         limit, cursor = query.pop("limit"), query.pop("cursor")
+        client: ApiClient = request.user
+        if query["signal"] is not None:
+            client.signal_allowed_check(query["signal"])
         page = rejection_list(
-            organization_id=request.user.organization_id,
+            organization_id=client.organization_id,
             filters=RejectionFilters(**query),
             limit=limit,
             cursor=cursor,
+            signals=client.signals,
         )
         return Response(
             success(

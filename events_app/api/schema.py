@@ -33,6 +33,7 @@ from events_app.api.fields import (
     PassedList,
     Text,
 )
+from events_app.api.scopes import openapi_forbidden_add
 from events_app.ingest.auth import ApiKeyAuthentication
 
 Schema = dict[str, Any]
@@ -280,8 +281,9 @@ def unauthorized() -> OpenApiResponse:
     return OpenApiResponse(
         response=ErrorSerializer,
         description=(
-            "Missing, malformed, unknown or revoked API key (`missing_api_key`, "
-            "`invalid_api_key`, `revoked_api_key`), with `WWW-Authenticate: Bearer`."
+            "Missing, malformed, unknown, revoked or expired API key (`missing_api_key`, "
+            "`invalid_api_key`, `revoked_api_key`, `expired_api_key`), with "
+            "`WWW-Authenticate: Bearer`."
         ),
     )
 
@@ -402,6 +404,7 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     """`Authorization: Bearer sk_...` as the document's one security scheme."""
 
     target_class = ApiKeyAuthentication
+    match_subclasses = True  # ScopedApiKeyAuthentication, the views' class
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema: Any) -> Schema:
@@ -513,10 +516,11 @@ def postprocess(result: Schema, generator: Any, request: Any, public: bool) -> S
     (X-Request-ID alone is on every answer) and mark every request body required."""
     components = result.setdefault("components", {})
     shared_headers = components.setdefault("headers", {})
-    for path_item in result.get("paths", {}).values():
-        for operation in path_item.values():
+    for path, path_item in result.get("paths", {}).items():
+        for method, operation in path_item.items():
             if not isinstance(operation, dict):
                 continue
+            openapi_forbidden_add(path, method, operation)
             if "requestBody" in operation:
                 operation["requestBody"]["required"] = True
             paged = any(

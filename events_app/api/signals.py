@@ -138,7 +138,9 @@ class SignalListApi(ApiView):
         },
     )
     def get(self, request: Request) -> Response:
-        signals = signal_list(organization_id=request.user.organization_id)
+        signals = signal_list(
+            organization_id=request.user.organization_id, slugs=request.user.signals
+        )
         answers = [SignalAnswer.of(signal) for signal in signals]
         return Response(success(SignalSerializer(answers, many=True).data))
 
@@ -164,7 +166,9 @@ class SignalDetailApi(ApiView):
         },
     )
     def get(self, request: Request, slug: str) -> Response:
-        signal = signal_get(organization_id=request.user.organization_id, slug=slug)
+        signal = signal_get(
+            organization_id=request.user.organization_id, slug=slug, slugs=request.user.signals
+        )
         return Response(success(SignalSerializer(SignalAnswer.of(signal)).data))
 
 
@@ -205,6 +209,9 @@ class SchemaVersionDetailApi(ApiView):
     )
     def get(self, request: Request, slug: str, version: str) -> Response:
         found = schema_version_get(
-            organization_id=request.user.organization_id, slug=slug, version=version
+            organization_id=request.user.organization_id,
+            slug=slug,
+            version=version,
+            slugs=request.user.signals,
         )
         return Response(success(SchemaVersionSerializer(found).data))

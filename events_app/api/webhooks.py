@@ -12,6 +12,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from bigmind.errors import Forbidden
 from bigmind.strict_json import InvalidJson, json_body_parse
 from events_app.api import schema
 from events_app.api.common import (
@@ -24,6 +25,7 @@ from events_app.api.common import (
     success,
 )
 from events_app.api.fields import Boolean, Choice, Const, DateTime, Integer, PassedList, Text, Uuid
+from events_app.ingest.auth import ApiClient
 from events_app.models import (
     WebhookDelivery,
     WebhookDeliveryStatus,
@@ -210,6 +212,24 @@ def _fields(request: Request) -> dict[str, Any]:
     return body
 
 
+def _subscription_check(client: ApiClient, signals: Any) -> None:
+    """A key with a signal allow-list subscribes endpoints to allowed signals only: naming
+    them, since an empty filter means every signal. Anything not a list of strings is left to
+    the endpoint's own checks (400)."""
+    if client.signals is None:
+        return
+    if signals is None or signals == []:
+        raise Forbidden(
+            "This API key has a signal allow-list: an endpoint it makes must name its signals "
+            "in `signals` (an empty filter means every signal)",
+            code="signal_not_allowed",
+        )
+    if isinstance(signals, list):
+        for slug in signals:
+            if isinstance(slug, str):
+                client.signal_allowed_check(slug)
+
+
 # --- The document -----------------------------------------------------------------------------
 _ID = schema.path_parameter(
     "endpoint_id",
@@ -272,6 +292,7 @@ class WebhookEndpointCollectionApi(ApiView):
             organization_id=request.user.organization_id,
             limit=query["limit"],
             cursor=query["cursor"],
+            signals=request.user.signals,
         )
         data = WebhookEndpointSerializer(_answers(page.endpoints), many=True).data
         return Response(success(data, next_cursor=page.next_cursor))
@@ -307,6 +328,7 @@ class WebhookEndpointCollectionApi(ApiView):
     )
     def post(self, request: Request) -> Response:
         fields = _fields(request)
+        _subscription_check(request.user, fields.get("signals"))
         created = endpoint_create(
             organization=organization_get(organization_id=request.user.organization_id),
             url=fields.get("url"),
@@ -336,7 +358,9 @@ class WebhookEndpointDetailApi(ApiView):
     )
     def get(self, request: Request, endpoint_id: str) -> Response:
         endpoint = webhook_endpoint_get(
-            organization_id=request.user.organization_id, endpoint_id=endpoint_id
+            organization_id=request.user.organization_id,
+            endpoint_id=endpoint_id,
+            signals=request.user.signals,
         )
         return Response(success(WebhookEndpointSerializer(_answer(endpoint)).data))
 
@@ -357,9 +381,14 @@ class WebhookEndpointDetailApi(ApiView):
     )
     def patch(self, request: Request, endpoint_id: str) -> Response:
         endpoint = webhook_endpoint_get(
-            organization_id=request.user.organization_id, endpoint_id=endpoint_id
+            organization_id=request.user.organization_id,
+            endpoint_id=endpoint_id,
+            signals=request.user.signals,
         )
-        endpoint = endpoint_update(endpoint, **_fields(request))
+        fields = _fields(request)
+        if "signals" in fields:
+            _subscription_check(request.user, fields["signals"])
+        endpoint = endpoint_update(endpoint, **fields)
         return Response(success(WebhookEndpointSerializer(_answer(endpoint)).data))
 
     @extend_schema(
@@ -381,7 +410,9 @@ class WebhookEndpointDetailApi(ApiView):
     )
     def delete(self, request: Request, endpoint_id: str) -> Response:
         endpoint = webhook_endpoint_get(
-            organization_id=request.user.organization_id, endpoint_id=endpoint_id
+            organization_id=request.user.organization_id,
+            endpoint_id=endpoint_id,
+            signals=request.user.signals,
         )
         endpoint_delete(endpoint)
         return Response(success({"id": endpoint_id, "deleted": True}))
@@ -411,7 +442,9 @@ class WebhookEndpointRotateSecretApi(ApiView):
     )
     def post(self, request: Request, endpoint_id: str) -> Response:
         endpoint = webhook_endpoint_get(
-            organization_id=request.user.organization_id, endpoint_id=endpoint_id
+            organization_id=request.user.organization_id,
+            endpoint_id=endpoint_id,
+            signals=request.user.signals,
         )
         rotated = endpoint_rotate_secret(endpoint)
         data = WebhookEndpointWithSecretSerializer(_answer(rotated.endpoint, rotated.secret)).data
@@ -449,7 +482,9 @@ class WebhookEndpointTestApi(ApiView):
     )
     def post(self, request: Request, endpoint_id: str) -> Response:
         endpoint = webhook_endpoint_get(
-            organization_id=request.user.organization_id, endpoint_id=endpoint_id
+            organization_id=request.user.organization_id,
+            endpoint_id=endpoint_id,
+            signals=request.user.signals,
         )
         delivery = ping_create(endpoint=endpoint)
         return Response(success(WebhookDeliverySerializer(delivery).data), status=202)
@@ -484,7 +519,9 @@ class WebhookDeliveryListApi(ApiView):
     )
     def get(self, request: Request, endpoint_id: str) -> Response:
         endpoint = webhook_endpoint_get(
-            organization_id=request.user.organization_id, endpoint_id=endpoint_id
+            organization_id=request.user.organization_id,
+            endpoint_id=endpoint_id,
+            signals=request.user.signals,
         )
         query = query_parse(WebhookDeliveryListQuery, request)
         page = webhook_delivery_list(
@@ -528,7 +565,9 @@ class WebhookDeliveryRetryApi(ApiView):
     )
     def post(self, request: Request, delivery_id: str) -> Response:
         delivery: WebhookDelivery = webhook_delivery_get(
-            organization_id=request.user.organization_id, delivery_id=delivery_id
+            organization_id=request.user.organization_id,
+            delivery_id=delivery_id,
+            signals=request.user.signals,
         )
         delivery = delivery_retry(delivery=delivery)
         return Response(success(WebhookDeliverySerializer(delivery).data), status=202)

@@ -12,8 +12,8 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
 from bigmind.db import read_on_live_connection
-from bigmind.errors import Unauthorized
-from signals_app.models import ApiKey
+from bigmind.errors import Forbidden, Unauthorized
+from signals_app.models import ApiKey, ApiScope
 from signals_app.selectors import api_key_cache_invalidate, api_key_get_ref
 from signals_app.services import api_key_hash
 
@@ -30,6 +30,26 @@ class ApiClient:
     api_key_id: int
     organization_id: int
     is_authenticated: bool = True
+    # What the key may do (signals_app.models.ApiScope values) and which signals' events it may
+    # write and read (slugs; None: every signal). The defaults are a staff replay's: no limits.
+    scopes: frozenset[str] = frozenset(ApiScope.values)
+    signals: frozenset[str] | None = None
+
+    def signal_allowed(self, slug: str) -> bool:
+        return self.signals is None or slug in self.signals
+
+    def signal_allowed_check(self, slug: str) -> None:
+        """Refuse a signal outside the key's allow-list, whether or not it exists: a restricted
+        key must not learn which other slugs the organization has."""
+        if not self.signal_allowed(slug):
+            raise signal_not_allowed(slug)
+
+
+def signal_not_allowed(slug: str) -> Forbidden:
+    return Forbidden(
+        f"This API key may not use signal {slug[:100]}: it is not in the key's signal allow-list",
+        code="signal_not_allowed",
+    )
 
 
 # The keys whose last_used_at this process wrote within the resolution: an id is in it for that
@@ -66,6 +86,9 @@ def api_key_authenticate(*, raw_key: str) -> ApiClient:
         raise Unauthorized("Invalid API key", code="invalid_api_key")
     if ref.revoked:
         raise Unauthorized("API key has been revoked", code="revoked_api_key")
+    # From the cached ref: a key that expires while cached is refused from that moment on.
+    if ref.expires_at is not None and ref.expires_at <= timezone.now():
+        raise Unauthorized("API key has expired", code="expired_api_key")
     if _last_used_due(ref.id):
         # Conditional: a key revoked since it was cached is caught here too.
         # Safe to repeat on a new connection: the same conditional update.
@@ -77,7 +100,12 @@ def api_key_authenticate(*, raw_key: str) -> ApiClient:
         if not touched:
             api_key_cache_invalidate(key_hash=key_hash)
             raise Unauthorized("API key has been revoked", code="revoked_api_key")
-    return ApiClient(api_key_id=ref.id, organization_id=ref.organization_id)
+    return ApiClient(
+        api_key_id=ref.id,
+        organization_id=ref.organization_id,
+        scopes=ref.scopes,
+        signals=ref.signals,
+    )
 
 
 class ApiKeyAuthentication(BaseAuthentication):

@@ -252,10 +252,18 @@ _CURSOR_SALT = "events_app.ingest.rejections.rejection_list.cursor"
 
 
 def rejection_list(
-    *, organization_id: int, filters: RejectionFilters, limit: int, cursor: str | None = None
+    *,
+    organization_id: int,
+    filters: RejectionFilters,
+    limit: int,
+    cursor: str | None = None,
+    signals: frozenset[str] | None = None,
 ) -> RejectionPage:
-    """A page of the organization's rejections, newest first by (received_at, id)."""
+    """A page of the organization's rejections, newest first by (received_at, id); only those
+    naming one of `signals` (slugs, an API key's allow-list) when given."""
     rows = RejectedEvent.objects.filter(organization_id=organization_id)
+    if signals is not None:
+        rows = rows.filter(signal_slug__in=sorted(signals))
     lookups = {
         "signal_slug": filters.signal,
         "reason": filters.reason,

@@ -287,17 +287,22 @@ def _event_store(
 def event_request_resolve(
     client: ApiClient, payload: Any, idempotency_header: str | None
 ) -> tuple[EventRequest, SignalRef]:
-    """The checks that need no budget: the request's fields, then its signal."""
+    """The checks that need no budget: the request's fields, then its signal (inside the key's
+    allow-list, then existing)."""
     try:
         request = event_request_parse(payload, idempotency_header=idempotency_header)
     except ApplicationError as exc:
         # The contract puts rate-limit headers on every response that named a known signal.
         slug = payload.get("signal") if isinstance(payload, dict) else None
-        if isinstance(slug, str):
+        # Not for a slug outside the key's allow-list: the headers would tell it exists.
+        if isinstance(slug, str) and client.signal_allowed(slug):
             known = _signal_lookup(client.organization_id, slug)
             if known is not None:
                 exc.headers.update(rate_limit_peek(known).headers())
         raise
+    # Before the lookup: outside the allow-list is the same answer whether the signal exists
+    # or not, and it spends no rate budget.
+    client.signal_allowed_check(request.signal)
     signal = _signal_lookup(client.organization_id, request.signal)
     if signal is None:
         raise NotFound(f"Signal not found: {request.signal}", code="signal_not_found")

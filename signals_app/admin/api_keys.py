@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.timezone import now
 from django.utils.translation import ngettext
 
 from bigmind.admin_once import ShownOnce
 from bigmind.admin_tenancy import OrganizationScopedAdmin
 from bigmind.display import datetime_display
+from bigmind.errors import ApplicationError
 from signals_app import services
 from signals_app.admin.display import SIGNALS_ADMIN_CSS, clipped
-from signals_app.models import ApiKey
+from signals_app.models import ApiKey, ApiScope
 
 
 class ApiKeyStatusFilter(admin.SimpleListFilter):
@@ -40,6 +43,54 @@ class ApiKeyStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
+def _slugs(text: str) -> list[str] | None:
+    """The allow-list field: comma- or space-separated slugs; blank is None (every signal)."""
+    slugs = [part for part in text.replace(",", " ").split() if part]
+    return slugs or None
+
+
+class ApiKeyAddForm(forms.ModelForm):
+    """A new key's name and limits, checked by the service's own rules before it is made."""
+
+    scope_choices = forms.MultipleChoiceField(
+        label="Scopes",
+        choices=ApiScope.choices,
+        initial=list(ApiScope.values),
+        widget=forms.CheckboxSelectMultiple,
+        help_text="What the key may do. All of them: full access to the organization's data.",
+        error_messages={"required": "Choose at least one scope."},
+    )
+    signal_allow_list = forms.CharField(
+        label="Signal allow-list",
+        required=False,
+        help_text=(
+            "Slugs of the organization's signals, separated by commas: the key may write and "
+            "read only their events. Blank: every signal."
+        ),
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ("organization", "name", "expires_at")
+        help_texts = {"expires_at": "Blank: the key never expires. Times are UTC."}
+
+    def clean(self) -> dict[str, Any]:
+        data: dict[str, Any] = super().clean() or {}
+        organization = data.get("organization")
+        if organization is None or "scope_choices" not in data:
+            return data  # the field's own error is shown
+        try:
+            self.limits = services.api_key_limits_check(
+                organization=organization,
+                scopes=data["scope_choices"],
+                signals=_slugs(data.get("signal_allow_list") or ""),
+                expires_at=data.get("expires_at"),
+            )
+        except ApplicationError as exc:
+            raise ValidationError(exc.message) from exc
+        return data
+
+
 # A key created but not yet shown waits for the page the add form redirects to, split in two
 # between the session and a cookie for that page only (bigmind/admin_once.py).
 NEW_API_KEYS = ShownOnce(session_key="bigmind_new_api_keys", cookie="bigmind_new_api_key_pad")
@@ -47,11 +98,40 @@ NEW_API_KEYS = ShownOnce(session_key="bigmind_new_api_keys", cookie="bigmind_new
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(OrganizationScopedAdmin):
-    list_display = ("prefix", "short_name", "organization", "status", "created_at", "last_used_at")
+    list_display = (
+        "prefix",
+        "short_name",
+        "organization",
+        "status",
+        "scope_list",
+        "created_at",
+        "last_used_at",
+    )
     list_filter = ("organization", ApiKeyStatusFilter)
     search_fields = ("prefix", "name")
-    fields = ("organization", "name", "prefix", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
+    # A key's limits are fixed when it is made (a key with other limits is a new key): the
+    # change page shows them read-only, and only the name can be edited.
+    fields = (
+        "organization",
+        "name",
+        "prefix",
+        "scope_list",
+        "signal_list",
+        "expires_at",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
+    add_fields = ("organization", "name", "scope_choices", "signal_allow_list", "expires_at")
+    readonly_fields = (
+        "prefix",
+        "scope_list",
+        "signal_list",
+        "expires_at",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
     actions = ("revoke_keys",)
 
     class Media:
@@ -61,8 +141,32 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
     def short_name(self, obj: ApiKey) -> str:
         return clipped(obj.name)
 
+    @admin.display(description="Scopes")
+    def scope_list(self, obj: ApiKey) -> str:
+        scopes = list(obj.scopes or ())
+        if set(scopes) >= set(ApiScope.values):
+            return "All"
+        return clipped(", ".join(scopes) or "None", 40)
+
+    @admin.display(description="Signal allow-list")
+    def signal_list(self, obj: ApiKey) -> str:
+        if obj.signals is None:
+            return "Every signal"
+        return ", ".join(obj.signals)
+
     @admin.display(description="Status", ordering="revoked_at")
     def status(self, obj: ApiKey) -> str:
+        if obj.expires_at is not None and obj.revoked_at is None and obj.expires_at <= now():
+            return format_html(
+                '<span title="Expired {}">Expired</span>', datetime_display(obj.expires_at)
+            )
+        if obj.revoked_at is None and obj.expires_at is not None:
+            # The day only: the list must fit the window; the exact time is on hover.
+            return format_html(
+                '<span title="Active, expires {}">Expires {}</span>',
+                datetime_display(obj.expires_at),
+                obj.expires_at.date().isoformat(),
+            )
         if obj.revoked_at is None:
             return "Active"
         return format_html(
@@ -85,15 +189,34 @@ class ApiKeyAdmin(OrganizationScopedAdmin):
             *super().get_urls(),
         ]
 
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.fields if obj else self.add_fields
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        if obj is None:
+            kwargs["form"] = ApiKeyAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        return (*self.readonly_fields, "organization") if obj else self.readonly_fields
+        if obj is None:
+            return ()
+        return (*self.readonly_fields, "organization")
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:
             services.api_key_update(api_key=obj, name=obj.name)
             return
         organization = self.scoped_organization(request, obj.organization)
-        api_key, raw = services.api_key_create(organization=organization, name=obj.name)
+        limits = form.limits
+        api_key, raw = services.api_key_create(
+            organization=organization,
+            name=obj.name,
+            scopes=limits.scopes,
+            signals=limits.signals,
+            expires_at=limits.expires_at,
+        )
         obj.pk = api_key.pk
         obj.__dict__.update(api_key.__dict__)
         request._bigmind_new_key = raw  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ from django.test import Client
 from signals_app.management.commands.bootstrap_demo import DEMO_API_KEY
 from signals_app.models import ApiKey, Organization
 from signals_app.services import api_key_create, api_key_hash, organization_get_or_create
-from tests.conftest import SEED_REQUEST
+from tests.conftest import KEY_FORM, SEED_REQUEST
 from tests.security.conftest import ingest_payload, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -136,7 +136,9 @@ def exercise_every_key_path(admin: Client) -> list[str]:
     from_command = out.getvalue().strip()
 
     acme = Organization.objects.get(slug="acme")
-    response = admin.post("/admin/signals_app/apikey/add/", {"organization": acme.pk, "name": "ui"})
+    response = admin.post(
+        "/admin/signals_app/apikey/add/", {"organization": acme.pk, "name": "ui", **KEY_FORM}
+    )
     assert response.status_code == 302, response.content[:500]
     # Between the POST and the page it redirects to, the key is in no store in any form.
     pending = sessions_dump(admin)

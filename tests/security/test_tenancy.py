@@ -8,6 +8,10 @@ For each probe globex's key sends every method to acme's objects and to objects 
 exist, and the two answers must be the same (status, headers, body with the echoed identifier
 masked): no existence oracle. Nothing of acme's may appear in an answer to globex unless globex
 sent it itself, and acme's data must be byte-for-byte unchanged afterwards.
+
+Keys limited within their own organization (scopes, signal allow-lists, expiry) are the same
+matrix's other axis: tests/security/test_scopes.py walks this module's resolver walk for scopes,
+and tests/security/test_key_limits.py probes allow-lists with the same no-oracle comparisons.
 """
 
 from __future__ import annotations

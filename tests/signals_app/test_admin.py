@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
 from events_app.ingest.auth import api_key_authenticate
-from signals_app.models import ApiKey, Organization, SchemaVersion, Signal
+from signals_app.models import ApiKey, ApiScope, Organization, SchemaVersion, Signal
 from signals_app.selectors import lookups
-from signals_app.services import api_key_hash
-from tests.conftest import SEED_REQUEST, ApiClient, Tenant, signal_form
+from signals_app.services import api_key_hash, signal_create
+from tests.conftest import KEY_FORM, SEED_REQUEST, ApiClient, Tenant, signal_form
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_a_new_api_key_is_shown_once_and_only_its_hash_is_stored(
 ) -> None:
     response = staff.post(
         "/admin/signals_app/apikey/add/",
-        {"organization": org.pk, "name": "backend"},
+        {"organization": org.pk, "name": "backend", **KEY_FORM},
         follow=True,
     )
     assert response.status_code == 200
@@ -115,10 +116,74 @@ def test_a_new_api_key_is_shown_once_and_only_its_hash_is_stored(
     assert raw not in staff.get(f"/admin/signals_app/apikey/{key.pk}/change/").content.decode()
 
 
+def test_staff_create_a_key_with_scopes_an_allow_list_and_an_expiry(
+    staff: Client, org: Organization
+) -> None:
+    signal_create(organization=org, name="Page viewed", slug="page-viewed", type="event")
+    signal_create(organization=org, name="Signup", slug="signup", type="event")
+    form = staff.get("/admin/signals_app/apikey/add/").content.decode()
+    # Every scope offered as a checkbox, all ticked at first.
+    for scope in ApiScope.values:
+        assert re.search(rf'<input[^>]*value="{scope}"[^>]*checked', form), scope
+    assert "Signal allow-list" in form
+    response = staff.post(
+        "/admin/signals_app/apikey/add/",
+        {
+            "organization": org.pk,
+            "name": "reader",
+            "scope_choices": ["events:read", "signals:read"],
+            "signal_allow_list": "signup, page-viewed",
+            "expires_at_0": "2099-01-02",
+            "expires_at_1": "03:04:05",
+        },
+        follow=True,
+    )
+    assert response.redirect_chain[-1][0].endswith("/created/")
+    raw = re.search(r'value="(sk_[A-Za-z0-9_\-]+)"', response.content.decode()).group(1)
+    key = ApiKey.objects.get(name="reader")
+    assert key.scopes == ["events:read", "signals:read"]
+    assert key.signals == ["page-viewed", "signup"]
+    assert key.expires_at == datetime(2099, 1, 2, 3, 4, 5, tzinfo=UTC)
+    client = api_key_authenticate(raw_key=raw)
+    assert client.scopes == {"events:read", "signals:read"}
+    # The key's page shows its limits, read-only; the list has scopes and expiry columns.
+    page = staff.get(f"/admin/signals_app/apikey/{key.pk}/change/").content.decode()
+    assert "events:read, signals:read" in page
+    assert "page-viewed, signup" in page
+    assert "2099" in page
+    assert 'name="scope_choices"' not in page and 'name="expires_at_0"' not in page
+    listing = staff.get("/admin/signals_app/apikey/").content.decode()
+    assert "events:read, signals:read" in listing and "Expires 2099-01-02" in listing
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"scope_choices": []}, "Choose at least one scope."),
+        ({"signal_allow_list": "page-viewed, ghost"}, "No such signal in organization"),
+        (
+            {"expires_at_0": "2001-01-01", "expires_at_1": "00:00:00"},
+            "The expiry time must be in the future",
+        ),
+    ],
+)
+def test_the_key_form_refuses_bad_limits_and_creates_nothing(
+    staff: Client, org: Organization, changes: dict, message: str
+) -> None:
+    signal_create(organization=org, name="Page viewed", slug="page-viewed", type="event")
+    data = {"organization": org.pk, "name": "bad", **KEY_FORM, **changes}
+    response = staff.post("/admin/signals_app/apikey/add/", data)
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not ApiKey.objects.exists()
+
+
 def test_the_revoke_action_revokes_and_the_key_stops_working(
     staff: Client, org: Organization, django_capture_on_commit_callbacks
 ) -> None:
-    staff.post("/admin/signals_app/apikey/add/", {"organization": org.pk, "name": "backend"})
+    staff.post(
+        "/admin/signals_app/apikey/add/", {"organization": org.pk, "name": "backend", **KEY_FORM}
+    )
     key = ApiKey.objects.get()
     with django_capture_on_commit_callbacks(execute=True):
         response = staff.post(

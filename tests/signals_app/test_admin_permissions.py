@@ -34,7 +34,7 @@ from events_app.webhooks.endpoints import endpoint_create
 from events_app.webhooks.payloads import body
 from signals_app.models import ApiKey, AuditEntry, Organization, OrganizationMembership, Signal
 from signals_app.services import api_key_hash
-from tests.conftest import Tenant, signal_form
+from tests.conftest import KEY_FORM, Tenant, signal_form
 from tests.events_app.test_read_api import store_event
 
 ADMIN = "/admin/"
@@ -283,7 +283,9 @@ def test_a_forged_post_for_another_organization_is_refused(
     assert Signal.objects.count() == signals_before
 
     keys_before = ApiKey.objects.count()
-    response = scoped.post(f"{KEYS}add/", {"organization": globex.organization.pk, "name": "x"})
+    response = scoped.post(
+        f"{KEYS}add/", {"organization": globex.organization.pk, "name": "x", **KEY_FORM}
+    )
     assert response.status_code == 200
     assert "new-api-key" not in response.content.decode()
     assert ApiKey.objects.count() == keys_before
@@ -299,7 +301,7 @@ def test_what_scoped_staff_create_lands_in_their_organization(
     assert Signal.objects.get(slug="made-by-staff").organization == acme.organization
 
     response = scoped.post(
-        f"{KEYS}add/", {"organization": acme.organization.pk, "name": "ci"}, follow=True
+        f"{KEYS}add/", {"organization": acme.organization.pk, "name": "ci", **KEY_FORM}, follow=True
     )
     assert response.status_code == 200
     raw = re.search(r'value="(sk_[A-Za-z0-9_\-]+)"', response.content.decode()).group(1)
@@ -450,7 +452,9 @@ def test_no_admin_page_shows_a_stored_key_or_its_hash(
     staff: Client, acme: World, globex: World
 ) -> None:
     response = staff.post(
-        f"{KEYS}add/", {"organization": acme.organization.pk, "name": "shown"}, follow=True
+        f"{KEYS}add/",
+        {"organization": acme.organization.pk, "name": "shown", **KEY_FORM},
+        follow=True,
     )
     raw = re.search(r'value="(sk_[A-Za-z0-9_\-]+)"', response.content.decode()).group(1)
     key = ApiKey.objects.get(key_hash=api_key_hash(raw))

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from signals_app.models import ApiKey, Organization, OrganizationMembership, SchemaVersion, Signal
 from signals_app.services import schema_version_create
-from tests.conftest import Tenant, signal_form
+from tests.conftest import KEY_FORM, Tenant, signal_form
 from tests.signals_app.test_admin_permissions import staff_user
 from tests.signals_app.test_admin_ux import store_event
 
@@ -124,7 +124,9 @@ def test_every_check_constraint_has_its_own_message() -> None:
 
 # --- API keys: shown once, by POST/redirect/GET -----------------------------------------------
 def created_page(staff: Client, organization: Organization, name: str = "backend") -> Any:
-    response = staff.post(f"{KEYS}add/", {"organization": organization.pk, "name": name})
+    response = staff.post(
+        f"{KEYS}add/", {"organization": organization.pk, "name": name, **KEY_FORM}
+    )
     assert response.status_code == 302, response.content.decode()[:500]
     return response
 
@@ -232,7 +234,9 @@ def test_the_status_filter_lists_active_or_revoked_keys(
 ) -> None:
     active = tenant.api_key
     with django_capture_on_commit_callbacks(execute=True):
-        staff.post(f"{KEYS}add/", {"organization": tenant.organization.pk, "name": "old"})
+        staff.post(
+            f"{KEYS}add/", {"organization": tenant.organization.pk, "name": "old", **KEY_FORM}
+        )
         revoked = ApiKey.objects.get(name="old")
         staff.post(f"{KEYS}{revoked.pk}/revoke/", {"post": "yes"})
 
@@ -252,7 +256,9 @@ def test_the_revoke_action_says_key_or_keys(
     staff: Client, tenant: Tenant, count: int, message: str
 ) -> None:
     for i in range(count - 1):
-        staff.post(f"{KEYS}add/", {"organization": tenant.organization.pk, "name": f"k{i}"})
+        staff.post(
+            f"{KEYS}add/", {"organization": tenant.organization.pk, "name": f"k{i}", **KEY_FORM}
+        )
     keys = list(ApiKey.objects.values_list("pk", flat=True))
     assert len(keys) == count
     response = staff.post(
@@ -284,7 +290,9 @@ def test_the_signals_pages_write_dates_one_way(
     schema_version_create(signal=signal, schema={**SCHEMA, "required": ["page"]})
     store_event(tenant, signal, timezone.now())  # the list's "Last event"
     key = tenant.api_key
-    staff.post(f"{KEYS}add/", {"organization": tenant.organization.pk, "name": "to-revoke"})
+    staff.post(
+        f"{KEYS}add/", {"organization": tenant.organization.pk, "name": "to-revoke", **KEY_FORM}
+    )
     revoked = ApiKey.objects.get(name="to-revoke")
     with django_capture_on_commit_callbacks(execute=True):
         staff.post(f"{KEYS}{revoked.pk}/revoke/", {"post": "yes"})

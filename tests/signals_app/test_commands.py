@@ -6,8 +6,10 @@ import copy
 import hashlib
 import io
 import json
+import re
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,12 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db.models import Count
+from django.utils import timezone
 
 from bigmind.errors import Unauthorized
 from events_app.ingest.auth import api_key_authenticate
 from signals_app.management.commands.bootstrap_demo import DEMO_API_KEY
-from signals_app.models import ApiKey, Organization, SchemaVersion, Signal
+from signals_app.models import ApiKey, ApiScope, Organization, SchemaVersion, Signal
 from signals_app.services import api_key_create, schema_version_create
 from tests.conftest import Tenant
 
@@ -113,6 +116,74 @@ def test_create_api_key_refuses_an_unknown_organization(db: None) -> None:
     with pytest.raises(CommandError, match="ghost"):
         run("create_api_key", "--organization", "ghost")
     assert not ApiKey.objects.exists()
+
+
+def test_create_api_key_without_limits_has_every_scope_every_signal_and_no_expiry(
+    tenant: Tenant,
+) -> None:
+    run("create_api_key", "--organization", "acme", "--name", "full")
+    key = ApiKey.objects.get(name="full")
+    assert key.scopes == list(ApiScope.values)
+    assert key.signals is None and key.expires_at is None
+
+
+def test_create_api_key_sets_scopes_signals_and_expiry(tenant: Tenant) -> None:
+    tenant.signal("page-viewed")
+    tenant.signal("api-calls", type="metric")
+    before = timezone.now()
+    out, _ = run(
+        "create_api_key",
+        "--organization",
+        "acme",
+        "--name",
+        "limited",
+        "--scopes",
+        "records:read, events:write",
+        "--signals",
+        "page-viewed,api-calls",
+        "--expires-in-days",
+        "30",
+    )
+    key = ApiKey.objects.get(name="limited")
+    assert key.scopes == ["events:write", "records:read"]  # in the scopes' own order
+    assert key.signals == ["api-calls", "page-viewed"]
+    assert key.expires_at is not None
+    assert before + timedelta(days=30) <= key.expires_at <= timezone.now() + timedelta(days=30)
+    client = api_key_authenticate(raw_key=out.strip())
+    assert client.scopes == {"events:write", "records:read"}
+    assert client.signals == {"api-calls", "page-viewed"}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--scopes", "events:write,events:delete"], "Unknown scope: events:delete"),
+        (["--scopes", ""], "at least one scope"),
+        (["--scopes", " , "], "at least one scope"),
+        (["--signals", "page-viewed,ghost"], "No such signal in organization acme: ghost"),
+        (["--signals", ""], "at least one signal"),
+        (["--expires-in-days", "0"], "--expires-in-days must be a whole number from 1"),
+        (["--expires-in-days", "-3"], "--expires-in-days must be a whole number from 1"),
+        (["--expires-in-days", "99999999"], "--expires-in-days must be a whole number from 1"),
+    ],
+)
+def test_create_api_key_refuses_bad_limits_and_creates_nothing(
+    tenant: Tenant, options: list[str], message: str
+) -> None:
+    tenant.signal("page-viewed")
+    keys = ApiKey.objects.count()
+    with pytest.raises(CommandError, match=re.escape(message)):
+        run("create_api_key", "--organization", "acme", *options)
+    assert ApiKey.objects.count() == keys
+
+
+def test_create_api_key_refuses_another_organizations_signal(
+    tenant: Tenant, make_tenant: Any
+) -> None:
+    make_tenant("globex").signal("globex-only")
+    with pytest.raises(CommandError, match="No such signal in organization acme: globex-only"):
+        run("create_api_key", "--organization", "acme", "--signals", "globex-only")
+    assert not ApiKey.objects.filter(organization=tenant.organization, name="").exists()
 
 
 # --- revoke_api_key -----------------------------------------------------------------------------
