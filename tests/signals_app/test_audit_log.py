@@ -191,8 +191,15 @@ def admin_schema_version_created(w: World) -> Expected:
 
 
 def admin_api_key_created(w: World) -> Expected:
-    w.admin_post(f"{ADMIN}/apikey/add/", {"organization": w.organization.pk, "name": "ci"})
-    return Expected("api_key.created", "acme", changes_include={"name": [None, "ci"]})
+    w.admin_post(
+        f"{ADMIN}/apikey/add/",
+        {"organization": w.organization.pk, "name": "ci", "scope_choices": ["events:read"]},
+    )
+    return Expected(
+        "api_key.created",
+        "acme",
+        changes_include={"name": [None, "ci"], "scopes": [None, ["events:read"]]},
+    )
 
 
 def admin_api_key_updated(w: World) -> Expected:
