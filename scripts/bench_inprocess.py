@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from benchlib.events import ENDPOINTS_BY_NAME, body_for
+from benchlib.events import ENDPOINTS_BY_NAME, Endpoint, body_for
 from benchlib.stack import DEMO_API_KEY, ROOT, bench_env
 from benchlib.wsgi import wsgi_call, wsgi_post
 
@@ -33,6 +33,12 @@ def main() -> int:
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/3")
     parser.add_argument("--requests", type=int, default=1500, help="per round and variant")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--governance",
+        action="store_true",
+        help="also ingest-plain, ingest-governed and ingest-flagged (make bench-governance's "
+        "endpoints; their signals are made by make bench's set-up)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     os.environ.update(bench_env(args))
@@ -45,39 +51,46 @@ def main() -> int:
     ingest = ENDPOINTS_BY_NAME["ingest"]
     counter = [0]
 
-    def call(path: str, auth: bool) -> None:
+    def call(path: str, auth: bool, endpoint: Endpoint = ingest) -> None:
         counter[0] += 1
         n = counter[0]
-        # The body `make bench` sends for the ingest endpoint (the bare views read it alike).
-        body = body_for(ingest, "inprocess", offset=0, first=n, identities=10_000)
+        # The body `make bench` sends for the endpoint (the bare views read ingest's alike).
+        body = body_for(endpoint, "inprocess", offset=0, first=n, identities=10_000)
         headers = {"HTTP_AUTHORIZATION": f"Bearer {DEMO_API_KEY}"} if auth else {}
         status = wsgi_call(app, wsgi_post(path, body, **headers))
         if not status.startswith("20"):
             raise RuntimeError(f"{path} answered {status}")
 
-    def measure(path: str, auth: bool, count: int) -> tuple[float, float]:
+    def measure(
+        path: str, auth: bool, count: int, endpoint: Endpoint = ingest
+    ) -> tuple[float, float]:
         cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(count):
-            call(path, auth)
+            call(path, auth, endpoint)
         return (
             (time.process_time() - cpu) / count * 1e6,
             (time.perf_counter() - wall) / count * 1e6,
         )
 
     variants = [
-        ("bare", "/bench/bare", False, True),
-        ("bare-insert", "/bench/bare-insert", False, True),
-        ("ingest, group commit on", "/v1/events", True, True),
-        ("ingest, group commit off", "/v1/events", True, False),
+        ("bare", "/bench/bare", False, True, ingest),
+        ("bare-insert", "/bench/bare-insert", False, True, ingest),
+        ("ingest, group commit on", "/v1/events", True, True, ingest),
+        ("ingest, group commit off", "/v1/events", True, False, ingest),
     ]
+    if args.governance:
+        variants += [
+            (name, "/v1/events", True, True, ENDPOINTS_BY_NAME[name])
+            for name in ("ingest-plain", "ingest-governed", "ingest-flagged")
+        ]
     best: dict[str, tuple[float, float]] = {}
-    for _name, path, auth, group in variants:  # warm-up: caches, prepared statements
+    for _name, path, auth, group, endpoint in variants:  # warm-up: caches, prepared statements
         settings.BIGMIND_GROUP_COMMIT = group
-        measure(path, auth, 300)
+        measure(path, auth, 300, endpoint)
     for _ in range(args.rounds):  # the rounds interleave the variants
-        for name, path, auth, group in variants:
+        for name, path, auth, group, endpoint in variants:
             settings.BIGMIND_GROUP_COMMIT = group
-            cpu, wall = measure(path, auth, args.requests)
+            cpu, wall = measure(path, auth, args.requests, endpoint)
             if name not in best or cpu < best[name][0]:
                 best[name] = (cpu, wall)
     bare = best["bare"][0]
