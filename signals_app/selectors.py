@@ -55,18 +55,24 @@ class ApiKeyRef:
     expires_at: datetime | None = None
 
 
+# In the shared cache's key names: bumped whenever SignalRef or ApiKeyRef change shape, so that a
+# ref cached by the previous release (pickled without the new fields, which would then read as
+# their defaults: no scopes at all) is never read by this one during a deploy.
+_REF_VERSION = 2
+
+
 def signal_cache_key(organization_id: int, slug: str) -> str:
     """The shared-cache key of a signal lookup (public: tests and tools that act as another
     process, changing the shared level only, need the same key)."""
     # Hashed: a slug from a request may hold characters a cache key must not.
     digest = hashlib.sha1(slug.encode("utf-8", "surrogatepass")).hexdigest()  # noqa: S324
-    return f"signal:{organization_id}:{digest}"
+    return f"signal:v{_REF_VERSION}:{organization_id}:{digest}"
 
 
 def api_key_cache_key(key_hash: str) -> str:
     """The shared-cache key of an API key lookup, by the key's digest only (see
     tests/security/test_key_timing.py)."""
-    return f"apikey:{key_hash}"
+    return f"apikey:v{_REF_VERSION}:{key_hash}"
 
 
 def signal_cache_invalidate(*, organization_id: int, slug: str) -> None:

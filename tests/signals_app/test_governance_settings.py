@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,14 @@ from django.test import Client
 from bigmind.errors import BadRequest
 from signals_app.models import Organization, Signal
 from signals_app.redaction_rules import json_pointer_tokens, redaction_rules_check
-from signals_app.selectors import signal_get_active_ref
+from signals_app.selectors import (
+    ApiKeyRef,
+    api_key_cache_key,
+    lookups,
+    signal_get_active_ref,
+)
 from signals_app.services import signal_create, signal_update
-from tests.conftest import signal_form
+from tests.conftest import ApiClient, Tenant, signal_form
 
 
 # --- the rules -------------------------------------------------------------------------------
@@ -187,3 +193,20 @@ def test_a_form_posted_without_the_settings_keeps_the_signals_own(
     assert response.status_code == 302, response.content.decode()[:2000]
     signal.refresh_from_db()
     assert (signal.enforcement, signal.redact) == ("flag", rules)
+
+
+# --- a deploy --------------------------------------------------------------------------------
+def test_a_key_cached_by_the_release_before_scopes_keeps_full_access(
+    tenant: Tenant, api: ApiClient
+) -> None:
+    # What the previous release cached: a ref pickled without the fields added since, which a
+    # new process would read as their defaults (no scope at all) if it shared the key name.
+    old = ApiKeyRef(id=tenant.api_key.pk, organization_id=tenant.organization.pk, revoked=False)
+    for added in ("scopes", "signals", "expires_at"):
+        del old.__dict__[added]
+    lookups.fill(f"apikey:{tenant.api_key.key_hash}", pickle.loads(pickle.dumps(old)), 300)
+
+    response = api.client.get("/v1/signals", headers={"Authorization": f"Bearer {api.raw_key}"})
+
+    assert response.status_code == 200, response.content
+    assert api_key_cache_key(tenant.api_key.key_hash) != f"apikey:{tenant.api_key.key_hash}"
