@@ -151,11 +151,18 @@ def audit_record(
 def audit_entries_list(
     *, organization_slug: str | None = None, since: datetime | None = None
 ) -> QuerySet[AuditEntry]:
-    """Entries oldest first, optionally of one organization (by slug: it may be deleted) and
-    from a time on."""
+    """Entries oldest first, optionally of one organization and from a time on.
+
+    The organization is named by its slug: an existing one's entries are found by its id (those
+    written before a rename carry the old slug); a deleted one's by the slug it had."""
     entries = AuditEntry.objects.order_by("at", "id")
     if organization_slug is not None:
-        entries = entries.filter(organization_slug=organization_slug)
+        pk = Organization.objects.filter(slug=organization_slug).values_list("pk", flat=True)
+        existing = pk.first()
+        if existing is not None:
+            entries = entries.filter(organization_pk=existing)
+        else:
+            entries = entries.filter(organization_slug=organization_slug)
     if since is not None:
         entries = entries.filter(at__gte=since)
     return entries

@@ -8,6 +8,7 @@ the admin, `sync_signals` and the services refuse a bad rule the same way.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from bigmind.errors import BadRequest
@@ -15,6 +16,8 @@ from bigmind.errors import BadRequest
 MODES = ("drop", "hash")
 MAX_RULES = 50
 MAX_POINTER_LENGTH = 500
+# One reference token as RFC 6901 writes it: '~' only as '~0' or '~1'.
+_TOKEN = re.compile(r"(?:[^~]|~[01])*")
 
 
 def json_pointer_tokens(pointer: str) -> list[str]:
@@ -25,7 +28,7 @@ def json_pointer_tokens(pointer: str) -> list[str]:
     tokens = []
     for raw in pointer[1:].split("/"):
         # '~' is only valid as '~0' or '~1' (RFC 6901 §3); decode ~1 before ~0 (§4).
-        if "~" in raw.replace("~0", "").replace("~1", ""):
+        if not _TOKEN.fullmatch(raw):
             raise ValueError("'~' must be written ~0, and '/' inside a name ~1")
         tokens.append(raw.replace("~1", "/").replace("~0", "~"))
     return tokens

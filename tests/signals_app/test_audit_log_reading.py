@@ -26,7 +26,7 @@ from events_app.retention import retention_purge
 from events_app.webhooks.endpoints import endpoint_create, endpoint_rotate_secret
 from signals_app.audit import SECRET_MASK, audit_actor, audit_record
 from signals_app.models import ApiKey, AuditEntry, Organization, OrganizationMembership
-from signals_app.organizations import organization_delete
+from signals_app.organizations import organization_delete, organization_update
 from signals_app.services import (
     api_key_create,
     api_key_revoke,
@@ -282,6 +282,16 @@ def test_the_command_refuses_a_bad_time_and_an_unknown_organization_but_reads_a_
     organization_delete(organization=tenant.organization)
     actions = [line["action"] for line in _lines("--organization", "acme")]
     assert actions[0] == "organization.created" and actions[-1] == "organization.deleted"
+
+
+def test_the_command_finds_an_organizations_entries_from_before_a_slug_change(
+    tenant: Tenant,
+) -> None:
+    organization_update(organization=tenant.organization, slug="acme-two")
+
+    actions = [line["action"] for line in _lines("--organization", "acme-two")]
+
+    assert actions == ["organization.created", "api_key.created", "organization.updated"]
 
 
 # --- Retention --------------------------------------------------------------------------------

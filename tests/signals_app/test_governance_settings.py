@@ -68,6 +68,9 @@ def test_rules_are_normalised_to_path_and_mode() -> None:
         ([{"path": "/" + "a" * 500, "mode": "hash"}], "of 1 to 500 characters"),
         ([{"path": 5, "mode": "hash"}], "redact[0].path must be a JSON Pointer"),
         ([{"path": "/a~2", "mode": "hash"}], "'~' must be written ~0"),
+        # Removing the valid escapes first would leave "~1" here and let it through.
+        ([{"path": "/a~~01", "mode": "hash"}], "'~' must be written ~0"),
+        ([{"path": "/a~", "mode": "hash"}], "'~' must be written ~0"),
         ([{"path": "/a\x00", "mode": "hash"}], "must not contain NUL"),
         ([{"path": "/a", "mode": "mask"}], "redact[0].mode must be one of drop, hash: 'mask'"),
         (
@@ -204,7 +207,7 @@ def test_a_key_cached_by_the_release_before_scopes_keeps_full_access(
     old = ApiKeyRef(id=tenant.api_key.pk, organization_id=tenant.organization.pk, revoked=False)
     for added in ("scopes", "signals", "expires_at"):
         del old.__dict__[added]
-    lookups.fill(f"apikey:{tenant.api_key.key_hash}", pickle.loads(pickle.dumps(old)), 300)
+    lookups.fill(f"apikey:{tenant.api_key.key_hash}", pickle.loads(pickle.dumps(old)), 300)  # noqa: S301
 
     response = api.client.get("/v1/signals", headers={"Authorization": f"Bearer {api.raw_key}"})
 
