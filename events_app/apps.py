@@ -34,4 +34,6 @@ class EventsAppConfig(AppConfig):
 def _signal_deleted(sender: object, instance: Any, **_: object) -> None:
     from events_app.webhooks.endpoints import signal_deleted
 
-    signal_deleted(signal_id=instance.pk, organization_id=instance.organization_id)
+    signal_deleted(
+        signal_id=instance.pk, organization_id=instance.organization_id, slug=instance.slug
+    )

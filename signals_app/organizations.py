@@ -123,6 +123,18 @@ def _membership_audit(action: str, membership: OrganizationMembership, diff: Any
     )
 
 
+def membership_user_deleted(*, user: Any) -> None:
+    """A user is being deleted: their membership goes with it (a cascade no service runs), so
+    its entry is written here, in the deletion's transaction (Django's delete runs in one).
+    Connected to the user model's pre_delete in SignalsAppConfig.ready."""
+    membership = OrganizationMembership.objects.filter(user=user).select_related(
+        "organization", "user"
+    )
+    for found in membership:
+        diff = audit_diff(_membership_fields(found), {"user": None, "organization": None})
+        _membership_audit("membership.deleted", found, diff)
+
+
 def membership_save(*, membership: OrganizationMembership) -> OrganizationMembership:
     """Create or change a membership (the admin's form has set its user and organization)."""
     with transaction.atomic():

@@ -261,7 +261,7 @@ def subscribed(
     return [e for e in endpoints if wants(e, event_type, signal_id)]
 
 
-def signal_deleted(*, signal_id: int, organization_id: int) -> None:
+def signal_deleted(*, signal_id: int, organization_id: int, slug: str) -> None:
     """A signal is gone: endpoints stop naming it. One whose filter named only deleted signals
     is disabled, with the reason, instead of being left with an empty filter (which means
     "every signal") or with ids that match nothing while the API shows none. (Connected to
@@ -271,6 +271,7 @@ def signal_deleted(*, signal_id: int, organization_id: int) -> None:
     ):
         if signal_id not in endpoint.signal_ids:
             continue
+        before = _audited(endpoint)
         endpoint.signal_ids = [i for i in endpoint.signal_ids if i != signal_id]
         fields = ["signal_ids", "updated_at"]
         if not endpoint.signal_ids:
@@ -281,3 +282,8 @@ def signal_deleted(*, signal_id: int, organization_id: int) -> None:
             )
             fields += ["enabled", "disabled_reason"]
         endpoint.save(update_fields=fields)
+        # In the deletion's transaction, by whoever deleted the signal. Its row is gone already,
+        # so its slug is put back into what the filter named before.
+        before["signals"] = sorted([*before["signals"], slug])
+        action = "disabled" if not endpoint.enabled else "updated"
+        _audit(action, endpoint, audit_diff(before, _audited(endpoint)))

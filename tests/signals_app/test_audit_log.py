@@ -30,7 +30,12 @@ from signals_app.models import (
     OrganizationMembership,
     Signal,
 )
-from signals_app.services import api_key_hash, api_key_revoke, organization_get_or_create
+from signals_app.services import (
+    api_key_hash,
+    api_key_revoke,
+    organization_get_or_create,
+    signal_create,
+)
 from tests.conftest import Tenant, signal_form
 
 pytestmark = pytest.mark.django_db
@@ -147,6 +152,16 @@ def admin_membership_updated(w: World) -> Expected:
 def admin_membership_deleted(w: World) -> Expected:
     membership = OrganizationMembership.objects.create(user=_alice(), organization=w.organization)
     w.admin_post(f"{ADMIN}/organizationmembership/{membership.pk}/delete/", {"post": "yes"})
+    return Expected(
+        "membership.deleted", "acme", {"user": ["alice", None], "organization": ["acme", None]}
+    )
+
+
+def admin_membership_deleted_by_deleting_its_user(w: World) -> Expected:
+    # The user's deletion cascades to the membership, which no service deletes.
+    membership = OrganizationMembership.objects.create(user=_alice(), organization=w.organization)
+    w.admin_post(f"/admin/auth/user/{membership.user_id}/delete/", {"post": "yes"})
+    assert not OrganizationMembership.objects.exists()
     return Expected(
         "membership.deleted", "acme", {"user": ["alice", None], "organization": ["acme", None]}
     )
@@ -391,6 +406,7 @@ ADMIN_CASES = [
     admin_membership_created,
     admin_membership_updated,
     admin_membership_deleted,
+    admin_membership_deleted_by_deleting_its_user,
     admin_signal_created,
     admin_signal_updated,
     admin_schema_version_created,
@@ -506,7 +522,8 @@ ACTIONS = {
 
 def test_the_tables_make_every_action_and_the_admin_every_one_it_can() -> None:
     ways = [*ADMIN_CASES, *COMMAND_CASES, *API_CASES]
-    assert {_action_of(case.__name__.split("_", 1)[1]) for case in ways} == ACTIONS
+    names = [case.__name__.split("_", 1)[1].removesuffix("_by_deleting_its_user") for case in ways]
+    assert {_action_of(name) for name in names} == ACTIONS
     # Only bootstrap_demo reinstates a key: no admin page or API does.
     admin_made = {_action_of(case.__name__.split("_", 1)[1]) for case in ADMIN_CASES}
     assert ACTIONS - admin_made == {"api_key.reinstated"}
@@ -544,3 +561,29 @@ def test_an_unchanged_save_records_nothing(world: World) -> None:
     call_command("create_organization", "acme", stdout=_quiet(), stderr=_quiet())
     assert not AuditEntry.objects.filter(pk__gt=before).exists()
     assert Signal.objects.get(pk=signal.pk).enforcement == "reject"
+
+
+def test_an_endpoint_left_without_signals_by_a_signal_deletion_is_disabled_on_the_record(
+    world: World,
+) -> None:
+    # Signals are deleted only with their organization's other objects (the admin refuses),
+    # through Django's cascade: the endpoint's change is recorded in that transaction.
+    signal = signal_create(organization=world.organization, name="Old", type="event", slug="old")
+    signal_create(organization=world.organization, name="Keep", type="event", slug="keep")
+    narrowed = endpoint_create(
+        organization=world.organization, url=PUBLIC, events=["*"], signals=["old", "keep"]
+    ).endpoint
+    emptied = endpoint_create(
+        organization=world.organization, url=PUBLIC, events=["*"], signals=["old"]
+    ).endpoint
+    before = _baseline()
+
+    signal.delete()
+
+    updated = _the_new_entry(before, "webhook_endpoint.updated")
+    assert updated.object_id == narrowed.public_id
+    assert updated.changes == {"signals": [["keep", "old"], ["keep"]]}
+    disabled = _the_new_entry(before, "webhook_endpoint.disabled")
+    assert disabled.object_id == emptied.public_id
+    assert disabled.changes["signals"] == [["old"], []]
+    assert disabled.changes["enabled"] == [True, False]
