@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from django.core import signing
 from django.db import models
-from django.db.models import Count, Max, Q, QuerySet, Window
+from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -424,7 +424,19 @@ def webhook_delivery_get(
         endpoint = WebhookEndpoint.objects.filter(pk=delivery.endpoint_id).first()
         if endpoint is None or not webhook_endpoint_within(endpoint, signals=signals):
             raise not_found
+        if not _deliveries_within(WebhookDelivery.objects.filter(pk=delivery.pk), signals):
+            raise not_found
     return delivery
+
+
+def _deliveries_within(
+    rows: QuerySet[WebhookDelivery], signals: frozenset[str]
+) -> QuerySet[WebhookDelivery]:
+    """The deliveries an allow-listed key may see: pings, and those of an event of an allowed
+    signal. The endpoint's filter today is not enough: it may have named other signals when
+    older deliveries were made, and their bodies carry those events' data."""
+    allowed = Event.objects.filter(pk=OuterRef("event_id"), signal__slug__in=signals)
+    return rows.filter(Q(event_id__isnull=True) | Exists(allowed))
 
 
 def webhook_delivery_list(
@@ -433,9 +445,13 @@ def webhook_delivery_list(
     filters: WebhookDeliveryFilters,
     limit: int,
     cursor: str | None = None,
+    signals: frozenset[str] | None = None,
 ) -> WebhookDeliveryPage:
-    """A page of the endpoint's deliveries, newest first by (created_at, id)."""
+    """A page of the endpoint's deliveries, newest first by (created_at, id); only those within
+    `signals` (an API key's allow-list) when given."""
     rows = WebhookDelivery.objects.filter(endpoint=endpoint)
+    if signals is not None:
+        rows = _deliveries_within(rows, signals)
     if filters.status is not None:
         rows = rows.filter(status=filters.status)
     if filters.type is not None:

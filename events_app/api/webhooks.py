@@ -529,6 +529,7 @@ class WebhookDeliveryListApi(ApiView):
             filters=WebhookDeliveryFilters(status=query["status"], type=query["type"]),
             limit=query["limit"],
             cursor=query["cursor"],
+            signals=request.user.signals,
         )
         data = WebhookDeliverySerializer(page.deliveries, many=True).data
         return Response(success(data, next_cursor=page.next_cursor))

@@ -5,6 +5,7 @@ The allow-list key here may use `shared-slug` only; `acme-only-docs` (which exis
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from events_app.models import Event, RejectedEvent, WebhookDelivery
+from events_app.models import Event, RejectedEvent, WebhookDelivery, WebhookEndpoint
 from signals_app.services import api_key_create
 from tests.security.conftest import Org, ingest_payload, send
 
@@ -253,6 +254,65 @@ def test_a_restricted_key_subscribes_endpoints_to_allowed_signals_only(acme: Org
     assert retried.status_code == 202
     assert WebhookDelivery.objects.filter(endpoint__public_id=endpoint_id).count() == 1
     assert send(client, "DELETE", path, key=key).status_code == 200
+
+
+def test_a_restricted_key_sees_and_resends_only_its_signals_deliveries_of_an_endpoint(
+    acme: Org,
+) -> None:
+    # An endpoint that named both signals when the deliveries were made, then narrowed to the
+    # allowed one: the older delivery of the other signal's event stays out of the key's reach.
+    client = Client()
+    full = acme.key
+    made = send(
+        client,
+        "POST",
+        "/v1/webhook-endpoints",
+        key=full,
+        body={
+            "url": "https://93.184.215.14/both",
+            "events": ["*"],
+            "signals": [acme.shared_signal.slug, acme.only_signal.slug],
+        },
+    )
+    assert made.status_code == 201, made.content
+    endpoint_id = made.json()["data"]["id"]
+    endpoint = WebhookEndpoint.objects.get(public_id=endpoint_id)
+    ids = {}
+    for signal in (acme.shared_signal, acme.only_signal):
+        payload = ingest_payload(signal.slug, data={"page": "/p"}, reference=f"ref-{signal.slug}")
+        answer = send(client, "POST", "/v1/events", key=full, body=payload)
+        assert answer.status_code == 202, answer.content
+        event_id = uuid.UUID(answer.json()["data"]["id"])
+        delivery = WebhookDelivery.objects.create(
+            organization=acme.tenant.organization,
+            endpoint=endpoint,
+            type="event.completed",
+            event_id=event_id,
+        )
+        ids[signal.slug] = f"whevt_{delivery.pk.hex}"
+    narrowed = send(
+        client,
+        "PATCH",
+        f"/v1/webhook-endpoints/{endpoint_id}",
+        key=full,
+        body={"signals": [acme.shared_signal.slug]},
+    )
+    assert narrowed.status_code == 200, narrowed.content
+    key = _restricted(acme)
+
+    listed = send(client, "GET", f"/v1/webhook-endpoints/{endpoint_id}/deliveries", key=key)
+    assert [d["id"] for d in listed.json()["data"]] == [ids[acme.shared_signal.slug]]
+    hidden = send(
+        client, "POST", f"/v1/webhook-deliveries/{ids[acme.only_signal.slug]}/retry", key=key
+    )
+    assert hidden.status_code == 404 and hidden.json()["code"] == "webhook_delivery_not_found"
+    mine = send(
+        client, "POST", f"/v1/webhook-deliveries/{ids[acme.shared_signal.slug]}/retry", key=key
+    )
+    assert mine.status_code == 202, mine.content
+    # The full key still sees both.
+    every = send(client, "GET", f"/v1/webhook-endpoints/{endpoint_id}/deliveries", key=full)
+    assert {d["id"] for d in every.json()["data"]} == set(ids.values())
 
 
 # --- Expiry -------------------------------------------------------------------------------------
