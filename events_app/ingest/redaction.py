@@ -169,8 +169,11 @@ def data_redact(data: dict[str, Any], *, rules: Rules, organization_id: int) -> 
 
 
 # --- Violation details ----------------------------------------------------------------------------
-def _locations(data: Any, node: _Node, parts: list[str | int]) -> list[tuple[str, Any]]:
-    """(json path, original value) of every redacted place present in `data`."""
+def _locations(
+    data: Any, node: _Node, parts: list[str | int], dropped: list[str] | None = None
+) -> list[tuple[str, Any]]:
+    """(json path, original value) of every redacted place present in `data`; the paths of the
+    arrays an item was dropped from are added to `dropped`."""
     found: list[tuple[str, Any]] = []
     for token, child in node.children.items():
         if isinstance(data, dict) and token in data:
@@ -178,12 +181,14 @@ def _locations(data: Any, node: _Node, parts: list[str | int]) -> list[tuple[str
             value = data[token]
         elif isinstance(data, list) and (index := _index(token, len(data))) is not None:
             key, value = index, data[index]
+            if child.mode == "drop" and dropped is not None:
+                dropped.append(json_path(parts))
         else:
             continue
         if child.mode is not None:
             found.append((json_path([*parts, key]), value))
         else:
-            found.extend(_locations(value, child, [*parts, key]))
+            found.extend(_locations(value, child, [*parts, key], dropped))
     return found
 
 
@@ -224,12 +229,14 @@ def violations_redact(
     violation quotes the whole object), so each redacted value's repr is replaced by
     `<redacted>`; a message that still shows any piece of one is withheld, keeping its keyword.
     A violation inside a redacted value is moved to the redacted place itself (names of members
-    inside it may be data too, e.g. an object keyed by e-mail address).
+    inside it may be data too, e.g. an object keyed by e-mail address); one inside an array an
+    item was dropped from, to the array (the positions after the dropped item have moved).
     """
     root = rules_compile(rules)
     if root is None or not details:
         return list(details)
-    located = _locations(data, root, [])
+    dropped: list[str] = []
+    located = _locations(data, root, [], dropped)
     if not located:
         return list(details)
     # Longest first: a value's repr may contain a shorter redacted value's repr.
@@ -244,6 +251,12 @@ def violations_redact(
         for location, _ in located:
             if _inside(path, location):
                 path = location
+                break
+        # An item dropped from an array moves the items after it: a position inside that array
+        # would name another item of the stored data, so the violation is put on the array.
+        for array in dropped:
+            if path != array and _inside(path, array):
+                path = array
                 break
         for shown, _ in reprs:
             message = message.replace(shown, REDACTED_VALUE)

@@ -157,6 +157,24 @@ def test_violation_details_never_show_a_redacted_value_and_keep_what_is_safe() -
     assert len(safe) == len(details)
 
 
+def test_a_violation_after_an_item_dropped_from_its_array_is_put_on_the_array() -> None:
+    # Stored, `data.l` is [5]: "$.l[1]" would name nothing, "$.l[0]" the wrong item.
+    data = {"l": ["x-secret", 5], "n": "not a number"}
+    schema = {
+        "type": "object",
+        "properties": {"l": {"items": {"type": "string"}}, "n": {"type": "number"}},
+    }
+    details = schema_violations(schema_compile(schema), data)
+
+    safe = violations_redact(details, data=data, rules=(("/l/0", "drop"),))
+
+    by_keyword_path = {(d["path"], d["keyword"]): d["message"] for d in safe}
+    assert by_keyword_path == {
+        ("$.l", "type"): "5 is not of type 'string'",
+        ("$.n", "type"): "'not a number' is not of type 'number'",
+    }
+
+
 def test_a_message_that_would_still_show_a_redacted_value_is_withheld() -> None:
     data = {"email": "bob@x.io"}
     details = [{"path": "$", "message": "ValueError: bad bob@x.io here", "keyword": ""}]
