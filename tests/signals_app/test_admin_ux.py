@@ -627,10 +627,17 @@ def test_admin_pages_answer_within_a_second_with_100k_events(staff: Client, tena
     timings = {}
     for url in (LIST_URL, "/admin/events_app/event/", change_url(busy)):
         assert staff.get(url).status_code == 200  # warm-up: templates, caches
-        started = time.perf_counter()
-        response = staff.get(url)
-        timings[url] = time.perf_counter() - started
-        assert response.status_code == 200
+        # The best of up to three: the other tests' load on the shared cores only adds time;
+        # a plan that scans the table is slow every time.
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            response = staff.get(url)
+            best = min(best, time.perf_counter() - started)
+            assert response.status_code == 200
+            if best < 1.0:
+                break
+        timings[url] = best
     print("admin timings with 100k events:", {k: f"{v * 1000:.0f} ms" for k, v in timings.items()})
 
     assert _list_rows(staff.get(LIST_URL))["docs"]["events_24h"] == f"{RECENT_EVENTS_CAP:,}+"
