@@ -262,3 +262,26 @@ def pipeline_in_process(fresh_processor: None) -> Iterator[mock.MagicMock]:
         yield mock.MagicMock(
             single=single, later=later, many=many, webhooks=webhooks, webhooks_later=webhooks_later
         )
+
+
+def event_list_plans(organization_id: int, filters: Any) -> list[str]:
+    """PostgreSQL's plans of the event list's first two pages (`events_app.selectors.event_list`
+    with `filters`), sequential scans forbidden: a tiny test table is cheapest to scan whole,
+    and the question is which index serves the list."""
+    from django.test.utils import CaptureQueriesContext
+
+    from events_app.selectors import event_list
+
+    with CaptureQueriesContext(connection) as queries:
+        first = event_list(organization_id=organization_id, filters=filters, limit=1)
+        event_list(
+            organization_id=organization_id, filters=filters, limit=1, cursor=first.next_cursor
+        )
+    assert len(queries) == 2
+    plans = []
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        for query in queries:
+            cursor.execute("EXPLAIN " + query["sql"])
+            plans.append("\n".join(row[0] for row in cursor.fetchall()))
+    return plans

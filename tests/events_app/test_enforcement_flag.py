@@ -36,11 +36,11 @@ from events_app.pipeline.processors import (
     SignalInfo,
 )
 from events_app.pipeline.processors.openai import OpenAIProcessor
-from events_app.selectors import EventFilters, event_list
+from events_app.selectors import EventFilters
 from signals_app.models import Signal
 from signals_app.services import signal_update
 from tests.bigmind.test_metrics import Delta
-from tests.conftest import ApiClient, Tenant
+from tests.conftest import ApiClient, Tenant, event_list_plans
 
 pytestmark = pytest.mark.usefixtures("pipeline_in_process")
 
@@ -388,22 +388,8 @@ def test_the_flagged_list_reads_the_partial_index_on_postgres(
         pytest.skip("query plans are PostgreSQL's: run with DATABASE_URL=postgres://...")
     for _ in range(3):
         api.post("/v1/events", body())
-    filters = EventFilters(schema_valid=False)
-    with CaptureQueriesContext(connection) as queries:
-        first = event_list(organization_id=tenant.organization.pk, filters=filters, limit=1)
-        event_list(
-            organization_id=tenant.organization.pk,
-            filters=filters,
-            limit=1,
-            cursor=first.next_cursor,
-        )
-    assert len(queries) == 2
-    with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        for query in queries:
-            cursor.execute("EXPLAIN " + query["sql"])
-            plan = "\n".join(row[0] for row in cursor.fetchall())
-            assert "event_org_invalid_received" in plan, plan
+    for plan in event_list_plans(tenant.organization.pk, EventFilters(schema_valid=False)):
+        assert "event_org_invalid_received" in plan, plan
 
 
 # --- Processing -------------------------------------------------------------------------------
