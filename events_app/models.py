@@ -69,9 +69,10 @@ class Event(models.Model):
     data = models.JSONField(default=dict)
     timestamp = models.DateTimeField(help_text="When it happened: the timestamp the client sent.")
     received_at = models.DateTimeField()
-    # NULL, not "", means "not sent": the API echoes null, and the partial unique index below
-    # must skip events without a key.
+    # NULL, not "", means "not sent": the API echoes null.
     reference = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    # Shown with the event; not unique here: IdempotencyKey holds the promise (a partitioned
+    # table cannot have a unique index without its partition key).
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     # SHA-256 of the canonical request; an idempotent replay must match it.
     request_hash = models.CharField(max_length=64)
@@ -101,11 +102,6 @@ class Event(models.Model):
     class Meta:
         ordering = ["-received_at"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["organization", "idempotency_key"],
-                condition=Q(idempotency_key__isnull=False),
-                name="event_idempotency_key_unique_in_org",
-            ),
             models.CheckConstraint(
                 condition=Q(status__in=EventStatus.values), name="event_status_valid"
             ),
@@ -128,6 +124,47 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return str(self.id)
+
+
+class IdempotencyKey(models.Model):
+    """An idempotency key used by an organization, and the event it stored: the one source of
+    truth for "this key was used" (events_app/ingest/store.py).
+
+    Everything a replay answers is here, so a replay is answered the same once retention has
+    deleted the event (its status then reads `purged`). Kept at least as long as the events
+    (BIGMIND_IDEMPOTENCY_KEY_RETENTION_DAYS, events_app/retention.py), and never deleted while
+    its event exists.
+    """
+
+    # Not a foreign key: the events table is partitioned on PostgreSQL and cannot be referred
+    # to. The primary key: one key per event.
+    event_id = models.UUIDField("event ID", primary_key=True)
+    # No index of its own: the unique (organization, key) index leads with it.
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="idempotency_keys", db_index=False
+    )
+    key = models.CharField(max_length=255)
+    # The event's own received_at: names the partition holding the event, and dates the key.
+    received_at = models.DateTimeField()
+    # What a replay needs: the request's fingerprint (a different request with the same key is
+    # a conflict) and the accepted answer's fields that never change.
+    request_hash = models.CharField(max_length=64)
+    schema_version = models.PositiveIntegerField(null=True, blank=True)
+    reference = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "key"], name="idempotency_key_unique_in_org"
+            ),
+        ]
+        indexes = [
+            # The retention purge's range scan, oldest first.
+            models.Index(fields=["received_at"], name="idempotency_key_received"),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
 
 
 class MetricAggregate(models.Model):
