@@ -7,8 +7,8 @@ keep their `idempotency_key` column (reads show it), no longer unique.
 Steps and the locks they take on PostgreSQL (the migration is not atomic: each step is its own
 transaction, so no lock is held across the copy):
 
-1. Create the key table, its unique (organization, key) index and its received_at index: a new,
-   empty table; nothing else is locked.
+1. Create the key table and its unique (organization, key) index: a new, empty table; nothing
+   else is locked.
 2. Copy the keys, in chunks of 10,000 events walked in (organization, key) order through the
    events' partial unique index, one INSERT ... SELECT per chunk in autocommit: ACCESS SHARE on
    the events (reads and writes go on), ROW EXCLUSIVE on the key table. Events stored meanwhile
@@ -135,6 +135,7 @@ class Migration(migrations.Migration):
                 (
                     "organization",
                     models.ForeignKey(
+                        db_constraint=False,
                         db_index=False,
                         on_delete=django.db.models.deletion.CASCADE,
                         related_name="idempotency_keys",
@@ -148,7 +149,6 @@ class Migration(migrations.Migration):
                         fields=("organization", "key"), name="idempotency_key_unique_in_org"
                     )
                 ],
-                "indexes": [models.Index(fields=["received_at"], name="idempotency_key_received")],
             },
         ),
         migrations.RunPython(
