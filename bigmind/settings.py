@@ -15,6 +15,8 @@ from typing import Any
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from bigmind.idempotency_settings import key_retention_days
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -314,6 +316,7 @@ BIGMIND_REJECTION_PURGE_CHUNK_SIZE = env.int("BIGMIND_REJECTION_PURGE_CHUNK_SIZE
 # completed ones (the only copy of what could not be processed, kept for reprocessing).
 BIGMIND_EVENT_RETENTION_DAYS = env.int("BIGMIND_EVENT_RETENTION_DAYS", default=90)
 BIGMIND_FAILED_EVENT_RETENTION_DAYS = env.int("BIGMIND_FAILED_EVENT_RETENTION_DAYS", default=180)
+BIGMIND_IDEMPOTENCY_KEY_RETENTION_DAYS = key_retention_days(env, globals())  # at least the above
 BIGMIND_METRIC_BUCKET_RETENTION_DAYS = env.int("BIGMIND_METRIC_BUCKET_RETENTION_DAYS", default=400)
 BIGMIND_AUDIT_RETENTION_DAYS = env.int("BIGMIND_AUDIT_RETENTION_DAYS", default=400)
 BIGMIND_RETENTION_INTERVAL_SECONDS = env.float("BIGMIND_RETENTION_INTERVAL_SECONDS", default=3600.0)
