@@ -13,10 +13,13 @@ transaction, so no lock is held across the copy):
    events' partial unique index, one INSERT ... SELECT per chunk in autocommit: ACCESS SHARE on
    the events (reads and writes go on), ROW EXCLUSIVE on the key table. Events stored meanwhile
    are caught up in step 3.
-3. One transaction: SHARE lock on the events (reads go on; writes wait: a few seconds per
-   million keyed events, an anti-join of the two unique indexes), copy the keys step 2 has not
-   seen, then drop the events' unique index `event_idempotency_key_unique_in_org` (ACCESS
-   EXCLUSIVE, held until the commit, which follows at once).
+3. One transaction: SHARE lock on the events (reads go on; writes wait), copy the keys step 2
+   has not seen (an anti-join of the two unique indexes), then drop the events' unique index
+   `event_idempotency_key_unique_in_org` (ACCESS EXCLUSIVE, held until the commit, which
+   follows at once).
+
+Measured on a busy 2-core machine with 1,000,000 events, 800,000 of them keyed: step 2 took
+14 s, step 3 (writes waiting) 3.7 s.
 
 Processes of the previous release that keep serving after this migration record their keys on
 the events only: pause ingest during the release's migrate and restart (docs/deployment.md).
