@@ -5,6 +5,8 @@ migration that moved them off the events table."""
 from __future__ import annotations
 
 import importlib
+import threading
+import uuid
 from datetime import timedelta
 from io import StringIO
 from typing import Any
@@ -21,12 +23,13 @@ from bigmind.idempotency_settings import key_retention_days
 from events_app.models import Event, EventStatus, IdempotencyKey
 from events_app.pipeline.processing import events_process
 from events_app.retention import retention_purge
-from tests.conftest import ApiClient, Tenant
+from tests.conftest import ApiClient, Tenant, on_postgres
 
 DAY = timedelta(days=1)
 URL = "/v1/events"
 BODY = {"signal": "visit", "identity": {"type": "account", "id": "A1"}, "data": {"n": 1}}
 OTHER_BODY = BODY | {"data": {"n": 2}}
+THREADS = 8
 
 
 @pytest.fixture
@@ -135,6 +138,48 @@ def test_a_batch_whose_key_another_request_stored_meanwhile_stores_nothing_twice
     assert "replayed" not in second
     assert Event.objects.count() == 2  # the racer's event and the batch's unkeyed item
     assert IdempotencyKey.objects.count() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_single_and_batch_requests_with_one_key_store_exactly_one_event(
+    tenant: Tenant,
+) -> None:
+    """The group statement's claim and the batch's insert race on the key table's unique
+    index: whichever commits first stores the event, every other request answers its replay."""
+    if not on_postgres():
+        pytest.skip("needs real concurrent transactions: run with DATABASE_URL=postgres://...")
+    tenant.signal("visit")
+    barrier = threading.Barrier(THREADS)
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def send(index: int) -> None:
+        client = ApiClient(tenant.raw_key)
+        try:
+            barrier.wait()
+            if index % 2:
+                response = batch(client, BODY | {"idempotency_key": "k-1"})
+                event_id = response.json()["data"][0]["id"]
+            else:
+                response = post(client, BODY)
+                event_id = response.json()["data"]["id"]
+            assert response.status_code in (200, 202), response.content
+            with lock:
+                ids.append(event_id)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert len(ids) == THREADS
+    assert len(set(ids)) == 1
+    assert list(Event.objects.values_list("pk", flat=True)) == [uuid.UUID(ids[0])]
+    assert list(IdempotencyKey.objects.values_list("pk", flat=True)) == [uuid.UUID(ids[0])]
 
 
 # --- A replay once the event is gone ------------------------------------------------------------
@@ -284,8 +329,6 @@ def test_purge_expired_reports_the_keys(api: ApiClient, visit: None, short_reten
 
 def _uuid7_at(at: Any, template: Any) -> Any:
     """`template` (a UUIDv7) with its time moved to `at`."""
-    import uuid
-
     ms = int(at.timestamp() * 1000)
     return uuid.UUID(int=(ms << 80) | (template.int & ((1 << 80) - 1)))
 
