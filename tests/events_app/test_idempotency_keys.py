@@ -5,10 +5,14 @@ migration that moved them off the events table."""
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import environ
@@ -369,6 +373,36 @@ def test_a_key_retention_shorter_than_the_events_is_refused() -> None:
         _days("90")
     with pytest.raises(ImproperlyConfigured, match="kept forever"):
         _days("400", completed=0)
+
+
+def test_start_up_stops_on_a_key_retention_shorter_than_the_events(tmp_path: Path) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "BIGMIND_"))
+    }
+    env |= {
+        "DJANGO_SETTINGS_MODULE": "bigmind.settings",
+        "DJANGO_DEBUG": "true",
+        "BIGMIND_VAR_DIR": str(tmp_path),
+        "BIGMIND_EVENT_RETENTION_DAYS": "90",
+        "BIGMIND_IDEMPOTENCY_KEY_RETENTION_DAYS": "30",
+    }
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode != 0
+    assert (
+        "BIGMIND_IDEMPOTENCY_KEY_RETENTION_DAYS=30 is shorter than the events' retention (180"
+        in (result.stderr)
+    )
 
 
 # --- The migration -----------------------------------------------------------------------------
