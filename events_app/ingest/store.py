@@ -38,7 +38,7 @@ from django.db import (
     transaction,
 )
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Q
+from django.db.models import OuterRef, Subquery
 from psycopg.types.json import Jsonb
 
 from events_app import dialect
@@ -97,22 +97,20 @@ class StoredEvent:
 
 
 def stored_events_by_key(*, organization_id: int, keys: Iterable[str]) -> dict[str, StoredEvent]:
-    """The events holding these keys of the organization, by key: two queries (the keys, then
-    their events' status), whatever the number of keys."""
-    held = list(IdempotencyKey.objects.filter(organization_id=organization_id, key__in=list(keys)))
-    if not held:
-        return {}
-    # received_at with the id: each lookup names the event's partition.
-    match = Q()
-    for key in held:
-        match |= Q(pk=key.event_id, received_at=key.received_at)
-    statuses = dict(Event.objects.filter(match).values_list("pk", "status"))
+    """The events holding these keys of the organization, by key: one query, each key with its
+    event's status now (looked up by id and received_at, which names the event's partition)."""
+    status = Event.objects.filter(
+        pk=OuterRef("event_id"), received_at=OuterRef("received_at")
+    ).values("status")[:1]
+    held = IdempotencyKey.objects.filter(
+        organization_id=organization_id, key__in=list(keys)
+    ).annotate(event_status=Subquery(status))
     return {
         key.key: StoredEvent(
             id=key.event_id,
             request_hash=key.request_hash,
             schema_version=key.schema_version,
-            status=statuses.get(key.event_id, STATUS_PURGED),
+            status=key.event_status or STATUS_PURGED,
             reference=key.reference,
         )
         for key in held

@@ -24,6 +24,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from bigmind.idempotency_settings import key_retention_days
+from events_app.ingest.store import stored_events_by_key
 from events_app.models import Event, EventStatus, IdempotencyKey
 from events_app.pipeline.processing import events_process
 from events_app.retention import retention_purge
@@ -249,6 +250,23 @@ def test_a_replay_while_the_event_exists_reports_its_status_now(
         event_id,
         EventStatus.COMPLETED,
     )
+
+
+def test_the_events_holding_keys_are_looked_up_in_one_query_whatever_their_number(
+    api: ApiClient, tenant: Tenant, visit: None, django_assert_num_queries: Any
+) -> None:
+    for n in range(5):
+        post(api, BODY | {"data": {"n": n}}, key=f"k-{n}")
+    events_process(event_ids=[Event.objects.get(idempotency_key="k-0").pk])
+
+    with django_assert_num_queries(1):
+        held = stored_events_by_key(
+            organization_id=tenant.organization.pk, keys=[f"k-{n}" for n in range(6)]
+        )
+
+    assert sorted(held) == [f"k-{n}" for n in range(5)]
+    assert held["k-0"].status == EventStatus.COMPLETED
+    assert {held[f"k-{n}"].status for n in range(1, 5)} == {EventStatus.PENDING}
 
 
 # --- The keys' own retention -------------------------------------------------------------------
