@@ -59,7 +59,11 @@ def test_celery_quorum_queues_reaches_celery_with_what_quorum_queues_require() -
         "'default_type': c.task_default_queue_type, "
         "'delayed': c.broker_native_delayed_delivery_queue_type}))"
     )
-    env = {**os.environ, "CELERY_QUORUM_QUEUES": "true", "DJANGO_SETTINGS_MODULE": "bigmind.settings"}
+    env = {
+        **os.environ,
+        "CELERY_QUORUM_QUEUES": "true",
+        "DJANGO_SETTINGS_MODULE": "bigmind.settings",
+    }
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,
@@ -71,9 +75,7 @@ def test_celery_quorum_queues_reaches_celery_with_what_quorum_queues_require() -
     )
     conf = json.loads(result.stdout.strip().splitlines()[-1])
 
-    assert conf["queues"] == [
-        [name, {"x-queue-type": "quorum"}, "topic"] for name, _, _ in QUEUES
-    ]
+    assert conf["queues"] == [[name, {"x-queue-type": "quorum"}, "topic"] for name, _, _ in QUEUES]
     assert conf["global_qos_off"] is True
     assert conf["default_type"] == "quorum"
     assert conf["delayed"] == "quorum"
