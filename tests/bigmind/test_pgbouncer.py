@@ -90,7 +90,10 @@ def start_pgbouncer(db: None) -> Iterator[Callable[[int], Bouncer]]:
         bouncer = Bouncer(port=free_port(), directory=directory)
         started.append(bouncer)
         command = [str(SCRIPT), "start", str(directory), str(bouncer.port), host, server_port]
-        subprocess.run([*command, str(pool_size)], check=True, capture_output=True, timeout=30)
+        result = subprocess.run(
+            [*command, str(pool_size)], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert result.returncode == 0, f"PgBouncer did not start:\n{result.stdout}{result.stderr}"
         return bouncer
 
     yield start
