@@ -5,20 +5,13 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import task_postrun, task_prerun, worker_init
-from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bigmind.settings")
 
 app = Celery("bigmind")
 # The CELERY_* Django settings under Celery's own names (bigmind/celery_config.py: why).
 app.config_from_object("bigmind.celery_config")
-# Queues are declared explicitly so operators can run dedicated workers per queue
-# (`celery -A bigmind worker -Q events.process`).
-app.conf.task_queues = (
-    Queue("default", Exchange("default"), routing_key="default"),
-    Queue("events.process", Exchange("events"), routing_key="events.process"),
-    Queue("webhooks", Exchange("webhooks"), routing_key="webhooks"),
-)
+# The queues (classic, or RabbitMQ quorum queues) are declared there too (bigmind/queues.py).
 app.autodiscover_tasks()
 
 
@@ -58,6 +51,12 @@ def worker_database_sessions(**_: object) -> None:
     from django.db.backends.signals import connection_created
 
     if settings.BIGMIND_WORKER_SYNCHRONOUS_COMMIT:
+        return
+    if settings.DATABASE_PGBOUNCER:
+        # A SET outlives the transaction on PgBouncer's server connection, which then serves
+        # other clients of the pool: ingest's commits would stop waiting for the WAL flush, and
+        # this worker's next transaction may run elsewhere without it. Behind PgBouncer the
+        # workers get a pool of their own whose `connect_query` sets it (docs/pgbouncer.md).
         return
     connection_created.connect(_asynchronous_commit, dispatch_uid="bigmind-worker-async-commit")
 

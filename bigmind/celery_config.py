@@ -18,6 +18,8 @@ from celery.app.defaults import SETTING_KEYS as _SETTING_KEYS
 from django.conf import settings as _settings
 from django.core.exceptions import ImproperlyConfigured as _ImproperlyConfigured
 
+from bigmind.queues import quorum_conf as _quorum_conf
+from bigmind.queues import task_queues as _task_queues
 from bigmind.startup import configuration_error_exit as _configuration_error_exit
 from bigmind.startup import settings_load_or_exit as _settings_load_or_exit
 
@@ -57,3 +59,8 @@ try:
     globals().update(celery_settings(_settings))
 except _ImproperlyConfigured as _exc:
     _configuration_error_exit("celery", _exc)
+# Declared explicitly so operators can run dedicated workers per queue (`celery -A bigmind
+# worker -Q events.process`); RabbitMQ quorum queues with CELERY_QUORUM_QUEUES=true.
+task_queues = _task_queues(quorum=_settings.BIGMIND_QUORUM_QUEUES)
+if _settings.BIGMIND_QUORUM_QUEUES:
+    globals().update(_quorum_conf())

@@ -16,6 +16,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from bigmind.idempotency_settings import key_retention_days
+from bigmind.pgbouncer import database_pooling_apply
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -183,13 +184,8 @@ else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool(
         "DATABASE_CONN_HEALTH_CHECKS", default=False
     )
-    # Server-side prepared statements: a statement run a few times on a connection (psycopg's
-    # threshold, 5) is planned once. Django turns them off by default for connection poolers;
-    # planning ingest's group insert anew cost PostgreSQL about 0.5 ms of CPU per statement,
-    # more than running it for a small group (docs/benchmarks.md). Behind PgBouncer in
-    # transaction pooling, set PgBouncer's `max_prepared_statements` (1.21+) or this to false.
-    if env.bool("DATABASE_PREPARED_STATEMENTS", default=True):
-        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
+# PgBouncer in transaction pooling (DATABASE_PGBOUNCER) and server-side prepared statements.
+DATABASE_PGBOUNCER = database_pooling_apply(DATABASES["default"], env)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache (lookups and rate-limit counters) -------------------------------------------------
@@ -286,6 +282,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=60)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=90)
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Every queue a RabbitMQ quorum queue (bigmind/queues.py says what Celery needs with them).
+BIGMIND_QUORUM_QUEUES = env.bool("CELERY_QUORUM_QUEUES", default=False)
 CELERY_TASK_ROUTES = {
     "events.process_event": {"queue": "events.process"},
     "events.process_events": {"queue": "events.process"},

@@ -283,9 +283,9 @@ def test_every_variable_the_settings_read_is_documented() -> None:
 
 
 def settings_variables() -> set[str]:
-    # settings.py, and the modules it hands a variable's logic to (given its `env`).
-    modules = ("settings.py", "idempotency_settings.py")
-    source = "\n".join((ROOT / "bigmind" / name).read_text() for name in modules)
+    """What the settings read through django-environ: settings.py and the modules it hands
+    part of its work (bigmind/pgbouncer.py...), which read the same `env`."""
+    source = "\n".join(path.read_text() for path in sorted((ROOT / "bigmind").glob("*.py")))
     return set(re.findall(r"\benv(?:\.\w+)?\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
 
 
