@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from django.db import InterfaceError, OperationalError, connection
@@ -11,6 +13,23 @@ from django.db import InterfaceError, OperationalError, connection
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# The read replica this context's reads go to (bigmind/replicas.py); None, the default and
+# outside every replica scope: the primary. Here, below the router, so that this module's
+# lookups can pin themselves to the primary.
+replica_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "bigmind_replica", default=None
+)
+
+
+@contextlib.contextmanager
+def primary_reads() -> Iterator[None]:
+    """Inside: reads go to the primary, even within a replica scope."""
+    token = replica_var.set(None)
+    try:
+        yield
+    finally:
+        replica_var.reset(token)
 
 
 def read_on_live_connection(read: Callable[[], T]) -> T:
