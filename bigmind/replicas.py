@@ -22,8 +22,9 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from django.conf import settings
@@ -89,6 +90,26 @@ DOWN = "down"
 NOT_A_REPLICA = "not_in_recovery"
 
 
+def lsn_int(text: str) -> int:
+    """A PostgreSQL WAL position ("16/B374D848") as a number that orders like it."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+@dataclass(frozen=True)
+class LagReading:
+    """What one check read (bigmind.replicas.replica_check)."""
+
+    in_recovery: bool
+    primary_lsn: int  # the primary's WAL flush position, read first
+    replay_lsn: int | None  # how far the replica has replayed (None: not a replica)
+    replay_age_seconds: float | None  # now - the last replayed commit's time, on the replica
+
+
+# Positions the replica has not replayed yet, kept per replica: enough for minutes of checks.
+_SAMPLES_MAX = 600
+
+
 @dataclass
 class ReplicaState:
     """A process's verdict on one replica."""
@@ -99,44 +120,36 @@ class ReplicaState:
     retry_after: float = 0.0  # a down replica is not tried before this
     backoff: float = 0.0  # the current back-off of a down replica
     checking: bool = False
-    # The primary's WAL flush position at the previous check and when it was read: once the
-    # replica has replayed past it, it holds every commit made before that time.
-    previous_lsn: str | None = None
-    previous_at: float = 0.0
+    # (when, the primary's flush position then) of this process's checks, oldest first, that
+    # the replica had not replayed at the last check; and the latest such moment it has since
+    # replayed past: it then held every commit acknowledged before that moment.
+    samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=_SAMPLES_MAX))
+    current_at: float | None = None
 
+    def lag_update(self, reading: LagReading, *, sampled_at: float, now: float) -> float | None:
+        """An upper bound of the replica's lag in seconds (None: cannot tell) after
+        `reading`, taken at `sampled_at` (before the primary's position was read).
 
-@dataclass(frozen=True)
-class LagReading:
-    """What one check read (bigmind.replicas.replica_check)."""
-
-    in_recovery: bool
-    caught_up: bool  # replayed up to the primary's flush position read just before
-    past_previous: bool  # replayed past the primary's position at the previous check
-    replay_age_seconds: float | None  # now - the last replayed commit's time, on the replica
-
-
-def lag_estimate(reading: LagReading, *, since_previous: float | None) -> float | None:
-    """An upper bound of the replica's lag in seconds (None: cannot tell), never a false
-    "lagging" for a replica of an idle primary.
-
-    Caught up: 0. Behind: the oldest commit it has not replayed was made after the last one it
-    replayed (`replay_age_seconds` ago), and after the previous check (`since_previous` ago) if
-    it has replayed past that check's position; the smaller bound holds. The replay age alone
-    would call a replica of a primary idle for an hour an hour late the instant after one new
-    commit, before the replica had had a millisecond to replay it.
-    """
-    if reading.caught_up:
-        return 0.0
-    bounds = [b for b in (reading.replay_age_seconds,) if b is not None]
-    if reading.past_previous and since_previous is not None:
-        bounds.append(since_previous)
-    return max(0.0, min(bounds)) if bounds else None
+        Caught up with the primary's position: 0. Behind: the oldest commit it has not
+        replayed was made after the last commit it replayed (`replay_age_seconds` ago) and
+        after the latest earlier check whose position it has replayed past (`current_at`);
+        the smaller bound holds. The replay age alone would call a replica of a primary that
+        was idle for an hour an hour late the instant after one new commit.
+        """
+        self.samples.append((sampled_at, reading.primary_lsn))
+        if reading.replay_lsn is not None:
+            while self.samples and self.samples[0][1] <= reading.replay_lsn:
+                self.current_at = self.samples.popleft()[0]
+        if not self.samples:
+            return 0.0
+        bounds = [] if reading.replay_age_seconds is None else [reading.replay_age_seconds]
+        if self.current_at is not None:
+            bounds.append(now - self.current_at)
+        return max(0.0, min(bounds)) if bounds else None
 
 
 _CHECK_REPLICA = """
-    SELECT pg_is_in_recovery(),
-           COALESCE(pg_last_wal_replay_lsn() >= %s::pg_lsn, false),
-           COALESCE(pg_last_wal_replay_lsn() >= %s::pg_lsn, false),
+    SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,
            EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8
 """
 
@@ -147,24 +160,22 @@ def _primary_flush_lsn() -> str:
         return str(cursor.fetchone()[0])
 
 
-def replica_check(alias: str, *, previous_lsn: str | None) -> tuple[LagReading, str]:
-    """Read the replica's position against the primary's (this thread's connections to both);
-    (the reading, the primary's flush position). Raises the database's error when either is
-    unreachable."""
-    # Read before the replica's: every commit acknowledged before this moment is at or before
-    # this position. On a live connection: after a restart of the primary, the thread's old
-    # one must not make the replica look down.
+def replica_check(alias: str) -> LagReading:
+    """Read the replica's position against the primary's (this thread's connections to both).
+    Raises the database's error when either cannot be read."""
+    # First: every commit acknowledged before this moment is at or before this position. On a
+    # live connection: after a restart of the primary, the thread's old one must not make the
+    # replica look down.
     primary_lsn = read_on_live_connection(_primary_flush_lsn)
     with connections[alias].cursor() as cursor:
-        cursor.execute(_CHECK_REPLICA, [primary_lsn, previous_lsn or primary_lsn])
-        in_recovery, caught_up, past_previous, age = cursor.fetchone()
-    reading = LagReading(
+        cursor.execute(_CHECK_REPLICA)
+        in_recovery, replay_lsn, age = cursor.fetchone()
+    return LagReading(
         in_recovery=bool(in_recovery),
-        caught_up=bool(caught_up),
-        past_previous=bool(past_previous) and previous_lsn is not None,
+        primary_lsn=lsn_int(primary_lsn),
+        replay_lsn=None if replay_lsn is None else lsn_int(str(replay_lsn)),
         replay_age_seconds=None if age is None else float(age),
     )
-    return reading, primary_lsn
 
 
 class ReplicaMonitor:
@@ -172,7 +183,7 @@ class ReplicaMonitor:
 
     def __init__(
         self,
-        check: Callable[..., tuple[LagReading, str]] = replica_check,
+        check: Callable[[str], LagReading] = replica_check,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._check = check
@@ -213,9 +224,9 @@ class ReplicaMonitor:
     def _run_check(self, alias: str) -> None:
         health = settings.BIGMIND_REPLICA_HEALTH
         state = self.state(alias)
-        started = self._clock()
+        sampled_at = self._clock()
         try:
-            reading, primary_lsn = self._check(alias, previous_lsn=state.previous_lsn)
+            reading = self._check(alias)
         except DatabaseError as exc:
             # Unreachable, refusing us, or no PostgreSQL replica at all: skipped either way.
             _connection_drop(alias)
@@ -225,24 +236,23 @@ class ReplicaMonitor:
             with self._lock:
                 state.checking = False
             raise
-        since_previous = started - state.previous_at if state.previous_lsn else None
-        lag = lag_estimate(reading, since_previous=since_previous)
-        if not reading.in_recovery:
-            verdict = NOT_A_REPLICA
-        elif lag is None or lag > health.max_lag_seconds:
-            verdict = LAGGING
-        else:
-            verdict = HEALTHY
         with self._lock:
-            if verdict != state.verdict:
-                log = logger.info if verdict == HEALTHY else logger.warning
-                log("replica %s: %s (lag %s s)", alias, verdict, _seconds(lag))
+            lag = state.lag_update(reading, sampled_at=sampled_at, now=self._clock())
+            if not reading.in_recovery:
+                verdict = NOT_A_REPLICA
+            elif lag is None or lag > health.max_lag_seconds:
+                verdict = LAGGING
+            else:
+                verdict = HEALTHY
+            changed = verdict != state.verdict
             state.verdict = verdict
             state.lag_seconds = lag
             state.checked_at = self._clock()
             state.backoff = 0.0
-            state.previous_lsn, state.previous_at = primary_lsn, started
             state.checking = False
+        if changed:
+            log = logger.info if verdict == HEALTHY else logger.warning
+            log("replica %s: %s (lag %s s)", alias, verdict, _seconds(lag))
         metric_child(REPLICA_CHECKS, alias, verdict).inc()
 
     def mark_down(self, alias: str, *, reason: str) -> None:
@@ -261,7 +271,7 @@ class ReplicaMonitor:
             state.checking = False
             backoff = state.backoff
         if was != DOWN:
-            logger.warning("replica %s: down (%s); retried in %.0f s", alias, reason, backoff)
+            logger.warning("replica %s: down (%s); retried in %.1f s", alias, reason, backoff)
         metric_child(REPLICA_CHECKS, alias, DOWN).inc()
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
