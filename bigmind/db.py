@@ -42,15 +42,20 @@ def read_on_live_connection(read: Callable[[], T]) -> T:
     the local cache yet) failed that request with a 503 before Django replaced the connection
     at the request's end. Retrying here costs nothing until a connection breaks. Inside a
     transaction nothing is retried: the transaction is lost with its connection.
+
+    Always on the primary, even inside a replica scope (bigmind/replicas.py): these lookups
+    fill caches the ingest path trusts, and a signal a replica has not replayed yet must not be
+    cached as missing.
     """
-    try:
-        return read()
-    except (OperationalError, InterfaceError):
-        if connection.in_atomic_block:
-            raise
-        logger.info("database connection broken; one more try on a new one", exc_info=True)
+    with primary_reads():
         try:
-            connection.close()
-        except Exception:
-            logger.debug("closing a broken connection failed", exc_info=True)
-    return read()
+            return read()
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block:
+                raise
+            logger.info("database connection broken; one more try on a new one", exc_info=True)
+            try:
+                connection.close()
+            except Exception:
+                logger.debug("closing a broken connection failed", exc_info=True)
+        return read()

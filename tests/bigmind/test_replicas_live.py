@@ -45,7 +45,7 @@ pytestmark = [
 DATABASE = "bigmind_replica"
 ORGANIZATION = "replica-tests"
 SIGNAL = "replica-visit"
-ADMIN_PASSWORD = "replica-tests-admin-password"  # noqa: S105 - a throwaway cluster's
+ADMIN_PASSWORD = "replica-tests-admin-password"
 # Short, so that the tests see a lagging replica skipped within seconds.
 MAX_LAG_SECONDS = 3.0
 APP_ENV = {
@@ -101,7 +101,7 @@ class ReplicaStack:
             headers={"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (local)
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
@@ -287,8 +287,8 @@ def test_the_read_apis_are_served_by_the_replica(stack: ReplicaStack) -> None:
     event_id = stack.ingest("served-by-replica")
     stack.caught_up()
 
-    _served_by_replica(stack, "/v1/events", "events_app_event\"")
-    _served_by_replica(stack, f"/v1/events/{event_id}", "events_app_event\"")
+    _served_by_replica(stack, "/v1/events", 'events_app_event"')
+    _served_by_replica(stack, f"/v1/events/{event_id}", 'events_app_event"')
     # A profile's last statement is one of several tables'.
     _served_by_replica(stack, "/v1/records/account/acct-1", "events_app_")
     _served_by_replica(stack, "/v1/rejections", "events_app_rejectedevent")
@@ -359,11 +359,11 @@ def test_a_replica_lagging_past_the_threshold_is_skipped_until_it_catches_up(
     # Caught up again, it serves again.
     stack.replay_resume()
     stack.caught_up()
-    _served_by_replica(stack, "/v1/events", "events_app_event\"")
+    _served_by_replica(stack, "/v1/events", 'events_app_event"')
 
 
 def test_a_stopped_replica_is_skipped_and_used_again_once_back(stack: ReplicaStack) -> None:
-    _served_by_replica(stack, "/v1/events", "events_app_event\"")
+    _served_by_replica(stack, "/v1/events", 'events_app_event"')
     replica = stack.cluster.replica
     assert replica is not None
 
@@ -381,7 +381,7 @@ def test_a_stopped_replica_is_skipped_and_used_again_once_back(stack: ReplicaSta
         replica.start()
     replica.wait_streaming()
     stack.caught_up()
-    _served_by_replica(stack, "/v1/events", "events_app_event\"")
+    _served_by_replica(stack, "/v1/events", 'events_app_event"')
     assert stack.gunicorn is not None
     assert " 500 " not in stack.gunicorn.text()
 
@@ -412,7 +412,7 @@ class _Admin:
                 "next": "/admin/",
             }
         ).encode()
-        request = urllib.request.Request(
+        request = urllib.request.Request(  # noqa: S310 (local)
             self.base + "/admin/login/", data=form, headers={"Referer": self.base + "/admin/"}
         )
         with self.opener.open(request, timeout=30) as response:
