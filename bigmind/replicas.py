@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from django.conf import settings
@@ -103,7 +104,8 @@ class LagReading:
     in_recovery: bool
     primary_lsn: int  # the primary's WAL flush position, read first
     replay_lsn: int | None  # how far the replica has replayed (None: not a replica)
-    replay_age_seconds: float | None  # now - the last replayed commit's time, on the replica
+    # The primary's time now - the time of the last commit the replica replayed.
+    replay_age_seconds: float | None
 
 
 # Positions the replica has not replayed yet, kept per replica: enough for minutes of checks.
@@ -148,16 +150,16 @@ class ReplicaState:
         return max(0.0, min(bounds)) if bounds else None
 
 
-_CHECK_REPLICA = """
-    SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,
-           EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8
-"""
+_CHECK_REPLICA = (
+    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()"
+)
 
 
-def _primary_flush_lsn() -> str:
+def _primary_position() -> tuple[str, datetime]:
     with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
-        cursor.execute("SELECT pg_current_wal_flush_lsn()::text")
-        return str(cursor.fetchone()[0])
+        cursor.execute("SELECT pg_current_wal_flush_lsn()::text, clock_timestamp()")
+        lsn, now = cursor.fetchone()
+        return str(lsn), now
 
 
 def replica_check(alias: str) -> LagReading:
@@ -166,15 +168,20 @@ def replica_check(alias: str) -> LagReading:
     # First: every commit acknowledged before this moment is at or before this position. On a
     # live connection: after a restart of the primary, the thread's old one must not make the
     # replica look down.
-    primary_lsn = read_on_live_connection(_primary_flush_lsn)
+    primary_lsn, primary_now = read_on_live_connection(_primary_position)
     with connections[alias].cursor() as cursor:
         cursor.execute(_CHECK_REPLICA)
-        in_recovery, replay_lsn, age = cursor.fetchone()
+        in_recovery, replay_lsn, replayed_commit_at = cursor.fetchone()
+    # Both times are the primary's clock (a replayed commit carries its primary's time): the
+    # replica's clock, if it ran slow, would make a late replica look on time.
+    age = None
+    if replayed_commit_at is not None:
+        age = (primary_now - replayed_commit_at).total_seconds()
     return LagReading(
         in_recovery=bool(in_recovery),
         primary_lsn=lsn_int(primary_lsn),
         replay_lsn=None if replay_lsn is None else lsn_int(str(replay_lsn)),
-        replay_age_seconds=None if age is None else float(age),
+        replay_age_seconds=age,
     )
 
 

@@ -283,7 +283,10 @@ def test_every_variable_the_settings_read_is_documented() -> None:
 
 
 def settings_variables() -> set[str]:
-    source = (ROOT / "bigmind" / "settings.py").read_text()
+    # settings.py and the modules it hands a part of the settings to (with its `env`).
+    source = "\n".join(
+        (ROOT / "bigmind" / name).read_text() for name in ("settings.py", "replica_settings.py")
+    )
     return set(re.findall(r"\benv(?:\.\w+)?\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
 
 
