@@ -281,13 +281,6 @@ class ReplicaMonitor:
             logger.warning("replica %s: down (%s); retried in %.1f s", alias, reason, backoff)
         metric_child(REPLICA_CHECKS, alias, DOWN).inc()
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            return {
-                alias: {"verdict": state.verdict, "lag_seconds": state.lag_seconds}
-                for alias, state in self._states.items()
-            }
-
 
 def _seconds(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.1f}"
