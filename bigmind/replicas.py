@@ -354,6 +354,7 @@ def read_from_replica(*, primary_on: tuple[type[BaseException], ...] = ()) -> Ca
             with primary_reads():
                 return func(*args, **kwargs)
 
+        wrapper.reads_from_replica = True  # type: ignore[attr-defined]
         return cast(F, wrapper)
 
     return decorate
