@@ -396,13 +396,13 @@ def test_only_healthy_replicas_are_chosen_among_several(
 
 # --- The replica-read scope --------------------------------------------------------------------
 def test_the_read_apis_that_read_from_a_replica_are_the_documented_ones() -> None:
-    from django.urls import get_resolver
+    from django.urls import URLPattern, get_resolver
 
     reading = set()
     for pattern in get_resolver("events_app.api.urls").url_patterns:
-        view_class = getattr(pattern.callback, "view_class", None) or getattr(
-            pattern.callback, "cls", None
-        )
+        assert isinstance(pattern, URLPattern)
+        callback = pattern.callback
+        view_class = getattr(callback, "view_class", None) or getattr(callback, "cls", None)
         get = getattr(view_class, "get", None)
         if get is not None and getattr(get, "reads_from_replica", False):
             reading.add(pattern.name)
@@ -419,7 +419,6 @@ def test_the_read_apis_that_read_from_a_replica_are_the_documented_ones() -> Non
         "record-detail",
         "webhook-delivery-list",
     }
-
 
 
 def test_without_replicas_a_scope_reads_from_the_primary() -> None:
