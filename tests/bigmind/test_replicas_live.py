@@ -17,8 +17,10 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import os
+import random
 import re
 import shutil
+import socket
 import tempfile
 import time
 import urllib.error
@@ -32,7 +34,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from scripts.benchlib.pgcluster import PgCluster, missing_binaries
+from scripts.benchlib.pgcluster import PgCluster, Replica, missing_binaries
 from tests.harness import Service, free_port, gunicorn_start, manage, wait_for
 
 pytestmark = [
@@ -72,14 +74,51 @@ def _required() -> bool:
     return os.environ.get("BIGMIND_REQUIRE_REPLICA") == "1"
 
 
-def _ports() -> tuple[int | None, int | None]:
-    """BIGMIND_REPLICA_TEST_PORTS="primary,replica" (a machine that hands out port ranges);
-    free ports otherwise."""
+def _port_outside_the_ephemeral_range() -> int:
+    """A free port below the kernel's range for outgoing connections: the replica's port is
+    free while the replica is stopped, and a port of that range could meanwhile be taken by
+    any process's outgoing connection, which would keep the replica from starting again."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(max(1025, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
+
+
+def _ports() -> tuple[int, int]:
+    """BIGMIND_REPLICA_TEST_PORTS="primary,replica" (a machine that hands out port ranges), or
+    free ones outside the range of outgoing connections."""
     given = os.environ.get("BIGMIND_REPLICA_TEST_PORTS", "")
-    if not given:
-        return None, None
-    primary, replica = (int(part) for part in given.split(","))
+    if given:
+        primary, replica = (int(part) for part in given.split(","))
+        return primary, replica
+    primary = _port_outside_the_ephemeral_range()
+    replica = _port_outside_the_ephemeral_range()
+    while replica == primary:
+        replica = _port_outside_the_ephemeral_range()
     return primary, replica
+
+
+def _replica_start(replica: Replica) -> None:
+    """Start the stopped replica again on its port, waiting while something else holds the
+    port (an outgoing connection that took it while it was free lingers in TIME_WAIT)."""
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            replica.start()
+            return
+        except RuntimeError as error:
+            if "Address already in use" not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(1)
 
 
 @dataclass
@@ -250,13 +289,13 @@ def stack(replica_stack: ReplicaStack) -> Iterator[ReplicaStack]:
     replica = replica_stack.cluster.replica
     assert replica is not None
     if not replica.running():
-        replica.start()
+        _replica_start(replica)
     replica.wait_streaming()
     replica_stack.replay_resume()
     replica_stack.caught_up()
     yield replica_stack
     if not replica.running():
-        replica.start()
+        _replica_start(replica)
         replica.wait_streaming()
     replica_stack.replay_resume()
 
@@ -378,7 +417,7 @@ def test_a_stopped_replica_is_skipped_and_used_again_once_back(stack: ReplicaSta
             assert status == 200, body
         assert stack.metric("bigmind_replica_checks_total", verdict="down") >= 1
     finally:
-        replica.start()
+        _replica_start(replica)
     replica.wait_streaming()
     stack.caught_up()
     _served_by_replica(stack, "/v1/events", 'events_app_event"')
