@@ -18,11 +18,12 @@ from typing import Any, TypeVar
 
 from django.apps import apps
 from django.conf import settings
-from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
+
+from bigmind.replicas import ReplicaListAdmin
 
 
 def tenant_model() -> type[models.Model]:
@@ -111,8 +112,9 @@ def organization_lookup_of(model: type[models.Model]) -> str | None:
     return next((p for p in _ORGANIZATION_PATHS if p.split("__")[0] in own), None)
 
 
-class OrganizationScopedAdmin(admin.ModelAdmin):
-    """A ModelAdmin for an organization-owned model, cut to the user's AdminScope.
+class OrganizationScopedAdmin(ReplicaListAdmin):
+    """A ModelAdmin for an organization-owned model, cut to the user's AdminScope; its list
+    page reads from a read replica when there is one (bigmind/replicas.py).
 
     Lists, change pages, actions, history and deletes all read `get_queryset`, so an object of
     another organization is simply not there: its pages answer 404 (like a missing one), and a

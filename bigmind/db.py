@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from django.db import InterfaceError, OperationalError, connection
@@ -11,6 +13,23 @@ from django.db import InterfaceError, OperationalError, connection
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# The read replica this context's reads go to (bigmind/replicas.py); None, the default and
+# outside every replica scope: the primary. Here, below the router, so that this module's
+# lookups can pin themselves to the primary.
+replica_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "bigmind_replica", default=None
+)
+
+
+@contextlib.contextmanager
+def primary_reads() -> Iterator[None]:
+    """Inside: reads go to the primary, even within a replica scope."""
+    token = replica_var.set(None)
+    try:
+        yield
+    finally:
+        replica_var.reset(token)
 
 
 def read_on_live_connection(read: Callable[[], T]) -> T:
@@ -23,15 +42,20 @@ def read_on_live_connection(read: Callable[[], T]) -> T:
     the local cache yet) failed that request with a 503 before Django replaced the connection
     at the request's end. Retrying here costs nothing until a connection breaks. Inside a
     transaction nothing is retried: the transaction is lost with its connection.
+
+    Always on the primary, even inside a replica scope (bigmind/replicas.py): these lookups
+    fill caches the ingest path trusts, and a signal a replica has not replayed yet must not be
+    cached as missing.
     """
-    try:
-        return read()
-    except (OperationalError, InterfaceError):
-        if connection.in_atomic_block:
-            raise
-        logger.info("database connection broken; one more try on a new one", exc_info=True)
+    with primary_reads():
         try:
-            connection.close()
-        except Exception:
-            logger.debug("closing a broken connection failed", exc_info=True)
-    return read()
+            return read()
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block:
+                raise
+            logger.info("database connection broken; one more try on a new one", exc_info=True)
+            try:
+                connection.close()
+            except Exception:
+                logger.debug("closing a broken connection failed", exc_info=True)
+        return read()

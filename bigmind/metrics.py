@@ -81,6 +81,23 @@ WORKER_TASK_DURATION = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
 
+# Read replicas (bigmind/replicas.py): counted only where DATABASE_REPLICA_URLS is set.
+REPLICA_READS = Counter(
+    "bigmind_replica_reads",
+    "Replica-read scopes (read API requests, admin list pages), by the database that served them.",
+    ["database"],
+)
+REPLICA_FALLBACKS = Counter(
+    "bigmind_replica_fallbacks",
+    "Reads run again on the primary after their replica's answer, by reason.",
+    ["reason"],
+)
+REPLICA_CHECKS = Counter(
+    "bigmind_replica_checks",
+    "Replica health verdicts (healthy, lagging, down, not_in_recovery), by replica.",
+    ["database", "verdict"],
+)
+
 # --- Counting hooks (called by the middleware; the apps plug in their own) --------------------
 
 # (method, status, envelope code) of a refused answer (status >= 400) of one route.

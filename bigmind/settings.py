@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from bigmind.idempotency_settings import key_retention_days
 from bigmind.pgbouncer import database_pooling_apply
+from bigmind.replica_settings import replica_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -73,8 +74,7 @@ SECRET_KEY_FALLBACKS = env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])
 BIGMIND_REDACTION_KEY = env("BIGMIND_REDACTION_KEY", default="")
 # Session and CSRF cookies only over HTTPS whenever debug is off. Browsers also keep Secure
 # cookies on http://localhost, so the browser tests and `make run` are unaffected.
-SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
 # HSTS: browsers hold the promise for the whole max-age, so it is switched on deliberately
 # once HTTPS works for the host (and, with include-subdomains, for every subdomain). It is only
 # sent on HTTPS responses.
@@ -162,9 +162,7 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
-DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
-}
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         # WAL lets the web server read while the worker writes; IMMEDIATE takes the write lock
@@ -186,6 +184,7 @@ else:
     )
 # PgBouncer in transaction pooling (DATABASE_PGBOUNCER) and server-side prepared statements.
 DATABASE_PGBOUNCER = database_pooling_apply(DATABASES["default"], env)
+DATABASES, DATABASE_ROUTERS, BIGMIND_REPLICA_HEALTH = replica_settings(env, DATABASES)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache (lookups and rate-limit counters) -------------------------------------------------

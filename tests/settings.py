@@ -68,6 +68,9 @@ def isolate_xdist_worker(environ: MutableMapping[str, str]) -> None:
 
 
 isolate_xdist_worker(os.environ)
+# No read replica unless a test starts one (tests/bigmind/test_replicas_live.py sets its own for
+# the servers it starts): one inherited from the shell would send the suite's reads elsewhere.
+os.environ.pop("DATABASE_REPLICA_URLS", None)
 os.environ["DJANGO_SETTINGS_MODULE"] = "bigmind.settings"
 
 from bigmind.settings import *  # noqa: E402, F403

@@ -12,7 +12,8 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from bigmind.errors import as_application_error, error_headers, json_response
+from bigmind.errors import NotFound, as_application_error, error_headers, json_response
+from bigmind.replicas import read_from_replica
 from events_app.api import schema
 from events_app.api.common import (
     ApiView,
@@ -439,6 +440,7 @@ class EventCollectionApi(ApiView):
         return event_ingest_answer(request, request.user)
 
     @_LIST
+    @read_from_replica()
     def get(self, request: Request) -> Response:
         return event_list_answer(request)
 
@@ -447,6 +449,9 @@ class EventDetailApi(ApiView):
     """GET /v1/events/<id>: one event of the key's organization, in full."""
 
     @_GET
+    # Not on the replica (yet): the primary answers, so a client sees the event it was just
+    # told was accepted.
+    @read_from_replica(primary_on=(NotFound,))
     def get(self, request: Request, event_id: str) -> Response:
         event = event_get(
             organization_id=request.user.organization_id,

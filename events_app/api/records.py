@@ -9,6 +9,8 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from bigmind.errors import NotFound
+from bigmind.replicas import read_from_replica
 from events_app.api import schema
 from events_app.api.common import ApiView, success
 from events_app.api.fields import Choice, DateTime, FreeObject, Integer, Number, Text, Uuid
@@ -144,6 +146,7 @@ class CrmRecordDetailApi(ApiView):
             schema.URI_TOO_LONG: schema.uri_too_long(),
         },
     )
+    @read_from_replica(primary_on=(NotFound,))
     def get(self, request: Request, record_type: str, record_id: str) -> Response:
         profile = crm_record_profile(
             organization_id=request.user.organization_id,

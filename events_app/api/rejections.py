@@ -10,6 +10,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from bigmind.replicas import read_from_replica
 from events_app.api import schema
 from events_app.api.common import (
     ApiView,
@@ -124,6 +125,7 @@ class RejectionListApi(ApiView):
             schema.URI_TOO_LONG: schema.uri_too_long(),
         },
     )
+    @read_from_replica()
     def get(self, request: Request) -> Response:
         query = query_parse(RejectionListQuery, request)
         limit, cursor = query.pop("limit"), query.pop("cursor")

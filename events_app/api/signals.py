@@ -11,6 +11,8 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from bigmind.errors import NotFound
+from bigmind.replicas import read_from_replica
 from events_app.api import schema
 from events_app.api.common import ApiView, success
 from events_app.api.fields import Boolean, Choice, DateTime, FreeObject, Integer, Text
@@ -137,6 +139,7 @@ class SignalListApi(ApiView):
             schema.URI_TOO_LONG: schema.uri_too_long(),
         },
     )
+    @read_from_replica()
     def get(self, request: Request) -> Response:
         signals = signal_list(
             organization_id=request.user.organization_id, slugs=request.user.signals
@@ -165,6 +168,7 @@ class SignalDetailApi(ApiView):
             schema.URI_TOO_LONG: schema.uri_too_long(),
         },
     )
+    @read_from_replica(primary_on=(NotFound,))
     def get(self, request: Request, slug: str) -> Response:
         signal = signal_get(
             organization_id=request.user.organization_id, slug=slug, slugs=request.user.signals
@@ -207,6 +211,7 @@ class SchemaVersionDetailApi(ApiView):
             schema.URI_TOO_LONG: schema.uri_too_long(),
         },
     )
+    @read_from_replica(primary_on=(NotFound,))
     def get(self, request: Request, slug: str, version: str) -> Response:
         found = schema_version_get(
             organization_id=request.user.organization_id,

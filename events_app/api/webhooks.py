@@ -12,7 +12,8 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from bigmind.errors import Forbidden
+from bigmind.errors import Forbidden, NotFound
+from bigmind.replicas import read_from_replica
 from bigmind.strict_json import InvalidJson, json_body_parse
 from events_app.api import schema
 from events_app.api.common import (
@@ -517,6 +518,9 @@ class WebhookDeliveryListApi(ApiView):
             **_COMMON,
         },
     )
+    # The endpoint may be one the client has just made (a 404 on the replica is tried on the
+    # primary); its endpoints' own pages read from the primary, since the client writes them.
+    @read_from_replica(primary_on=(NotFound,))
     def get(self, request: Request, endpoint_id: str) -> Response:
         endpoint = webhook_endpoint_get(
             organization_id=request.user.organization_id,
