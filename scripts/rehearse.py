@@ -604,6 +604,21 @@ def integrity(run: Run, load: Load, outcomes: list[Outcome]) -> tuple[list[Check
             f"{got['wrong_engagement']:.0f} of {got['records']:.0f} CRM records off",
         )
     )
+    logged = sum(
+        worker_log_counts(node.log.read_text(errors="replace"))[1]
+        for node in run.nodes.values()
+        if node.role == "worker" and node.log.exists()
+    )
+    # A completion is logged after its commit: a worker killed in between loses the line, but
+    # more lines than events would be an event completed twice.
+    checks.append(
+        Check(
+            "no completion twice in the workers' logs",
+            logged <= statuses["completed"],
+            f"{logged} completions logged by the worker nodes for {statuses['completed']} "
+            "completed events",
+        )
+    )
     checks.extend(broker_checks(run))
     checks.extend(replica_checks(run, accepted))
     lost = len(missing) + key_missing + not_done + max(0, sent_count - rollup_count)
@@ -708,6 +723,21 @@ def replica_checks(run: Run, accepted: list[Outcome]) -> list[Check]:
 
 
 # --- per-node counts ---------------------------------------------------------------------------
+def worker_log_counts(text: str) -> tuple[int, int]:
+    """(tasks that succeeded, events they completed) from a worker's task log lines
+    (bigmind/worker_signals.py: `event_outcomes`, e.g. {"completed": 12})."""
+    tasks, completed = 0, 0
+    for line in text.splitlines():
+        if '"bigmind.task"' not in line:
+            continue
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            entry = json.loads(line)
+            if entry.get("outcome") == "success":
+                tasks += 1
+                completed += int((entry.get("event_outcomes") or {}).get("completed", 0))
+    return tasks, completed
+
+
 def node_counts(run: Run) -> list[tuple[str, str, str]]:
     """(node, role, what it did) from the load balancer's counts and the nodes' logs."""
     try:
@@ -725,16 +755,8 @@ def node_counts(run: Run) -> list[tuple[str, str, str]]:
                 f"{lb.get('connect_failures', 0)} refused; {answered} request log lines"
             )
         elif node.role == "worker":
-            events, tasks = 0, 0
-            for line in text.splitlines():
-                if '"bigmind.task"' not in line:
-                    continue
-                with contextlib.suppress(ValueError):
-                    entry = json.loads(line)
-                    if entry.get("outcome") == "success":
-                        tasks += 1
-                        events += int(entry.get("event_count", 0))
-            what = f"{tasks} tasks succeeded, {events} events in them"
+            tasks, completed = worker_log_counts(text)
+            what = f"{tasks} tasks succeeded, {completed} events completed in them"
         else:
             what = f"{text.count('Sending due task')} tasks sent"
         kills = sum(1 for k in run.kills if k.node == node.name)
