@@ -135,6 +135,27 @@ class Node:
 
         wait_for(ready, timeout=timeout, interval=0.2, message=f"{self.name} to be ready")
 
+    def ready_or_retry(self, api_key: str, attempts: int = 5) -> None:
+        """Wait until ready; a web node whose port was taken meanwhile is started again.
+
+        Its port stays the same across restarts (the load balancer knows it), and this machine
+        hands out ports of the same range as the source ports of outgoing connections
+        (ip_local_port_range), so a busy machine may hold it for a moment."""
+        for attempt in range(attempts):
+            try:
+                self.wait_ready(api_key)
+                return
+            except RuntimeError:
+                new = self.log.read_bytes()[self.log_offset :].decode(errors="replace")
+                if attempt == attempts - 1 or "Address already in use" not in new:
+                    raise
+            log(f"{self.name}: port {self.port} is taken; starting it again in 2 s")
+            assert self.service is not None
+            self.service.stop()
+            time.sleep(2)
+            self.start()
+            self.starts -= 1  # the same start, again
+
     def kill(self) -> None:
         """SIGKILL the whole process group at once, as a lost machine would go."""
         assert self.service is not None
@@ -388,7 +409,7 @@ def kill_and_restart(run: Run, load: Load, name: str, started: float) -> None:
     time.sleep(run.args.down_seconds)
     down = time.monotonic() - killed
     node.start()
-    node.wait_ready(run.api_key)
+    node.ready_or_retry(run.api_key)
     ready = time.monotonic() - killed
     log(f"{name} restarted, ready {ready:.1f} s after the kill")
     run.kills.append(Kill(name, at, sent, down, ready))
@@ -940,7 +961,7 @@ def main() -> int:
         for node in run.nodes.values():
             node.start()
         for node in run.nodes.values():
-            node.wait_ready(run.api_key)
+            node.ready_or_retry(run.api_key)
         lb_start(run)
         run.timings["cluster up (servers, migrate, nodes)"] = time.monotonic() - clock
 
