@@ -454,28 +454,27 @@ def wait_processed(run: Run, expected: int, timeout: float) -> float:
 
 
 # --- the integrity check -----------------------------------------------------------------------
-def idempotency_keys(conn: Any, organization_id: int) -> tuple[str, Counter[str]] | None:
-    """Where this build keeps the keys, and how often each of the organization's is stored:
-    a table of their own (`events_app_idempotencykey`) or the event's column."""
+def idempotency_keys(conn: Any, organization_id: int) -> tuple[str, list[tuple[str, str]]] | None:
+    """Where this build keeps the keys, and the organization's (key, event id) pairs: a table
+    of their own (`events_app_idempotencykey`) or the event's column."""
     table = conn.execute("SELECT to_regclass('events_app_idempotencykey') IS NOT NULL").fetchone()
     if table[0]:
-        rows = conn.execute(
-            "SELECT key FROM events_app_idempotencykey WHERE organization_id = %s",
-            [organization_id],
-        ).fetchall()
-        return "events_app_idempotencykey", Counter(str(r[0]) for r in rows)
-    column = conn.execute(
-        "SELECT 1 FROM information_schema.columns "
-        "WHERE table_name = 'events_app_event' AND column_name = 'idempotency_key'"
-    ).fetchone()
-    if column:
-        rows = conn.execute(
-            "SELECT idempotency_key FROM events_app_event "
-            "WHERE organization_id = %s AND idempotency_key IS NOT NULL",
-            [organization_id],
-        ).fetchall()
-        return "events_app_event.idempotency_key", Counter(str(r[0]) for r in rows)
-    return None
+        sql = "SELECT key, event_id::text FROM events_app_idempotencykey WHERE organization_id = %s"
+        where = "events_app_idempotencykey"
+    else:
+        column = conn.execute(
+            "SELECT 1 FROM information_schema.columns "
+            "WHERE table_name = 'events_app_event' AND column_name = 'idempotency_key'"
+        ).fetchone()
+        if not column:
+            return None
+        sql = (
+            "SELECT idempotency_key, id::text FROM events_app_event "
+            "WHERE organization_id = %s AND idempotency_key IS NOT NULL"
+        )
+        where = "events_app_event.idempotency_key"
+    rows = conn.execute(sql, [organization_id]).fetchall()
+    return where, [(str(key), str(event_id)) for key, event_id in rows]
 
 
 CHECKSUM_SQL = {
@@ -562,15 +561,18 @@ def integrity(run: Run, load: Load, outcomes: list[Outcome]) -> tuple[list[Check
         checks.append(Check("every accepted request stored once (by key)", False, "no key store"))
         key_missing, key_twice = 0, 0
     else:
-        where, counts = keys
+        where, pairs = keys
+        counts = Counter(key for key, _ in pairs)
         key_missing = sum(1 for o in accepted if counts[o.key] == 0)
         key_twice = sum(1 for n in counts.values() if n > 1)
+        # Each request's reference is its key: the key must name the event stored under it.
+        elsewhere = sum(1 for key, event_id in pairs if id_of.get(key) != event_id)
         checks.append(
             Check(
                 "every accepted request stored exactly once (by Idempotency-Key)",
-                key_missing == 0 and key_twice == 0,
-                f"{sum(counts.values())} keys in {where}; {key_missing} missing, "
-                f"{key_twice} stored twice",
+                key_missing == 0 and key_twice == 0 and elsewhere == 0,
+                f"{len(pairs)} keys in {where}; {key_missing} missing, {key_twice} stored "
+                f"twice, {elsewhere} naming another event than the one of their reference",
             )
         )
     wrong_ids = [o.key for o in accepted if o.event_id and id_of.get(o.key) != o.event_id]
