@@ -43,6 +43,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -217,6 +218,7 @@ class Run:
     kills: list[Kill] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     probe: dict[str, Any] = field(default_factory=dict)
+    replica_seen: tuple[float, int] = (0.0, 0)  # during the load: max replay lag, connections
 
     def db(self, *, replica: bool = False) -> Any:
         server = self.cluster.replica if replica else self.cluster.primary
@@ -451,6 +453,38 @@ def wait_processed(run: Run, expected: int, timeout: float) -> float:
     except AssertionError as exc:
         run.notes.append(str(exc))
     return time.monotonic() - started
+
+
+class ReplicaWatch(threading.Thread):
+    """During the load, once a second: the replica's replay lag, and how many connections of the
+    app's nodes it holds (pg_stat_activity on the replica)."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(name="replica-watch", daemon=True)
+        self.run_ = run
+        self.lags: list[float] = []
+        self.connections = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        replica = self.run_.cluster.replica
+        assert replica is not None
+        while not self.halt.wait(1.0):
+            with contextlib.suppress(Exception):
+                lag = replica.lag_seconds()
+                if lag is not None:
+                    self.lags.append(lag)
+                with self.run_.db(replica=True) as conn:
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                        [DATABASE],
+                    ).fetchone()
+                self.connections = max(self.connections, int(row[0]))
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
 
 
 # --- the integrity check -----------------------------------------------------------------------
@@ -804,6 +838,18 @@ def versions(run: Run) -> str:
     return ", ".join(found)
 
 
+def events_table(run: Run) -> str:
+    with contextlib.suppress(Exception), run.db() as conn:
+        row = conn.execute(
+            "SELECT c.relkind, (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid) "
+            "FROM pg_class c WHERE c.relname = 'events_app_event' AND c.relkind IN ('r', 'p')"
+        ).fetchone()
+        if row[0] == "p":
+            return f"range-partitioned (relkind `p`), {row[1]} partitions"
+        return f"a plain table (relkind `{row[0]}`)"
+    return "unknown"
+
+
 def report(
     run: Run,
     load: Load,
@@ -850,9 +896,12 @@ def report(
         f"pooling, {run.cluster.bouncer.pool_size} server connections (the nodes' DATABASE_URL) |",
         f"| primary | PostgreSQL | own | 127.0.0.1:{run.cluster.primary.port} |",
         f"| replica | PostgreSQL | own | 127.0.0.1:{run.cluster.replica.port}, streaming, "
-        "`pg_basebackup -R` (DATABASE_REPLICA_URLS) |",
+        "`pg_basebackup -R` (DATABASE_REPLICA_URLS); during the load: replay lag at most "
+        f"{run.replica_seen[0]:.1f} s, up to {run.replica_seen[1]} connections of the nodes |",
         f"| rabbitmq | broker | the machine's | vhost `{run.vhost}` (made for the run, deleted "
         "after), CELERY_QUORUM_QUEUES=true |",
+        "",
+        f"Events table on the primary: {events_table(run)}.",
         "",
         "### Load and kills",
         "",
@@ -881,7 +930,7 @@ def report(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument("--rate", type=float, default=250.0, help="requests per second")
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--web-processes", type=int, default=2, help="WEB_CONCURRENCY per node")
     parser.add_argument("--worker-processes", type=int, default=2, help="-c per worker node")
@@ -978,6 +1027,8 @@ def main() -> int:
         )
         log(f"sending {args.events} events at {args.rate:g}/s through 127.0.0.1:{run.lb_port}")
         started = time.monotonic()
+        watch = ReplicaWatch(run)
+        watch.start()
         load.start()
         load.wait_sent(int(args.events * 0.3), timeout=args.events / args.rate * 5 + 60)
         kill_and_restart(run, load, "web-1", started)
@@ -985,6 +1036,8 @@ def main() -> int:
         kill_and_restart(run, load, "worker-1", started)
         load.join(timeout=args.events / args.rate * 5 + 120)
         run.timings["load"] = time.monotonic() - started
+        watch.stop()
+        run.replica_seen = (max(watch.lags, default=0.0), watch.connections)
         outcomes, first = retry(run, load, sorted(load.outcomes, key=lambda o: o.index))
         run.timings["retries of unanswered requests"] = (
             time.monotonic() - started - run.timings["load"]
