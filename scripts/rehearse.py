@@ -56,13 +56,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchlib.db import ENGAGEMENT_EPOCH, INTEGRITY_SQL  # noqa: E402
-from benchlib.pgcluster import PgCluster  # noqa: E402
+from benchlib.pgcluster import PGBOUNCER, PgCluster  # noqa: E402
 from benchlib.pgcluster import missing_binaries as pg_missing  # noqa: E402
 from benchlib.stack import log, set_log_tag, trap_signals  # noqa: E402
 
-from tests.harness import REDIS_SERVER, PrivateRedis, Service, free_port, wait_for  # noqa: E402
+from tests.harness import (  # noqa: E402
+    REDIS_SERVER,
+    PrivateRedis,
+    Service,
+    children_of,
+    free_port,
+    wait_for,
+)
 from tests.reliability.conftest import APP_ENV  # noqa: E402
 from tests.reliability.load import Load, Outcome  # noqa: E402
+from tests.reliability.test_faults import _cpu_ticks  # noqa: E402
 
 DATABASE = "bigmind_rehearse"
 ORGANIZATION = "rehearsal"
@@ -191,6 +199,7 @@ class Kill:
     sent: int  # requests begun by then
     down: float  # seconds until the restart began
     ready: float  # seconds from the kill until the node was ready again
+    seen: str = ""  # what the node was doing (workers)
 
 
 @dataclass
@@ -402,19 +411,48 @@ def lb_stop(run: Run) -> None:
             run.lb.wait(timeout=10)
 
 
+def processing_now(run: Run) -> int:
+    with run.db() as conn:
+        return int(
+            conn.execute(
+                "SELECT count(*) FROM events_app_event WHERE status = 'processing'"
+            ).fetchone()[0]
+        )
+
+
+def wait_until_busy(run: Run, node: Node, timeout: float = 10.0) -> str:
+    """For a worker node: wait until one of its pool processes uses CPU while events are being
+    processed, so that the kill most likely leaves claimed events behind (killing an idle
+    worker only tests the easy case). What was seen, for the report."""
+    assert node.service is not None
+    pids = children_of(node.service.process.pid)
+    deadline = time.monotonic() + timeout
+    before = {pid: _cpu_ticks(pid) for pid in pids}
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = {pid: _cpu_ticks(pid) for pid in pids}
+        if any(now[pid] > before[pid] >= 0 for pid in pids):
+            claimed = processing_now(run)
+            if claimed:
+                return f"its pool busy, {claimed} events `processing` in the cluster"
+        before = now
+    return "no busy pool process seen within 10 s"
+
+
 def kill_and_restart(run: Run, load: Load, name: str, started: float) -> None:
     node = run.nodes[name]
+    seen = wait_until_busy(run, node) if node.role == "worker" else ""
     at, sent = time.monotonic() - started, load.sent
     node.kill()
     killed = time.monotonic()
-    log(f"SIGKILLed {name}'s process group at {at:.1f} s ({sent} requests sent)")
+    log(f"SIGKILLed {name}'s process group at {at:.1f} s ({sent} requests sent) {seen}")
     time.sleep(run.args.down_seconds)
     down = time.monotonic() - killed
     node.start()
     node.ready_or_retry(run.api_key)
     ready = time.monotonic() - killed
     log(f"{name} restarted, ready {ready:.1f} s after the kill")
-    run.kills.append(Kill(name, at, sent, down, ready))
+    run.kills.append(Kill(name, at, sent, down, ready, seen))
 
 
 def retry(run: Run, load: Load, outcomes: list[Outcome]) -> tuple[list[Outcome], Counter[str]]:
@@ -829,7 +867,7 @@ def versions(run: Run) -> str:
     with contextlib.suppress(Exception):
         found.append(
             subprocess.run(
-                ["/usr/sbin/pgbouncer", "--version"], capture_output=True, text=True, check=False
+                [PGBOUNCER, "--version"], capture_output=True, text=True, check=False
             ).stdout.splitlines()[0]
         )
     with contextlib.suppress(Exception):
@@ -913,7 +951,8 @@ def report(
         lines.append(
             f"- `{kill.node}`: whole process group SIGKILLed {kill.at:.1f} s into the load "
             f"({kill.sent:,} requests sent), restarted after {kill.down:.1f} s, ready "
-            f"{kill.ready:.1f} s after the kill."
+            f"{kill.ready:.1f} s after the kill"
+            + (f"; at the kill: {kill.seen}." if kill.seen else ".")
         )
     lines += ["", "| phase | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in run.timings.items()]

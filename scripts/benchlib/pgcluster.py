@@ -355,6 +355,15 @@ class PgCluster:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self.root.chmod(0o755)  # the postgres user must reach the data directories inside
+            if os.geteuid() == 0:
+                # ... and every directory above (tempfile.mkdtemp and pytest's tmp_path are 0700).
+                reach = subprocess.run(
+                    ["runuser", "-u", "postgres", "--", "test", "-x", str(self.root)], check=False
+                )
+                if reach.returncode != 0:
+                    raise RuntimeError(
+                        f"the postgres user cannot reach {self.root}: make its parents 0755"
+                    )
             self.primary.init()
             self.primary.start()
             for name in databases:
