@@ -675,7 +675,12 @@ def integrity(run: Run, load: Load, outcomes: list[Outcome]) -> tuple[list[Check
             f"{got['without_rollup']:.0f} completed without result or rollup; "
             f"{got['event_insights']:.0f} insights for {got['event_type_events']:.0f} plain "
             f"events; claims per event: {dict(sorted(attempts.items()))} (a second claim is "
-            "an event the killed worker held, handed back by the sweep)",
+            "an event the killed worker held, handed back by the sweep); status history: "
+            + (
+                "none in this build"
+                if got["not_completed_once"] < 0
+                else f"{got['not_completed_once']:.0f} events without exactly one `completed` step"
+            ),
         )
     )
     sent_count = sum(1 for o in accepted if metric_value(o.index) is not None)
