@@ -15,7 +15,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # Celery or manage.py start, 6 s more for each collection. The caches are gitignored.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: run test install install-runtime lint migrate demo bench bench-process bench-webhooks bench-governance bench-soak fault api-fuzz clean
+.PHONY: run test install install-runtime lint migrate demo bench bench-process bench-webhooks bench-governance bench-soak fault rehearse api-fuzz clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -88,6 +88,13 @@ bench-webhooks: install
 # starts itself. Part of `make test` too; CI runs it once in its own step. About four minutes.
 fault: install
 	$(BIN)/python scripts/pytest_strict.py -m fault tests/reliability
+
+# The cluster rehearsal (docs/rehearsal.md): PostgreSQL primary behind PgBouncer and a streaming
+# replica, RabbitMQ, two web and two worker nodes behind a load balancer, all on this machine;
+# 20,000 events sent, a web node and a worker node SIGKILLed mid-load and restarted, then every
+# event checked. Private servers it starts itself. About four minutes.
+rehearse: install
+	$(BIN)/python scripts/rehearse.py
 
 # Five minutes of single-event ingest at 80% of the measured maximum with a Celery worker
 # running: errors, backlog and the RSS of web and worker processes. About seven minutes.

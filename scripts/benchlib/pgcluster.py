@@ -182,6 +182,7 @@ class Bouncer:
         pool_size: int = 20,
         max_client_conn: int = 1000,
         extra: dict[str, str] | None = None,
+        databases: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.server_port = server_port
@@ -189,6 +190,9 @@ class Bouncer:
         self.pool_size = pool_size
         self.max_client_conn = max_client_conn
         self.extra = extra or {}
+        # More [databases] entries (name -> libpq options after host and port), e.g. a pool of
+        # its own: {"app_workers": "dbname=app connect_query='SET synchronous_commit = off'"}.
+        self.databases = databases or {}
         self.log = root / "pgbouncer.log"
         self.config = root / "pgbouncer.ini"
         self.process: subprocess.Popen[bytes] | None = None
@@ -215,6 +219,10 @@ class Bouncer:
         }
         lines = [
             "[databases]",
+            *(
+                f"{name} = host=127.0.0.1 port={self.server_port} {options}"
+                for name, options in self.databases.items()
+            ),
             f"* = host=127.0.0.1 port={self.server_port}",
             "",
             "[pgbouncer]",
@@ -319,6 +327,8 @@ class PgCluster:
         replica_port: int | None = None,
         bouncer_port: int | None = None,
         bouncer_pool_size: int = 20,
+        bouncer_settings: dict[str, str] | None = None,
+        bouncer_databases: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.primary = Primary(root / "primary", primary_port)
@@ -327,7 +337,12 @@ class PgCluster:
         )
         self.bouncer: Bouncer | None = (
             Bouncer(
-                root / "pgbouncer", self.primary.port, bouncer_port, pool_size=bouncer_pool_size
+                root / "pgbouncer",
+                self.primary.port,
+                bouncer_port,
+                pool_size=bouncer_pool_size,
+                extra=bouncer_settings,
+                databases=bouncer_databases,
             )
             if bouncer
             else None
@@ -340,6 +355,15 @@ class PgCluster:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self.root.chmod(0o755)  # the postgres user must reach the data directories inside
+            if os.geteuid() == 0:
+                # ... and every directory above (tempfile.mkdtemp and pytest's tmp_path are 0700).
+                reach = subprocess.run(
+                    ["runuser", "-u", "postgres", "--", "test", "-x", str(self.root)], check=False
+                )
+                if reach.returncode != 0:
+                    raise RuntimeError(
+                        f"the postgres user cannot reach {self.root}: make its parents 0755"
+                    )
             self.primary.init()
             self.primary.start()
             for name in databases:
