@@ -751,7 +751,7 @@ def broker_checks(run: Run) -> list[Check]:
         checks.append(
             Check(
                 "worker queues are quorum queues",
-                None,
+                False,  # CELERY_QUORUM_QUEUES=true is set: a build that ignores it fails
                 f"this build declares {wanted or 'no queues'} (CELERY_QUORUM_QUEUES not read); "
                 f"rabbitmqctl list_queues: {types}",
             )
@@ -814,7 +814,7 @@ def replica_checks(run: Run, accepted: list[Outcome]) -> list[Check]:
         checks.append(
             Check(
                 "the replica served those reads",
-                None,
+                False,  # DATABASE_REPLICA_URLS is set: a build that ignores it fails
                 f"this build has no replica database alias (DATABASE_REPLICA_URLS not read); "
                 f"{served} transactions on the replica during the reads (the check's own)",
             )
