@@ -43,10 +43,11 @@ def partition_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Che
     """The events table's partition interval and lookahead: refused by `migrate` and `check`
     before upkeep would fail on them."""
     errors: list[CheckMessage] = []
-    if settings.BIGMIND_EVENT_PARTITION_INTERVAL not in INTERVALS:
+    interval = settings.BIGMIND_EVENT_PARTITION_INTERVAL
+    if interval not in INTERVALS:
         errors.append(
             Error(
-                f"BIGMIND_EVENT_PARTITION_INTERVAL is {settings.BIGMIND_EVENT_PARTITION_INTERVAL!r}.",
+                f"BIGMIND_EVENT_PARTITION_INTERVAL is {interval!r}.",
                 hint="Use month (the default), week or day (docs/operations.md, 'Partitions').",
                 id="events_app.E001",
             )

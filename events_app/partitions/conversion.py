@@ -160,7 +160,7 @@ def _set_up(cursor: CursorWrapper, *, now: datetime, interval: str, ahead: int) 
             VALUES (CASE WHEN TG_OP = 'DELETE' THEN OLD."id" ELSE NEW."id" END);
             RETURN NULL;
         END $$
-        """
+        """  # noqa: S608
     )
     cursor.execute(
         f'CREATE TRIGGER "{TRIGGER}" AFTER INSERT OR UPDATE OR DELETE ON "{TABLE}" '
@@ -194,7 +194,9 @@ def _set_up(cursor: CursorWrapper, *, now: datetime, interval: str, ahead: int) 
     return created
 
 
-def _partitions_for(cursor: CursorWrapper, interval: str, where: str, params: list[Any]) -> list[str]:
+def _partitions_for(
+    cursor: CursorWrapper, interval: str, where: str, params: list[Any]
+) -> list[str]:
     """Partitions of the new table for the intervals the old table's rows `where` fall in."""
     created: list[str] = []
     for start in intervals_of(cursor, interval, f'"{TABLE}" WHERE {where}', params):
@@ -202,7 +204,9 @@ def _partitions_for(cursor: CursorWrapper, interval: str, where: str, params: li
     return created
 
 
-def _copy(cursor: CursorWrapper, columns: str, interval: str, size: int, result: ConversionResult) -> None:
+def _copy(
+    cursor: CursorWrapper, columns: str, interval: str, size: int, result: ConversionResult
+) -> None:
     last = _LOWEST_ID
     while True:
         cursor.execute(
@@ -211,7 +215,9 @@ def _copy(cursor: CursorWrapper, columns: str, interval: str, size: int, result:
         )
         row = cursor.fetchone()
         upper: UUID | None = row[0] if row else None
-        where, params = ('"id" > %s AND "id" <= %s', [last, upper]) if upper else ('"id" > %s', [last])
+        where, params = (
+            ('"id" > %s AND "id" <= %s', [last, upper]) if upper else ('"id" > %s', [last])
+        )
         result.partitions += _partitions_for(cursor, interval, where, params)
         cursor.execute(
             f'INSERT INTO "{NEW}" ({columns}) SELECT {columns} FROM "{TABLE}" WHERE {where}',  # noqa: S608
@@ -242,7 +248,9 @@ def _build_indexes(cursor: CursorWrapper) -> list[str]:
     return names
 
 
-def _catch_up_round(cursor: CursorWrapper, columns: str, interval: str, size: int, result: ConversionResult) -> int:
+def _catch_up_round(
+    cursor: CursorWrapper, columns: str, interval: str, size: int, result: ConversionResult
+) -> int:
     """Copy again the rows of up to `size` log entries; returns the entries taken. Runs inside a
     transaction, so the entries are taken off the log only with their rows copied."""
     cursor.execute(
@@ -267,9 +275,7 @@ def _catch_up_round(cursor: CursorWrapper, columns: str, interval: str, size: in
 def _swap(cursor: CursorWrapper, index_names: list[str]) -> None:
     cursor.execute(f'DROP TRIGGER "{TRIGGER}" ON "{TABLE}"')
     cursor.execute(f'ALTER TABLE "{TABLE}" RENAME TO "{RETIRED}"')
-    cursor.execute(
-        f'ALTER TABLE "{RETIRED}" RENAME CONSTRAINT "{TABLE}_pkey" TO "{RETIRED}_pkey"'
-    )
+    cursor.execute(f'ALTER TABLE "{RETIRED}" RENAME CONSTRAINT "{TABLE}_pkey" TO "{RETIRED}_pkey"')
     for name in index_names:
         cursor.execute(f'ALTER INDEX "{name}" RENAME TO "{name}_unpartitioned"')
         cursor.execute(f'ALTER INDEX "{name}_new" RENAME TO "{name}"')
@@ -278,7 +284,8 @@ def _swap(cursor: CursorWrapper, index_names: list[str]) -> None:
     # Owner and grants as the old table had them (a role of the application may own it, and
     # read-only roles may have been granted it).
     cursor.execute(
-        "SELECT pg_get_userbyid(relowner), relacl IS NULL FROM pg_class WHERE oid = to_regclass(%s)",
+        "SELECT pg_get_userbyid(relowner), relacl IS NULL FROM pg_class "
+        "WHERE oid = to_regclass(%s)",
         [RETIRED],
     )
     owner, no_acl = cursor.fetchone()
@@ -287,8 +294,9 @@ def _swap(cursor: CursorWrapper, index_names: list[str]) -> None:
         cursor.execute(f'ALTER TABLE "{TABLE}" OWNER TO "{owner}"')
     if not no_acl:
         cursor.execute(
-            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, "
-            "a.privilege_type FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(%s)",
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' "
+            "ELSE quote_ident(pg_get_userbyid(a.grantee)) END, a.privilege_type "
+            "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(%s)",
             [RETIRED],
         )
         for grantee, privilege in cursor.fetchall():

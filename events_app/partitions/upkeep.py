@@ -36,6 +36,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connections, transaction
@@ -91,8 +92,10 @@ def interval_start(moment: datetime, interval: str) -> datetime:
 
 def interval_end(start: datetime, interval: str) -> datetime:
     if interval == "month":
-        return start.replace(year=start.year + 1, month=1) if start.month == 12 else (
-            start.replace(month=start.month + 1)
+        return (
+            start.replace(year=start.year + 1, month=1)
+            if start.month == 12
+            else (start.replace(month=start.month + 1))
         )
     return start + timedelta(days=7 if interval == "week" else 1)
 
@@ -136,7 +139,9 @@ def partitions_read(cursor: CursorWrapper, table: str = TABLE) -> list[Partition
             found.append(Partition(name, start.astimezone(UTC), end.astimezone(UTC), rows, size))
         else:
             found.append(Partition(name, None, None, rows, size))
-    return sorted(found, key=lambda p: (p.start is None, p.start or datetime.min.replace(tzinfo=UTC)))
+    return sorted(
+        found, key=lambda p: (p.start is None, p.start or datetime.min.replace(tzinfo=UTC))
+    )
 
 
 def partitions_list(db: BaseDatabaseWrapper | None = None) -> list[Partition]:
@@ -147,7 +152,9 @@ def partitions_list(db: BaseDatabaseWrapper | None = None) -> list[Partition]:
         return partitions_read(cursor)
 
 
-def _gaps(start: datetime, end: datetime, taken: list[Partition]) -> list[tuple[datetime, datetime]]:
+def _gaps(
+    start: datetime, end: datetime, taken: list[Partition]
+) -> list[tuple[datetime, datetime]]:
     """The parts of [start, end) no existing partition covers (after a change of interval,
     the new partitions fill around the old ones instead of overlapping them)."""
     gaps: list[tuple[datetime, datetime]] = []
@@ -207,7 +214,9 @@ def partition_create(
     return created
 
 
-def intervals_of(cursor: CursorWrapper, interval: str, source: str, params: list[object]) -> list[datetime]:
+def intervals_of(
+    cursor: CursorWrapper, interval: str, source: str, params: list[Any]
+) -> list[datetime]:
     """Starts of the intervals that rows of `source` (a FROM clause) fall in."""
     if interval not in INTERVALS:
         raise ValueError(f"unknown partition interval {interval!r}: use one of {INTERVALS}")
