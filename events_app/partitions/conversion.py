@@ -24,8 +24,9 @@ The steps, and the locks they take (PostgreSQL 15):
    on the events (reads and writes go on). No index but the new table's partitions is written
    yet, so the copy is a plain append.
 3. Indexes: the primary key (id, received_at) and every index of the old table (its primary key
-   aside), built on the new table, which nothing else uses yet (SHARE on it; the events are
-   untouched).
+   aside), built on the new table's partitions, which nothing else uses yet (SHARE on them; the
+   events are untouched). A partition's index is named after the parent's and the partition's
+   range (`event_org_received_p20270101_20270201`).
 4. Catch-up, in rounds of up to CHUNK_SIZE logged ids, each one transaction: the ids are taken
    off the change log, their rows deleted from the new table and copied again from the old one
    (inserted, updated, or gone if deleted). ACCESS SHARE on the events. A change committed after
@@ -51,7 +52,6 @@ what a previous run left (the new table, the log, the trigger), the old table be
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,11 +66,15 @@ from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 
 from events_app.partitions.upkeep import (
+    BUILDING_SUFFIX,
     TABLE,
+    index_tail,
     interval_end,
     interval_start,
     intervals_of,
     partition_create,
+    partition_index_name,
+    partitions_read,
 )
 
 logger = logging.getLogger(__name__)
@@ -231,19 +235,22 @@ def _copy(
 
 
 def _build_indexes(cursor: CursorWrapper) -> list[str]:
-    """The new table's indexes under temporary names (index names are unique per schema);
-    returns the old names, which the swap gives them."""
+    """The new table's primary key and indexes; returns the old table's index names, which the
+    swap gives to the new table's (built under BUILDING_SUFFIX names until then). Each index is
+    made on the parent alone, then on each partition under its own name, then attached."""
     cursor.execute(
         f'ALTER TABLE "{NEW}" ADD CONSTRAINT "{NEW}_pkey" PRIMARY KEY ("id", "received_at")'
     )
     names = []
+    with_partitions = [p.name for p in partitions_read(cursor, NEW)]
     for name, definition in _indexes(cursor):
-        rewritten = re.sub(
-            r"^CREATE INDEX \S+ ON \S+ ", f'CREATE INDEX "{name}_new" ON "{NEW}" ', definition
-        )
-        if rewritten == definition:
-            raise RuntimeError(f"unexpected index definition: {definition}")
-        cursor.execute(rewritten)
+        tail = index_tail(definition)
+        building = f"{name}{BUILDING_SUFFIX}"
+        cursor.execute(f'CREATE INDEX "{building}" ON ONLY "{NEW}" {tail}')
+        for partition in with_partitions:
+            child = partition_index_name(name, partition)
+            cursor.execute(f'CREATE INDEX "{child}" ON "{partition}" {tail}')
+            cursor.execute(f'ALTER INDEX "{building}" ATTACH PARTITION "{child}"')
         names.append(name)
     return names
 
@@ -278,7 +285,7 @@ def _swap(cursor: CursorWrapper, index_names: list[str]) -> None:
     cursor.execute(f'ALTER TABLE "{RETIRED}" RENAME CONSTRAINT "{TABLE}_pkey" TO "{RETIRED}_pkey"')
     for name in index_names:
         cursor.execute(f'ALTER INDEX "{name}" RENAME TO "{name}_unpartitioned"')
-        cursor.execute(f'ALTER INDEX "{name}_new" RENAME TO "{name}"')
+        cursor.execute(f'ALTER INDEX "{name}{BUILDING_SUFFIX}" RENAME TO "{name}"')
     cursor.execute(f'ALTER TABLE "{NEW}" RENAME TO "{TABLE}"')
     cursor.execute(f'ALTER TABLE "{TABLE}" RENAME CONSTRAINT "{NEW}_pkey" TO "{TABLE}_pkey"')
     # Owner and grants as the old table had them (a role of the application may own it, and

@@ -22,8 +22,10 @@ takes SHARE UPDATE EXCLUSIVE on the parent (reads and writes go on; it conflicts
 and VACUUM only) and ACCESS EXCLUSIVE on the new table and on the default partition, which it
 scans to prove none of its rows falls in the new range (an empty or small table: a moment).
 That is why upkeep attaches instead of `CREATE TABLE ... PARTITION OF`, which takes ACCESS
-EXCLUSIVE on the parent. Attaching builds the parent's indexes on the new table and validates
-its foreign keys (a moment on an empty table).
+EXCLUSIVE on the parent. The parent's indexes are made on the new table before it is attached
+(named after the parent's index and the range, `event_org_received_p20270101_20270201`, which
+query plans then show), and attaching adopts them and validates the foreign keys (a moment on
+an empty table).
 
 Safe to run twice at once (two beats, beat and `migrate`): every change is made under one
 transaction-level advisory lock (`partitions_lock`, shared with retention's drops), and the
@@ -179,6 +181,47 @@ def _columns(cursor: CursorWrapper, table: str) -> str:
     return ", ".join(f'"{name}"' for (name,) in cursor.fetchall())
 
 
+# Index names are unique per schema: the conversion builds the new table's indexes under these
+# names until the old table's are renamed (events_app/partitions/conversion.py).
+BUILDING_SUFFIX = "_building"
+_INDEX_TAIL = re.compile(r" ON (?:ONLY )?\S+ (USING .*)$")
+
+
+def index_tail(definition: str) -> str:
+    """`USING btree (...) [WHERE ...]` of a pg_get_indexdef() definition."""
+    match = _INDEX_TAIL.search(definition)
+    if match is None:
+        raise RuntimeError(f"unexpected index definition: {definition}")
+    return match.group(1)
+
+
+def partition_index_name(index: str, partition: str, prefix: str = TABLE) -> str:
+    """`event_org_received_p20270101_20270201`: the parent index's name and the partition's
+    range, so a query plan names the index it uses."""
+    return f"{index.removesuffix(BUILDING_SUFFIX)}_{partition.removeprefix(prefix + '_')}"
+
+
+def _partition_indexes(cursor: CursorWrapper, table: str, partition: str, prefix: str) -> None:
+    """The parent's primary key and indexes on a standalone table about to be attached (ATTACH
+    then adopts them instead of building its own under generated names)."""
+    cursor.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = to_regclass(%s) AND contype = 'p'",
+        [table],
+    )
+    for (definition,) in cursor.fetchall():
+        cursor.execute(f'ALTER TABLE "{partition}" ADD CONSTRAINT "{partition}_pkey" {definition}')
+    cursor.execute(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = to_regclass(%s) AND NOT i.indisprimary",
+        [table],
+    )
+    for index, definition in cursor.fetchall():
+        name = partition_index_name(index, partition, prefix)
+        cursor.execute(f'CREATE INDEX "{name}" ON "{partition}" {index_tail(definition)}')
+
+
 def partition_create(
     cursor: CursorWrapper, start: datetime, end: datetime, table: str = TABLE, prefix: str = TABLE
 ) -> list[str]:
@@ -209,6 +252,7 @@ def partition_create(
                 logger.warning(
                     "partitions: %d event(s) moved from %s to %s", cursor.rowcount, default, name
                 )
+        _partition_indexes(cursor, table, name, prefix)
         cursor.execute(f'ALTER TABLE "{table}" ATTACH PARTITION "{name}" FOR VALUES {bounds}')
         created.append(name)
     return created
