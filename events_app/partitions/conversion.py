@@ -34,8 +34,8 @@ The steps, and the locks they take (PostgreSQL 15):
    change commit together.
 5. Swap, one transaction under `SET LOCAL lock_timeout` (retried a few times, so a long query
    never leaves every new one queued behind the waiting lock): ACCESS EXCLUSIVE on the events
-   (reads and writes wait), the last log entries caught up (few: step 4 ran until less than a
-   chunk was left), the trigger dropped, the old table renamed `events_app_event_unpartitioned`
+   (reads and writes wait), the last log entries caught up (few: step 4 ran until SWAP_BACKLOG or
+   fewer were left), the trigger dropped, the old table renamed `events_app_event_unpartitioned`
    (its indexes and primary key get the suffix `_unpartitioned`), the new one renamed
    `events_app_event` with its indexes and primary key taking the old names, its owner and grants
    made those of the old table. Statements waiting on the lock then run on the new table
@@ -87,6 +87,9 @@ CHUNK_SIZE = 50_000
 # The swap's wait for its ACCESS EXCLUSIVE lock, per try; between tries the log is caught up.
 SWAP_LOCK_TIMEOUT = "5s"
 SWAP_TRIES = 12
+# Catch-up rounds go on until no more than this many changes wait: the swap copies the rest
+# under its lock, so they are few.
+SWAP_BACKLOG = 1000
 _LOWEST_ID = UUID(int=0)
 
 
@@ -204,7 +207,9 @@ def _partitions_for(
     """Partitions of the new table for the intervals the old table's rows `where` fall in."""
     created: list[str] = []
     for start in intervals_of(cursor, interval, f'"{TABLE}" WHERE {where}', params):
-        created += partition_create(cursor, start, interval_end(start, interval), table=NEW)
+        # A transaction (or a savepoint in the catch-up's): a partition is made whole or not.
+        with transaction.atomic(using=cursor.db.alias):
+            created += partition_create(cursor, start, interval_end(start, interval), table=NEW)
     return created
 
 
@@ -343,7 +348,7 @@ def events_convert(
     while True:
         with transaction.atomic(using=db.alias), db.cursor() as cursor:
             taken = _catch_up_round(cursor, columns, interval, chunk_size, result)
-        if taken < chunk_size:
+        if taken <= SWAP_BACKLOG:
             break
     say(f"caught up {result.rows_caught_up} events changed meanwhile; swapping the tables")
     for attempt in range(1, SWAP_TRIES + 1):
