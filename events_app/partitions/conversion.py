@@ -157,6 +157,7 @@ def _indexes(cursor: CursorWrapper) -> list[tuple[str, str]]:
 
 
 def _set_up(cursor: CursorWrapper, *, now: datetime, interval: str, ahead: int) -> list[str]:
+    _indexes(cursor)  # refuses a unique index before anything is copied
     _clean_up_previous_run(cursor)
     cursor.execute(f'CREATE TABLE "{LOG}" ("seq" bigserial PRIMARY KEY, "id" uuid NOT NULL)')
     cursor.execute(

@@ -20,7 +20,7 @@ from psycopg import sql
 from tests.conftest import on_postgres
 from tests.harness import database_url, manage
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = pytest.mark.postgres
 
 ROWS = 1_000_000
 # The events as the old release stored them: deterministic, so what the table must hold after the
@@ -162,6 +162,45 @@ class Writer(threading.Thread):
             self.error = exc
 
 
+def _seed(env: dict[str, str]) -> dict[str, Any]:
+    out = manage("shell", "-c", SEED, env=env)
+    [line] = [line for line in out.splitlines() if line.startswith("SEEDED ")]
+    _, org, signal, records = line.split()
+    return {"org": int(org), "signal": int(signal), "records": [int(r) for r in records.split(",")]}
+
+
+def test_an_operator_converts_out_of_band_and_migrate_then_only_records_0017(
+    old_deployment: tuple[str, dict[str, str]],
+) -> None:
+    url, env = old_deployment
+    params = _seed(env) | {"rows": 5000}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO events_app_event ({COLUMNS}) {GENERATED}", params)
+        expected = conn.execute(
+            FINGERPRINT.format(source=GENERATED), params | {"touched": []}
+        ).fetchone()
+
+        out = manage("event_partitions", "--convert", env=env)
+
+        assert "converted: 5000 events copied, 0 caught up" in out
+        assert "events_app_event_p20250601_20250701  2025-06-01 00:00 to 2025-07-01 00:00" in out
+        migrated = manage("migrate", env=env)
+        assert "Applying events_app.0017_partition_events... OK" in migrated
+        assert "copied" not in migrated  # nothing left to convert
+        assert conn.execute(
+            "SELECT relkind FROM pg_class WHERE relname = 'events_app_event'"
+        ).fetchone() == ("p",)
+        # No foreign key points at the events any more (EventTransition's was dropped).
+        assert conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE confrelid = 'events_app_event'::regclass"
+        ).fetchone() == (0,)
+        actual = conn.execute(
+            FINGERPRINT.format(source="SELECT * FROM events_app_event"), {"touched": []}
+        ).fetchone()
+        assert actual == expected and expected is not None and expected[0] == 5000
+
+
+@pytest.mark.slow
 def test_the_conversion_of_a_million_events_keeps_every_row_written_before_and_during_it(
     old_deployment: tuple[str, dict[str, str]],
 ) -> None:
