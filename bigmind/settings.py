@@ -15,6 +15,8 @@ from typing import Any
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from bigmind.idempotency_settings import key_retention_days
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -314,6 +316,7 @@ BIGMIND_REJECTION_PURGE_CHUNK_SIZE = env.int("BIGMIND_REJECTION_PURGE_CHUNK_SIZE
 # completed ones (the only copy of what could not be processed, kept for reprocessing).
 BIGMIND_EVENT_RETENTION_DAYS = env.int("BIGMIND_EVENT_RETENTION_DAYS", default=90)
 BIGMIND_FAILED_EVENT_RETENTION_DAYS = env.int("BIGMIND_FAILED_EVENT_RETENTION_DAYS", default=180)
+BIGMIND_IDEMPOTENCY_KEY_RETENTION_DAYS = key_retention_days(env, globals())  # at least the above
 BIGMIND_METRIC_BUCKET_RETENTION_DAYS = env.int("BIGMIND_METRIC_BUCKET_RETENTION_DAYS", default=400)
 BIGMIND_AUDIT_RETENTION_DAYS = env.int("BIGMIND_AUDIT_RETENTION_DAYS", default=400)
 BIGMIND_RETENTION_INTERVAL_SECONDS = env.float("BIGMIND_RETENTION_INTERVAL_SECONDS", default=3600.0)
@@ -321,20 +324,16 @@ BIGMIND_RETENTION_CHUNK_SIZE = env.int("BIGMIND_RETENTION_CHUNK_SIZE", default=1
 # Events table partitions on PostgreSQL (events_app/partitions, docs/operations.md "Partitions").
 BIGMIND_EVENT_PARTITION_INTERVAL = env("BIGMIND_EVENT_PARTITION_INTERVAL", default="month")
 BIGMIND_EVENT_PARTITIONS_AHEAD = env.int("BIGMIND_EVENT_PARTITIONS_AHEAD", default=3)
-
-
-def _every(task: str, seconds: float) -> dict[str, Any]:
-    # A run that could not start in time is useless once the next one is due.
-    return {"task": task, "schedule": seconds, "options": {"expires": seconds}}
-
-
+# Beat's entries, named after their tasks; a run that could not start in time is useless once
+# the next one is due.
 CELERY_BEAT_SCHEDULE = {
-    "events-sweep": _every("events.sweep", BIGMIND_SWEEP_INTERVAL_SECONDS),
-    "events-purge-rejections": _every(
-        "events.purge_rejections", BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS
-    ),
-    "events-purge": _every("events.purge", BIGMIND_RETENTION_INTERVAL_SECONDS),
-    "events-partitions": _every("events.partitions", 3600.0),
+    t.replace(".", "-").replace("_", "-"): {"task": t, "schedule": s, "options": {"expires": s}}
+    for t, s in [
+        ("events.sweep", BIGMIND_SWEEP_INTERVAL_SECONDS),
+        ("events.purge_rejections", BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS),
+        ("events.purge", BIGMIND_RETENTION_INTERVAL_SECONDS),
+        ("events.partitions", 3600.0),
+    ]
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 

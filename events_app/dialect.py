@@ -2,9 +2,10 @@
 
 Hand-written because the ORM cannot say it in one statement, and each statement here is on a
 hot path whose cost is measured (docs/benchmarks.md):
-- ingest's group commit: one data-modifying CTE that skips held idempotency keys, upserts the
-  CRM records in key order and inserts the events, in autocommit (one round trip and one WAL
-  flush per group), and the lookups of what it skipped; a batch's insert by column arrays;
+- ingest's group commit: one data-modifying CTE that claims the idempotency keys (skipping
+  held ones), upserts the CRM records in key order and inserts the events, in autocommit (one
+  round trip and one WAL flush per group), and the lookups of what it skipped; a batch's insert
+  by column arrays;
 - the claim: a conditional `UPDATE ... RETURNING` whose history rows ride in the same CTE, and
   the drain's pick of due events under `FOR UPDATE SKIP LOCKED`;
 - the chunk's facts: a LATERAL index scan per key that PostgreSQL's planner would otherwise
@@ -46,7 +47,14 @@ from django.db import connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import QuerySet
 
-from events_app.models import CrmRecord, Event, EventStatus, EventTransition, MetricAggregate
+from events_app.models import (
+    CrmRecord,
+    Event,
+    EventStatus,
+    EventTransition,
+    IdempotencyKey,
+    MetricAggregate,
+)
 
 T = TypeVar("T")
 
@@ -301,46 +309,63 @@ NEW_EVENT_COLUMNS = {
 }
 
 
+# The key table's columns filled from a new event's fields (NEW_EVENT_COLUMNS' names).
+_KEY_FROM_EVENT = {
+    "event_id": "id",
+    "organization_id": "organization_id",
+    "key": "idempotency_key",
+    "received_at": "received_at",
+    "request_hash": "request_hash",
+    "schema_version": "schema_version",
+    "reference": "reference",
+}
+
+
 @cache
 def events_group_insert_sql() -> str:
     """Ingest's group commit (PostgreSQL): one statement stores a group of single events,
     its one parameter the rows as JSON; returns the ids it stored."""
-    record, event = CrmRecord._meta.db_table, Event._meta.db_table
+    record, event, keys = (
+        CrmRecord._meta.db_table,
+        Event._meta.db_table,
+        IdempotencyKey._meta.db_table,
+    )
     names = list(NEW_EVENT_COLUMNS)
     typed = ", ".join(f'"{name}" {kind}' for name, kind in NEW_EVENT_COLUMNS.items())
     columns = ", ".join(f'"{name}"' for name in names)
     selected = ", ".join(f'f."{name}"' for name in names)
+    key_columns = ", ".join(f'"{name}"' for name in _KEY_FROM_EVENT)
+    key_values = ", ".join(f'"{name}"' for name in _KEY_FROM_EVENT.values())
     # Only model metadata and constants are interpolated; the rows go as one JSON parameter
     # (json.dumps in C costs a third less client CPU than psycopg dumping a dozen arrays).
-    # - `fresh`: rows whose idempotency key no committed event holds. A replay, or a
-    #   conflicting reuse of a key, must not touch its record either. A LATERAL lookup per
-    #   row (LIMIT 1), not NOT EXISTS: the statement is prepared, and a generic plan made while
-    #   the event table was small turned NOT EXISTS into a hashed subplan, a sequential scan of
-    #   the whole table on every statement for as long as the plan stayed cached (a fresh
-    #   database without autovacuum: 2.4 ms a statement at 10,000 events and growing). A
-    #   LIMIT subquery cannot be hashed; it probes the unique index row by row.
+    # - `claimed`: the keyed rows' keys, inserted into the key table. ON CONFLICT on the unique
+    #   (organization, key) index skips a key held already: by a committed event (a replay, or
+    #   a conflicting reuse of the key), by another process storing it now (PostgreSQL waits
+    #   for that transaction, then skips or inserts), by an earlier row of this group (the
+    #   first row wins), or by this very row when the writer retries a group whose commit it
+    #   could not confirm. RETURNING names the rows whose key is now theirs.
+    # - `fresh`: the rows to store: those without a key, and those that claimed theirs. A
+    #   replay, or a conflicting reuse of a key, must not touch its record either.
     # - `record`: one upsert per distinct identity (ON CONFLICT DO UPDATE may touch a row only
     #   once per statement), in key order, so that two groups touching the same records lock
     #   them in the same order and cannot deadlock.
-    # - The insert: ON CONFLICT DO NOTHING with no target skips a row that conflicts on any
-    #   unique index: an idempotency key stored meanwhile by another process (PostgreSQL waits
-    #   for that transaction, then skips), a repeated key inside the group (the first row
-    #   wins), or its own primary key when the writer retries a group whose commit it could not
-    #   confirm. The rows it returns are the ones stored now; `events_existing_sql` finds the
-    #   rest.
+    # - The insert: ON CONFLICT DO NOTHING skips a row whose id is stored already (a retried
+    #   group's row without a key). The rows it returns are the ones stored now;
+    #   `events_existing_sql` finds the rest.
     return f"""
         WITH "input" AS (
             SELECT * FROM jsonb_to_recordset(%s::jsonb) AS t({typed})
         ),
+        "claimed" AS (
+            INSERT INTO "{keys}" ({key_columns})
+            SELECT {key_values} FROM "input" WHERE "idempotency_key" IS NOT NULL
+            ON CONFLICT ("organization_id", "key") DO NOTHING
+            RETURNING "event_id"
+        ),
         "fresh" AS (
             SELECT i.* FROM "input" i
-            LEFT JOIN LATERAL (
-                SELECT 1 AS "held" FROM "{event}" e
-                WHERE e."organization_id" = i."organization_id"
-                  AND e."idempotency_key" = i."idempotency_key"
-                LIMIT 1
-            ) k ON TRUE
-            WHERE k."held" IS NULL
+            LEFT JOIN "claimed" c ON c."event_id" = i."id"
+            WHERE i."idempotency_key" IS NULL OR c."event_id" IS NOT NULL
         ),
         "record" AS (
             INSERT INTO "{record}" ("organization_id", "type", "external_id",
@@ -366,29 +391,40 @@ def events_group_insert_sql() -> str:
 
 @cache
 def events_existing_sql() -> str:
-    """The events holding the ids or the (organization, idempotency key) pairs the group
-    statement skipped (PostgreSQL; binary array parameters: ids, organizations, keys)."""
-    event = Event._meta.db_table
-    columns = (
-        '"id", "organization_id", "idempotency_key", "request_hash", "schema_version", '
-        '"status", "reference"'
-    )
+    """What the group statement skipped (PostgreSQL; binary array parameters: the rows' ids
+    and received_at, then the keyed rows' organizations and keys): the events stored already
+    under those ids (`id` only), then the keys held already, with their event's status now
+    (NULL: the event was deleted since, by retention)."""
+    event, keys = Event._meta.db_table, IdempotencyKey._meta.db_table
     # One index probe per id and per key (LATERAL ... LIMIT 1), whatever the plan cached for
     # this prepared statement: as `id = ANY(...) OR (org, key) IN (...)` it was a sequential
-    # scan of the event table, on every replay (4.7 ms at 20,000 events). A row found both
-    # ways comes twice; the caller keys them by id and by key.
+    # scan of the event table, on every replay (4.7 ms at 20,000 events). received_at names
+    # the event's partition, so each probe reads one partition's index.
     return f"""
-        SELECT e.* FROM unnest(%b::uuid[]) AS w("id")
+        SELECT e."id", NULL::bigint, NULL::text, NULL::text, NULL::integer, NULL::text,
+               NULL::text
+        FROM unnest(%b::uuid[], %b::timestamptz[]) AS w("id", "received_at")
         CROSS JOIN LATERAL (
-            SELECT {columns} FROM "{event}" WHERE "id" = w."id" LIMIT 1
-        ) e
-        UNION ALL
-        SELECT e.* FROM unnest(%b::bigint[], %b::text[]) AS k("organization_id", "key")
-        CROSS JOIN LATERAL (
-            SELECT {columns} FROM "{event}"
-            WHERE "organization_id" = k."organization_id" AND "idempotency_key" = k."key"
+            SELECT "id" FROM "{event}"
+            WHERE "id" = w."id" AND "received_at" = w."received_at"
             LIMIT 1
         ) e
+        UNION ALL
+        SELECT h."event_id", h."organization_id", h."key", h."request_hash",
+               h."schema_version", s."status", h."reference"
+        FROM unnest(%b::bigint[], %b::text[]) AS w("organization_id", "key")
+        CROSS JOIN LATERAL (
+            SELECT "event_id", "organization_id", "key", "request_hash", "schema_version",
+                   "reference", "received_at"
+            FROM "{keys}"
+            WHERE "organization_id" = w."organization_id" AND "key" = w."key"
+            LIMIT 1
+        ) h
+        LEFT JOIN LATERAL (
+            SELECT "status" FROM "{event}"
+            WHERE "id" = h."event_id" AND "received_at" = h."received_at"
+            LIMIT 1
+        ) s ON TRUE
     """  # noqa: S608
 
 
@@ -404,7 +440,8 @@ EVENT_COLUMN_TYPES = {
 @cache
 def events_insert_many_sql() -> tuple[str, str]:
     """A batch request's two statements (PostgreSQL): the CRM records' upsert, RETURNING their
-    ids, and the events' insert, both from column arrays (unnest)."""
+    ids, and the insert of the events and their idempotency keys, both from column arrays
+    (unnest)."""
     record, event = CrmRecord._meta.db_table, Event._meta.db_table
     columns = ", ".join(f'"{name}"' for name in EVENT_COLUMN_TYPES)
     # %b: binary parameters, so arrays are not quoted element by element.
@@ -418,7 +455,22 @@ def events_insert_many_sql() -> tuple[str, str]:
         DO UPDATE SET "last_seen_at" = EXCLUDED."last_seen_at"
         RETURNING "id", "type", "external_id"
     """  # noqa: S608
-    events = f'INSERT INTO "{event}" ({columns}) SELECT * FROM unnest({arrays})'  # noqa: S608
+    keys = IdempotencyKey._meta.db_table
+    key_columns = ", ".join(f'"{name}"' for name in _KEY_FROM_EVENT)
+    key_values = ", ".join(f'"{name}"' for name in _KEY_FROM_EVENT.values())
+    # The keys ride in the events' statement: a key held already (a concurrent request stored
+    # it after the caller's check) fails the statement with a unique violation, and the batch
+    # stores nothing.
+    events = f"""
+        WITH "batch" AS (
+            SELECT * FROM unnest({arrays}) AS u({columns})
+        ),
+        "claimed" AS (
+            INSERT INTO "{keys}" ({key_columns})
+            SELECT {key_values} FROM "batch" WHERE "idempotency_key" IS NOT NULL
+        )
+        INSERT INTO "{event}" ({columns}) SELECT * FROM "batch"
+    """  # noqa: S608
     return records, events
 
 

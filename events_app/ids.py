@@ -4,6 +4,7 @@ import os
 import threading
 import time
 import uuid
+from datetime import datetime
 
 # RFC 9562's method 3 for ids made in the same millisecond: rand_a (12 bits) counts up from a
 # random start below 2048, so the ids one process makes sort in the order it made them. With
@@ -39,3 +40,10 @@ def uuid7() -> uuid.UUID:
     value |= 0b10 << 62  # variant
     value |= rand & 0x3FFF_FFFF_FFFF_FFFF  # rand_b, 62 bits
     return uuid.UUID(int=value)
+
+
+def uuid7_floor(at: datetime) -> uuid.UUID:
+    """The smallest UUID at or above every UUIDv7 made at `at` or later (and below every one
+    made earlier): a range bound on ids ordered by time."""
+    ms = int(at.timestamp() * 1000)
+    return uuid.UUID(int=(ms & 0xFFFF_FFFF_FFFF) << 80)

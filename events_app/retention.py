@@ -11,6 +11,10 @@
   owed to their endpoint.
 - **Audit log entries** older than BIGMIND_AUDIT_RETENTION_DAYS (400 by default: regulated
   customers keep a year of changes, and then some).
+- **Idempotency keys** received more than BIGMIND_IDEMPOTENCY_KEY_RETENTION_DAYS ago (by default
+  as long as failed events, never less: settings refuse a shorter value), and only once their
+  event is gone: a key never outlives its own promise while the event can still be replayed
+  (a `pending` event older than that keeps its key).
 - **Rejected events** keep their own purge (events_app/ingest/rejections.py,
   `events.purge_rejections`); the `purge_expired` command runs it too.
 
@@ -56,13 +60,16 @@ from typing import Any
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from events_app import dialect
+from events_app.ids import uuid7_floor
 from events_app.models import (
     Event,
     EventStatus,
     EventTransition,
+    IdempotencyKey,
     MetricAggregate,
     PurgedEventCount,
     WebhookDelivery,
@@ -89,6 +96,7 @@ class RetentionResult:
     metric_buckets: int = 0
     webhook_deliveries: int = 0
     audit_entries: int = 0
+    idempotency_keys: int = 0
     chunks: int = 0
     # Partitions of the events table dropped whole (their events are counted above).
     dropped_partitions: list[str] = field(default_factory=list)
@@ -114,6 +122,7 @@ def retention_cutoffs(*, now: datetime) -> dict[str, datetime | None]:
         "metric_buckets": _cutoff(now, settings.BIGMIND_METRIC_BUCKET_RETENTION_DAYS),
         "webhook_deliveries": _cutoff(now, settings.BIGMIND_WEBHOOK_DELIVERY_RETENTION_DAYS),
         "audit_entries": _cutoff(now, settings.BIGMIND_AUDIT_RETENTION_DAYS),
+        "idempotency_keys": _cutoff(now, settings.BIGMIND_IDEMPOTENCY_KEY_RETENTION_DAYS),
     }
 
 
@@ -296,6 +305,26 @@ def _audit_chunk(cutoff: datetime, size: int) -> int:
     return len(ids)
 
 
+def _expired_keys(cutoff: datetime) -> QuerySet[IdempotencyKey]:
+    # Along the primary key: event ids are UUIDv7s made when the event was received, so the
+    # keys of events received before the cutoff are the ids below its first UUIDv7 (an index
+    # range on every database, and no index on received_at for ingest to keep up). The event's
+    # own received_at names its partition in the probe that the event is gone.
+    event = Event.objects.filter(pk=OuterRef("event_id"), received_at=OuterRef("received_at"))
+    return IdempotencyKey.objects.filter(
+        event_id__lt=uuid7_floor(cutoff), received_at__lt=cutoff
+    ).filter(~Exists(event))
+
+
+def _keys_chunk(cutoff: datetime, size: int) -> int:
+    # Nothing refers to a key. A concurrent request with a key being deleted waits for this
+    # DELETE (the unique index), then stores its event anew: the key had expired.
+    ids = list(_expired_keys(cutoff).order_by("event_id").values_list("event_id", flat=True)[:size])
+    if ids:
+        IdempotencyKey.objects.filter(pk__in=ids).delete()
+    return len(ids)
+
+
 def _bucket_boundaries(cutoff: datetime) -> dict[str, datetime]:
     """Per period, the start of the bucket holding `cutoff`: buckets starting before it ended
     by then (periods are contiguous), so they are wholly older than the cutoff."""
@@ -385,18 +414,32 @@ def retention_purge(
                 if done < size:
                     break
 
+    # After the events: a key whose event this run deleted goes in the same run.
+    key_cutoff = cutoffs["idempotency_keys"]
+    if key_cutoff is not None:
+        if dry_run:
+            result.idempotency_keys = _expired_keys(key_cutoff).count()
+        else:
+            while not out_of_time():
+                done = _keys_chunk(key_cutoff, size)
+                result.idempotency_keys += done
+                result.chunks += 1 if done else 0
+                if done < size:
+                    break
+
     counts = (
         result.completed_events,
         result.failed_events,
         result.metric_buckets,
         result.webhook_deliveries,
         result.audit_entries,
+        result.idempotency_keys,
     )
     if not dry_run and any(counts):
         logger.info(
             "retention purge: %d completed and %d failed event(s), %d metric bucket(s), "
-            "%d webhook deliveries, %d audit log entries deleted; %d event partition(s) "
-            "dropped%s",
+            "%d webhook deliveries, %d audit log entries, %d idempotency keys deleted; "
+            "%d event partition(s) dropped%s",
             *counts,
             len(result.dropped_partitions),
             "" if result.finished else " (time budget spent; the next run continues)",

@@ -39,7 +39,7 @@ from events_app.api.fields import (
 from events_app.api.scopes import ScopedApiKeyAuthentication
 from events_app.ingest.auth import ApiClient
 from events_app.ingest.services import event_ingest
-from events_app.ingest.store import StoredEvent
+from events_app.ingest.store import STATUS_PURGED, StoredEvent
 from events_app.ingest.validation import (
     IDENTITY_TYPE_RE,
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -136,8 +136,11 @@ class EventAcceptedSerializer(serializers.Serializer):
         help_text="The version `data` was checked against; null: no schema.",
     )
     status = Choice(
-        _STATUSES,
-        help_text="`pending` when new; a replay reports the stored event's current status.",
+        [*_STATUSES, STATUS_PURGED],
+        help_text=(
+            "`pending` when new; a replay reports the stored event's current status, or "
+            "`purged` when retention has deleted the event since (its key is kept longer)."
+        ),
     )
     reference = Text(allow_null=True)
 

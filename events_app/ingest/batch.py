@@ -36,7 +36,12 @@ from events_app.ingest.services import (
     event_schema_check,
     idempotency_conflict,
 )
-from events_app.ingest.store import event_model, events_insert_many
+from events_app.ingest.store import (
+    StoredEvent,
+    event_model,
+    events_insert_many,
+    stored_events_by_key,
+)
 from events_app.ingest.validation import EventRequest
 from events_app.models import Event
 from events_app.pipeline.queue import events_enqueue
@@ -52,7 +57,7 @@ class _Item:
     rate: RateLimitStatus | None = None
     schema: SchemaCheck = SCHEMA_UNCHECKED
     error: ApplicationError | None = None
-    event: Event | None = None
+    event: Event | StoredEvent | None = None
     replayed: bool = False
     replay_of: _Item | None = None
 
@@ -103,12 +108,9 @@ def _settle_idempotency(client: ApiClient, items: list[_Item]) -> list[_Item]:
     keys = {item.request.idempotency_key for item in items if item.request} - {None}
     if not keys:
         return list(items)
-    stored = {
-        event.idempotency_key: event
-        for event in Event.objects.filter(
-            organization_id=client.organization_id, idempotency_key__in=keys
-        )
-    }
+    stored = stored_events_by_key(
+        organization_id=client.organization_id, keys=[key for key in keys if key is not None]
+    )
     first_in_batch: dict[str, _Item] = {}
     to_insert: list[_Item] = []
     conflict = idempotency_conflict()
@@ -143,6 +145,7 @@ def _store(client: ApiClient, items: list[_Item]) -> None:
     for attempt in range(2):
         to_insert = _settle_idempotency(client, items)
         now = timezone.now()
+        new_events: list[Event] = []
         for item in to_insert:
             assert item.signal is not None and item.request is not None
             item.event = event_model(
@@ -154,15 +157,16 @@ def _store(client: ApiClient, items: list[_Item]) -> None:
                     received_at=now,
                 )
             )
+            new_events.append(item.event)
         try:
-            events_insert_many([item.event for item in to_insert if item.event])
+            events_insert_many(new_events)
         except IntegrityError:
             if attempt:
                 raise
             for item in items:
                 item.event, item.replayed, item.replay_of, item.error = None, False, None, None
             continue
-        ids = [item.event.id for item in to_insert if item.event]
+        ids = [event.id for event in new_events]
         if ids:
             transaction.on_commit(partial(events_enqueue, event_ids=ids), robust=True)
         for item in items:

@@ -39,7 +39,7 @@ from events_app.ingest.redaction import data_redact, violations_redact
 from events_app.ingest.rejections import Refusal, rejections_record
 from events_app.ingest.store import NewEvent, StoredEvent, StoreOutcome, events_store
 from events_app.ingest.validation import EventRequest, event_request_parse
-from events_app.models import Event, EventStatus
+from events_app.models import EventStatus, IdempotencyKey
 from events_app.pipeline.queue import event_enqueue, events_committed
 from signals_app.models import Enforcement
 from signals_app.schemas import SchemaUnusable, schema_violations
@@ -276,7 +276,7 @@ def _event_store(
             reference=row.reference,
         )
         return stored, False
-    # The unique (organization, idempotency_key) index decided: someone stored it first.
+    # The key table's unique (organization, key) index decided: someone stored it first.
     existing = outcome.existing
     assert existing is not None
     if existing.request_hash != row.request_hash:
@@ -357,8 +357,8 @@ def _idempotency_conflict_check(client: ApiClient, request: EventRequest) -> Non
     if request.idempotency_key is None:
         return
     stored = (
-        Event.objects.filter(
-            organization_id=client.organization_id, idempotency_key=request.idempotency_key
+        IdempotencyKey.objects.filter(
+            organization_id=client.organization_id, key=request.idempotency_key
         )
         .values_list("request_hash", flat=True)
         .first()

@@ -8,6 +8,11 @@ upserts the CRM records and inserts the events. Other databases run the ORM upse
 per row, each in a savepoint of one transaction. Both give each row its own outcome: stored,
 an existing event holding its idempotency key, or an error that is that row's alone.
 
+Idempotency keys are held by IdempotencyKey, written with the event (same statement or same
+transaction): its unique (organization, key) index decides which request stores an event. A key
+outlives its event (retention); a replay is then answered from the key row alone, its status
+`purged`.
+
 `events_insert_many` stores a batch request's events all or nothing.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -32,10 +38,11 @@ from django.db import (
     transaction,
 )
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import OuterRef, Subquery
 from psycopg.types.json import Jsonb
 
 from events_app import dialect
-from events_app.models import CrmRecord, Event, EventStatus
+from events_app.models import CrmRecord, Event, EventStatus, IdempotencyKey
 
 
 @dataclass(slots=True)
@@ -74,6 +81,10 @@ def event_model(row: NewEvent) -> Event:
     )
 
 
+# A replay's status when its key remains but retention has deleted the event.
+STATUS_PURGED = "purged"
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """The event that already holds a row's idempotency key: enough to answer a replay."""
@@ -81,8 +92,29 @@ class StoredEvent:
     id: UUID
     request_hash: str
     schema_version: int | None
-    status: str
+    status: str  # the event's status now, or STATUS_PURGED
     reference: str | None
+
+
+def stored_events_by_key(*, organization_id: int, keys: Iterable[str]) -> dict[str, StoredEvent]:
+    """The events holding these keys of the organization, by key: one query, each key with its
+    event's status now (looked up by id and received_at, which names the event's partition)."""
+    status = Event.objects.filter(
+        pk=OuterRef("event_id"), received_at=OuterRef("received_at")
+    ).values("status")[:1]
+    held = IdempotencyKey.objects.filter(
+        organization_id=organization_id, key__in=list(keys)
+    ).annotate(event_status=Subquery(status))
+    return {
+        key.key: StoredEvent(
+            id=key.event_id,
+            request_hash=key.request_hash,
+            schema_version=key.schema_version,
+            status=key.event_status or STATUS_PURGED,
+            reference=key.reference,
+        )
+        for key in held
+    }
 
 
 @dataclass(slots=True)
@@ -173,6 +205,7 @@ def _group_insert_postgres(db: BaseDatabaseWrapper, rows: list[NewEvent]) -> lis
                 dialect.events_existing_sql(),
                 [
                     [row.id for row in missing],
+                    [row.received_at for row in missing],
                     [row.organization_id for row in keyed],
                     [row.idempotency_key for row in keyed],
                 ],
@@ -182,29 +215,30 @@ def _group_insert_postgres(db: BaseDatabaseWrapper, rows: list[NewEvent]) -> lis
 
 
 def _outcomes(rows: list[NewEvent], stored: set[UUID], found: list[Any]) -> list[StoreOutcome]:
-    by_id = {record[0] for record in found}
+    # events_existing_sql's rows: an event stored already (only its id), or a key held already.
+    by_id = {record[0] for record in found if record[1] is None}
     by_key = {
         (record[1], record[2]): StoredEvent(
             id=record[0],
             request_hash=record[3],
             schema_version=record[4],
-            status=record[5],
+            status=record[5] or STATUS_PURGED,
             reference=record[6],
         )
         for record in found
-        if record[2] is not None
+        if record[1] is not None
     }
     outcomes = []
     for row in rows:
-        if row.id in stored or row.id in by_id:
-            # by_id: stored by an earlier try of this group whose commit went unconfirmed.
-            outcomes.append(StoreOutcome(inserted=True))
-            continue
         existing = by_key.get((row.organization_id, row.idempotency_key))
-        if existing is None:
-            # Skipped for a key whose event was then deleted (retention, an organization
-            # removed) before we looked: the client's retry stores it.
-            error = IntegrityError("the idempotency key's event changed meanwhile; retry")
+        if row.id in stored or row.id in by_id or (existing is not None and existing.id == row.id):
+            # by_id, or its key held by its own id: stored by an earlier try of this group
+            # whose commit went unconfirmed.
+            outcomes.append(StoreOutcome(inserted=True))
+        elif existing is None:
+            # Skipped for a key that retention then deleted (its event gone too) before we
+            # looked: the client's retry stores it.
+            error = IntegrityError("the idempotency key changed meanwhile; retry")
             outcomes.append(StoreOutcome(inserted=False, error=error))
         else:
             outcomes.append(StoreOutcome(inserted=False, existing=existing))
@@ -224,14 +258,30 @@ def _store_postgres(db: BaseDatabaseWrapper, rows: list[NewEvent]) -> list[Store
         return [outcome for row in rows for outcome in _store_postgres(db, [row])]
 
 
-def _stored_event(event: Event) -> StoredEvent:
-    return StoredEvent(
-        id=event.id,
-        request_hash=event.request_hash,
-        schema_version=event.schema_version,
-        status=event.status,
-        reference=event.reference,
+def _key_row(row: NewEvent) -> IdempotencyKey:
+    assert row.idempotency_key is not None
+    return IdempotencyKey(
+        event_id=row.id,
+        organization_id=row.organization_id,
+        key=row.idempotency_key,
+        received_at=row.received_at,
+        request_hash=row.request_hash,
+        schema_version=row.schema_version,
+        reference=row.reference,
     )
+
+
+def _key_outcome(row: NewEvent) -> StoreOutcome | None:
+    """The outcome of a row whose key is held already (None: not held)."""
+    assert row.idempotency_key is not None
+    held = stored_events_by_key(
+        organization_id=row.organization_id, keys=[row.idempotency_key]
+    ).get(row.idempotency_key)
+    if held is None:
+        return None
+    if held.id == row.id:  # an earlier try of this group was committed
+        return StoreOutcome(inserted=True)
+    return StoreOutcome(inserted=False, existing=held)
 
 
 def _store_orm_row(row: NewEvent) -> StoreOutcome:
@@ -255,15 +305,14 @@ def _store_orm_row(row: NewEvent) -> StoreOutcome:
         last_error="",
     )
     if row.idempotency_key is not None:
-        held = Event.objects.filter(
-            organization_id=row.organization_id, idempotency_key=row.idempotency_key
-        ).first()
-        if held is not None:
-            if held.pk == row.id:  # an earlier try of this group was committed
-                return StoreOutcome(inserted=True)
-            return StoreOutcome(inserted=False, existing=_stored_event(held))
+        outcome = _key_outcome(row)
+        if outcome is not None:
+            return outcome
     try:
         with transaction.atomic():  # a savepoint: a refused row leaves its neighbours
+            if row.idempotency_key is not None:
+                # First: the key's unique index decides before anything else is written.
+                _key_row(row).save(force_insert=True)
             record = crm_record_touch(
                 organization_id=row.organization_id,
                 identity_type=row.identity_type,
@@ -279,11 +328,9 @@ def _store_orm_row(row: NewEvent) -> StoreOutcome:
             return StoreOutcome(inserted=True)  # an earlier try of this group was committed
         if isinstance(exc, IntegrityError) and row.idempotency_key is not None:
             # Another process stored the key between our look and our insert.
-            held = Event.objects.filter(
-                organization_id=row.organization_id, idempotency_key=row.idempotency_key
-            ).first()
-            if held is not None:
-                return StoreOutcome(inserted=False, existing=_stored_event(held))
+            outcome = _key_outcome(row)
+            if outcome is not None:
+                return outcome
         return StoreOutcome(inserted=False, error=exc)
     return StoreOutcome(inserted=True)
 
@@ -361,9 +408,9 @@ _JSON_COLUMNS = frozenset(
 
 
 def events_insert_many(events: list[Event]) -> None:
-    """Store several events of one organization and touch their CRM records, in one
-    transaction (callers have already settled idempotency keys; a race on one raises
-    IntegrityError and stores nothing)."""
+    """Store several events of one organization with their idempotency keys, and touch their
+    CRM records, in one transaction (callers have already settled idempotency keys; a race on
+    one raises IntegrityError and stores nothing)."""
     if not events:
         return
     if dialect.postgres():
@@ -391,4 +438,20 @@ def events_insert_many(events: list[Event]) -> None:
         for event in events:
             record = records[(event.organization_id, event.identity_type, event.identity_id)]
             event.crm_record_id = record.pk
+        # A key held already raises IntegrityError here, and the transaction stores nothing.
+        IdempotencyKey.objects.bulk_create(
+            [
+                IdempotencyKey(
+                    event_id=event.id,
+                    organization_id=event.organization_id,
+                    key=event.idempotency_key,
+                    received_at=event.received_at,
+                    request_hash=event.request_hash,
+                    schema_version=event.schema_version,
+                    reference=event.reference,
+                )
+                for event in events
+                if event.idempotency_key is not None
+            ]
+        )
         Event.objects.bulk_create(events)

@@ -7,16 +7,19 @@ keep their `idempotency_key` column (reads show it), no longer unique.
 Steps and the locks they take on PostgreSQL (the migration is not atomic: each step is its own
 transaction, so no lock is held across the copy):
 
-1. Create the key table, its unique (organization, key) index and its received_at index: a new,
-   empty table; nothing else is locked.
+1. Create the key table and its unique (organization, key) index: a new, empty table; nothing
+   else is locked.
 2. Copy the keys, in chunks of 10,000 events walked in (organization, key) order through the
    events' partial unique index, one INSERT ... SELECT per chunk in autocommit: ACCESS SHARE on
    the events (reads and writes go on), ROW EXCLUSIVE on the key table. Events stored meanwhile
    are caught up in step 3.
-3. One transaction: SHARE lock on the events (reads go on; writes wait: a few seconds per
-   million keyed events, an anti-join of the two unique indexes), copy the keys step 2 has not
-   seen, then drop the events' unique index `event_idempotency_key_unique_in_org` (ACCESS
-   EXCLUSIVE, held until the commit, which follows at once).
+3. One transaction: SHARE lock on the events (reads go on; writes wait), copy the keys step 2
+   has not seen (an anti-join of the two unique indexes), then drop the events' unique index
+   `event_idempotency_key_unique_in_org` (ACCESS EXCLUSIVE, held until the commit, which
+   follows at once).
+
+Measured on a busy 2-core machine with 1,000,000 events, 800,000 of them keyed: step 2 took
+14 s, step 3 (writes waiting) 3.7 s.
 
 Processes of the previous release that keep serving after this migration record their keys on
 the events only: pause ingest during the release's migrate and restart (docs/deployment.md).
@@ -135,6 +138,7 @@ class Migration(migrations.Migration):
                 (
                     "organization",
                     models.ForeignKey(
+                        db_constraint=False,
                         db_index=False,
                         on_delete=django.db.models.deletion.CASCADE,
                         related_name="idempotency_keys",
@@ -148,7 +152,6 @@ class Migration(migrations.Migration):
                         fields=("organization", "key"), name="idempotency_key_unique_in_org"
                     )
                 ],
-                "indexes": [models.Index(fields=["received_at"], name="idempotency_key_received")],
             },
         ),
         migrations.RunPython(

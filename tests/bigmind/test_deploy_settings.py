@@ -283,7 +283,9 @@ def test_every_variable_the_settings_read_is_documented() -> None:
 
 
 def settings_variables() -> set[str]:
-    source = (ROOT / "bigmind" / "settings.py").read_text()
+    # settings.py, and the modules it hands a variable's logic to (given its `env`).
+    modules = ("settings.py", "idempotency_settings.py")
+    source = "\n".join((ROOT / "bigmind" / name).read_text() for name in modules)
     return set(re.findall(r"\benv(?:\.\w+)?\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
 
 

@@ -18,12 +18,13 @@ from unittest import mock
 
 import pytest
 from django.db import IntegrityError, OperationalError, connection
+from django.utils import timezone
 
 from events_app import metrics
 from events_app.ingest import services
 from events_app.ingest.group_commit import GroupWriter, WriterTimeout
 from events_app.ingest.store import NewEvent, StoreOutcome, events_store
-from events_app.models import CrmRecord, Event
+from events_app.models import CrmRecord, Event, IdempotencyKey
 from tests.conftest import SEED_REQUEST, ApiClient, Tenant
 
 URL = "/v1/events"
@@ -463,7 +464,7 @@ def _generic_plan(sql: str, params: list[Any]) -> str:
 def test_the_prepared_group_statements_probe_indexes_even_when_planned_on_an_empty_table(
     tenant: Tenant, signal_id: int
 ) -> None:
-    """A generic plan made while the event table is empty stays cached on the writer's
+    """A generic plan made while the tables are empty stays cached on the writer's
     connection. NOT EXISTS became a hashed subplan and `id = ANY(...) OR (...) IN (...)` a
     filter, both sequential scans of the whole event table on every statement: fine on an
     empty table, seconds on a large one. Pins the plans on purpose: no result or query count
@@ -473,15 +474,20 @@ def test_the_prepared_group_statements_probe_indexes_even_when_planned_on_an_emp
     from events_app.dialect import events_existing_sql, events_group_insert_sql
     from events_app.ingest.store import group_rows_json
 
-    event_table = Event._meta.db_table
+    event_table, key_table = Event._meta.db_table, IdempotencyKey._meta.db_table
     rows = [_row(tenant, signal_id, idempotency_key="k-1")]
     group = _generic_plan(events_group_insert_sql(), [group_rows_json(rows)])
     existing = _generic_plan(
-        events_existing_sql(), [[uuid.uuid4()], [tenant.organization.pk], ["k-1"]]
+        events_existing_sql(),
+        [[uuid.uuid4()], [timezone.now()], [tenant.organization.pk], ["k-1"]],
     )
     for plan in (group, existing):
-        assert f"Seq Scan on {event_table}" not in plan, plan
+        for table in (event_table, key_table):
+            assert f"Seq Scan on {table}" not in plan, plan
         assert "hashed SubPlan" not in plan, plan
-    assert "event_idempotency_key_unique_in_org" in group
-    assert "events_app_event_pkey" in existing
-    assert "event_idempotency_key_unique_in_org" in existing
+    # The group claims its keys through the key table's unique index, and reads no event.
+    assert "Conflict Arbiter Indexes: idempotency_key_unique_in_org" in group, group
+    assert f"on {event_table} " not in group.replace(f"Insert on {event_table} ", ""), group
+    # The replay's lookups: the events by primary key, the keys by their unique index.
+    assert "events_app_event_pkey" in existing, existing
+    assert "idempotency_key_unique_in_org" in existing, existing

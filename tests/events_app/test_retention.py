@@ -87,6 +87,7 @@ def signals(tenant: Tenant) -> dict[str, Signal]:
 def settings_short(settings: Any) -> Any:
     settings.BIGMIND_EVENT_RETENTION_DAYS = 10
     settings.BIGMIND_FAILED_EVENT_RETENTION_DAYS = 30
+    settings.BIGMIND_IDEMPOTENCY_KEY_RETENTION_DAYS = 30
     settings.BIGMIND_METRIC_BUCKET_RETENTION_DAYS = 0
     settings.BIGMIND_RETENTION_CHUNK_SIZE = 1000
     return settings
@@ -262,19 +263,22 @@ def without_insight_times(data: dict[str, Any]) -> dict[str, Any]:
     return data | {"insights": [i | {"created_at": None} for i in data["insights"]]}
 
 
-def test_a_purged_events_idempotency_key_can_be_used_again_for_a_new_event(
+def test_a_purged_events_idempotency_key_is_kept_until_its_own_retention_has_passed(
     api: ApiClient, signals: dict[str, Signal], settings_short: Any
 ) -> None:
     body = {"signal": "visit", "identity": {"type": "account", "id": "A1"}, "data": {}}
     first = api.post("/v1/events", body, **{"Idempotency-Key": "k-1"})
-    events_process(event_ids=[first.json()["data"]["id"]])
-    age([first.json()["data"]["id"]], 11)
-    retention_purge()
+    first_id = first.json()["data"]["id"]
+    events_process(event_ids=[first_id])
 
+    retention_purge(now=timezone.now() + 11 * DAY)  # the event's retention: 10 days
+    replay = api.post("/v1/events", body, **{"Idempotency-Key": "k-1"})
+    retention_purge(now=timezone.now() + 31 * DAY)  # the key's: 30 days
     again = api.post("/v1/events", body, **{"Idempotency-Key": "k-1"})
 
+    assert (replay.status_code, replay.json()["data"]["id"]) == (200, first_id)
     assert again.status_code == 202
-    assert again.json()["data"]["id"] != first.json()["data"]["id"]
+    assert again.json()["data"]["id"] != first_id
 
 
 # --- Metric buckets ---------------------------------------------------------------------------

@@ -19,8 +19,9 @@ def _kept(cutoff: Any, what: str = "received") -> str:
 class Command(BaseCommand):
     help = (
         "Delete what retention has expired, once, now: completed and failed events, metric "
-        "buckets, webhook deliveries, audit log entries and rejected events (what beat's "
-        "events.purge and events.purge_rejections do). See docs/operations.md, 'Retention'."
+        "buckets, webhook deliveries, audit log entries, idempotency keys and rejected events "
+        "(what beat's events.purge and events.purge_rejections do). See docs/operations.md, "
+        "'Retention'."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -57,6 +58,10 @@ class Command(BaseCommand):
         self.stdout.write(
             f"audit log entries: {result.audit_entries} {verb} "
             f"({_kept(cutoffs['audit_entries'], 'recorded')})"
+        )
+        self.stdout.write(
+            f"idempotency keys: {result.idempotency_keys} {verb} "
+            f"({_kept(cutoffs['idempotency_keys'])}, their events gone)"
         )
         if dry_run:
             # The same cutoff as rejections_purge (which has no dry run of its own).
