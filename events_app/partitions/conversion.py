@@ -42,8 +42,8 @@ The steps, and the locks they take (PostgreSQL 15):
    (PostgreSQL looks the name up again after the wait).
 6. Clean-up: DROP of the old table (ACCESS EXCLUSIVE on it, which nothing uses any more, and
    SHARE ROW EXCLUSIVE for a moment on the tables its foreign keys point at), of the log and of
-   the trigger function; ANALYZE of the new table (autovacuum never analyzes a partitioned
-   parent, only its partitions).
+   the trigger function; ANALYZE of the new table when it holds rows (autovacuum never analyzes
+   a partitioned parent, only its partitions).
 
 Interrupted before the swap (a crash, a Ctrl-C), it is run again from the start: the set-up drops
 what a previous run left (the new table, the log, the trigger), the old table being untouched.
@@ -244,11 +244,23 @@ def _build_indexes(cursor: CursorWrapper) -> list[str]:
     """The new table's primary key and indexes; returns the old table's index names, which the
     swap gives to the new table's (built under BUILDING_SUFFIX names until then). Each index is
     made on the parent alone, then on each partition under its own name, then attached."""
+    key = f"{TABLE}_pkey"
     cursor.execute(
-        f'ALTER TABLE "{NEW}" ADD CONSTRAINT "{NEW}_pkey" PRIMARY KEY ("id", "received_at")'
+        f'ALTER TABLE "{NEW}" ADD CONSTRAINT "{key}{BUILDING_SUFFIX}" '
+        'PRIMARY KEY ("id", "received_at")'
     )
-    names = []
     with_partitions = [p.name for p in partitions_read(cursor, NEW)]
+    # PostgreSQL names the partitions' keys after the partition; they take the scheme of the
+    # other indexes instead (events_app_event_pkey_p20270101_20270201).
+    cursor.execute(
+        "SELECT c.relname, k.conname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+        "WHERE c.relname = ANY(%s) AND k.contype = 'p'",
+        [with_partitions],
+    )
+    for partition, name in cursor.fetchall():
+        renamed = partition_index_name(key, partition)
+        cursor.execute(f'ALTER TABLE "{partition}" RENAME CONSTRAINT "{name}" TO "{renamed}"')
+    names = []
     for name, definition in _indexes(cursor):
         tail = index_tail(definition)
         building = f"{name}{BUILDING_SUFFIX}"
@@ -293,7 +305,9 @@ def _swap(cursor: CursorWrapper, index_names: list[str]) -> None:
         cursor.execute(f'ALTER INDEX "{name}" RENAME TO "{name}_unpartitioned"')
         cursor.execute(f'ALTER INDEX "{name}{BUILDING_SUFFIX}" RENAME TO "{name}"')
     cursor.execute(f'ALTER TABLE "{NEW}" RENAME TO "{TABLE}"')
-    cursor.execute(f'ALTER TABLE "{TABLE}" RENAME CONSTRAINT "{NEW}_pkey" TO "{TABLE}_pkey"')
+    cursor.execute(
+        f'ALTER TABLE "{TABLE}" RENAME CONSTRAINT "{TABLE}_pkey{BUILDING_SUFFIX}" TO "{TABLE}_pkey"'
+    )
     # Owner and grants as the old table had them (a role of the application may own it, and
     # read-only roles may have been granted it).
     cursor.execute(
@@ -374,7 +388,11 @@ def events_convert(
         cursor.execute(f'DROP TABLE "{RETIRED}"')
         cursor.execute(f'DROP TABLE "{LOG}"')
         cursor.execute(f'DROP FUNCTION "{TRIGGER}"()')
-        cursor.execute(f'ANALYZE "{TABLE}"')
+        if result.rows_copied:
+            # Not on an empty table (a fresh database): analyzed empty, partitions would be
+            # planned as empty (sequential scans in cached generic plans) until autovacuum's
+            # next analyze; never analyzed, the planner assumes a few pages and probes indexes.
+            cursor.execute(f'ANALYZE "{TABLE}"')
     result.converted = True
     result.seconds = time.monotonic() - began
     say(

@@ -196,8 +196,8 @@ def index_tail(definition: str) -> str:
 
 
 def partition_index_name(index: str, partition: str, prefix: str = TABLE) -> str:
-    """`event_org_received_p20270101_20270201`: the parent index's name and the partition's
-    range, so a query plan names the index it uses."""
+    """`event_org_received_p20270101_20270201`, `events_app_event_pkey_default`: the parent
+    index's name and the partition's range, so a query plan names the index it uses."""
     return f"{index.removesuffix(BUILDING_SUFFIX)}_{partition.removeprefix(prefix + '_')}"
 
 
@@ -205,12 +205,13 @@ def _partition_indexes(cursor: CursorWrapper, table: str, partition: str, prefix
     """The parent's primary key and indexes on a standalone table about to be attached (ATTACH
     then adopts them instead of building its own under generated names)."""
     cursor.execute(
-        "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
         "WHERE conrelid = to_regclass(%s) AND contype = 'p'",
         [table],
     )
-    for (definition,) in cursor.fetchall():
-        cursor.execute(f'ALTER TABLE "{partition}" ADD CONSTRAINT "{partition}_pkey" {definition}')
+    for key, definition in cursor.fetchall():
+        name = partition_index_name(key, partition, prefix)
+        cursor.execute(f'ALTER TABLE "{partition}" ADD CONSTRAINT "{name}" {definition}')
     cursor.execute(
         "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
         "JOIN pg_class c ON c.oid = i.indexrelid "
