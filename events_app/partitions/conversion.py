@@ -47,6 +47,7 @@ The steps, and the locks they take (PostgreSQL 15):
 
 Interrupted before the swap (a crash, a Ctrl-C), it is run again from the start: the set-up drops
 what a previous run left (the new table, the log, the trigger), the old table being untouched.
+Interrupted after the swap, the next run only drops what step 6 had not.
 """
 
 from __future__ import annotations
@@ -343,6 +344,12 @@ def events_convert(
     db = db or connections["default"]
     result = ConversionResult()
     if not conversion_needed(db):
+        if db.vendor == "postgresql":
+            # A run stopped between its swap and its clean-up left these (inert: the trigger
+            # went with the swap).
+            with db.cursor() as cursor:
+                cursor.execute(f'DROP TABLE IF EXISTS "{RETIRED}", "{LOG}"')
+                cursor.execute(f'DROP FUNCTION IF EXISTS "{TRIGGER}"()')
         return result
     say = progress or logger.info
     with db.cursor() as cursor:
