@@ -233,8 +233,14 @@ def _partition_drop(
             cursor.execute(
                 f'DELETE FROM "{transitions}" t USING "{name}" e WHERE t."event_id" = e."id"'  # noqa: S608
             )
+            # PostgreSQL refuses to drop a table with foreign-key checks still deferred in this
+            # transaction; there are none unless the caller's own transaction wrote events (a
+            # test does). Checked now instead; Django declares every foreign key DEFERRABLE
+            # INITIALLY DEFERRED, so DEFERRED below restores the caller's state.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
             cursor.execute(f'ALTER TABLE "{TABLE}" DETACH PARTITION "{name}"')
             cursor.execute(f'DROP TABLE "{name}"')
+            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
     except OperationalError as exc:
         if "lock timeout" not in str(exc):
             raise

@@ -15,8 +15,9 @@
    table here; `manage.py event_partitions --convert` may have run it before `migrate`), nor on
    SQLite, which keeps a plain table.
 
-Not reversible: going back would need the unique key on `id` alone that a partitioned table
-cannot have.
+Backwards (`migrate events_app 0016`), the table becomes one plain table again in a single
+transaction under ACCESS EXCLUSIVE (`events_unconvert`): for development and test databases; a
+large deployment restores the backup taken before the release instead.
 
 The partitions ahead are then made by the post_migrate handler (events_app/apps.py).
 """
@@ -28,11 +29,15 @@ from typing import Any
 import django.db.models.deletion
 from django.db import migrations, models
 
-from events_app.partitions.conversion import events_convert
+from events_app.partitions.conversion import events_convert, events_unconvert
 
 
 def convert(apps: Any, schema_editor: Any) -> None:
     events_convert(db=schema_editor.connection, progress=print)
+
+
+def unconvert(apps: Any, schema_editor: Any) -> None:
+    events_unconvert(db=schema_editor.connection)
 
 
 class Migration(migrations.Migration):
@@ -54,5 +59,5 @@ class Migration(migrations.Migration):
                 to="events_app.event",
             ),
         ),
-        migrations.RunPython(convert, atomic=False, elidable=False),
+        migrations.RunPython(convert, unconvert, atomic=False, elidable=False),
     ]

@@ -73,6 +73,7 @@ from events_app.partitions.upkeep import (
     interval_end,
     interval_start,
     intervals_of,
+    is_partitioned,
     partition_create,
     partition_index_name,
     partitions_read,
@@ -408,3 +409,45 @@ def events_convert(
         f"(the swap held its lock {result.swap_seconds:.2f} s)"
     )
     return result
+
+
+def events_unconvert(*, db: BaseDatabaseWrapper | None = None) -> bool:
+    """Back to one plain table (migrating back past 0017): one transaction under ACCESS
+    EXCLUSIVE on the events for the whole copy, so for development and test databases only (a
+    large deployment restores its backup instead). Returns whether there was anything to do."""
+    db = db or connections["default"]
+    if not is_partitioned(db):
+        return False
+    plain = f"{TABLE}_plain"
+    with transaction.atomic(using=db.alias), db.cursor() as cursor:
+        cursor.execute(f'LOCK TABLE "{TABLE}" IN ACCESS EXCLUSIVE MODE')
+        columns = _columns(cursor)
+        cursor.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = to_regclass(%s) AND contype = 'f' ORDER BY conname",
+            [TABLE],
+        )
+        keys = cursor.fetchall()
+        cursor.execute(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = to_regclass(%s) AND NOT i.indisprimary ORDER BY c.relname",
+            [TABLE],
+        )
+        indexes = cursor.fetchall()
+        cursor.execute(
+            f'CREATE TABLE "{plain}" (LIKE "{TABLE}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
+            "INCLUDING STORAGE)"
+        )
+        cursor.execute(
+            f'INSERT INTO "{plain}" ({columns}) SELECT {columns} FROM "{TABLE}"'  # noqa: S608
+        )
+        # Its partitions go with it, and its index names are free again.
+        cursor.execute(f'DROP TABLE "{TABLE}"')
+        cursor.execute(f'ALTER TABLE "{plain}" RENAME TO "{TABLE}"')
+        cursor.execute(f'ALTER TABLE "{TABLE}" ADD CONSTRAINT "{TABLE}_pkey" PRIMARY KEY ("id")')
+        for name, definition in keys:
+            cursor.execute(f'ALTER TABLE "{TABLE}" ADD CONSTRAINT "{name}" {definition}')
+        for name, definition in indexes:
+            cursor.execute(f'CREATE INDEX "{name}" ON "{TABLE}" {index_tail(definition)}')
+    return True

@@ -203,6 +203,26 @@ def test_an_operator_converts_out_of_band_and_migrate_then_only_records_0017(
         ).fetchone()
         assert actual == expected and expected is not None and expected[0] == 5000
 
+        # Back to 0016 (development databases): one plain table with the same rows, and
+        # EventTransition's key to it again; then forward once more.
+        manage("migrate", "events_app", "0016", env=env)
+        assert conn.execute(
+            "SELECT relkind FROM pg_class WHERE relname = 'events_app_event'"
+        ).fetchone() == ("r",)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE confrelid = 'events_app_event'::regclass"
+        ).fetchone() == (1,)
+        assert (
+            conn.execute(
+                FINGERPRINT.format(source="SELECT * FROM events_app_event"), {"touched": []}
+            ).fetchone()
+            == expected
+        )
+        manage("migrate", env=env)
+        assert conn.execute(
+            "SELECT relkind FROM pg_class WHERE relname = 'events_app_event'"
+        ).fetchone() == ("p",)
+
 
 @pytest.mark.slow
 def test_the_conversion_of_a_million_events_keeps_every_row_written_before_and_during_it(

@@ -64,13 +64,6 @@ def send(api: ApiClient, n: int = 0, **fields: Any) -> str:
 def received(event_ids: list[str], at: datetime) -> None:
     """Move these events to `at` (an UPDATE of the partition key moves the rows)."""
     Event.objects.filter(pk__in=event_ids).update(received_at=at)
-    if on_postgres():
-        # The moved rows' foreign-key checks are deferred to the commit, which the test's
-        # transaction never reaches; PostgreSQL refuses to drop a table with checks pending
-        # (retention's own transaction has none: its rows were written long before).
-        with connection.cursor() as cursor:
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
 
 
 def profile(api: ApiClient) -> dict[str, Any]:
