@@ -318,23 +318,19 @@ BIGMIND_METRIC_BUCKET_RETENTION_DAYS = env.int("BIGMIND_METRIC_BUCKET_RETENTION_
 BIGMIND_AUDIT_RETENTION_DAYS = env.int("BIGMIND_AUDIT_RETENTION_DAYS", default=400)
 BIGMIND_RETENTION_INTERVAL_SECONDS = env.float("BIGMIND_RETENTION_INTERVAL_SECONDS", default=3600.0)
 BIGMIND_RETENTION_CHUNK_SIZE = env.int("BIGMIND_RETENTION_CHUNK_SIZE", default=1000)
+# Events table partitions on PostgreSQL (events_app/partitions, docs/operations.md "Partitions").
+BIGMIND_EVENT_PARTITION_INTERVAL = env("BIGMIND_EVENT_PARTITION_INTERVAL", default="month")
+BIGMIND_EVENT_PARTITIONS_AHEAD = env.int("BIGMIND_EVENT_PARTITIONS_AHEAD", default=3)
+# Beat's entries, named after their tasks; a run that could not start in time is useless once
+# the next one is due.
 CELERY_BEAT_SCHEDULE = {
-    "events-sweep": {
-        "task": "events.sweep",
-        "schedule": BIGMIND_SWEEP_INTERVAL_SECONDS,
-        # A sweep that could not run in time is useless once the next one is due.
-        "options": {"expires": BIGMIND_SWEEP_INTERVAL_SECONDS},
-    },
-    "events-purge-rejections": {
-        "task": "events.purge_rejections",
-        "schedule": BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS,
-        "options": {"expires": BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS},
-    },
-    "events-purge": {
-        "task": "events.purge",
-        "schedule": BIGMIND_RETENTION_INTERVAL_SECONDS,
-        "options": {"expires": BIGMIND_RETENTION_INTERVAL_SECONDS},
-    },
+    t.replace(".", "-").replace("_", "-"): {"task": t, "schedule": s, "options": {"expires": s}}
+    for t, s in [
+        ("events.sweep", BIGMIND_SWEEP_INTERVAL_SECONDS),
+        ("events.purge_rejections", BIGMIND_REJECTION_PURGE_INTERVAL_SECONDS),
+        ("events.purge", BIGMIND_RETENTION_INTERVAL_SECONDS),
+        ("events.partitions", 3600.0),
+    ]
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 

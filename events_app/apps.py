@@ -30,6 +30,12 @@ class EventsAppConfig(AppConfig):
             _signal_deleted, sender=Signal, dispatch_uid="events_app-webhook-signal-deleted"
         )
 
+        # `migrate` creates the events table's partitions ahead, as beat does afterwards: a
+        # fresh or upgraded deployment has them before its first event.
+        from django.db.models.signals import post_migrate
+
+        post_migrate.connect(_migrated, sender=self, dispatch_uid="events_app-partitions")
+
 
 def _signal_deleted(sender: object, instance: Any, **_: object) -> None:
     from events_app.webhooks.endpoints import signal_deleted
@@ -37,3 +43,11 @@ def _signal_deleted(sender: object, instance: Any, **_: object) -> None:
     signal_deleted(
         signal_id=instance.pk, organization_id=instance.organization_id, slug=instance.slug
     )
+
+
+def _migrated(sender: object, using: str = "default", **_: object) -> None:
+    from django.db import connections
+
+    from events_app.partitions.upkeep import partitions_ensure
+
+    partitions_ensure(db=connections[using])

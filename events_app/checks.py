@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from events_app.partitions.upkeep import INTERVALS
 
 # As Django asks of DJANGO_SECRET_KEY (security.W009), in characters.
 REDACTION_KEY_MIN_LENGTH = 50
@@ -34,3 +36,28 @@ def redaction_key_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
             id="events_app.W001",
         )
     ]
+
+
+@register()
+def partition_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The events table's partition interval and lookahead: refused by `migrate` and `check`
+    before upkeep would fail on them."""
+    errors: list[CheckMessage] = []
+    interval = settings.BIGMIND_EVENT_PARTITION_INTERVAL
+    if interval not in INTERVALS:
+        errors.append(
+            Error(
+                f"BIGMIND_EVENT_PARTITION_INTERVAL is {interval!r}.",
+                hint="Use month (the default), week or day (docs/operations.md, 'Partitions').",
+                id="events_app.E001",
+            )
+        )
+    if settings.BIGMIND_EVENT_PARTITIONS_AHEAD < 1:
+        errors.append(
+            Error(
+                "BIGMIND_EVENT_PARTITIONS_AHEAD must be 1 or more: the next interval's partition "
+                "must exist before its first event arrives.",
+                id="events_app.E002",
+            )
+        )
+    return errors

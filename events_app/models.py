@@ -382,8 +382,15 @@ class EventTransition(models.Model):
     Arrival (`pending` at received_at) is not written: the event row already says it.
     """
 
+    # No database constraint: on PostgreSQL the events table is partitioned, its primary key
+    # (id, received_at), and no key can point at `id` alone. The ORM's cascade stays, and
+    # retention deletes a dropped partition's transitions with it (events_app/retention.py).
     event = models.ForeignKey(
-        Event, on_delete=models.CASCADE, related_name="transitions", db_index=False
+        Event,
+        on_delete=models.CASCADE,
+        related_name="transitions",
+        db_index=False,
+        db_constraint=False,
     )
     status = models.CharField(max_length=12, choices=EventStatus.choices)
     attempt = models.PositiveIntegerField(default=0)

@@ -28,6 +28,21 @@ event counts would shrink, so each chunk adds what it deletes to `PurgedEventCou
 transaction, and the profile adds those back. The status history (`EventTransition`) goes with
 its event.
 
+**Whole partitions** (PostgreSQL, where the events table is partitioned by received_at,
+events_app/partitions): a partition whose whole range ended before the completed events' cutoff
+is detached and dropped instead of deleted row by row, provided it holds no event that must be
+kept (`pending` or `processing`, or `failed` while the failed events' cutoff has not passed its
+end). In one transaction: the advisory lock of partition upkeep, SHARE on the partition (its
+rows can no longer change; reads go on), its events added to `PurgedEventCount` (one INSERT ...
+SELECT ... GROUP BY) and their transitions deleted, then DETACH PARTITION and DROP TABLE. On
+PostgreSQL 15 the DETACH takes ACCESS EXCLUSIVE on the events table (a plain DETACH: the
+CONCURRENTLY form is refused while a DEFAULT partition exists) and the DROP takes it on the
+partition; both are catalogue changes, held a moment, and the transaction runs under a
+`lock_timeout` (PARTITION_LOCK_TIMEOUT) so that a long query holding the table costs this run
+the partition (the next run tries again) rather than queueing every other query behind the
+waiting lock. The partition straddling the cutoff, the DEFAULT partition and any partition
+holding events that must be kept are purged row by row as below.
+
 Bounded: chunks of BIGMIND_RETENTION_CHUNK_SIZE rows, each one short transaction; on
 PostgreSQL an event chunk is taken with `FOR UPDATE SKIP LOCKED`, so a purge never waits on (nor
 deletes under) a reprocess or another purge holding the same rows. A run stops when its time
@@ -38,13 +53,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
@@ -53,12 +68,14 @@ from events_app.ids import uuid7_floor
 from events_app.models import (
     Event,
     EventStatus,
+    EventTransition,
     IdempotencyKey,
     MetricAggregate,
     PurgedEventCount,
     WebhookDelivery,
     db_value,
 )
+from events_app.partitions.upkeep import TABLE, is_partitioned, partitions_lock, partitions_read
 from events_app.pipeline.facts import bucket_start
 from signals_app.models import AuditEntry
 
@@ -68,6 +85,8 @@ PERIODS = ("hour", "day", "week", "month")
 # A chunk's statements carry up to 4 parameters per row: this keeps them far below the
 # databases' limits (SQLite 32,766, PostgreSQL 65,535), and a chunk's transaction short.
 MAX_CHUNK_SIZE = 5000
+# How long dropping a partition waits for its locks before leaving it to the next run.
+PARTITION_LOCK_TIMEOUT = "2s"
 
 
 @dataclass
@@ -79,6 +98,8 @@ class RetentionResult:
     audit_entries: int = 0
     idempotency_keys: int = 0
     chunks: int = 0
+    # Partitions of the events table dropped whole (their events are counted above).
+    dropped_partitions: list[str] = field(default_factory=list)
     # False when the time budget ran out with rows still to delete (the next run continues).
     finished: bool = True
     cutoffs: dict[str, datetime | None] = field(default_factory=dict)
@@ -162,6 +183,99 @@ def _events_chunk(status: str, cutoff: datetime, size: int) -> int:
     return len(rows)
 
 
+def _partition_drop_sql(partition: str) -> str:
+    tally = PurgedEventCount._meta.db_table
+    # Sorted by key, as _tally_add's upsert: concurrent purges lock the same rows in one order.
+    # Only catalogue names are interpolated.
+    return f"""
+        WITH per AS (
+            SELECT "crm_record_id", "signal_id", "status", count(*) AS n,
+                   max("timestamp") AS last
+            FROM "{partition}" GROUP BY 1, 2, 3
+        ), tallied AS (
+            INSERT INTO "{tally}" ("crm_record_id", "signal_id", "count", "last_event_at")
+            SELECT "crm_record_id", "signal_id", sum(n), max(last) FROM per
+            GROUP BY 1, 2 ORDER BY 1, 2
+            ON CONFLICT ("crm_record_id", "signal_id") DO UPDATE SET
+                "count" = "{tally}"."count" + EXCLUDED."count",
+                "last_event_at" = GREATEST("{tally}"."last_event_at", EXCLUDED."last_event_at")
+        )
+        SELECT "status", sum(n)::bigint FROM per GROUP BY 1
+    """  # noqa: S608
+
+
+def _partition_drop(
+    name: str, end: datetime, failed_cutoff: datetime | None, dry_run: bool
+) -> dict[str, int] | None:
+    """Drop one expired partition with what it adds up to; None when it holds events that must
+    be kept (or its locks were not free in time): the row purge then deals with it."""
+    kept = [EventStatus.PENDING, EventStatus.PROCESSING]
+    if failed_cutoff is None or end > failed_cutoff:
+        kept.append(EventStatus.FAILED)
+    transitions = EventTransition._meta.db_table
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
+            partitions_lock(cursor)
+            if not dry_run:
+                # Its rows stop changing (a reprocess cannot make one `pending` under us).
+                cursor.execute(f'LOCK TABLE "{name}" IN SHARE MODE')
+            cursor.execute(
+                f'SELECT EXISTS (SELECT 1 FROM "{name}" WHERE "status" = ANY(%s))',  # noqa: S608
+                [kept],
+            )
+            if cursor.fetchone()[0]:
+                return None
+            if dry_run:
+                return {}
+            cursor.execute(_partition_drop_sql(name))
+            counts = {status: int(n) for status, n in cursor.fetchall()}
+            cursor.execute(
+                f'DELETE FROM "{transitions}" t USING "{name}" e WHERE t."event_id" = e."id"'  # noqa: S608
+            )
+            # PostgreSQL refuses to drop a table with foreign-key checks still deferred in this
+            # transaction; there are none unless the caller's own transaction wrote events (a
+            # test does). Checked now instead; Django declares every foreign key DEFERRABLE
+            # INITIALLY DEFERRED, so DEFERRED below restores the caller's state.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute(f'ALTER TABLE "{TABLE}" DETACH PARTITION "{name}"')
+            cursor.execute(f'DROP TABLE "{name}"')
+            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+    except OperationalError as exc:
+        if "lock timeout" not in str(exc):
+            raise
+        logger.warning("retention: partition %s left to the next run (%s)", name, exc)
+        return None
+    return counts
+
+
+def _partitions_purge(
+    cutoffs: dict[str, datetime | None],
+    result: RetentionResult,
+    dry_run: bool,
+    out_of_time: Callable[[], bool],
+) -> None:
+    completed_cutoff = cutoffs[EventStatus.COMPLETED]
+    if completed_cutoff is None or not is_partitioned():
+        return
+    with connection.cursor() as cursor:
+        expired = [
+            p
+            for p in partitions_read(cursor)
+            if p.start is not None and p.end is not None and p.end <= completed_cutoff
+        ]
+    for part in expired:
+        if out_of_time():
+            return
+        assert part.end is not None
+        counts = _partition_drop(part.name, part.end, cutoffs[EventStatus.FAILED], dry_run)
+        if counts is None:
+            continue
+        result.dropped_partitions.append(part.name)
+        result.completed_events += counts.get(EventStatus.COMPLETED, 0)
+        result.failed_events += counts.get(EventStatus.FAILED, 0)
+
+
 def _buckets_chunk(period: str, before: datetime, size: int) -> int:
     # Nothing refers to a bucket, so this is one SELECT and one DELETE, each in autocommit.
     ids = list(
@@ -242,6 +356,9 @@ def retention_purge(
             return True
         return False
 
+    # Whole partitions first: the row purge below then finds only the straddling ones' rows.
+    # (A dry run lists them; the counts below include their events already.)
+    _partitions_purge(cutoffs, result, dry_run, out_of_time)
     for status in (EventStatus.COMPLETED, EventStatus.FAILED):
         cutoff = cutoffs[status]
         if cutoff is None:
@@ -258,9 +375,9 @@ def retention_purge(
                 if done < size:
                     break
         if status == EventStatus.COMPLETED:
-            result.completed_events = deleted
+            result.completed_events += deleted
         else:
-            result.failed_events = deleted
+            result.failed_events += deleted
 
     bucket_cutoff = cutoffs["metric_buckets"]
     if bucket_cutoff is not None:
@@ -327,8 +444,10 @@ def retention_purge(
     if not dry_run and any(counts):
         logger.info(
             "retention purge: %d completed and %d failed event(s), %d metric bucket(s), "
-            "%d webhook deliveries, %d audit log entries, %d idempotency keys deleted%s",
+            "%d webhook deliveries, %d audit log entries, %d idempotency keys deleted; "
+            "%d event partition(s) dropped%s",
             *counts,
+            len(result.dropped_partitions),
             "" if result.finished else " (time budget spent; the next run continues)",
         )
     return result

@@ -18,6 +18,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from events_app.ingest.rejections import rejections_purge
+from events_app.partitions.upkeep import partitions_ensure
 from events_app.pipeline.processing import batch_time_budget, events_process
 from events_app.pipeline.queue import PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK
 from events_app.pipeline.sweep import events_sweep
@@ -65,6 +66,13 @@ def purge_task() -> None:
     """Retention of events and metric buckets (Celery beat): chunks, each a short transaction;
     what the time budget leaves is deleted by the next run."""
     retention_purge(time_budget=batch_time_budget())
+
+
+@shared_task(name="events.partitions", **TASK_OPTIONS)
+def partitions_task() -> None:
+    """Partition upkeep (Celery beat): the events table's partitions, created ahead (a no-op on
+    SQLite and on an unpartitioned table)."""
+    partitions_ensure()
 
 
 # Acknowledged on receipt, unlike the pipeline's tasks: the message is only a wake-up (the

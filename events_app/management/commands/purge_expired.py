@@ -41,6 +41,12 @@ class Command(BaseCommand):
         self.stdout.write(
             f"failed events: {result.failed_events} {verb} ({_kept(cutoffs['failed'])})"
         )
+        dropped = result.dropped_partitions
+        self.stdout.write(
+            f"event partitions: {len(dropped)} "
+            f"{'would be dropped' if dry_run else 'dropped'} whole"
+            + (f" ({', '.join(dropped)}; their events are counted above)" if dropped else "")
+        )
         self.stdout.write(
             f"metric buckets: {result.metric_buckets} {verb} "
             f"({_kept(cutoffs['metric_buckets'], 'whole periods ended')})"
