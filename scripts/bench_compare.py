@@ -6,7 +6,8 @@ One command (`make bench-compare`, i.e. `.venv/bin/python scripts/bench_compare.
 
   1. checks out the baseline (`--baseline`, default c50db10: main before the partitioned events
      table, the code the throughput issue measured plus the issues after it) into a temporary
-     `git worktree`; "head" is this checkout, uncommitted changes included. Both run with this
+     `git worktree`; "head" is this checkout, uncommitted changes included (or, with --head,
+     another ref, checked out the same way). Both run with this
      checkout's Python (.venv) and this checkout's harness (scripts/benchlib/), each side's
      own code: gunicorn, Celery and `manage.py` start in its own tree;
   2. gives each side two PostgreSQL databases of its own, dropped, recreated and migrated by
@@ -110,19 +111,18 @@ def head_description() -> str:
     return f"{commit}{' + uncommitted changes' if dirty else ''}"
 
 
-def baseline_checkout(ref: str, parent: Path) -> tuple[str, Path]:
-    """A detached worktree of `ref` under `parent`: (its commit, its path)."""
+def checkout(ref: str, path: Path) -> str:
+    """A detached worktree of `ref` at `path`; its commit."""
     try:
         commit = git("rev-parse", "--verify", "--short=10", f"{ref}^{{commit}}")
     except subprocess.CalledProcessError as exc:
-        raise SystemExit(f"--baseline {ref!r} is not a commit of this repository") from exc
-    path = parent / "baseline"
-    log(f"checking out the baseline {ref} ({commit}) into {path}")
+        raise SystemExit(f"{ref!r} is not a commit of this repository") from exc
+    log(f"checking out {ref} ({commit}) into {path}")
     git("worktree", "add", "--detach", str(path), commit)
-    return commit, path
+    return commit
 
 
-def baseline_remove(path: Path) -> None:
+def worktree_remove(path: Path) -> None:
     try:
         git("worktree", "remove", "--force", str(path))
     except subprocess.CalledProcessError as exc:
@@ -280,9 +280,9 @@ def capacity(side: Side) -> list[str]:
     out = [
         "| workload | events | events/s | web (gunicorn) CPU ms/event | events/s per web core "
         "| worker CPU ms/event | events/s per worker core | PostgreSQL CPU ms/event "
-        "| PostgreSQL, all its processes on the machine, ms/event | WAL bytes/event "
+        "| WAL bytes/event "
         "| Redis CPU ms/event | cores used: web / worker / PostgreSQL / machine |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for key, cost in costs(side).items():
         rate, _ = figure(side, key)
@@ -292,7 +292,7 @@ def capacity(side: Side) -> list[str]:
             f"| {LABELS[key].rsplit(' (', 1)[0]} | {cost.events:.0f} | {rate:.0f} "
             f"| {cost.ms('gunicorn'):.3f} | {web_core} "
             f"| {cost.ms('worker'):.3f} | {worker_core} "
-            f"| {cost.ms('pg_bench'):.3f} | {cost.ms('postgres'):.3f} | {cost.wal():.0f} "
+            f"| {cost.ms('pg_bench'):.3f} | {cost.wal():.0f} "
             f"| {cost.ms('redis'):.3f} | {cost.cores('gunicorn'):.2f} / {cost.cores('worker'):.2f}"
             f" / {cost.cores('pg_bench'):.2f} / {cost.cores('machine_busy'):.2f} |"
         )
@@ -333,9 +333,9 @@ def report(
         "Per web core and per worker core: the workload's events divided by the CPU seconds "
         "of gunicorn (master and workers) or of the Celery worker (main and pool process). "
         "PostgreSQL: the backends of the benchmark's databases and the server's own processes "
-        "(checkpointer, writers); the column after it counts every postgres process on the "
-        "machine. WAL: the cluster's `pg_current_wal_lsn()` difference (on a shared server, "
-        "other databases' writes too). The cores column shows what was busy meanwhile.",
+        "(checkpointer, writers, the postmaster), from /proc. WAL: the cluster's "
+        "`pg_current_wal_lsn()` difference (on a shared server, other databases' writes "
+        "too). The cores column shows what was busy meanwhile (the machine: all its processes).",
         "",
         "Integrity:",
         "",
@@ -371,6 +371,11 @@ def parse_args() -> argparse.Namespace:
         "--baseline",
         default=DEFAULT_BASELINE,
         help="git ref of the baseline (main before issue #16 by default)",
+    )
+    parser.add_argument(
+        "--head",
+        default="",
+        help="git ref of the code compared with the baseline (default: this checkout as it is)",
     )
     parser.add_argument(
         "--postgres-url",
@@ -432,13 +437,16 @@ def main() -> int:
     machine = machine_description()
     parent = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     base: Side | None = None
-    head = Side("head", head_description(), ROOT)
+    head: Side | None = None
     meter: PostgresMeter | None = None
     db: dict[str, Db] = {}
     failed = True
     try:
-        commit, path = baseline_checkout(args.baseline, parent)
-        base = Side("base", commit, path)
+        base = Side("base", checkout(args.baseline, parent / "baseline"), parent / "baseline")
+        if args.head:
+            head = Side("head", checkout(args.head, parent / "head"), parent / "head")
+        else:
+            head = Side("head", head_description(), ROOT)
         for side in (base, head):
             side.ingest = start_stack(args, side, "ingest")
             side.process = start_stack(args, side, "process")
@@ -493,11 +501,12 @@ def main() -> int:
             meter.close()
         for conn in db.values():
             conn.close()
-        for stacks in (head.stacks(), base.stacks() if base else []):
-            for harness in stacks:
-                harness.close(keep_logs=failed)
-        if base is not None and not args.keep_worktree:
-            baseline_remove(base.root)
+        started = [s for s in (head, base) if s is not None]
+        for harness in [h for s in started for h in s.stacks()]:
+            harness.close(keep_logs=failed)
+        for tree in [s.root for s in started if s.root != ROOT]:
+            if not args.keep_worktree:
+                worktree_remove(tree)
         if not args.keep_worktree:
             shutil.rmtree(parent, ignore_errors=True)
         os.chdir(ROOT)
