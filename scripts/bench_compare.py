@@ -38,7 +38,8 @@ The Redis cache database is shared by the four stacks, each under a key prefix o
 (CACHE_KEY_PREFIX); the broker database is emptied at the start and the ingest runs' wake-up
 messages are deleted before each drain (no worker runs during ingest).
 
-Needs PostgreSQL (local, for the CPU figures), Redis, wrk and git. Only stdlib, psycopg and
+Needs PostgreSQL (local, for the CPU figures; about 80 connections: nothing else should use much
+of max_connections), Redis, wrk and git. Only stdlib, psycopg and
 redis are used.
 """
 
@@ -92,6 +93,7 @@ class Side:
     warm: list[RunResult] = field(default_factory=list)
     drains: list[Drain] = field(default_factory=list)
     table: str = ""  # what the events table is: plain or partitioned
+    stored: str = ""  # bytes per stored event in the ingest database
 
     def stacks(self) -> list[stack.Stack]:
         return [s for s in (self.ingest, self.process) if s is not None]
@@ -136,6 +138,11 @@ def stack_args(args: argparse.Namespace, side: Side, kind: str) -> argparse.Name
     own.root = side.root
     own.reset = True  # each run starts from freshly migrated databases
     own.identities = args.identities if kind == "ingest" else args.process_identities
+    if kind == "process":
+        # Its gunicorn only stores the drains' backlogs (not measured). One process: every
+        # gunicorn thread keeps a PostgreSQL connection, and four servers of the default
+        # 3 x 8 threads (and the writers) would pass the server's max_connections of 100.
+        own.workers = 1
     return own
 
 
@@ -149,6 +156,30 @@ def start_stack(args: argparse.Namespace, side: Side, kind: str) -> stack.Stack:
     harness.prepare_database()
     harness.start_gunicorn()
     return harness
+
+
+def storage(url: str) -> str:
+    """Bytes per stored event on disk: the events table (every partition, its indexes and
+    TOAST), and the whole database, divided by the events it holds."""
+    with Db(url) as db:
+        try:  # sizes of what was written, not of what waits in memory (needs a superuser)
+            db.conn.execute("CHECKPOINT")
+        except Exception as exc:
+            log(f"no CHECKPOINT before the sizes: {exc}")
+        row = db.one(
+            "SELECT (SELECT count(*) FROM events_app_event), "
+            "(SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            " WHERE c.oid = 'events_app_event'::regclass OR c.oid IN "
+            " (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'events_app_event'::regclass)),"
+            " pg_database_size(current_database())"
+        )
+    events, table, database = int(row[0]), int(row[1]), int(row[2])
+    if not events:
+        return "no events"
+    return (
+        f"{events} events: the events table with its indexes {table / events:.0f} bytes per "
+        f"event, the whole database {database / events:.0f}"
+    )
 
 
 def table_kind(url: str) -> str:
@@ -337,6 +368,8 @@ def report(
         "`pg_current_wal_lsn()` difference (on a shared server, other databases' writes "
         "too). The cores column shows what was busy meanwhile (the machine: all its processes).",
         "",
+        *(f"On disk, {side.name}'s ingest database: {side.stored}." for side in (base, head)),
+        "",
         "Integrity:",
         "",
         *(f"- {line}" for line in checks),
@@ -481,6 +514,9 @@ def main() -> int:
                 turn(args, side, run_id, rnd, broker, db[side.name])
 
         time.sleep(0.5)
+        for side in (base, head):
+            assert side.ingest is not None
+            side.stored = storage(side.ingest.args.database_url)
         checks = [ingest_integrity(side, run_id) for side in (base, head)]
         for side in (base, head):
             assert side.process is not None
