@@ -15,7 +15,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # Celery or manage.py start, 6 s more for each collection. The caches are gitignored.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: run test install install-runtime lint migrate demo bench bench-process bench-webhooks bench-governance bench-soak fault rehearse api-fuzz clean
+.PHONY: run test install install-runtime lint migrate demo bench bench-compare bench-process bench-webhooks bench-governance bench-soak fault rehearse api-fuzz clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -68,6 +68,13 @@ lint: install
 
 bench: install
 	$(BIN)/python scripts/bench_ingest.py
+
+# Ingest (single and batch) and processing (drains) of this checkout against BASELINE (main before
+# issue #16) in one run, the sides taking turns, with the CPU and WAL per event of the capacity
+# model (docs/scaling.md). About six minutes.
+BASELINE ?= c50db10
+bench-compare: install
+	$(BIN)/python scripts/bench_compare.py --baseline $(BASELINE)
 
 # Ingest with enforcement `flag` and one redaction rule against the same schema without them,
 # and against plain ingest, in one run (docs/benchmarks.md, "Governance"). About four minutes.

@@ -139,6 +139,26 @@ def one_run(
     return result
 
 
+def stored_problems(
+    runs: list[RunResult], by_run: dict[str, int], concurrency: int
+) -> tuple[list[str], int]:
+    """Whether each run stored the events of its accepted requests: (problems, requests that
+    stored events). `by_run` is Db.events_by_run's count of the stored events per run."""
+    # wrk stops counting at the deadline, but the requests in flight then (at most one per
+    # connection and run) are still served and stored. Per run: the stored events are
+    # whole requests (a batch is all or nothing), at least the accepted ones and at most
+    # one more request per connection; each of those requests published one message.
+    problems = []
+    stored_requests = 0
+    for r in runs:
+        got, size = by_run.get(r.ref, 0), r.per_request
+        low, high = r.ok * size, (r.ok + concurrency) * size
+        if got % size or not low <= got <= high:
+            problems.append(f"{r.ref}: {got} events stored, expected {low}-{high}")
+        stored_requests += got // size
+    return problems, stored_requests
+
+
 def integrity(
     args: argparse.Namespace,
     harness: stack.Stack,
@@ -162,18 +182,7 @@ def integrity(
         "per BIGMIND_WAKEUP_TTL_SECONDS, plus one per batch request; stored may exceed "
         "accepted by the requests in flight when a run stops)."
     ]
-    # wrk stops counting at the deadline, but the requests in flight then (at most one per
-    # connection and run) are still served and stored. Per run: the stored events are
-    # whole requests (a batch is all or nothing), at least the accepted ones and at most
-    # one more request per connection; each of those requests published one message.
-    problems = []
-    stored_requests = 0
-    for r in ingest_runs:
-        got, size = by_run.get(r.ref, 0), r.per_request
-        low, high = r.ok * size, (r.ok + args.concurrency) * size
-        if got % size or not low <= got <= high:
-            problems.append(f"{r.ref}: {got} events stored, expected {low}-{high}")
-        stored_requests += got // size
+    problems, stored_requests = stored_problems(ingest_runs, by_run, args.concurrency)
     if sum(by_run.values()) != stored:
         problems.append(f"{stored - sum(by_run.values())} stored events belong to no run")
     batch_requests = sum(

@@ -51,7 +51,69 @@ def _processes() -> list[tuple[int, ProcStat]]:
     return found
 
 
+class PostgresMeter:
+    """What the benchmark costs the PostgreSQL server: the CPU seconds of the processes that
+    work for it, and the WAL it writes.
+
+    The server may be shared (other databases, other sessions' tests), so the CPU counted is
+    that of the backends connected to the benchmark's `databases` and of the processes that
+    serve no database (checkpointer, background writer, WAL writer, WAL senders: they write
+    and flush the benchmark's WAL), as `pg_stat_activity` lists them at each sample, plus the
+    postmaster itself. The WAL position (`pg_current_wal_lsn()`) is the whole cluster's: on
+    a shared server, another database's writes count too. The CPU needs a local server (its
+    processes in /proc); otherwise only the WAL is measured.
+    """
+
+    def __init__(self, url: str, databases: set[str]) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.databases = sorted(databases)
+        row = self.conn.execute("SELECT pg_backend_pid()").fetchone()
+        backend = proc_stat(str(row[0])) if row else None
+        self.postmaster = backend.ppid if backend is not None else None
+        # Each process's CPU when last seen, and that of the processes gone since: a backend
+        # that exits between two samples keeps what it had used at the first of them, so the
+        # total never goes down.
+        self.seen: dict[str, float] = {}
+        self.departed = 0.0
+
+    def sample(self) -> dict[str, float]:
+        """{"pg_bench": CPU seconds so far, "wal": bytes of WAL so far}."""
+        rows = self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s) OR datname IS NULL",
+            (self.databases,),
+        ).fetchall()
+        wal = self.conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')").fetchone()
+        found = {"wal": float(wal[0]) if wal else 0.0}
+        if self.postmaster is not None:
+            now: dict[str, float] = {}
+            for pid in [str(r[0]) for r in rows] + [str(self.postmaster)]:
+                stat = proc_stat(pid)
+                if stat is not None and stat.comm.startswith("postgres"):
+                    now[pid] = stat.seconds
+            self.departed += sum(v for pid, v in self.seen.items() if pid not in now)
+            self.seen = now
+            found["pg_bench"] = self.departed + sum(now.values())
+        return found
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_postgres_meter: PostgresMeter | None = None
+
+
+def measure_postgres(meter: PostgresMeter | None) -> None:
+    """From now on, `cpu_by_parent` and `cpu_by_session` also report the meter's figures
+    ("pg_bench", "wal"), sampled at the same moments (None: no longer)."""
+    global _postgres_meter
+    _postgres_meter = meter
+
+
 def _machine(totals: dict[str, float]) -> dict[str, float]:
+    if _postgres_meter is not None:
+        totals.update(_postgres_meter.sample())
     with open("/proc/stat") as fh:
         values = [int(v) for v in fh.readline().split()[1:]]
     # user nice system idle iowait irq softirq steal (guest time is already inside user/nice)

@@ -36,6 +36,12 @@ def set_log_tag(tag: str, *, clock: bool = False) -> None:
     _log_tag, _log_clock = tag, clock
 
 
+def code_root(args: argparse.Namespace) -> Path:
+    """The checkout whose code runs: this one, or `args.root` (scripts/bench_compare.py runs a
+    baseline's code from a worktree of its own with this checkout's harness)."""
+    return Path(getattr(args, "root", None) or ROOT)
+
+
 def log(message: str) -> None:
     tag = f"{_log_tag} {time.strftime('%H:%M:%S')}" if _log_clock else _log_tag
     print(f"[{tag}] {message}", file=sys.stderr, flush=True)
@@ -94,7 +100,7 @@ def bench_env(args: argparse.Namespace, var_dir: str = "bench") -> dict[str, str
             "BIGMIND_RATE_LIMIT_EVENT": str(HUGE_RATE_LIMIT),
             "BIGMIND_RATE_LIMIT_METRIC": str(HUGE_RATE_LIMIT),
             "BIGMIND_RATE_LIMIT_STATE": str(HUGE_RATE_LIMIT),
-            "BIGMIND_VAR_DIR": str(ROOT / "var" / var_dir),
+            "BIGMIND_VAR_DIR": str(code_root(args) / "var" / var_dir),
             "LOG_LEVEL": "WARNING",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
@@ -145,10 +151,10 @@ def bench_table_prepare(args: argparse.Namespace) -> None:
         conn.execute(f"TRUNCATE {BENCH_INSERT_TABLE}")
 
 
-def manage(env: dict[str, str], *command: str) -> None:
+def manage(env: dict[str, str], *command: str, root: Path = ROOT) -> None:
     subprocess.run(
         [sys.executable, "manage.py", *command],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,
@@ -181,7 +187,7 @@ def gunicorn_start(
         "-m",
         "gunicorn",
         "-c",
-        str(ROOT / "bigmind" / "gunicorn_conf.py"),
+        str(code_root(args) / "bigmind" / "gunicorn_conf.py"),
         args.app,
         "--backlog",
         "2048",
@@ -192,7 +198,12 @@ def gunicorn_start(
     handle = open(logfile, "ab")  # noqa: SIM115 (kept open for the server's lifetime)
     # A session of its own: Ctrl-C in the terminal reaches only us, and we stop it in order.
     return subprocess.Popen(
-        command, cwd=ROOT, env=server_env, stdout=handle, stderr=handle, start_new_session=True
+        command,
+        cwd=code_root(args),
+        env=server_env,
+        stdout=handle,
+        stderr=handle,
+        start_new_session=True,
     )
 
 
@@ -286,7 +297,7 @@ def worker_start(
     log(f"starting worker {tag}: {args.pool}, {processes} process(es)")
     process = subprocess.Popen(
         command,
-        cwd=ROOT,
+        cwd=code_root(args),
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=handle,
@@ -391,11 +402,12 @@ class Stack:
         """Create (or with --reset recreate) the database, migrate it, add the demo data."""
         database_prepare(self.args)
         log("migrating")
-        manage(self.env, "migrate", "--noinput")
+        root = code_root(self.args)
+        manage(self.env, "migrate", "--noinput", root=root)
         log("bootstrap_demo --allow-production")
-        manage(self.env, "bootstrap_demo", "--allow-production")
+        manage(self.env, "bootstrap_demo", "--allow-production", root=root)
         # The governance benchmark's signals (harmless to the others: nothing sends to them).
-        manage(self.env, "sync_signals", str(GOVERNANCE_SIGNALS))
+        manage(self.env, "sync_signals", str(GOVERNANCE_SIGNALS), root=root)
 
     def start_gunicorn(self) -> int:
         """Start gunicorn on --port (or a free one) and wait until it answers; its port."""
