@@ -56,6 +56,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -356,6 +357,18 @@ def retention_purge(
             return True
         return False
 
+    def in_chunks(chunk: Callable[[], int]) -> int:
+        """Run `chunk` (it deletes up to `size` rows, returns how many) until one comes back
+        short or the time budget is spent; how many it deleted in all."""
+        deleted = 0
+        while not out_of_time():
+            done = chunk()
+            deleted += done
+            result.chunks += 1 if done else 0
+            if done < size:
+                break
+        return deleted
+
     # Whole partitions first: the row purge below then finds only the straddling ones' rows.
     # (A dry run lists them; the counts below include their events already.)
     _partitions_purge(cutoffs, result, dry_run, out_of_time)
@@ -367,13 +380,7 @@ def retention_purge(
         if dry_run:
             deleted = expired.count()
         else:
-            deleted = 0
-            while not out_of_time():
-                done = _events_chunk(status, cutoff, size)
-                deleted += done
-                result.chunks += 1 if done else 0
-                if done < size:
-                    break
+            deleted = in_chunks(partial(_events_chunk, status, cutoff, size))
         if status == EventStatus.COMPLETED:
             result.completed_events += deleted
         else:
@@ -387,12 +394,7 @@ def retention_purge(
                     period=period, bucket_start__lt=before
                 ).count()
                 continue
-            while not out_of_time():
-                done = _buckets_chunk(period, before, size)
-                result.metric_buckets += done
-                result.chunks += 1 if done else 0
-                if done < size:
-                    break
+            result.metric_buckets += in_chunks(partial(_buckets_chunk, period, before, size))
 
     delivery_cutoff = cutoffs["webhook_deliveries"]
     if delivery_cutoff is not None:
@@ -401,24 +403,16 @@ def retention_purge(
                 completed_at__lt=delivery_cutoff
             ).count()
         else:
-            while not out_of_time():
-                done = _deliveries_chunk(delivery_cutoff, size)
-                result.webhook_deliveries += done
-                result.chunks += 1 if done else 0
-                if done < size:
-                    break
+            result.webhook_deliveries += in_chunks(
+                partial(_deliveries_chunk, delivery_cutoff, size)
+            )
 
     audit_cutoff = cutoffs["audit_entries"]
     if audit_cutoff is not None:
         if dry_run:
             result.audit_entries = AuditEntry.objects.filter(at__lt=audit_cutoff).count()
         else:
-            while not out_of_time():
-                done = _audit_chunk(audit_cutoff, size)
-                result.audit_entries += done
-                result.chunks += 1 if done else 0
-                if done < size:
-                    break
+            result.audit_entries += in_chunks(partial(_audit_chunk, audit_cutoff, size))
 
     # After the events: a key whose event this run deleted goes in the same run.
     key_cutoff = cutoffs["idempotency_keys"]
@@ -426,12 +420,7 @@ def retention_purge(
         if dry_run:
             result.idempotency_keys = _expired_keys(key_cutoff).count()
         else:
-            while not out_of_time():
-                done = _keys_chunk(key_cutoff, size)
-                result.idempotency_keys += done
-                result.chunks += 1 if done else 0
-                if done < size:
-                    break
+            result.idempotency_keys += in_chunks(partial(_keys_chunk, key_cutoff, size))
 
     counts = (
         result.completed_events,

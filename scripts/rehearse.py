@@ -65,12 +65,13 @@ from tests.harness import (  # noqa: E402
     PrivateRedis,
     Service,
     children_of,
+    cpu_ticks,
     free_port,
     wait_for,
 )
+from tests.harness import manage as harness_manage  # noqa: E402
 from tests.reliability.conftest import APP_ENV  # noqa: E402
 from tests.reliability.load import Load, Outcome  # noqa: E402
-from tests.reliability.test_faults import _cpu_ticks  # noqa: E402
 
 DATABASE = "bigmind_rehearse"
 ORGANIZATION = "rehearsal"
@@ -265,21 +266,8 @@ def missing() -> str | None:
 def manage(
     run: Run, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
 ) -> str:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), *args],
-        cwd=ROOT,
-        env=env or run.env,
-        input=stdin.encode() if stdin is not None else None,
-        capture_output=True,
-        timeout=600,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"manage.py {' '.join(args)} exited {result.returncode}:\n"
-            f"{result.stdout.decode(errors='replace')}{result.stderr.decode(errors='replace')}"
-        )
-    return result.stdout.decode()
+    """A management command with the cluster's environment (or `env`); its stdout."""
+    return harness_manage(*args, env=env or run.env, stdin=stdin)
 
 
 PROBE = """
@@ -427,10 +415,10 @@ def wait_until_busy(run: Run, node: Node, timeout: float = 10.0) -> str:
     assert node.service is not None
     pids = children_of(node.service.process.pid)
     deadline = time.monotonic() + timeout
-    before = {pid: _cpu_ticks(pid) for pid in pids}
+    before = {pid: cpu_ticks(pid) for pid in pids}
     while time.monotonic() < deadline:
         time.sleep(0.02)
-        now = {pid: _cpu_ticks(pid) for pid in pids}
+        now = {pid: cpu_ticks(pid) for pid in pids}
         if any(now[pid] > before[pid] >= 0 for pid in pids):
             claimed = processing_now(run)
             if claimed:

@@ -165,6 +165,16 @@ class Service:
         self._log_file.close()
 
 
+def cpu_ticks(pid: int) -> int:
+    """A process's CPU time so far (utime + stime, in clock ticks); -1 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def manage(*args: str, env: Mapping[str, str], stdin: str | None = None) -> str:
     """Run a management command against the private stack; its stdout."""
     result = subprocess.run(

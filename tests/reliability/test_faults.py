@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from events_app.webhooks.signing import HEADER, verify
-from tests.harness import Worker, manage, worker_start, workers_stop
+from tests.harness import Worker, cpu_ticks, manage, worker_start, workers_stop
 from tests.reliability.conftest import ORGANIZATION, SIGNALS, FaultStack
 from tests.reliability.load import Load, Outcome
 from tests.reliability.report import FaultRow, WebhookCounts, row_write
@@ -384,15 +384,6 @@ def _stuck_now(stack: FaultStack, fault: str, before: float) -> int:
         )
 
 
-def _cpu_ticks(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return -1
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
 def _wait_until_busy(worker: Worker, timeout: float = 5.0) -> bool:
     """Wait until the worker's pool process is using CPU (so, most likely, holds claimed events):
     killing an idle worker would only test the easy case."""
@@ -400,10 +391,10 @@ def _wait_until_busy(worker: Worker, timeout: float = 5.0) -> bool:
     if len(children) != 1:
         return False
     deadline = time.monotonic() + timeout
-    before = _cpu_ticks(children[0])
+    before = cpu_ticks(children[0])
     while time.monotonic() < deadline:
         time.sleep(0.02)
-        now = _cpu_ticks(children[0])
+        now = cpu_ticks(children[0])
         if now > before >= 0:
             return True
         before = now
