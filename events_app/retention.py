@@ -32,15 +32,16 @@ its event.
 events_app/partitions): a partition whose whole range ended before the completed events' cutoff
 is detached and dropped instead of deleted row by row, provided it holds no event that must be
 kept (`pending` or `processing`, or `failed` while the failed events' cutoff has not passed its
-end). In one transaction: the advisory lock of partition upkeep, SHARE on the partition (its
-rows can no longer change; reads go on), its events added to `PurgedEventCount` (one INSERT ...
-SELECT ... GROUP BY) and their transitions deleted, then DETACH PARTITION and DROP TABLE. On
-PostgreSQL 15 the DETACH takes ACCESS EXCLUSIVE on the events table (a plain DETACH: the
-CONCURRENTLY form is refused while a DEFAULT partition exists) and the DROP takes it on the
-partition; both are catalogue changes, held a moment, and the transaction runs under a
-`lock_timeout` (PARTITION_LOCK_TIMEOUT) so that a long query holding the table costs this run
-the partition (the next run tries again) rather than queueing every other query behind the
-waiting lock. The partition straddling the cutoff, the DEFAULT partition and any partition
+end). First DETACH PARTITION, alone in its transaction (with the advisory lock of partition
+upkeep): on PostgreSQL 15 it takes ACCESS EXCLUSIVE on the events table (a plain DETACH: the
+CONCURRENTLY form is refused while a DEFAULT partition exists), a catalogue change held a
+moment; it holds no other table lock while waiting, so it cannot deadlock with the writers, and
+waits under a `lock_timeout` (PARTITION_LOCK_TIMEOUT) so that a long query holding the table
+costs this run the partition (the next run tries again) rather than queueing every other query
+behind the waiting lock. Then, on the detached table, which nothing reaches through the events
+table any more: its events added to `PurgedEventCount` (one INSERT ... SELECT ... GROUP BY),
+their transitions deleted, DROP TABLE; or ATTACH again if it holds an event to keep after all.
+A drop interrupted between the two is finished by the next run. The partition straddling the cutoff, the DEFAULT partition and any partition
 holding events that must be kept are purged row by row as below.
 
 Bounded: chunks of BIGMIND_RETENTION_CHUNK_SIZE rows, each one short transaction; on
@@ -52,15 +53,17 @@ budget is spent and the next run carries on.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
+from django.db.backends.utils import CursorWrapper
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
@@ -76,7 +79,13 @@ from events_app.models import (
     WebhookDelivery,
     db_value,
 )
-from events_app.partitions.upkeep import TABLE, is_partitioned, partitions_lock, partitions_read
+from events_app.partitions.upkeep import (
+    TABLE,
+    is_partitioned,
+    partitions_lock,
+    partitions_read,
+    timestamp_literal,
+)
 from events_app.pipeline.facts import bucket_start
 from signals_app.models import AuditEntry
 
@@ -87,7 +96,7 @@ PERIODS = ("hour", "day", "week", "month")
 # databases' limits (SQLite 32,766, PostgreSQL 65,535), and a chunk's transaction short.
 MAX_CHUNK_SIZE = 5000
 # How long dropping a partition waits for its locks before leaving it to the next run.
-PARTITION_LOCK_TIMEOUT = "2s"
+PARTITION_LOCK_TIMEOUT = "500ms"
 
 
 @dataclass
@@ -205,49 +214,104 @@ def _partition_drop_sql(partition: str) -> str:
     """  # noqa: S608
 
 
+def _kept_statuses(end: datetime, failed_cutoff: datetime | None) -> list[str]:
+    """The statuses of events a partition ending at `end` must not lose."""
+    kept: list[str] = [EventStatus.PENDING, EventStatus.PROCESSING]
+    if failed_cutoff is None or end > failed_cutoff:
+        kept.append(EventStatus.FAILED)
+    return kept
+
+
+def _holds(cursor: CursorWrapper, table: str, kept: list[str]) -> bool:
+    cursor.execute(
+        f'SELECT EXISTS (SELECT 1 FROM "{table}" WHERE "status" = ANY(%s))',  # noqa: S608
+        [kept],
+    )
+    return bool(cursor.fetchone()[0])
+
+
 def _partition_drop(
     name: str, end: datetime, failed_cutoff: datetime | None, dry_run: bool
 ) -> dict[str, int] | None:
     """Drop one expired partition with what it adds up to; None when it holds events that must
-    be kept (or its locks were not free in time): the row purge then deals with it."""
-    kept = [EventStatus.PENDING, EventStatus.PROCESSING]
-    if failed_cutoff is None or end > failed_cutoff:
-        kept.append(EventStatus.FAILED)
-    transitions = EventTransition._meta.db_table
+    be kept (or the events table's lock was not free in time): the row purge then deals with it.
+
+    DETACH first, in a transaction of its own that holds no other table lock while it waits
+    (so it cannot be part of a deadlock with the writers, who lock the events table and then
+    its partitions), under a short lock_timeout. Once detached, no statement through the
+    events table reaches the partition: counting and dropping it then blocks nobody.
+    """
+    kept = _kept_statuses(end, failed_cutoff)
+    with connection.cursor() as cursor:
+        # A look without a lock: most partitions that must be kept are known here for free.
+        if _holds(cursor, name, kept):
+            return None
+    if dry_run:
+        return {}
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
             partitions_lock(cursor)
-            if not dry_run:
-                # Its rows stop changing (a reprocess cannot make one `pending` under us).
-                cursor.execute(f'LOCK TABLE "{name}" IN SHARE MODE')
-            cursor.execute(
-                f'SELECT EXISTS (SELECT 1 FROM "{name}" WHERE "status" = ANY(%s))',  # noqa: S608
-                [kept],
-            )
-            if cursor.fetchone()[0]:
-                return None
-            if dry_run:
-                return {}
-            cursor.execute(_partition_drop_sql(name))
-            counts = {status: int(n) for status, n in cursor.fetchall()}
-            cursor.execute(
-                f'DELETE FROM "{transitions}" t USING "{name}" e WHERE t."event_id" = e."id"'  # noqa: S608
-            )
-            # PostgreSQL refuses to drop a table with foreign-key checks still deferred in this
-            # transaction; there are none unless the caller's own transaction wrote events (a
-            # test does). Checked now instead; Django declares every foreign key DEFERRABLE
-            # INITIALLY DEFERRED, so DEFERRED below restores the caller's state.
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
             cursor.execute(f'ALTER TABLE "{TABLE}" DETACH PARTITION "{name}"')
-            cursor.execute(f'DROP TABLE "{name}"')
-            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
     except OperationalError as exc:
-        if "lock timeout" not in str(exc):
+        if "lock timeout" not in str(exc) and "deadlock" not in str(exc):
             raise
         logger.warning("retention: partition %s left to the next run (%s)", name, exc)
         return None
+    return _detached_drop(name, kept)
+
+
+def _detached_drop(name: str, kept: list[str]) -> dict[str, int] | None:
+    """Count, clear and drop a detached expired partition, in one transaction; re-attach it
+    instead if it holds an event that must be kept (a reprocess between the look and the
+    DETACH). Also what finishes a drop a crash interrupted after the DETACH."""
+    transitions = EventTransition._meta.db_table
+    with transaction.atomic(), connection.cursor() as cursor:
+        partitions_lock(cursor)
+        if _holds(cursor, name, kept):
+            start, end = _detached_range(name)
+            cursor.execute(
+                f'ALTER TABLE "{TABLE}" ATTACH PARTITION "{name}" '
+                f"FOR VALUES FROM ({timestamp_literal(start)}) TO ({timestamp_literal(end)})"
+            )
+            logger.warning("retention: partition %s holds events to keep; attached again", name)
+            return None
+        cursor.execute(_partition_drop_sql(name))
+        counts = {status: int(n) for status, n in cursor.fetchall()}
+        cursor.execute(
+            f'DELETE FROM "{transitions}" t USING "{name}" e WHERE t."event_id" = e."id"'  # noqa: S608
+        )
+        # PostgreSQL refuses to drop a table with foreign-key checks still deferred in this
+        # transaction; there are none unless the caller's own transaction wrote events (a
+        # test does). Checked now instead; Django declares every foreign key DEFERRABLE
+        # INITIALLY DEFERRED, so DEFERRED below restores the caller's state.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute(f'DROP TABLE "{name}"')
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
     return counts
+
+
+_DETACHED = re.compile(rf"^{TABLE}_p(\d{{8}})_(\d{{8}})$")
+
+
+def _detached_range(name: str) -> tuple[datetime, datetime]:
+    match = _DETACHED.match(name)
+    assert match is not None, name
+    return (
+        datetime.strptime(match[1], "%Y%m%d").replace(tzinfo=UTC),
+        datetime.strptime(match[2], "%Y%m%d").replace(tzinfo=UTC),
+    )
+
+
+def _detached_partitions(cursor: CursorWrapper) -> list[str]:
+    """Partitions a drop detached and did not finish (the process died in between): plain
+    tables named like a partition that are no partition of the events table."""
+    cursor.execute(
+        "SELECT relname FROM pg_class WHERE relkind = 'r' AND NOT relispartition "
+        "AND relnamespace = to_regnamespace(current_schema()) AND relname LIKE %s",
+        [f"{TABLE}_p%"],
+    )
+    return sorted(name for (name,) in cursor.fetchall() if _DETACHED.match(name))
 
 
 def _partitions_purge(
@@ -265,6 +329,14 @@ def _partitions_purge(
             for p in partitions_read(cursor)
             if p.start is not None and p.end is not None and p.end <= completed_cutoff
         ]
+        unfinished = [] if dry_run else _detached_partitions(cursor)
+    for name in unfinished:
+        _, end = _detached_range(name)
+        counts = _detached_drop(name, _kept_statuses(end, cutoffs[EventStatus.FAILED]))
+        if counts is not None:
+            result.dropped_partitions.append(name)
+            result.completed_events += counts.get(EventStatus.COMPLETED, 0)
+            result.failed_events += counts.get(EventStatus.FAILED, 0)
     for part in expired:
         if out_of_time():
             return

@@ -102,7 +102,7 @@ def interval_end(start: datetime, interval: str) -> datetime:
     return start + timedelta(days=7 if interval == "week" else 1)
 
 
-def _literal(moment: datetime) -> str:
+def timestamp_literal(moment: datetime) -> str:
     # DDL takes no bind parameters; a UTC datetime we computed is rendered, never user input.
     return f"'{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}+00'"
 
@@ -239,14 +239,15 @@ def partition_create(
             f'CREATE TABLE "{name}" (LIKE "{table}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
             "INCLUDING STORAGE)"
         )
-        bounds = f"FROM ({_literal(low)}) TO ({_literal(high)})"
+        bounds = f"FROM ({timestamp_literal(low)}) TO ({timestamp_literal(high)})"
         if default is not None:
             columns = _columns(cursor, table)
             cursor.execute(f'LOCK TABLE "{default}" IN SHARE ROW EXCLUSIVE MODE')
             # Only model metadata and computed UTC bounds are interpolated.
             cursor.execute(
-                f'WITH moved AS (DELETE FROM "{default}" WHERE "received_at" >= {_literal(low)} '  # noqa: S608
-                f'AND "received_at" < {_literal(high)} RETURNING {columns}) '
+                f'WITH moved AS (DELETE FROM "{default}" '  # noqa: S608
+                f'WHERE "received_at" >= {timestamp_literal(low)} '
+                f'AND "received_at" < {timestamp_literal(high)} RETURNING {columns}) '
                 f'INSERT INTO "{name}" ({columns}) SELECT {columns} FROM moved'
             )
             if cursor.rowcount:
