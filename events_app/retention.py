@@ -41,8 +41,9 @@ costs this run the partition (the next run tries again) rather than queueing eve
 behind the waiting lock. Then, on the detached table, which nothing reaches through the events
 table any more: its events added to `PurgedEventCount` (one INSERT ... SELECT ... GROUP BY),
 their transitions deleted, DROP TABLE; or ATTACH again if it holds an event to keep after all.
-A drop interrupted between the two is finished by the next run. The partition straddling the cutoff, the DEFAULT partition and any partition
-holding events that must be kept are purged row by row as below.
+A drop interrupted between the two is finished by the next run. The partition straddling the
+cutoff, the DEFAULT partition and any partition holding events that must be kept are purged
+row by row as below.
 
 Bounded: chunks of BIGMIND_RETENTION_CHUNK_SIZE rows, each one short transaction; on
 PostgreSQL an event chunk is taken with `FOR UPDATE SKIP LOCKED`, so a purge never waits on (nor
