@@ -400,6 +400,8 @@ def after_commit(outcome: Outcome) -> None:
             )
     for work, delay in outcome.retried:
         metrics.event_retry_scheduled(event_id=work.claim.event_id)
-        event_enqueue_later(event_id=work.claim.event_id, countdown=delay)
+        event_enqueue_later(
+            event_id=work.claim.event_id, countdown=delay, received_at=work.claim.received_at
+        )
     for work in outcome.failed:
         metrics.event_failed(event=work.claim, signal=work.signal)

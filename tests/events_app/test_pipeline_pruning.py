@@ -213,3 +213,22 @@ def test_a_claim_with_and_without_times_claims_every_event(
     assert set(Event.objects.filter(pk__in=ids).values_list("status", flat=True)) == {
         EventStatus.COMPLETED
     }
+
+
+def test_messages_with_without_or_with_bad_times_process_every_event(
+    api: ApiClient, visit: Signal, days: list[datetime]
+) -> None:
+    """A message of an earlier release has ids only; one of this release adds their times; a
+    time that cannot be read leaves its event to the claim by id alone. None is missed."""
+    from events_app.tasks import process_event_task, process_events_task
+
+    old = stored(api, [days[1], days[2]])
+    process_events_task.run(old)
+    new = stored(api, [days[3], days[4], days[5]])
+    times = [Event.objects.get(pk=i).received_at.isoformat() for i in new]
+    process_events_task.run(new, ["not a time", None, times[2]])
+    [single] = stored(api, [days[6]])
+    process_event_task.run(single, Event.objects.get(pk=single).received_at.isoformat())
+    assert set(
+        Event.objects.filter(pk__in=[*old, *new, single]).values_list("status", flat=True)
+    ) == {EventStatus.COMPLETED}
