@@ -256,6 +256,7 @@ def _occurrence(work: Work, type: str, extra: dict[str, Any] | None = None) -> O
         event_id=work.claim.event_id,
         signal_id=work.signal.pk,
         extra=extra or {},
+        received_at=work.claim.received_at,
     )
 
 

@@ -92,6 +92,7 @@ def _unstick(now: datetime) -> tuple[int, int]:
                             organization_id=organization_id,
                             event_id=pk,
                             signal_id=signal_id,
+                            received_at=received_at,
                         )
                     ],
                     now=now,

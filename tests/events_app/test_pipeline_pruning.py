@@ -232,3 +232,43 @@ def test_messages_with_without_or_with_bad_times_process_every_event(
     assert set(
         Event.objects.filter(pk__in=[*old, *new, single]).values_list("status", flat=True)
     ) == {EventStatus.COMPLETED}
+
+
+def test_a_webhook_delivery_reads_its_event_in_the_events_partition(
+    api: ApiClient, tenant: Tenant, visit: Signal, days: list[datetime]
+) -> None:
+    """A delivery keeps its event's received_at; its first attempt reads the event by it (on
+    PostgreSQL, only that partition). One written by an earlier release, without it, reads the
+    event by id alone; both get their body."""
+    from events_app.models import WebhookDelivery
+    from events_app.webhooks.endpoints import endpoint_create
+    from events_app.webhooks.sending import bodies_build
+
+    endpoint_create(
+        organization=tenant.organization, url="https://93.184.215.14/hooks", events=["*"]
+    )
+    ids = stored(api, [days[11] + timedelta(hours=2), days[12]])
+    times = dict(Event.objects.filter(pk__in=ids).values_list("pk", "received_at"))
+    WebhookDelivery.objects.all().delete()  # any written when the request was processed
+    chunk_run(events_claim(event_ids=ids, received=times), processor_get())
+    deliveries = list(WebhookDelivery.objects.filter(event_id__in=ids))
+    assert deliveries and {d.event_received_at for d in deliveries} == set(times.values())
+    older = deliveries[-1]
+    WebhookDelivery.objects.filter(pk=older.pk).update(event_received_at=None)
+    older.event_received_at = None
+
+    if on_postgres():
+        timed = [d for d in deliveries if d is not older]
+        span = [d.event_received_at for d in timed if d.event_received_at is not None]
+        query = Event.objects.filter(
+            id__in={d.event_id for d in timed}, received_at__range=(min(span), max(span))
+        )
+        sql, params = query.query.sql_with_params()
+        plan = generic_plan(sql, list(params))
+        visited = partitions_visited(plan)
+        assert "Subplans Removed" in plan and 1 <= len(visited) <= 2, plan
+        assert visited <= {partition_of(days[11]), partition_of(days[12])}, plan
+
+    sent = bodies_build(deliveries, organization=tenant.organization.slug, now=timezone.now())
+    assert len(sent) == len(deliveries)
+    assert all(d.body and d.status == "pending" for d in sent)
