@@ -210,7 +210,9 @@ def _events_of(deliveries: list[WebhookDelivery]) -> list[Event]:
     event's received_at: that names the events' partitions, where a read by id alone visits
     every partition; by id alone for deliveries written by an earlier release."""
     timed = [d for d in deliveries if d.event_received_at is not None]
-    untimed = {d.event_id for d in deliveries if d.event_received_at is None}
+    untimed = {
+        d.event_id for d in deliveries if d.event_received_at is None and d.event_id is not None
+    }
     events = Event.objects.select_related("signal")
     found: list[Event] = []
     if timed:
