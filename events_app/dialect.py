@@ -153,6 +153,15 @@ def ids_in(column: str, ids: Sequence[UUID]) -> tuple[str, list[Any]]:
     return f"{column} IN (" + ", ".join(["%s"] * len(ids)) + ")", [i.hex for i in ids]
 
 
+def received_within(column: str, times: Sequence[datetime]) -> tuple[str, list[Any]]:
+    """`<column> BETWEEN` the earliest and the latest of `times` (never empty), and its two
+    parameters: on the partitioned events table, the condition that names the partitions of
+    these events, so that a statement on them by id visits only those partitions. A range of
+    two parameters, not `= ANY(array)`: PostgreSQL prunes a generic plan at executor start-up
+    on a range of parameters, never on an array parameter. Harmless on SQLite."""
+    return f"{column} BETWEEN %s AND %s", [datetime_value(min(times)), datetime_value(max(times))]
+
+
 def for_update_in_key_order(order_by: str, of: str) -> str:
     """A SELECT's suffix locking its rows in key order (PostgreSQL), so that two transactions
     locking overlapping rows queue instead of deadlocking. SQLite: nothing, a transaction that
@@ -214,13 +223,16 @@ def claim_due_update(
         sql = f"""
             WITH "due" AS MATERIALIZED ({due} FOR UPDATE SKIP LOCKED)
             {set_claimed}
-            WHERE "id" IN (SELECT "id" FROM "due") AND "status" = '{pending}'
+            WHERE ("id", "received_at") IN (SELECT "id", "received_at" FROM "due")
+              AND "received_at" BETWEEN (SELECT min("received_at") FROM "due")
+                                    AND (SELECT max("received_at") FROM "due")
+              AND "status" = '{pending}'
             RETURNING {returned}
         """  # noqa: S608
         return sql, [claimed_at, limit, claimed_at]
     sql = f"""
             {set_claimed}
-            WHERE "id" IN ({due}) AND "status" = '{pending}'
+            WHERE ("id", "received_at") IN ({due}) AND "status" = '{pending}'
             RETURNING {returned}
         """
     return sql, [claimed_at, claimed_at, limit]

@@ -515,6 +515,12 @@ class WebhookDelivery(models.Model):
     type = models.CharField(max_length=32, choices=WebhookEventType.choices)
     # The event it is about (no foreign key: retention may purge the event before the last try).
     event_id = models.UUIDField("event ID", null=True, blank=True)
+    # The event's received_at, which names its partition of the events table: the first attempt
+    # reads the event by (id, received_at), visiting one partition instead of all. Empty on
+    # deliveries written by an earlier release (their event is then read by id alone).
+    event_received_at = models.DateTimeField(
+        "event received at", null=True, blank=True, editable=False
+    )
     # What the type adds beside the event (`insight`; `previous` and `state`), written with the
     # delivery; the body is built from it and the event at the first attempt, then kept, so
     # every attempt sends the same bytes (events_app/webhooks/sending.py, `bodies_build`).

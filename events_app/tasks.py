@@ -39,15 +39,21 @@ PROCESSING_RETRY = {
 
 
 @shared_task(name=PROCESS_EVENT_TASK, **TASK_OPTIONS, **PROCESSING_RETRY)
-def process_event_task(event_id: str) -> None:
-    """One event, then other due pending ones (draining: see `events_process`)."""
-    events_process(event_ids=[event_id], time_budget=batch_time_budget(), drain=True)
+def process_event_task(event_id: str, received_at: str | None = None) -> None:
+    """One event, then other due pending ones (draining: see `events_process`). `received_at`
+    names the event's partition (absent from messages of earlier releases)."""
+    events_process(
+        event_ids=[event_id],
+        received_at=[received_at],
+        time_budget=batch_time_budget(),
+        drain=True,
+    )
 
 
 @shared_task(name=PROCESS_EVENTS_TASK, **TASK_OPTIONS, **PROCESSING_RETRY)
-def process_events_task(event_ids: list[str]) -> None:
+def process_events_task(event_ids: list[str], received_at: list[str] | None = None) -> None:
     """Several events in one message (a batch request, the sweep, a reprocess): one claim."""
-    events_process(event_ids=event_ids, time_budget=batch_time_budget())
+    events_process(event_ids=event_ids, received_at=received_at, time_budget=batch_time_budget())
 
 
 @shared_task(name="events.sweep", **TASK_OPTIONS)

@@ -168,7 +168,10 @@ def _store(client: ApiClient, items: list[_Item]) -> None:
             continue
         ids = [event.id for event in new_events]
         if ids:
-            transaction.on_commit(partial(events_enqueue, event_ids=ids), robust=True)
+            received_at = [event.received_at for event in new_events]
+            transaction.on_commit(
+                partial(events_enqueue, event_ids=ids, received_at=received_at), robust=True
+            )
         for item in items:
             if item.replay_of is not None:
                 item.event = item.replay_of.event

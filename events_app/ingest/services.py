@@ -197,12 +197,14 @@ def _group_committed(
 ) -> None:
     """After groups committed (in the writer thread): queue the processing of what they stored,
     as the first of their requests (a message it publishes names that request)."""
-    stored = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome.inserted]
+    stored = [row for row, outcome in zip(rows, outcomes, strict=True) if outcome.inserted]
     if not stored:
         return
     token = log_context_begin(request_id=request_id)
     try:
-        events_committed(event_ids=stored)
+        events_committed(
+            event_ids=[row.id for row in stored], received_at=[row.received_at for row in stored]
+        )
     finally:
         log_context_end(token)
 
@@ -245,11 +247,13 @@ def _event_write(row: NewEvent) -> StoreOutcome:
             ) from exc
     outcome = events_store([row])[0]
     if outcome.inserted:
-        event_id = row.id
+        event_id, received_at = row.id, row.received_at
         # After commit (at once in autocommit, at the end of an enclosing transaction).
         # robust: a broker outage must not turn a stored event into an error response;
         # the event stays `pending` and is picked up again (see docs/operations.md).
-        transaction.on_commit(lambda: event_enqueue(event_id=event_id), robust=True)
+        transaction.on_commit(
+            lambda: event_enqueue(event_id=event_id, received_at=received_at), robust=True
+        )
     return outcome
 
 

@@ -13,7 +13,7 @@ alone (events_app/pipeline/processing.py says why).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -116,27 +116,53 @@ def _claim_run(update: str, params: list[Any], now: datetime) -> list[Claim]:
     )
 
 
-def events_claim(*, event_ids: Iterable[UUID | str], now: datetime | None = None) -> list[Claim]:
+def events_claim(
+    *,
+    event_ids: Iterable[UUID | str],
+    received: Mapping[UUID, datetime] | None = None,
+    now: datetime | None = None,
+) -> list[Claim]:
     """pending -> processing for those of `event_ids` still pending, counting the attempt.
 
     The returned rows decide: an event another worker claimed, or that is already completed, is
     simply not returned. Several events are claimed only if this is their first attempt: a
     later one is claimed alone (see the module's docstring).
+
+    `received`: the `received_at` of those events the caller knows it of. Their claim names
+    their partitions (`dialect.received_within`) and visits no other; an id without one (a
+    message of an earlier release) is claimed by id alone, visiting every partition.
     """
     ids = [UUID(str(i)) for i in dict.fromkeys(event_ids)]
     if not ids:
         return []
     now = now or timezone.now()
-    table = Event._meta.db_table
+    received = received or {}
+    timed = [i for i in ids if i in received]
+    untimed = [i for i in ids if i not in received]
     first_only = ' AND "attempts" = 0' if len(ids) > 1 else ""
+    claims: list[Claim] = []
+    if timed:
+        within, within_params = dialect.received_within(
+            '"received_at"', [received[i] for i in timed]
+        )
+        claims += _claim_ids(timed, f"{first_only} AND {within}", within_params, now)
+    if untimed:
+        claims += _claim_ids(untimed, first_only, [], now)
+    if timed and untimed:
+        claims.sort(key=lambda c: (c.received_at, c.event_id))
+    return claims
+
+
+def _claim_ids(ids: list[UUID], condition: str, params: list[Any], now: datetime) -> list[Claim]:
+    table = Event._meta.db_table
     where, id_params = dialect.ids_in('"id"', ids)
     update = f"""
         UPDATE "{table}" SET "status" = '{_PROCESSING}', "attempts" = "attempts" + 1,
                              "claimed_at" = %s, "due_at" = NULL
-        WHERE {where} AND "status" || '' = '{_PENDING}'{first_only}
+        WHERE {where} AND "status" || '' = '{_PENDING}'{condition}
         RETURNING {_RETURNED}
     """  # noqa: S608
-    return _claim_run(update, [dialect.datetime_value(now), *id_params], now)
+    return _claim_run(update, [dialect.datetime_value(now), *id_params, *params], now)
 
 
 def events_claim_due(*, limit: int, now: datetime | None = None) -> list[Claim]:
@@ -153,7 +179,7 @@ def events_claim_due(*, limit: int, now: datetime | None = None) -> list[Claim]:
     now = now or timezone.now()
     table = Event._meta.db_table
     due = f"""
-        SELECT "id" FROM "{table}"
+        SELECT "id", "received_at" FROM "{table}"
         WHERE "status" = '{_PENDING}' AND "attempts" = 0
           AND ("due_at" IS NULL OR "due_at" <= %s)
         ORDER BY "received_at" LIMIT %s

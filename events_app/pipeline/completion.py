@@ -123,6 +123,15 @@ def _states_check(
     return stale, insert, replace
 
 
+def _partitions_of(table: str, works: list[Work]) -> tuple[str, list[Any]]:
+    """The condition naming the partitions of these events (by their `received_at`, which the
+    claim returned): without it a statement by id visits every partition of the events table.
+    The `rows` join cannot name them: PostgreSQL prunes on parameters, not on joined rows."""
+    return dialect.received_within(
+        f'"{table}"."received_at"', [work.claim.received_at for work in works]
+    )
+
+
 def _events_complete(works: list[Work], processor: Processor, now: datetime) -> set[UUID]:
     """The fenced UPDATE to `completed`; returns the ids it completed."""
     table = Event._meta.db_table
@@ -139,25 +148,34 @@ def _events_complete(works: list[Work], processor: Processor, now: datetime) -> 
         values.append(
             (
                 work.claim.event_id,
+                work.claim.received_at,
                 work.claim.claimed_at,
                 result,
                 work.rollup,
             )
         )
     source, params = dialect.rows(
-        [("eid", "uuid"), ("tok", "timestamptz"), ("res", "jsonb"), ("rol", "jsonb")], values
+        [
+            ("eid", "uuid"),
+            ("rat", "timestamptz"),
+            ("tok", "timestamptz"),
+            ("res", "jsonb"),
+            ("rol", "jsonb"),
+        ],
+        values,
     )
+    within, within_params = _partitions_of(table, works)
     sql = f"""
         UPDATE "{table}" SET "status" = '{_COMPLETED}', "result" = v."res",
             "rollup" = v."rol", "processed_at" = %s, "last_error" = '', "claimed_at" = NULL,
             "due_at" = NULL
         FROM {source}
-        WHERE "{table}"."id" = v."eid" AND {STATUS_IS_PROCESSING}
-          AND "{table}"."claimed_at" = v."tok"
+        WHERE "{table}"."id" = v."eid" AND "{table}"."received_at" = v."rat" AND {within}
+          AND {STATUS_IS_PROCESSING} AND "{table}"."claimed_at" = v."tok"
         RETURNING "id"
     """  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, [dialect.datetime_value(now), *params])
+        cursor.execute(sql, [dialect.datetime_value(now), *params, *within_params])
         return {dialect.uuid_read(row[0]) for row in cursor.fetchall()}
 
 
@@ -182,6 +200,7 @@ def events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, fl
     source, params = dialect.rows(
         [
             ("eid", "uuid"),
+            ("rat", "timestamptz"),
             ("tok", "timestamptz"),
             ("st", "text"),
             ("err", "text"),
@@ -190,6 +209,7 @@ def events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, fl
         [
             (
                 w.claim.event_id,
+                w.claim.received_at,
                 w.claim.claimed_at,
                 status,
                 error,
@@ -198,18 +218,19 @@ def events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, fl
             for w, status, error, due, _ in plans
         ],
     )
+    within, within_params = _partitions_of(table, [plan[0] for plan in plans])
     sql = f"""
         UPDATE "{table}" SET "status" = v."st", "last_error" = v."err", "due_at" = v."due",
             "claimed_at" = NULL,
             "processed_at" = CASE WHEN v."st" = '{_FAILED}' THEN %s
                                   ELSE "{table}"."processed_at" END
         FROM {source}
-        WHERE "{table}"."id" = v."eid" AND {STATUS_IS_PROCESSING}
-          AND "{table}"."claimed_at" = v."tok"
+        WHERE "{table}"."id" = v."eid" AND "{table}"."received_at" = v."rat" AND {within}
+          AND {STATUS_IS_PROCESSING} AND "{table}"."claimed_at" = v."tok"
         RETURNING "id"
     """  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, [dialect.datetime_value(now), *params])
+        cursor.execute(sql, [dialect.datetime_value(now), *params, *within_params])
         moved = {dialect.uuid_read(row[0]) for row in cursor.fetchall()}
     plans = [p for p in plans if p[0].claim.event_id in moved]
     rollups.transitions_insert(
@@ -235,6 +256,7 @@ def _occurrence(work: Work, type: str, extra: dict[str, Any] | None = None) -> O
         event_id=work.claim.event_id,
         signal_id=work.signal.pk,
         extra=extra or {},
+        received_at=work.claim.received_at,
     )
 
 
@@ -379,6 +401,8 @@ def after_commit(outcome: Outcome) -> None:
             )
     for work, delay in outcome.retried:
         metrics.event_retry_scheduled(event_id=work.claim.event_id)
-        event_enqueue_later(event_id=work.claim.event_id, countdown=delay)
+        event_enqueue_later(
+            event_id=work.claim.event_id, countdown=delay, received_at=work.claim.received_at
+        )
     for work in outcome.failed:
         metrics.event_failed(event=work.claim, signal=work.signal)

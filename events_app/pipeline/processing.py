@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
+from datetime import datetime
 from uuid import UUID
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -204,10 +205,15 @@ def _spent(started: float, budget: float | None) -> bool:
     return budget is not None and time.monotonic() - started > budget
 
 
-def _retries_pending(ids: list[UUID]) -> list[UUID]:
+def _retries_pending(ids: list[UUID], received: dict[UUID, datetime]) -> list[UUID]:
     """Those of `ids` pending on a later attempt: a chunk claim leaves them to be claimed alone."""
-    # Filtered here, not in SQL: by primary key alone (see claims.STATUS_IS_PROCESSING).
-    rows = Event.objects.filter(pk__in=ids).order_by().values_list("pk", "status", "attempts")
+    # Filtered here, not in SQL: by primary key alone (see claims.STATUS_IS_PROCESSING), and
+    # by the events' received_at when every one is known (it names their partitions).
+    events = Event.objects.filter(pk__in=ids)
+    if all(i in received for i in ids):
+        times = [received[i] for i in ids]
+        events = events.filter(received_at__range=(min(times), max(times)))
+    rows = events.order_by().values_list("pk", "status", "attempts")
     pending = [(pk, attempts) for pk, status, attempts in rows if status == EventStatus.PENDING]
     order = {event_id: index for index, event_id in enumerate(ids)}
     return sorted((pk for pk, attempts in pending if attempts > 0), key=order.__getitem__)
@@ -216,6 +222,7 @@ def _retries_pending(ids: list[UUID]) -> list[UUID]:
 def _ids_run(
     ids: list[UUID],
     *,
+    received: dict[UUID, datetime],
     processor: Processor,
     size: int,
     started: float,
@@ -228,24 +235,29 @@ def _ids_run(
     for index, chunk in enumerate(chunks):
         if _spent(started, time_budget):
             rest = [event_id for later in chunks[index:] for event_id in later]
-            published = events_enqueue(event_ids=rest)
+            published = events_enqueue(event_ids=rest, received_at=[received.get(i) for i in rest])
             logger.info("process_events: time budget spent, %d event(s) requeued", published)
             return False
-        claims = events_claim(event_ids=chunk)
+        claims = events_claim(event_ids=chunk, received=received)
         claimed.update(c.event_id for c in claims)
         chunk_run(claims, processor)
     if len(ids) > 1 and len(claimed) < len(ids):
-        retries = _retries_pending([i for i in ids if i not in claimed])
+        retries = _retries_pending([i for i in ids if i not in claimed], received)
         for index, event_id in enumerate(retries):
             if _spent(started, time_budget):
-                events_enqueue(event_ids=retries[index:])
+                rest = retries[index:]
+                events_enqueue(event_ids=rest, received_at=[received.get(i) for i in rest])
                 return False
-            chunk_run(events_claim(event_ids=[event_id]), processor)
+            chunk_run(events_claim(event_ids=[event_id], received=received), processor)
     return True
 
 
 def events_process(
-    *, event_ids: Iterable[str | UUID], time_budget: float | None = None, drain: bool = False
+    *,
+    event_ids: Iterable[str | UUID],
+    received_at: Sequence[str | datetime | None] | None = None,
+    time_budget: float | None = None,
+    drain: bool = False,
 ) -> None:
     """Claim and process these events a chunk at a time; the rest of the work is queued again.
 
@@ -257,25 +269,54 @@ def events_process(
     a chunk at a time, for up to BIGMIND_DRAIN_SECONDS: under sustained single-event ingest
     one claim then serves many events, as for a batch, and the messages of events drained this
     way find nothing to claim.
+
+    `received_at`: the events' times, in the order of `event_ids`, where the message has them
+    (None, or a shorter list, for the rest): their claims then name their partitions.
     """
     token = _task_signals.set({})
     try:
-        _events_process(event_ids=event_ids, time_budget=time_budget, drain=drain)
+        _events_process(
+            event_ids=event_ids, received_at=received_at, time_budget=time_budget, drain=drain
+        )
     finally:
         _task_signals.reset(token)
 
 
+def _received_read(raw: str | datetime | None) -> datetime | None:
+    """A message's time of an event; None if absent or not an aware ISO 8601 time (the event
+    is then claimed by id alone: slower, never missed)."""
+    if raw is None or isinstance(raw, datetime):
+        return raw if raw is None or raw.tzinfo is not None else None
+    try:
+        moment = datetime.fromisoformat(str(raw))
+    except ValueError:
+        logger.warning("process_event: ignoring malformed received_at %r", raw)
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def _events_process(
-    *, event_ids: Iterable[str | UUID], time_budget: float | None, drain: bool
+    *,
+    event_ids: Iterable[str | UUID],
+    received_at: Sequence[str | datetime | None] | None,
+    time_budget: float | None,
+    drain: bool,
 ) -> None:
     ids: list[UUID] = []
-    for raw in event_ids:
+    received: dict[UUID, datetime] = {}
+    times = list(received_at or [])
+    for index, raw in enumerate(event_ids):
         if raw == "":  # a wake-up message (queue.wakeup_again): the drain is the work
             continue
         try:
-            ids.append(raw if isinstance(raw, UUID) else UUID(str(raw)))
+            event_id = raw if isinstance(raw, UUID) else UUID(str(raw))
         except ValueError:
             logger.warning("process_event: ignoring malformed event id %r", raw)
+            continue
+        ids.append(event_id)
+        moment = _received_read(times[index]) if index < len(times) else None
+        if moment is not None:
+            received[event_id] = moment
     ids = list(dict.fromkeys(ids))
     # Built before claiming: a processor that cannot be built (a wrong dotted path) must fail
     # the task with that error, not leave claimed events waiting for the sweep.
@@ -288,7 +329,12 @@ def _events_process(
         wakeup_started()
     started = time.monotonic()
     if ids and not _ids_run(
-        ids, processor=processor, size=size, started=started, time_budget=time_budget
+        ids,
+        received=received,
+        processor=processor,
+        size=size,
+        started=started,
+        time_budget=time_budget,
     ):
         if drain:
             wakeup_again()

@@ -1,4 +1,8 @@
-"""Publishing processing work. Every publish carries event ids only (JSON), never instances.
+"""Publishing processing work. Every publish carries event ids only (JSON), never instances,
+and, when the publisher has them, the events' `received_at` (ISO 8601 text) as a second
+argument: the worker's claim then names the events' partitions instead of visiting every
+partition of the events table (events_app/pipeline/claims.py). A message without times (one
+queued by an earlier release, a wake-up) is claimed by id alone, as before.
 
 A publish that fails (broker down) is logged and dropped: the event is already stored as
 `pending`, and the sweep (events_app/pipeline/sweep.py) queues it again once the broker is back.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from uuid import UUID
 
 from celery import Task, current_app
@@ -35,7 +40,11 @@ BATCH_MESSAGE_SIZE = 100
 WAKEUP_KEY = "pipeline:wakeup-queued"
 
 
-def event_enqueue(*, event_id: UUID) -> None:
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def event_enqueue(*, event_id: UUID, received_at: datetime | None = None) -> None:
     """Queue the processing of a just-committed event, unless a queued wake-up will take it.
 
     A worker that starts a single-event message first clears WAKEUP_KEY, then drains every due
@@ -47,10 +56,12 @@ def event_enqueue(*, event_id: UUID) -> None:
     message blocks publishing only that long (the sweep still finds what it left). A cache
     that fails means publishing anyway.
     """
-    _wakeup_publish(str(event_id))
+    _wakeup_publish(str(event_id), received_at)
 
 
-def events_committed(*, event_ids: Sequence[UUID]) -> None:
+def events_committed(
+    *, event_ids: Sequence[UUID], received_at: Sequence[datetime | None] | None = None
+) -> None:
     """Queue the processing of a group of just-committed events (ingest's group commit).
 
     One wake-up decision for the whole group (see `event_enqueue`), not one per event; without
@@ -59,9 +70,9 @@ def events_committed(*, event_ids: Sequence[UUID]) -> None:
     if not event_ids:
         return
     if _coalescing():
-        _wakeup_publish(str(event_ids[0]))
+        _wakeup_publish(str(event_ids[0]), received_at[0] if received_at else None)
     else:
-        events_enqueue(event_ids=event_ids)
+        events_enqueue(event_ids=event_ids, received_at=received_at)
 
 
 def wakeup_again() -> None:
@@ -84,11 +95,14 @@ def _task(name: str) -> Task:
     return current_app.tasks[name]
 
 
-def _wakeup_publish(event_id: str) -> None:
+def _wakeup_publish(event_id: str, received_at: datetime | None = None) -> None:
     if _wakeup_queued():
         return
     try:
-        _task(PROCESS_EVENT_TASK).delay(event_id)
+        if received_at is None:
+            _task(PROCESS_EVENT_TASK).delay(event_id)
+        else:
+            _task(PROCESS_EVENT_TASK).delay(event_id, _iso(received_at))
     except Exception:
         logger.exception(
             "queueing %s failed; the sweep will find what is pending", event_id or "a wake-up"
@@ -110,20 +124,30 @@ def _wakeup_queued() -> bool:
         return False
 
 
-def event_enqueue_later(*, event_id: UUID, countdown: float) -> None:
+def event_enqueue_later(
+    *, event_id: UUID, countdown: float, received_at: datetime | None = None
+) -> None:
+    arguments = (str(event_id),) if received_at is None else (str(event_id), _iso(received_at))
     try:
-        _task(PROCESS_EVENT_TASK).apply_async((str(event_id),), countdown=countdown)
+        _task(PROCESS_EVENT_TASK).apply_async(arguments, countdown=countdown)
     except Exception:
         logger.exception("queueing the retry of %s failed; the sweep will queue it", event_id)
 
 
-def events_enqueue(*, event_ids: Sequence[UUID]) -> int:
-    """Queue events in messages of BATCH_MESSAGE_SIZE ids; returns how many were published."""
+def events_enqueue(
+    *, event_ids: Sequence[UUID], received_at: Sequence[datetime | None] | None = None
+) -> int:
+    """Queue events in messages of BATCH_MESSAGE_SIZE ids, with their `received_at` if given
+    (in the order of `event_ids`); returns how many were published."""
     published = 0
     for start in range(0, len(event_ids), BATCH_MESSAGE_SIZE):
-        chunk = [str(event_id) for event_id in event_ids[start : start + BATCH_MESSAGE_SIZE]]
+        end = start + BATCH_MESSAGE_SIZE
+        chunk = [str(event_id) for event_id in event_ids[start:end]]
         try:
-            _task(PROCESS_EVENTS_TASK).delay(chunk)
+            if received_at is None:
+                _task(PROCESS_EVENTS_TASK).delay(chunk)
+            else:
+                _task(PROCESS_EVENTS_TASK).delay(chunk, [_iso(t) for t in received_at[start:end]])
         except Exception:
             logger.exception("queueing %d event(s) failed; they stay pending", len(chunk))
             break

@@ -44,18 +44,19 @@ def events_reprocess_queryset(
     return events
 
 
-def _chunks(events: QuerySet[Event], size: int) -> Iterator[list[UUID]]:
-    """Keyset pagination on the primary key: stable while events are added or change status."""
+def _chunks(events: QuerySet[Event], size: int) -> Iterator[dict[UUID, datetime]]:
+    """Keyset pagination on the primary key: stable while events are added or change status.
+    Each page's ids with their received_at (which names their partitions)."""
     last: UUID | None = None
     while True:
         page = events.order_by("pk")
         if last is not None:
             page = page.filter(pk__gt=last)
-        ids = list(page.values_list("pk", flat=True)[:size])
-        if not ids:
+        rows = dict(page.values_list("pk", "received_at")[:size])
+        if not rows:
             return
-        yield ids
-        last = ids[-1]
+        yield rows
+        last = next(reversed(rows))
 
 
 def events_reprocess(
@@ -66,15 +67,19 @@ def events_reprocess(
 ) -> int:
     """Send these events through processing again; returns how many were queued."""
     queued = 0
-    for ids in _chunks(events, chunk_size):
+    for page in _chunks(events, chunk_size):
+        ids = list(page)
+        within = (min(page.values()), max(page.values()))
         with transaction.atomic():
             moved = list(
                 Event.objects.select_for_update()
-                .filter(pk__in=ids, status__in=REPROCESSABLE)
+                .filter(pk__in=ids, received_at__range=within, status__in=REPROCESSABLE)
                 .values_list("pk", flat=True)
             )
             now = timezone.now()
-            Event.objects.filter(pk__in=moved, status__in=REPROCESSABLE).update(
+            Event.objects.filter(
+                pk__in=moved, received_at__range=within, status__in=REPROCESSABLE
+            ).update(
                 status=EventStatus.PENDING,
                 attempts=0,
                 last_error="",
@@ -84,7 +89,9 @@ def events_reprocess(
             transitions_record(
                 event_ids=moved, status=EventStatus.PENDING, note="reprocess requested", at=now
             )
-            transaction.on_commit(partial(events_enqueue, event_ids=moved))
+            transaction.on_commit(
+                partial(events_enqueue, event_ids=moved, received_at=[page[i] for i in moved])
+            )
         queued += len(moved)
         if progress is not None:
             progress(len(ids))

@@ -54,14 +54,17 @@ def _unstick(now: datetime) -> tuple[int, int]:
     rows = list(
         Event.objects.filter(status=EventStatus.PROCESSING, claimed_at__lt=cutoff)
         .order_by("claimed_at")
-        .values_list("pk", "attempts", "claimed_at", "organization_id", "signal_id")[
+        .values_list("pk", "received_at", "attempts", "claimed_at", "organization_id", "signal_id")[
             : settings.BIGMIND_SWEEP_BATCH_SIZE
         ]
     )
     unstuck = failed = 0
-    for pk, attempts, claimed_at, organization_id, signal_id in rows:
+    for pk, received_at, attempts, claimed_at, organization_id, signal_id in rows:
         # Fenced on the claim we saw: a worker finishing right now wins, and we change nothing.
-        claim = Event.objects.filter(pk=pk, status=EventStatus.PROCESSING, claimed_at=claimed_at)
+        # received_at names the event's partition.
+        claim = Event.objects.filter(
+            pk=pk, received_at=received_at, status=EventStatus.PROCESSING, claimed_at=claimed_at
+        )
         with transaction.atomic():
             if attempts >= settings.BIGMIND_PROCESSING_MAX_ATTEMPTS:
                 status, error = (
@@ -89,6 +92,7 @@ def _unstick(now: datetime) -> tuple[int, int]:
                             organization_id=organization_id,
                             event_id=pk,
                             signal_id=signal_id,
+                            received_at=received_at,
                         )
                     ],
                     now=now,
@@ -101,19 +105,23 @@ def events_sweep(*, now: datetime | None = None) -> SweepResult:
     unstuck, failed = _unstick(now)
     cutoff = now - timedelta(seconds=settings.BIGMIND_SWEEP_PENDING_AFTER_SECONDS)
     # An unstuck event has due_at NULL and an old received_at, so it is picked up right here.
-    ids = list(
+    found = list(
         Event.objects.filter(status=EventStatus.PENDING)
         .filter(Q(due_at__isnull=True, received_at__lt=cutoff) | Q(due_at__lt=cutoff))
         .order_by("received_at")
-        .values_list("pk", flat=True)[: settings.BIGMIND_SWEEP_BATCH_SIZE]
+        .values_list("pk", "received_at")[: settings.BIGMIND_SWEEP_BATCH_SIZE]
     )
-    published = events_enqueue(event_ids=ids) if ids else 0
+    ids, times = [pk for pk, _ in found], [received_at for _, received_at in found]
+    published = events_enqueue(event_ids=ids, received_at=times) if ids else 0
     if published:
         # Not queued again for another PENDING_AFTER seconds, however long the queue is.
-        # Not an event that meanwhile failed a try and is waiting out its backoff.
-        Event.objects.filter(pk__in=ids[:published], status=EventStatus.PENDING).filter(
-            Q(due_at__isnull=True) | Q(due_at__lt=cutoff)
-        ).update(due_at=now)
+        # Not an event that meanwhile failed a try and is waiting out its backoff. Ordered
+        # by received_at, so the published ones' times span times[0] .. times[published - 1].
+        Event.objects.filter(
+            pk__in=ids[:published],
+            received_at__range=(times[0], times[published - 1]),
+            status=EventStatus.PENDING,
+        ).filter(Q(due_at__isnull=True) | Q(due_at__lt=cutoff)).update(due_at=now)
     # The outbox too: endpoints with due deliveries (a lost message, a long backoff) are woken.
     deliveries_sweep(now=now)
     if published or unstuck or failed:

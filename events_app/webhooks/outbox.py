@@ -36,6 +36,7 @@ class Occurrence:
     event_id: UUID
     signal_id: int
     extra: dict[str, Any] = field(default_factory=dict)
+    received_at: datetime | None = None  # the event's: it names the event's partition
 
 
 def deliveries_write(occurrences: list[Occurrence], *, now: datetime) -> list[UUID]:
@@ -69,6 +70,7 @@ def deliveries_write(occurrences: list[Occurrence], *, now: datetime) -> list[UU
             endpoint.pk,
             occurrence.type,
             occurrence.event_id,
+            occurrence.received_at,
             occurrence.extra,
             now,
         )
@@ -79,7 +81,9 @@ def deliveries_write(occurrences: list[Occurrence], *, now: datetime) -> list[UU
     return [row[0] for row in rows]
 
 
-def _insert(rows: list[tuple[UUID, int, int, str, UUID, dict[str, Any], datetime]]) -> None:
+def _insert(
+    rows: list[tuple[UUID, int, int, str, UUID, datetime | None, dict[str, Any], datetime]],
+) -> None:
     """One INSERT for the chunk's deliveries, its rows as one JSON parameter (dialect.rows).
     Not bulk_create: on PostgreSQL it sends each column as an array, and psycopg quotes every
     body's characters for the array in Python, which cost more than the rest of the chunk."""
@@ -90,6 +94,7 @@ def _insert(rows: list[tuple[UUID, int, int, str, UUID, dict[str, Any], datetime
             ("ep", "bigint"),
             ("ty", "text"),
             ("eid", "uuid"),
+            ("rat", "timestamptz"),
             ("ex", "jsonb"),
             ("at", "timestamptz"),
         ],
@@ -98,10 +103,10 @@ def _insert(rows: list[tuple[UUID, int, int, str, UUID, dict[str, Any], datetime
     table = WebhookDelivery._meta.db_table
     sql = f"""
         INSERT INTO "{table}" ("id", "organization_id", "endpoint_id", "type", "event_id",
-            "extra", "body", "status", "attempts", "next_attempt_at", "last_error",
-            "response_excerpt", "created_at")
-        SELECT v."did", v."org", v."ep", v."ty", v."eid", v."ex", '', %s, 0, v."at", '', '',
-            v."at"
+            "event_received_at", "extra", "body", "status", "attempts", "next_attempt_at",
+            "last_error", "response_excerpt", "created_at")
+        SELECT v."did", v."org", v."ep", v."ty", v."eid", v."rat", v."ex", '', %s, 0, v."at",
+            '', '', v."at"
         FROM {source}
     """  # noqa: S608 - only model metadata is interpolated
     with connection.cursor() as cursor:

@@ -247,7 +247,8 @@ def test_the_batch_is_queued_in_one_message_after_commit(
         )
     assert len(callbacks) == 1
     ids = [slot["id"] for slot in response.json()["data"] if slot.get("id")]
-    assert broker_drain(expect=1) == [("events.process_events", [ids])]
+    times = [Event.objects.get(pk=i).received_at.isoformat() for i in ids]
+    assert broker_drain(expect=1) == [("events.process_events", [ids, times])]
 
 
 def test_nothing_is_stored_when_the_store_fails(

@@ -69,7 +69,9 @@ def test_an_accepted_event_is_published_once_with_its_id_after_commit(
     assert len(callbacks) == 1
 
     callbacks[0]()
-    assert broker_drain(expect=1) == [("events.process_event", [event_id])]
+    # With the event's received_at, which names its partition for the worker's claim.
+    received_at = Event.objects.get(pk=event_id).received_at.isoformat()
+    assert broker_drain(expect=1) == [("events.process_event", [event_id, received_at])]
 
 
 def test_replays_and_refusals_queue_nothing(

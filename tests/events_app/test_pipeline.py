@@ -939,7 +939,7 @@ def test_the_sweep_leaves_the_backoff_of_an_event_that_failed_meanwhile(
     Event.objects.filter(pk=event_id).update(received_at=now - timedelta(minutes=5))
     backoff_until = now + timedelta(minutes=4)
 
-    def fail_meanwhile(*, event_ids: list) -> int:
+    def fail_meanwhile(*, event_ids: list, received_at: list) -> int:
         Event.objects.filter(pk=event_id).update(due_at=backoff_until)
         return len(event_ids)
 

@@ -568,7 +568,7 @@ def test_a_503_puts_the_event_back_to_pending_with_a_backoff(
     assert not Insight.objects.filter(event_id=event_id).exists()
     # The retry is scheduled with the same backoff the row records.
     [call] = openai_pipeline.call_args_list
-    assert call.args[0] == (event_id,)
+    assert call.args[0] == (event_id, event.received_at.isoformat())
     assert call.kwargs["countdown"] > 0
 
 
