@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -35,6 +36,12 @@ class CrmRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type}:{self.external_id}"
+
+
+# How far in the future an event's `timestamp` may be when it is received (ingest refuses more):
+# so received_at >= timestamp - MAX_FUTURE_SKEW for every stored event, a bound on received_at
+# (the partition key) that the pipeline's counts by timestamp use to skip partitions.
+MAX_FUTURE_SKEW = timedelta(hours=24)
 
 
 class EventStatus(models.TextChoices):

@@ -11,13 +11,14 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.utils import timezone
 
 from bigmind.errors import BadRequest
 from bigmind.strict_json import InvalidJson
+from events_app.models import MAX_FUTURE_SKEW
 
 IDENTITY_TYPE_RE = re.compile(r"[a-z0-9_]{1,64}")
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e\x80-\uffff][\x20-\x7e\x80-\uffff]{0,254}")
@@ -27,7 +28,6 @@ MAX_REFERENCE_LENGTH = 255
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 # Schema version numbers are PostgreSQL integers.
 MAX_VERSION = 2**31 - 1
-MAX_FUTURE_SKEW = timedelta(hours=24)
 
 
 class InvalidField(BadRequest):

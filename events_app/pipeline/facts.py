@@ -14,10 +14,11 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection
+from django.utils import timezone
 
 from bigmind.api_time import iso_utc
 from events_app import dialect
-from events_app.models import Insight, RecordState
+from events_app.models import MAX_FUTURE_SKEW, Insight, RecordState
 from events_app.pipeline.processors import PermanentProcessingError
 
 # A metric value is compared with this many earlier periods, and only once this many exist.
@@ -196,11 +197,19 @@ def record_states_current(*, pairs: list[Pair]) -> dict[Pair, StateRow]:
 CountKey = tuple[int, datetime, datetime]
 
 
-def seven_days_before(timestamp: datetime) -> datetime:
+# How far ahead of a worker's clock a web node's may be (received_at comes from the web node's).
+RECEIVED_CLOCK_SLACK = timedelta(hours=1)
+
+
+def _before(timestamp: datetime, span: timedelta) -> datetime:
     try:
-        return timestamp - timedelta(days=7)
-    except OverflowError:  # a timestamp in the first week of year 1
+        return timestamp - span
+    except OverflowError:  # a timestamp at the very start of year 1
         return datetime.min.replace(tzinfo=UTC)
+
+
+def seven_days_before(timestamp: datetime) -> datetime:
+    return _before(timestamp, timedelta(days=7))
 
 
 def event_counts(*, keys: list[CountKey]) -> dict[CountKey, dict[int, int]]:
@@ -210,12 +219,27 @@ def event_counts(*, keys: list[CountKey]) -> dict[CountKey, dict[int, int]]:
     """
     if not keys:
         return {}
+    # The partitions (received_at) that can hold such events: none was received more than
+    # MAX_FUTURE_SKEW before its timestamp, nor after now (give or take the clocks of the web
+    # nodes: RECEIVED_CLOCK_SLACK). PostgreSQL skips the others for each key.
+    latest = timezone.now() + RECEIVED_CLOCK_SLACK
     source, params = dialect.rows(
-        [("k", "integer"), ("rec", "bigint"), ("since", "timestamptz"), ("until", "timestamptz")],
-        [(index, record, since, until) for index, (record, since, until) in enumerate(keys)],
+        [
+            ("k", "integer"),
+            ("rec", "bigint"),
+            ("since", "timestamptz"),
+            ("until", "timestamptz"),
+            ("lo", "timestamptz"),
+            ("hi", "timestamptz"),
+        ],
+        [
+            (index, record, since, until, _before(since, MAX_FUTURE_SKEW), latest)
+            for index, (record, since, until) in enumerate(keys)
+        ],
     )
     match = (
         'e."crm_record_id" = v."rec" AND e."timestamp" >= v."since" AND e."timestamp" < v."until"'
+        ' AND e."received_at" >= v."lo" AND e."received_at" <= v."hi"'
     )
     sql = dialect.event_counts_sql(source=source, match=match)
     counts: dict[CountKey, dict[int, int]] = {key: {} for key in keys}

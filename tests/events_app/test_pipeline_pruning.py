@@ -29,6 +29,7 @@ from events_app.partitions.upkeep import (
     partitions_ensure,
 )
 from events_app.pipeline.claims import events_claim, events_claim_due
+from events_app.pipeline.facts import event_counts
 from events_app.pipeline.processing import chunk_run
 from events_app.pipeline.processors import processor_get
 from signals_app.models import Signal
@@ -272,3 +273,46 @@ def test_a_webhook_delivery_reads_its_event_in_the_events_partition(
     sent = bodies_build(deliveries, organization=tenant.organization.slug, now=timezone.now())
     assert len(sent) == len(deliveries)
     assert all(d.body and d.status == "pending" for d in sent)
+
+
+@pytest.mark.postgres
+def test_the_seven_day_counts_skip_partitions_received_before_their_window(
+    api: ApiClient, visit: Signal
+) -> None:
+    """A count by the client's timestamp is bounded on received_at too: no stored event was
+    received more than MAX_FUTURE_SKEW before its timestamp, so older partitions are skipped."""
+    if not on_postgres():
+        pytest.skip("the events table is partitioned on PostgreSQL only")
+    start = interval_start(timezone.now() - 400 * DAY, "month")
+    partitions_ensure(now=start, ahead=DAYS - 1, interval="day")
+    days = [start + i * DAY for i in range(DAYS)]
+    hour = timedelta(hours=1)
+    early, inside = stored(api, [days[0] + hour, days[10] + hour])
+    Event.objects.filter(pk=early).update(timestamp=days[0] + hour)
+    Event.objects.filter(pk=inside).update(timestamp=days[10] + hour)
+    record = Event.objects.get(pk=inside).crm_record_id
+    key = (record, days[10] - 7 * DAY, days[10] + 2 * hour)
+
+    with captured_selects() as statements:
+        counts = event_counts(keys=[key])
+    assert counts[key] == {visit.pk: 1}
+    ((sql, params),) = statements
+    plan = generic_plan(sql, params)
+    # Pruned per key as the nested loop runs: the skipped partitions show "(never executed)".
+    visited = partitions_visited(plan)
+    assert partition_of(days[10]) in visited, plan
+    assert not visited & {partition_of(days[0]), partition_of(days[1])}, plan
+
+
+@contextmanager
+def captured_selects() -> Iterator[list[Statement]]:
+    """The counting statements run meanwhile, with parameters."""
+    found: list[Statement] = []
+
+    def wrapper(execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: Any) -> Any:
+        if "COUNT(*)" in sql and f'"{TABLE}"' in sql:
+            found.append((sql, list(params or [])))
+        return execute(sql, params, many, ctx)
+
+    with connection.execute_wrapper(wrapper):
+        yield found
