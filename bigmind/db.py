@@ -47,15 +47,22 @@ def read_on_live_connection(read: Callable[[], T]) -> T:
     fill caches the ingest path trusts, and a signal a replica has not replayed yet must not be
     cached as missing.
     """
-    with primary_reads():
-        try:
-            return read()
-        except (OperationalError, InterfaceError):
-            if connection.in_atomic_block:
-                raise
-            logger.info("database connection broken; one more try on a new one", exc_info=True)
-            try:
-                connection.close()
-            except Exception:
-                logger.debug("closing a broken connection failed", exc_info=True)
+    if replica_var.get() is not None:  # inside a replica scope: back to the primary
+        with primary_reads():
+            return _read_retrying(read)
+    # Outside (ingest, every write path): nothing to switch, so no context to enter per lookup.
+    return _read_retrying(read)
+
+
+def _read_retrying(read: Callable[[], T]) -> T:
+    try:
         return read()
+    except (OperationalError, InterfaceError):
+        if connection.in_atomic_block:
+            raise
+        logger.info("database connection broken; one more try on a new one", exc_info=True)
+        try:
+            connection.close()
+        except Exception:
+            logger.debug("closing a broken connection failed", exc_info=True)
+    return read()

@@ -321,8 +321,9 @@ NEW_EVENT_COLUMNS = {
 }
 
 
-# The key table's columns filled from a new event's fields (NEW_EVENT_COLUMNS' names).
-_KEY_FROM_EVENT = {
+# The key table's columns filled from a new event's fields (NEW_EVENT_COLUMNS' names, which
+# are Event's and NewEvent's attribute names too): the SQL below and store.key_row use it.
+KEY_FROM_EVENT = {
     "event_id": "id",
     "organization_id": "organization_id",
     "key": "idempotency_key",
@@ -346,8 +347,8 @@ def events_group_insert_sql() -> str:
     typed = ", ".join(f'"{name}" {kind}' for name, kind in NEW_EVENT_COLUMNS.items())
     columns = ", ".join(f'"{name}"' for name in names)
     selected = ", ".join(f'f."{name}"' for name in names)
-    key_columns = ", ".join(f'"{name}"' for name in _KEY_FROM_EVENT)
-    key_values = ", ".join(f'"{name}"' for name in _KEY_FROM_EVENT.values())
+    key_columns = ", ".join(f'"{name}"' for name in KEY_FROM_EVENT)
+    key_values = ", ".join(f'"{name}"' for name in KEY_FROM_EVENT.values())
     # Only model metadata and constants are interpolated; the rows go as one JSON parameter
     # (json.dumps in C costs a third less client CPU than psycopg dumping a dozen arrays).
     # - `claimed`: the keyed rows' keys, inserted into the key table. ON CONFLICT on the unique
@@ -468,8 +469,8 @@ def events_insert_many_sql() -> tuple[str, str]:
         RETURNING "id", "type", "external_id"
     """  # noqa: S608
     keys = IdempotencyKey._meta.db_table
-    key_columns = ", ".join(f'"{name}"' for name in _KEY_FROM_EVENT)
-    key_values = ", ".join(f'"{name}"' for name in _KEY_FROM_EVENT.values())
+    key_columns = ", ".join(f'"{name}"' for name in KEY_FROM_EVENT)
+    key_values = ", ".join(f'"{name}"' for name in KEY_FROM_EVENT.values())
     # The keys ride in the events' statement: a key held already (a concurrent request stored
     # it after the caller's check) fails the statement with a unique violation, and the batch
     # stores nothing.

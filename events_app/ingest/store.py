@@ -258,16 +258,11 @@ def _store_postgres(db: BaseDatabaseWrapper, rows: list[NewEvent]) -> list[Store
         return [outcome for row in rows for outcome in _store_postgres(db, [row])]
 
 
-def _key_row(row: NewEvent) -> IdempotencyKey:
-    assert row.idempotency_key is not None
+def key_row(event: NewEvent | Event) -> IdempotencyKey:
+    """The key row of an event that has an idempotency key (not saved)."""
+    assert event.idempotency_key is not None
     return IdempotencyKey(
-        event_id=row.id,
-        organization_id=row.organization_id,
-        key=row.idempotency_key,
-        received_at=row.received_at,
-        request_hash=row.request_hash,
-        schema_version=row.schema_version,
-        reference=row.reference,
+        **{column: getattr(event, name) for column, name in dialect.KEY_FROM_EVENT.items()}
     )
 
 
@@ -312,7 +307,7 @@ def _store_orm_row(row: NewEvent) -> StoreOutcome:
         with transaction.atomic():  # a savepoint: a refused row leaves its neighbours
             if row.idempotency_key is not None:
                 # First: the key's unique index decides before anything else is written.
-                _key_row(row).save(force_insert=True)
+                key_row(row).save(force_insert=True)
             record = crm_record_touch(
                 organization_id=row.organization_id,
                 identity_type=row.identity_type,
@@ -440,18 +435,6 @@ def events_insert_many(events: list[Event]) -> None:
             event.crm_record_id = record.pk
         # A key held already raises IntegrityError here, and the transaction stores nothing.
         IdempotencyKey.objects.bulk_create(
-            [
-                IdempotencyKey(
-                    event_id=event.id,
-                    organization_id=event.organization_id,
-                    key=event.idempotency_key,
-                    received_at=event.received_at,
-                    request_hash=event.request_hash,
-                    schema_version=event.schema_version,
-                    reference=event.reference,
-                )
-                for event in events
-                if event.idempotency_key is not None
-            ]
+            [key_row(event) for event in events if event.idempotency_key is not None]
         )
         Event.objects.bulk_create(events)
