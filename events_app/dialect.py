@@ -354,9 +354,11 @@ def events_group_insert_sql() -> str:
     # - `claimed`: the keyed rows' keys, inserted into the key table. ON CONFLICT on the unique
     #   (organization, key) index skips a key held already: by a committed event (a replay, or
     #   a conflicting reuse of the key), by another process storing it now (PostgreSQL waits
-    #   for that transaction, then skips or inserts), by an earlier row of this group (the
-    #   first row wins), or by this very row when the writer retries a group whose commit it
-    #   could not confirm. RETURNING names the rows whose key is now theirs.
+    #   for that transaction, then skips or inserts), by another row of this group (one of
+    #   them wins: the rows are concurrent requests), or by this very row when the writer
+    #   retries a group whose commit it could not confirm. RETURNING names the rows whose key
+    #   is now theirs. Claimed in key order, as the batch's claim is: two statements sharing
+    #   keys cannot deadlock on them.
     # - `fresh`: the rows to store: those without a key, and those that claimed theirs. A
     #   replay, or a conflicting reuse of a key, must not touch its record either.
     # - `record`: one upsert per distinct identity (ON CONFLICT DO UPDATE may touch a row only
@@ -372,6 +374,7 @@ def events_group_insert_sql() -> str:
         "claimed" AS (
             INSERT INTO "{keys}" ({key_columns})
             SELECT {key_values} FROM "input" WHERE "idempotency_key" IS NOT NULL
+            ORDER BY "organization_id", "idempotency_key"
             ON CONFLICT ("organization_id", "key") DO NOTHING
             RETURNING "event_id"
         ),
@@ -451,40 +454,43 @@ EVENT_COLUMN_TYPES = {
 
 
 @cache
-def events_insert_many_sql() -> tuple[str, str]:
-    """A batch request's two statements (PostgreSQL): the CRM records' upsert, RETURNING their
-    ids, and the insert of the events and their idempotency keys, both from column arrays
-    (unnest)."""
-    record, event = CrmRecord._meta.db_table, Event._meta.db_table
-    columns = ", ".join(f'"{name}"' for name in EVENT_COLUMN_TYPES)
+def events_insert_many_sql() -> tuple[str, str, str]:
+    """A batch request's three statements (PostgreSQL), all from column arrays (unnest): the
+    claim of its idempotency keys, the CRM records' upsert RETURNING their ids, and the insert
+    of the events.
+
+    The order is the group statement's (keys, then records, each in key order): a batch and a
+    group, or two batches, sharing a key or a record lock them in one order and cannot
+    deadlock. A key held already (a concurrent request stored it after the caller's check)
+    fails the claim with a unique violation, and the batch stores nothing.
+    """
+    record, event, keys = (
+        CrmRecord._meta.db_table,
+        Event._meta.db_table,
+        IdempotencyKey._meta.db_table,
+    )
     # %b: binary parameters, so arrays are not quoted element by element.
-    arrays = ", ".join(f"%b::{kind}[]" for kind in EVENT_COLUMN_TYPES.values())
+    key_columns = ", ".join(f'"{name}"' for name in KEY_FROM_EVENT)
+    key_arrays = ", ".join(f"%b::{EVENT_COLUMN_TYPES[name]}[]" for name in KEY_FROM_EVENT.values())
+    claim = f"""
+        INSERT INTO "{keys}" ({key_columns})
+        SELECT * FROM unnest({key_arrays}) AS u({key_columns})
+        ORDER BY "organization_id", "key"
+    """  # noqa: S608
     records = f"""
         INSERT INTO "{record}" ("organization_id", "type", "external_id",
                                 "first_seen_at", "last_seen_at")
         SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[],
-                             %b::timestamptz[], %b::timestamptz[])
+                             %b::timestamptz[], %b::timestamptz[]) AS u(o, t, e, f, l)
+        ORDER BY o, t, e
         ON CONFLICT ("organization_id", "type", "external_id")
         DO UPDATE SET "last_seen_at" = EXCLUDED."last_seen_at"
         RETURNING "id", "type", "external_id"
     """  # noqa: S608
-    keys = IdempotencyKey._meta.db_table
-    key_columns = ", ".join(f'"{name}"' for name in KEY_FROM_EVENT)
-    key_values = ", ".join(f'"{name}"' for name in KEY_FROM_EVENT.values())
-    # The keys ride in the events' statement: a key held already (a concurrent request stored
-    # it after the caller's check) fails the statement with a unique violation, and the batch
-    # stores nothing.
-    events = f"""
-        WITH "batch" AS (
-            SELECT * FROM unnest({arrays}) AS u({columns})
-        ),
-        "claimed" AS (
-            INSERT INTO "{keys}" ({key_columns})
-            SELECT {key_values} FROM "batch" WHERE "idempotency_key" IS NOT NULL
-        )
-        INSERT INTO "{event}" ({columns}) SELECT * FROM "batch"
-    """  # noqa: S608
-    return records, events
+    columns = ", ".join(f'"{name}"' for name in EVENT_COLUMN_TYPES)
+    arrays = ", ".join(f"%b::{kind}[]" for kind in EVENT_COLUMN_TYPES.values())
+    events = f'INSERT INTO "{event}" ({columns}) SELECT * FROM unnest({arrays})'  # noqa: S608
+    return claim, records, events
 
 
 def latency_percentiles(sample: QuerySet[Any, Any]) -> tuple[int, Any, Any, Any]:

@@ -360,9 +360,9 @@ def events_store(rows: list[NewEvent]) -> list[StoreOutcome]:
 
 
 def _insert_many_postgres(events: list[Event]) -> None:
-    # Column arrays and unnest(): two statements whatever the batch size, and none of the ORM's
-    # per-field preparation (most of a batch's CPU through bulk_create).
-    records_sql, events_sql = dialect.events_insert_many_sql()
+    # Column arrays and unnest(): three statements whatever the batch size (two without keys),
+    # and none of the ORM's per-field preparation (most of a batch's CPU through bulk_create).
+    claim_sql, records_sql, events_sql = dialect.events_insert_many_sql()
     organization_id = events[0].organization_id
     identities = list(dict.fromkeys((e.identity_type, e.identity_id) for e in events))
     seen_at = events[0].received_at
@@ -373,6 +373,15 @@ def _insert_many_postgres(events: list[Event]) -> None:
         # psycopg's own cursor binds parameters server-side: arrays travel as arrays, not as
         # quoted literals built element by element (Django's cursor binds client-side).
         cursor = psycopg.Cursor(connection.connection)
+        keyed = [event for event in events if event.idempotency_key is not None]
+        if keyed:
+            cursor.execute(
+                claim_sql,
+                [
+                    [getattr(event, name) for event in keyed]
+                    for name in dialect.KEY_FROM_EVENT.values()
+                ],
+            )
         cursor.execute(
             records_sql,
             [

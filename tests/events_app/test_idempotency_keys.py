@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from datetime import timedelta
 from io import StringIO
@@ -19,13 +20,13 @@ import environ
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from bigmind.idempotency_settings import key_retention_days
 from events_app.ingest.store import stored_events_by_key
-from events_app.models import Event, EventStatus, IdempotencyKey
+from events_app.models import CrmRecord, Event, EventStatus, IdempotencyKey
 from events_app.pipeline.processing import events_process
 from events_app.retention import retention_purge
 from tests.conftest import ApiClient, Tenant, on_postgres
@@ -185,6 +186,73 @@ def test_concurrent_single_and_batch_requests_with_one_key_store_exactly_one_eve
     assert len(set(ids)) == 1
     assert list(Event.objects.values_list("pk", flat=True)) == [uuid.UUID(ids[0])]
     assert list(IdempotencyKey.objects.values_list("pk", flat=True)) == [uuid.UUID(ids[0])]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_waiting_on_a_key_holds_no_crm_record_lock(tenant: Tenant) -> None:
+    """Lock order, made deterministic: the group statement claims its keys, then upserts its
+    records. A batch must lock in the same order, or a group holding the key and a batch
+    holding the record deadlock (PostgreSQL aborts one: a 503 for a request that did nothing
+    wrong). Here this thread plays the group, between its two steps."""
+    if not on_postgres():
+        pytest.skip("needs real concurrent transactions: run with DATABASE_URL=postgres://...")
+    tenant.signal("visit")
+    answers: list[Any] = []
+
+    def send_batch() -> None:
+        try:
+            answers.append(batch(ApiClient(tenant.raw_key), BODY | {"idempotency_key": "k-1"}))
+        finally:
+            connection.close()
+
+    sender = threading.Thread(target=send_batch)
+    with pytest.raises(_RolledBack), transaction.atomic():
+        IdempotencyKey.objects.create(
+            event_id=uuid.uuid4(),
+            organization_id=tenant.organization.pk,
+            key="k-1",
+            received_at=timezone.now(),
+            request_hash="held",
+        )
+        sender.start()
+        _wait_for_a_lock_wait()
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '10s'")
+            cursor.execute(
+                f"""INSERT INTO "{CrmRecord._meta.db_table}"
+                    ("organization_id", "type", "external_id", "first_seen_at", "last_seen_at")
+                    VALUES (%s, 'account', 'A1', now(), now())
+                    ON CONFLICT ("organization_id", "type", "external_id")
+                    DO UPDATE SET "last_seen_at" = EXCLUDED."last_seen_at" """,  # noqa: S608
+                [tenant.organization.pk],
+            )
+        raise _RolledBack  # the "group" gives its key up: the batch may claim it
+    sender.join(timeout=30)
+
+    assert answers and answers[0].status_code == 202, answers and answers[0].content
+    assert Event.objects.count() == 1
+
+
+class _RolledBack(Exception):
+    pass
+
+
+def _wait_for_a_lock_wait(timeout: float = 10.0) -> None:
+    """Until another backend of this database waits on a lock (the batch, on our key)."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            # Inside a transaction the statistics views are one snapshot unless cleared.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.02)
+    raise AssertionError("the batch never waited on the key")
 
 
 # --- A replay once the event is gone ------------------------------------------------------------
