@@ -37,7 +37,8 @@ Rows read back from raw SQL are turned into Python values by `uuid_read`, `datet
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, TypeVar
@@ -96,6 +97,60 @@ def rows(columns: Sequence[tuple[str, str]], values: Sequence[Sequence[Any]]) ->
     aliases = ", ".join(f'column{i} AS "{name}"' for i, name in enumerate(names, start=1))
     listed = ", ".join([row] * len(values))
     return f"(SELECT {aliases} FROM (VALUES {listed})) AS v", params  # noqa: S608
+
+
+@dataclass(frozen=True)
+class RowsById:
+    """Per-row values for an UPDATE of `table` by its `id` column (`rows_by_id`): `source`
+    goes in the FROM clause, `match` in the WHERE clause (each with its parameters, in that
+    order), and `column[name]` is the SQL expression of a row's value of `name`."""
+
+    source: str
+    source_params: list[Any]
+    match: str
+    match_params: list[Any]
+    column: dict[str, str]
+
+
+def rows_by_id(
+    table: str, columns: Sequence[tuple[str, str]], values: Mapping[UUID, Sequence[Any]]
+) -> RowsById:
+    """The values of `values` (id -> row, in the order of `columns`) for an UPDATE of `table`.
+
+    PostgreSQL: no join. The rows are one jsonb object keyed by id, each updated row looks its
+    values up by its own id (a binary search of the object's keys), and `match` finds the rows
+    through `id = ANY(ids)`. Joined to a row source instead (`rows`), the planner guesses 100
+    rows for the source and one for a range of a partitioned table, so it rescans the source
+    for every row: quadratic, 5 ms instead of 2.5 for a drained chunk of 200 events.
+    SQLite: the `rows` source, joined by id.
+    """
+    assert values, "a row source needs at least one row"
+    names = [name for name, _ in columns]
+    if not postgres():
+        source, params = rows([("eid", "uuid"), *columns], [(i, *row) for i, row in values.items()])
+        match = f'"{table}"."id" = v."eid"'
+        return RowsById(source, params, match, [], {name: f'v."{name}"' for name in names})
+    document = {
+        str(event_id): {  # a None is left out: its lookup is SQL NULL, as in `rows`
+            name: value for name, value in zip(names, row, strict=True) if value is not None
+        }
+        for event_id, row in values.items()
+    }
+    lookup = f'v."doc" -> CAST("{table}"."id" AS text)'
+    column = {
+        name: f"({lookup} -> '{name}')"
+        if pg_type == "jsonb"
+        else f"CAST({lookup} ->> '{name}' AS {pg_type})"
+        for name, pg_type in columns
+    }
+    match, match_params = ids_in(f'"{table}"."id"', list(values))
+    return RowsById(
+        '(SELECT CAST(%s AS jsonb) AS "doc") AS v',
+        [json.dumps(document, default=_json_default)],
+        match,
+        match_params,
+        column,
+    )
 
 
 def datetime_value(value: datetime | None) -> Any:

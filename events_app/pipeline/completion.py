@@ -135,7 +135,7 @@ def _partitions_of(table: str, works: list[Work]) -> tuple[str, list[Any]]:
 def _events_complete(works: list[Work], processor: Processor, now: datetime) -> set[UUID]:
     """The fenced UPDATE to `completed`; returns the ids it completed."""
     table = Event._meta.db_table
-    values = []
+    values: dict[UUID, tuple[Any, ...]] = {}
     for work in works:
         result = {
             "processor": {"name": processor.name, "version": processor.version},
@@ -145,37 +145,27 @@ def _events_complete(works: list[Work], processor: Processor, now: datetime) -> 
         }
         if work.skipped is not None:
             result["rollup_skipped"] = work.skipped
-        values.append(
-            (
-                work.claim.event_id,
-                work.claim.received_at,
-                work.claim.claimed_at,
-                result,
-                work.rollup,
-            )
-        )
-    source, params = dialect.rows(
-        [
-            ("eid", "uuid"),
-            ("rat", "timestamptz"),
-            ("tok", "timestamptz"),
-            ("res", "jsonb"),
-            ("rol", "jsonb"),
-        ],
+        claim = work.claim
+        values[claim.event_id] = (claim.received_at, claim.claimed_at, result, work.rollup)
+    by_id = dialect.rows_by_id(
+        table,
+        [("rat", "timestamptz"), ("tok", "timestamptz"), ("res", "jsonb"), ("rol", "jsonb")],
         values,
     )
+    v = by_id.column
     within, within_params = _partitions_of(table, works)
     sql = f"""
-        UPDATE "{table}" SET "status" = '{_COMPLETED}', "result" = v."res",
-            "rollup" = v."rol", "processed_at" = %s, "last_error" = '', "claimed_at" = NULL,
+        UPDATE "{table}" SET "status" = '{_COMPLETED}', "result" = {v["res"]},
+            "rollup" = {v["rol"]}, "processed_at" = %s, "last_error" = '', "claimed_at" = NULL,
             "due_at" = NULL
-        FROM {source}
-        WHERE "{table}"."id" = v."eid" AND "{table}"."received_at" = v."rat" AND {within}
-          AND {STATUS_IS_PROCESSING} AND "{table}"."claimed_at" = v."tok"
+        FROM {by_id.source}
+        WHERE {by_id.match} AND "{table}"."received_at" = {v["rat"]} AND {within}
+          AND {STATUS_IS_PROCESSING} AND "{table}"."claimed_at" = {v["tok"]}
         RETURNING "id"
     """  # noqa: S608
+    params = [dialect.datetime_value(now), *by_id.source_params, *by_id.match_params]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [dialect.datetime_value(now), *params, *within_params])
+        cursor.execute(sql, [*params, *within_params])
         return {dialect.uuid_read(row[0]) for row in cursor.fetchall()}
 
 
@@ -197,40 +187,35 @@ def events_settle(works: list[Work], now: datetime) -> tuple[list[tuple[Work, fl
             if work.transient:
                 error = f"{error} (gave up after {attempt} attempts)"
             plans.append((work, EventStatus.FAILED, error, None, error))
-    source, params = dialect.rows(
+    by_id = dialect.rows_by_id(
+        table,
         [
-            ("eid", "uuid"),
             ("rat", "timestamptz"),
             ("tok", "timestamptz"),
             ("st", "text"),
             ("err", "text"),
             ("due", "timestamptz"),
         ],
-        [
-            (
-                w.claim.event_id,
-                w.claim.received_at,
-                w.claim.claimed_at,
-                status,
-                error,
-                due,
-            )
+        {
+            w.claim.event_id: (w.claim.received_at, w.claim.claimed_at, status, error, due)
             for w, status, error, due, _ in plans
-        ],
+        },
     )
+    v = by_id.column
     within, within_params = _partitions_of(table, [plan[0] for plan in plans])
     sql = f"""
-        UPDATE "{table}" SET "status" = v."st", "last_error" = v."err", "due_at" = v."due",
-            "claimed_at" = NULL,
-            "processed_at" = CASE WHEN v."st" = '{_FAILED}' THEN %s
+        UPDATE "{table}" SET "status" = {v["st"]}, "last_error" = {v["err"]},
+            "due_at" = {v["due"]}, "claimed_at" = NULL,
+            "processed_at" = CASE WHEN {v["st"]} = '{_FAILED}' THEN %s
                                   ELSE "{table}"."processed_at" END
-        FROM {source}
-        WHERE "{table}"."id" = v."eid" AND "{table}"."received_at" = v."rat" AND {within}
-          AND {STATUS_IS_PROCESSING} AND "{table}"."claimed_at" = v."tok"
+        FROM {by_id.source}
+        WHERE {by_id.match} AND "{table}"."received_at" = {v["rat"]} AND {within}
+          AND {STATUS_IS_PROCESSING} AND "{table}"."claimed_at" = {v["tok"]}
         RETURNING "id"
     """  # noqa: S608
+    params = [dialect.datetime_value(now), *by_id.source_params, *by_id.match_params]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [dialect.datetime_value(now), *params, *within_params])
+        cursor.execute(sql, [*params, *within_params])
         moved = {dialect.uuid_read(row[0]) for row in cursor.fetchall()}
     plans = [p for p in plans if p[0].claim.event_id in moved]
     rollups.transitions_insert(

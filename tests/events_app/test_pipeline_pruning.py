@@ -152,6 +152,10 @@ def test_claims_and_completions_visit_only_their_events_partitions(
         plan = generic_plan(sql, params)
         assert "Subplans Removed" in plan, plan
         assert partitions_visited(plan) == mine, plan
+    # The completion looks each row's values up by id: no join the planner could turn into a
+    # rescan of the values for every row (a nested loop on a guess of one row).
+    plan = generic_plan(*complete)
+    assert "Loop" not in plan and "Join" not in plan, plan
 
 
 @pytest.mark.postgres
@@ -176,7 +180,7 @@ def test_a_settle_visits_only_its_event_partition(
         chunk_run([claim], processor)  # the database error: a retry, settled
     assert Event.objects.get(pk=event_id).status == EventStatus.PENDING
     settle = statements[-1]
-    assert '"last_error" = v."err"' in settle[0]
+    assert '"last_error" = ' in settle[0]
     plan = generic_plan(*settle)
     assert partitions_visited(plan) == {partition_of(days[7])}, plan
 
