@@ -264,27 +264,11 @@ def claim_with_history(
 def claim_due_update(
     *, due: str, set_claimed: str, returned: str, claimed_at: Any, limit: int
 ) -> tuple[str, list[Any]]:
-    """The drain's claim: `set_claimed` applied to the rows `due` picks (its parameters: the
-    claim time, then the limit), RETURNING `returned`.
-
-    On PostgreSQL the candidates are picked once, in a materialized CTE, and locked with FOR
-    UPDATE SKIP LOCKED: two workers draining at once take different events instead of queueing
-    on the same rows. (As a plain `IN (subquery)` the planner may re-run the LIMIT subquery and
-    claim more rows than asked for: seen here.) SQLite has one writer at a time, so the
-    statement is atomic as is.
-    """
+    """The drain's claim on SQLite, one statement: `set_claimed` applied to the rows `due` picks
+    (its parameters: the claim time, then the limit), RETURNING `returned`. SQLite has one
+    writer at a time, so the statement is atomic as is. (PostgreSQL picks and claims in two
+    statements: see claims.events_claim_due.)"""
     pending = EventStatus.PENDING.value
-    if postgres():
-        sql = f"""
-            WITH "due" AS MATERIALIZED ({due} FOR UPDATE SKIP LOCKED)
-            {set_claimed}
-            WHERE ("id", "received_at") IN (SELECT "id", "received_at" FROM "due")
-              AND "received_at" BETWEEN (SELECT min("received_at") FROM "due")
-                                    AND (SELECT max("received_at") FROM "due")
-              AND "status" = '{pending}'
-            RETURNING {returned}
-        """  # noqa: S608
-        return sql, [claimed_at, limit, claimed_at]
     sql = f"""
             {set_claimed}
             WHERE ("id", "received_at") IN ({due}) AND "status" = '{pending}'

@@ -237,14 +237,20 @@ def event_counts(*, keys: list[CountKey]) -> dict[CountKey, dict[int, int]]:
             for index, (record, since, until) in enumerate(keys)
         ],
     )
+    # The keys' bounds, per key (pruned at run time, for each key) and over all the keys as
+    # constants (pruned when planning: the partitions out of every key's range are not even
+    # planned, once per key).
+    earliest = _before(min(since for _, since, _ in keys), MAX_FUTURE_SKEW)
     match = (
         'e."crm_record_id" = v."rec" AND e."timestamp" >= v."since" AND e."timestamp" < v."until"'
         ' AND e."received_at" >= v."lo" AND e."received_at" <= v."hi"'
+        ' AND e."received_at" BETWEEN %s AND %s'
     )
     sql = dialect.event_counts_sql(source=source, match=match)
     counts: dict[CountKey, dict[int, int]] = {key: {} for key in keys}
+    bounds = [dialect.datetime_value(earliest), dialect.datetime_value(latest)]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, [*params, *bounds])
         for index, signal_id, count in cursor.fetchall():
             counts[keys[index]][signal_id] = count
     return counts
