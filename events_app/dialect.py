@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, TypeVar
 from uuid import UUID
@@ -204,7 +204,9 @@ def ids_in(column: str, ids: Sequence[UUID]) -> tuple[str, list[Any]]:
     """`<column> is one of ids`: one array parameter on PostgreSQL (the statement's text is the
     same for any number of ids), a list of parameters on SQLite (UUIDs as Django stores them)."""
     if postgres():
-        return f"{column} = ANY(%s::uuid[])", [list(ids)]
+        # The array as its text, cast by the server: psycopg's own array dumping checks every
+        # element against a regular expression (2 us a UUID: a tenth of a drained event's CPU).
+        return f"{column} = ANY(CAST(%s AS uuid[]))", ["{" + ",".join(map(str, ids)) + "}"]
     return f"{column} IN (" + ", ".join(["%s"] * len(ids)) + ")", [i.hex for i in ids]
 
 
@@ -215,6 +217,14 @@ def received_within(column: str, times: Sequence[datetime]) -> tuple[str, list[A
     two parameters, not `= ANY(array)`: PostgreSQL prunes a generic plan at executor start-up
     on a range of parameters, never on an array parameter. Harmless on SQLite."""
     return f"{column} BETWEEN %s AND %s", [datetime_value(min(times)), datetime_value(max(times))]
+
+
+def at_least_before(column: str, moment: str, span: timedelta) -> str:
+    """`<column> >= <moment> - span`, both SQL expressions (PostgreSQL: a bound of the
+    partition key that run-time pruning uses). SQLite has no partitions to skip: TRUE."""
+    if postgres():
+        return f"{column} >= {moment} - interval '{int(span.total_seconds())} seconds'"
+    return "1 = 1"
 
 
 def for_update_in_key_order(order_by: str, of: str) -> str:

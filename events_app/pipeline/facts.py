@@ -224,27 +224,17 @@ def event_counts(*, keys: list[CountKey]) -> dict[CountKey, dict[int, int]]:
     # nodes: RECEIVED_CLOCK_SLACK). PostgreSQL skips the others for each key.
     latest = timezone.now() + RECEIVED_CLOCK_SLACK
     source, params = dialect.rows(
-        [
-            ("k", "integer"),
-            ("rec", "bigint"),
-            ("since", "timestamptz"),
-            ("until", "timestamptz"),
-            ("lo", "timestamptz"),
-            ("hi", "timestamptz"),
-        ],
-        [
-            (index, record, since, until, _before(since, MAX_FUTURE_SKEW), latest)
-            for index, (record, since, until) in enumerate(keys)
-        ],
+        [("k", "integer"), ("rec", "bigint"), ("since", "timestamptz"), ("until", "timestamptz")],
+        [(index, record, since, until) for index, (record, since, until) in enumerate(keys)],
     )
-    # The keys' bounds, per key (pruned at run time, for each key) and over all the keys as
+    # Bounded per key (pruned at run time, for each key) and by the bounds of all the keys as
     # constants (pruned when planning: the partitions out of every key's range are not even
-    # planned, once per key).
+    # planned, nor opened once per key).
     earliest = _before(min(since for _, since, _ in keys), MAX_FUTURE_SKEW)
+    per_key = dialect.at_least_before('e."received_at"', 'v."since"', MAX_FUTURE_SKEW)
     match = (
         'e."crm_record_id" = v."rec" AND e."timestamp" >= v."since" AND e."timestamp" < v."until"'
-        ' AND e."received_at" >= v."lo" AND e."received_at" <= v."hi"'
-        ' AND e."received_at" BETWEEN %s AND %s'
+        f' AND {per_key} AND e."received_at" BETWEEN %s AND %s'
     )
     sql = dialect.event_counts_sql(source=source, match=match)
     counts: dict[CountKey, dict[int, int]] = {key: {} for key in keys}
