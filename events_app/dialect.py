@@ -121,7 +121,8 @@ def rows_by_id(
     values up by its own id (a binary search of the object's keys), and `match` finds the rows
     through `id = ANY(ids)`. Joined to a row source instead (`rows`), the planner guesses 100
     rows for the source and one for a range of a partitioned table, so it rescans the source
-    for every row: quadratic, 5 ms instead of 2.5 for a drained chunk of 200 events.
+    for every row: quadratic, 5 ms instead of 2.4 for a drained chunk of about 200 events
+    (docs/benchmarks.md, "Partitioned events").
     SQLite: the `rows` source, joined by id.
     """
     assert values, "a row source needs at least one row"
@@ -205,7 +206,7 @@ def ids_in(column: str, ids: Sequence[UUID]) -> tuple[str, list[Any]]:
     same for any number of ids), a list of parameters on SQLite (UUIDs as Django stores them)."""
     if postgres():
         # The array as its text, cast by the server: psycopg's own array dumping checks every
-        # element against a regular expression (2 us a UUID: a tenth of a drained event's CPU).
+        # element against a regular expression (about 2 us a UUID, measured under cProfile).
         return f"{column} = ANY(CAST(%s AS uuid[]))", ["{" + ",".join(map(str, ids)) + "}"]
     return f"{column} IN (" + ", ".join(["%s"] * len(ids)) + ")", [i.hex for i in ids]
 

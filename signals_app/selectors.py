@@ -264,6 +264,12 @@ _slugs: TTLCache[int, str] = TTLCache(maxsize=10_000, ttl=300.0)
 _slugs_lock = threading.Lock()
 
 
+def organization_slugs_forget() -> None:
+    """Empty this process's slugs (tests: SQLite reuses a rolled-back organization's id)."""
+    with _slugs_lock:
+        _slugs.clear()
+
+
 def organization_slug(organization_id: int | None) -> str | None:
     if organization_id is None:
         return None

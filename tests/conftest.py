@@ -17,7 +17,7 @@ from events_app.ingest.auth import api_key_last_used_reset
 from events_app.ingest.services import ingest_writer_stop
 from events_app.pipeline.processors import processor_get
 from signals_app.models import ApiKey, ApiScope, Organization, Signal
-from signals_app.selectors import lookups
+from signals_app.selectors import lookups, organization_slugs_forget
 from signals_app.services import (
     api_key_create,
     organization_get_or_create,
@@ -43,6 +43,7 @@ def _clear_cache() -> Iterator[None]:
     _cache_clear()
     counter_leases_clear()
     lookups.clear_local()
+    organization_slugs_forget()
     api_key_last_used_reset()
     yield
     # The ingest writer (group commit) holds its own database connection: end it with the
@@ -52,6 +53,7 @@ def _clear_cache() -> Iterator[None]:
     _cache_clear()
     counter_leases_clear()
     lookups.clear_local()
+    organization_slugs_forget()
 
 
 def _cache_clear() -> None:
