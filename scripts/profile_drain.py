@@ -16,8 +16,9 @@ tree migrated and that holds events, such as one `make bench-compare` left behin
     CELERY_BROKER_URL=redis://127.0.0.1:6379/11 \\
     .venv/bin/python scripts/profile_drain.py --events 3000 --profile
 
-It rewrites the events' status (their rollups are applied again, so aggregates grow): use a
-benchmark's database, never one whose data matters.
+It rewrites the events' status and forgets their results and rollups, so each pass does all of
+processing's work (the rollups are applied again: aggregates grow). Use a benchmark's
+database, never one whose data matters.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def main() -> int:
         with connection.cursor() as cursor:
             cursor.execute(
                 "UPDATE events_app_event SET status = 'pending', attempts = 0, claimed_at = NULL,"
-                " due_at = NULL, processed_at = NULL WHERE id IN"
+                " due_at = NULL, processed_at = NULL, result = NULL, rollup = NULL WHERE id IN"
                 " (SELECT id FROM events_app_event ORDER BY received_at LIMIT %s)",
                 [args.events],
             )

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from datetime import timedelta
 from io import StringIO
@@ -30,6 +29,7 @@ from events_app.models import CrmRecord, Event, EventStatus, IdempotencyKey
 from events_app.pipeline.processing import events_process
 from events_app.retention import retention_purge
 from tests.conftest import ApiClient, Tenant, on_postgres
+from tests.locking import RolledBack, wait_for_a_lock_wait
 
 DAY = timedelta(days=1)
 URL = "/v1/events"
@@ -207,7 +207,7 @@ def test_a_batch_waiting_on_a_key_holds_no_crm_record_lock(tenant: Tenant) -> No
             connection.close()
 
     sender = threading.Thread(target=send_batch)
-    with pytest.raises(_RolledBack), transaction.atomic():
+    with pytest.raises(RolledBack), transaction.atomic():
         IdempotencyKey.objects.create(
             event_id=uuid.uuid4(),
             organization_id=tenant.organization.pk,
@@ -216,7 +216,7 @@ def test_a_batch_waiting_on_a_key_holds_no_crm_record_lock(tenant: Tenant) -> No
             request_hash="held",
         )
         sender.start()
-        _wait_for_a_lock_wait()
+        wait_for_a_lock_wait("the batch")
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL lock_timeout = '10s'")
             cursor.execute(
@@ -227,32 +227,11 @@ def test_a_batch_waiting_on_a_key_holds_no_crm_record_lock(tenant: Tenant) -> No
                     DO UPDATE SET "last_seen_at" = EXCLUDED."last_seen_at" """,  # noqa: S608
                 [tenant.organization.pk],
             )
-        raise _RolledBack  # the "group" gives its key up: the batch may claim it
+        raise RolledBack  # the "group" gives its key up: the batch may claim it
     sender.join(timeout=30)
 
     assert answers and answers[0].status_code == 202, answers and answers[0].content
     assert Event.objects.count() == 1
-
-
-class _RolledBack(Exception):
-    pass
-
-
-def _wait_for_a_lock_wait(timeout: float = 10.0) -> None:
-    """Until another backend of this database waits on a lock (the batch, on our key)."""
-    deadline = time.monotonic() + timeout
-    with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
-            # Inside a transaction the statistics views are one snapshot unless cleared.
-            cursor.execute("SELECT pg_stat_clear_snapshot()")
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
-            )
-            if cursor.fetchone()[0]:
-                return
-            time.sleep(0.02)
-    raise AssertionError("the batch never waited on the key")
 
 
 # --- A replay once the event is gone ------------------------------------------------------------
