@@ -44,20 +44,16 @@ def test_a_worker_adding_engagement_locks_records_in_ingests_order(tenant: Tenan
         pytest.skip("needs real concurrent transactions: run with DATABASE_URL=postgres://...")
     organization_id = tenant.organization.pk
     now = timezone.now()
-    # By id: "b" first. By ingest's key: "a" first.
-    first_by_id = CrmRecord.objects.create(
-        organization_id=organization_id,
-        type="account",
-        external_id="b",
-        first_seen_at=now,
-        last_seen_at=now,
-    )
-    first_by_key = CrmRecord.objects.create(
-        organization_id=organization_id,
-        type="account",
-        external_id="a",
-        first_seen_at=now,
-        last_seen_at=now,
+    # By id: "b" first (made first). By ingest's key: "a" first.
+    first_by_id, first_by_key = (
+        CrmRecord.objects.create(
+            organization_id=organization_id,
+            type="account",
+            external_id=external_id,
+            first_seen_at=now,
+            last_seen_at=now,
+        )
+        for external_id in ("b", "a")
     )
     errors: list[BaseException] = []
 
