@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -29,7 +29,7 @@ from events_app.partitions.upkeep import (
 )
 from events_app.retention import retention_purge
 from signals_app.models import Signal
-from tests.conftest import ApiClient, Tenant
+from tests.conftest import ApiClient
 from tests.events_app.test_partitions import needs_postgres, processed, received, relkind, send
 
 pytestmark = pytest.mark.postgres
@@ -38,25 +38,23 @@ DAY = timedelta(days=1)
 
 
 @pytest.fixture
-def visit(tenant: Tenant) -> Signal:
-    return tenant.signal("visit")
-
-
-@pytest.fixture
-def retention(settings: Any) -> Any:
-    settings.BIGMIND_EVENT_RETENTION_DAYS = 10
-    settings.BIGMIND_FAILED_EVENT_RETENTION_DAYS = 30
-    settings.BIGMIND_METRIC_BUCKET_RETENTION_DAYS = 0
-    return settings
+def old_month(visit: Signal) -> tuple[datetime, datetime]:
+    """The bounds of a month 150 days ago, its partition made (and the next month's)."""
+    m0 = interval_start(timezone.now() - 150 * DAY, "month")
+    partitions_ensure(now=m0, ahead=1)
+    return m0, interval_end(m0, "month")
 
 
 def test_a_partition_drop_neither_blocks_nor_deadlocks_a_worker_updating_events(
-    transactional_db: None, api: ApiClient, visit: Signal, retention: Any, monkeypatch: Any
+    transactional_db: None,
+    api: ApiClient,
+    visit: Signal,
+    retention: Any,
+    old_month: tuple[datetime, datetime],
+    monkeypatch: Any,
 ) -> None:
     needs_postgres()
-    m0 = interval_start(timezone.now() - 150 * DAY, "month")
-    m1 = interval_end(m0, "month")
-    partitions_ensure(now=m0, ahead=1)
+    m0, m1 = old_month
     received(processed(api, 2), m0 + 2 * DAY)
     pending = send(api, 99)  # this month's partition: a worker is about to process it
 
@@ -108,12 +106,10 @@ def test_a_partition_drop_neither_blocks_nor_deadlocks_a_worker_updating_events(
 
 
 def test_a_drop_interrupted_after_the_detach_is_finished_by_the_next_run(
-    db: None, api: ApiClient, visit: Signal, retention: Any
+    db: None, api: ApiClient, visit: Signal, retention: Any, old_month: tuple[datetime, datetime]
 ) -> None:
     needs_postgres()
-    m0 = interval_start(timezone.now() - 150 * DAY, "month")
-    m1 = interval_end(m0, "month")
-    partitions_ensure(now=m0, ahead=1)
+    m0, m1 = old_month
     received(processed(api, 3), m0 + 2 * DAY)
     name = partition_name(m0, m1)
     with connection.cursor() as cursor:  # what a process killed between the two steps leaves
@@ -129,13 +125,11 @@ def test_a_drop_interrupted_after_the_detach_is_finished_by_the_next_run(
 
 
 def test_a_detached_partition_holding_an_event_to_keep_is_attached_again(
-    db: None, api: ApiClient, visit: Signal, retention: Any
+    db: None, api: ApiClient, visit: Signal, retention: Any, old_month: tuple[datetime, datetime]
 ) -> None:
     """A reprocess made an expired event `pending` between the drop's look and its DETACH."""
     needs_postgres()
-    m0 = interval_start(timezone.now() - 150 * DAY, "month")
-    m1 = interval_end(m0, "month")
-    partitions_ensure(now=m0, ahead=1)
+    m0, m1 = old_month
     done = processed(api, 2)
     again = send(api, 50)
     received([*done, again], m0 + 2 * DAY)

@@ -31,7 +31,7 @@ from events_app.pipeline.processing import events_process
 from events_app.retention import retention_purge
 from events_app.tasks import partitions_task
 from signals_app.models import Signal
-from tests.conftest import ApiClient, Tenant, on_postgres
+from tests.conftest import ApiClient, on_postgres
 
 DAY = timedelta(days=1)
 
@@ -72,11 +72,6 @@ def profile(api: ApiClient) -> dict[str, Any]:
     )
     assert response.status_code == 200, response.content
     return response.json()["data"]
-
-
-@pytest.fixture
-def visit(tenant: Tenant) -> Signal:
-    return tenant.signal("visit")
 
 
 # --- The layout -------------------------------------------------------------------------------
@@ -250,14 +245,6 @@ def test_sqlite_keeps_a_plain_table_and_upkeep_does_nothing(db: None) -> None:
 
 
 # --- Retention by partition -------------------------------------------------------------------
-@pytest.fixture
-def retention(settings: Any) -> Any:
-    settings.BIGMIND_EVENT_RETENTION_DAYS = 10
-    settings.BIGMIND_FAILED_EVENT_RETENTION_DAYS = 30
-    settings.BIGMIND_METRIC_BUCKET_RETENTION_DAYS = 0
-    return settings
-
-
 def processed(api: ApiClient, count: int, start: int = 0) -> list[str]:
     ids = [send(api, start + n) for n in range(count)]
     events_process(event_ids=ids)

@@ -42,11 +42,6 @@ Statement = tuple[str, list[Any]]
 
 
 @pytest.fixture
-def visit(tenant: Tenant) -> Signal:
-    return tenant.signal("visit")
-
-
-@pytest.fixture
 def days(db: None) -> list[datetime]:
     """24 daily partitions far ahead of the monthly ones migrate made (in the test's
     transaction, so they go with it); their starts."""
