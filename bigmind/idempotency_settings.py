@@ -33,7 +33,7 @@ def key_retention_days(env: environ.Env, settings: Mapping[str, Any]) -> int:
         completed=settings["BIGMIND_EVENT_RETENTION_DAYS"],
         failed=settings["BIGMIND_FAILED_EVENT_RETENTION_DAYS"],
     )
-    days = env.int("BIGMIND_IDEMPOTENCY_KEY_RETENTION_DAYS", default=events)
+    days = env.int(VARIABLE, default=events)
     if days <= 0:
         return 0
     if events == 0:

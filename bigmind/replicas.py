@@ -296,13 +296,10 @@ def _connection_drop(alias: str) -> None:
 _monitor = ReplicaMonitor()
 
 
-def replica_monitor() -> ReplicaMonitor:
-    return _monitor
-
-
-def replica_choose() -> str | None:
-    """A healthy replica to read from now, or None (the primary)."""
-    aliases = replica_aliases()
+def replica_choose(aliases: list[str]) -> str | None:
+    """A healthy one of `aliases` (the configured replicas) to read from now, or None (the
+    primary). Not inside a transaction: the router would send its reads to the primary anyway,
+    and the health check would be wasted."""
     if not aliases or connections[DEFAULT_DB_ALIAS].in_atomic_block:
         return None
     healthy = _monitor.healthy(aliases)
@@ -313,8 +310,9 @@ def replica_choose() -> str | None:
 @contextlib.contextmanager
 def replica_reads() -> Iterator[str | None]:
     """Inside: reads go to a healthy replica (yielded), or to the primary (None) if none is."""
-    alias = replica_choose()
-    if alias is not None or replica_aliases():
+    aliases = replica_aliases()
+    alias = replica_choose(aliases)
+    if aliases:
         metric_child(REPLICA_READS, alias or DEFAULT_DB_ALIAS).inc()
     token = replica_var.set(alias)
     try:

@@ -37,7 +37,7 @@ Rows read back from raw SQL are turned into Python values by `uuid_read`, `datet
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -46,7 +46,7 @@ from uuid import UUID
 
 from django.db import connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from events_app.models import (
     CrmRecord,
@@ -219,6 +219,13 @@ def received_within(column: str, times: Sequence[datetime]) -> tuple[str, list[A
     two parameters, not `= ANY(array)`: PostgreSQL prunes a generic plan at executor start-up
     on a range of parameters, never on an array parameter. Harmless on SQLite."""
     return f"{column} BETWEEN %s AND %s", [datetime_value(min(times)), datetime_value(max(times))]
+
+
+def received_range(times: Iterable[datetime]) -> Q:
+    """`received_within` for the ORM: received_at between the earliest and the latest of
+    `times` (never empty), the filter that names these events' partitions."""
+    times = list(times)
+    return Q(received_at__range=(min(times), max(times)))
 
 
 def at_least_before(column: str, moment: str, span: timedelta) -> str:

@@ -68,6 +68,7 @@ from django.db.backends.utils import CursorWrapper
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
+from bigmind.idempotency_settings import event_retention_days
 from events_app import dialect
 from events_app.ids import uuid7_floor
 from events_app.models import (
@@ -123,10 +124,11 @@ def _cutoff(now: datetime, days: int) -> datetime | None:
 def retention_cutoffs(*, now: datetime) -> dict[str, datetime | None]:
     """Rows older than these are expired; None: kept forever."""
     completed_days = settings.BIGMIND_EVENT_RETENTION_DAYS
-    failed_days = settings.BIGMIND_FAILED_EVENT_RETENTION_DAYS
-    # Forever if either says so, else never sooner than completed events.
-    forever = completed_days <= 0 or failed_days <= 0
-    failed_days = 0 if forever else max(failed_days, completed_days)
+    # Forever if either says so, else never sooner than completed events: the rule the keys'
+    # retention is checked against (bigmind.idempotency_settings), from the same function.
+    failed_days = event_retention_days(
+        completed=completed_days, failed=settings.BIGMIND_FAILED_EVENT_RETENTION_DAYS
+    )
     return {
         EventStatus.COMPLETED: _cutoff(now, completed_days),
         EventStatus.FAILED: _cutoff(now, failed_days),

@@ -69,6 +69,8 @@ from django.utils import timezone
 from events_app.partitions.upkeep import (
     BUILDING_SUFFIX,
     TABLE,
+    columns_of,
+    default_name,
     index_tail,
     interval_end,
     interval_start,
@@ -77,6 +79,7 @@ from events_app.partitions.upkeep import (
     partition_create,
     partition_index_name,
     partitions_read,
+    relkind,
 )
 
 logger = logging.getLogger(__name__)
@@ -108,22 +111,7 @@ class ConversionResult:
 
 def conversion_needed(db: BaseDatabaseWrapper | None = None) -> bool:
     """True on PostgreSQL while the events table is a plain (unpartitioned) table."""
-    db = db or connections["default"]
-    if db.vendor != "postgresql":
-        return False
-    with db.cursor() as cursor:
-        cursor.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [TABLE])
-        row = cursor.fetchone()
-    return bool(row) and row[0] == "r"
-
-
-def _columns(cursor: CursorWrapper) -> str:
-    cursor.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
-        "AND NOT attisdropped ORDER BY attnum",
-        [TABLE],
-    )
-    return ", ".join(f'"{name}"' for (name,) in cursor.fetchall())
+    return relkind(db) == "r"
 
 
 def _clean_up_previous_run(cursor: CursorWrapper) -> None:
@@ -194,8 +182,8 @@ def _set_up(cursor: CursorWrapper, *, now: datetime, interval: str, ahead: int) 
     )
     for table, name in cursor.fetchall():
         cursor.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
-    cursor.execute(f'CREATE TABLE "{TABLE}_default" PARTITION OF "{NEW}" DEFAULT')
-    created = [f"{TABLE}_default"]
+    cursor.execute(f'CREATE TABLE "{default_name()}" PARTITION OF "{NEW}" DEFAULT')
+    created = [default_name()]
     start = interval_start(now, interval)
     for _ in range(ahead + 1):
         end = interval_end(start, interval)
@@ -363,7 +351,7 @@ def events_convert(
     with transaction.atomic(using=db.alias), db.cursor() as cursor:
         result.partitions += _set_up(cursor, now=timezone.now(), interval=interval, ahead=ahead)
     with db.cursor() as cursor:
-        columns = _columns(cursor)
+        columns = columns_of(cursor, TABLE)
         say(f"copying the events in chunks of {chunk_size}")
         _copy(cursor, columns, interval, chunk_size, result)
         say(f"copied {result.rows_copied} events in {result.chunks} chunks; building the indexes")
@@ -421,7 +409,7 @@ def events_unconvert(*, db: BaseDatabaseWrapper | None = None) -> bool:
     plain = f"{TABLE}_plain"
     with transaction.atomic(using=db.alias), db.cursor() as cursor:
         cursor.execute(f'LOCK TABLE "{TABLE}" IN ACCESS EXCLUSIVE MODE')
-        columns = _columns(cursor)
+        columns = columns_of(cursor, TABLE)
         cursor.execute(
             "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
             "WHERE conrelid = to_regclass(%s) AND contype = 'f' ORDER BY conname",

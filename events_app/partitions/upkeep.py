@@ -107,14 +107,20 @@ def timestamp_literal(moment: datetime) -> str:
     return f"'{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}+00'"
 
 
-def is_partitioned(db: BaseDatabaseWrapper | None = None, table: str = TABLE) -> bool:
+def relkind(db: BaseDatabaseWrapper | None = None, table: str = TABLE) -> str | None:
+    """`table`'s pg_class.relkind on PostgreSQL ("p": partitioned, "r": a plain table); None on
+    SQLite or when there is no such table."""
     db = db or connections["default"]
-    if db.vendor != "postgresql":
-        return False
+    if db.vendor != "postgresql":  # (events_app.dialect sits above this layer)
+        return None
     with db.cursor() as cursor:
         cursor.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [table])
         row = cursor.fetchone()
-    return bool(row) and row[0] == "p"
+    return row[0] if row else None
+
+
+def is_partitioned(db: BaseDatabaseWrapper | None = None, table: str = TABLE) -> bool:
+    return relkind(db, table) == "p"
 
 
 def partitions_lock(cursor: CursorWrapper) -> None:
@@ -172,7 +178,8 @@ def _gaps(
     return gaps
 
 
-def _columns(cursor: CursorWrapper, table: str) -> str:
+def columns_of(cursor: CursorWrapper, table: str) -> str:
+    """`table`'s columns, quoted, in order (for INSERT ... SELECT between its twins)."""
     cursor.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
         "AND NOT attisdropped ORDER BY attnum",
@@ -241,7 +248,7 @@ def partition_create(
         )
         bounds = f"FROM ({timestamp_literal(low)}) TO ({timestamp_literal(high)})"
         if default is not None:
-            columns = _columns(cursor, table)
+            columns = columns_of(cursor, table)
             cursor.execute(f'LOCK TABLE "{default}" IN SHARE ROW EXCLUSIVE MODE')
             # Only model metadata and computed UTC bounds are interpolated.
             cursor.execute(

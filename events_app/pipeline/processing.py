@@ -45,6 +45,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
+from events_app import dialect
 from events_app.models import Event, EventStatus
 from events_app.pipeline.claims import Claim, events_claim, events_claim_due
 from events_app.pipeline.completion import (
@@ -211,8 +212,7 @@ def _retries_pending(ids: list[UUID], received: dict[UUID, datetime]) -> list[UU
     # by the events' received_at when every one is known (it names their partitions).
     events = Event.objects.filter(pk__in=ids)
     if all(i in received for i in ids):
-        times = [received[i] for i in ids]
-        events = events.filter(received_at__range=(min(times), max(times)))
+        events = events.filter(dialect.received_range(received[i] for i in ids))
     rows = events.order_by().values_list("pk", "status", "attempts")
     pending = [(pk, attempts) for pk, status, attempts in rows if status == EventStatus.PENDING]
     order = {event_id: index for index, event_id in enumerate(ids)}

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from events_app import dialect
 from events_app.models import Event, EventStatus
 from events_app.pipeline.claims import transitions_record
 from events_app.pipeline.queue import BATCH_MESSAGE_SIZE, events_enqueue
@@ -69,17 +70,15 @@ def events_reprocess(
     queued = 0
     for page in _chunks(events, chunk_size):
         ids = list(page)
-        within = (min(page.values()), max(page.values()))
+        within = dialect.received_range(page.values())
         with transaction.atomic():
             moved = list(
                 Event.objects.select_for_update()
-                .filter(pk__in=ids, received_at__range=within, status__in=REPROCESSABLE)
+                .filter(within, pk__in=ids, status__in=REPROCESSABLE)
                 .values_list("pk", flat=True)
             )
             now = timezone.now()
-            Event.objects.filter(
-                pk__in=moved, received_at__range=within, status__in=REPROCESSABLE
-            ).update(
+            Event.objects.filter(within, pk__in=moved, status__in=REPROCESSABLE).update(
                 status=EventStatus.PENDING,
                 attempts=0,
                 last_error="",

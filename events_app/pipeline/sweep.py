@@ -25,6 +25,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from events_app import dialect
 from events_app.models import Event, EventStatus, WebhookEventType
 from events_app.pipeline.claims import transitions_record
 from events_app.pipeline.queue import events_enqueue
@@ -115,11 +116,10 @@ def events_sweep(*, now: datetime | None = None) -> SweepResult:
     published = events_enqueue(event_ids=ids, received_at=times) if ids else 0
     if published:
         # Not queued again for another PENDING_AFTER seconds, however long the queue is.
-        # Not an event that meanwhile failed a try and is waiting out its backoff. Ordered
-        # by received_at, so the published ones' times span times[0] .. times[published - 1].
+        # Not an event that meanwhile failed a try and is waiting out its backoff.
         Event.objects.filter(
+            dialect.received_range(times[:published]),
             pk__in=ids[:published],
-            received_at__range=(times[0], times[published - 1]),
             status=EventStatus.PENDING,
         ).filter(Q(due_at__isnull=True) | Q(due_at__lt=cutoff)).update(due_at=now)
     # The outbox too: endpoints with due deliveries (a lost message, a long backoff) are woken.

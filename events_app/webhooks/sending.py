@@ -217,9 +217,7 @@ def _events_of(deliveries: list[WebhookDelivery]) -> list[Event]:
     found: list[Event] = []
     if timed:
         times = [d.event_received_at for d in timed if d.event_received_at is not None]
-        found += events.filter(
-            id__in={d.event_id for d in timed}, received_at__range=(min(times), max(times))
-        )
+        found += events.filter(dialect.received_range(times), id__in={d.event_id for d in timed})
     if untimed:
         found += events.filter(id__in=untimed)
     return found

@@ -430,7 +430,7 @@ def test_without_replicas_a_scope_reads_from_the_primary() -> None:
 def test_a_read_that_finds_nothing_on_the_replica_is_run_again_on_the_primary(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(replicas, "replica_choose", lambda: "replica_0")
+    monkeypatch.setattr(replicas, "replica_choose", lambda aliases: "replica_0")
     seen: list[str | None] = []
 
     @read_from_replica(primary_on=(NotFound,))
@@ -448,7 +448,7 @@ def test_a_read_that_finds_nothing_on_the_replica_is_run_again_on_the_primary(
 def test_other_errors_of_a_replica_read_are_not_retried(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(replicas, "replica_choose", lambda: "replica_0")
+    monkeypatch.setattr(replicas, "replica_choose", lambda aliases: "replica_0")
     calls: list[str | None] = []
 
     @read_from_replica(primary_on=(NotFound,))

@@ -28,6 +28,7 @@ from events_app.ingest.store import stored_events_by_key
 from events_app.models import CrmRecord, Event, EventStatus, IdempotencyKey
 from events_app.pipeline.processing import events_process
 from events_app.retention import retention_purge
+from signals_app.models import Signal
 from tests.conftest import ApiClient, Tenant, on_postgres
 from tests.locking import RolledBack, wait_for_a_lock_wait
 
@@ -36,11 +37,6 @@ URL = "/v1/events"
 BODY = {"signal": "visit", "identity": {"type": "account", "id": "A1"}, "data": {"n": 1}}
 OTHER_BODY = BODY | {"data": {"n": 2}}
 THREADS = 8
-
-
-@pytest.fixture
-def visit(tenant: Tenant) -> None:
-    tenant.signal("visit")
 
 
 @pytest.fixture
@@ -72,7 +68,7 @@ def stored_and_purged(api: ApiClient, body: dict[str, Any] = BODY, key: str = "k
 
 # --- What ingest writes -----------------------------------------------------------------------
 def test_a_keyed_event_holds_its_key_with_what_a_replay_answers(
-    api: ApiClient, tenant: Tenant, visit: None
+    api: ApiClient, tenant: Tenant, visit: Signal
 ) -> None:
     response = post(api, BODY | {"reference": "ref-1"})
 
@@ -94,13 +90,13 @@ def test_a_keyed_event_holds_its_key_with_what_a_replay_answers(
     assert event.idempotency_key == "k-1"
 
 
-def test_an_event_without_a_key_holds_none(api: ApiClient, visit: None) -> None:
+def test_an_event_without_a_key_holds_none(api: ApiClient, visit: Signal) -> None:
     assert api.post(URL, BODY).status_code == 202
 
     assert IdempotencyKey.objects.count() == 0
 
 
-def test_a_batch_stores_its_items_keys_with_its_events(api: ApiClient, visit: None) -> None:
+def test_a_batch_stores_its_items_keys_with_its_events(api: ApiClient, visit: Signal) -> None:
     response = batch(
         api,
         BODY | {"idempotency_key": "b-1"},
@@ -118,7 +114,7 @@ def test_a_batch_stores_its_items_keys_with_its_events(api: ApiClient, visit: No
 
 
 def test_a_batch_whose_key_another_request_stored_meanwhile_stores_nothing_twice(
-    api: ApiClient, tenant: Tenant, visit: None, monkeypatch: pytest.MonkeyPatch
+    api: ApiClient, tenant: Tenant, visit: Signal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The race the batch's second pass is for: the key is taken between the batch's check and
     its insert. The key table's unique index refuses the insert, and the second pass answers
@@ -236,7 +232,7 @@ def test_a_batch_waiting_on_a_key_holds_no_crm_record_lock(tenant: Tenant) -> No
 
 # --- A replay once the event is gone ------------------------------------------------------------
 def test_a_replay_after_retention_deleted_the_event_answers_from_its_key(
-    api: ApiClient, tenant: Tenant, visit: None, short_retention: Any
+    api: ApiClient, tenant: Tenant, visit: Signal, short_retention: Any
 ) -> None:
     event_id = stored_and_purged(api, BODY | {"reference": "ref-1"})
 
@@ -257,7 +253,7 @@ def test_a_replay_after_retention_deleted_the_event_answers_from_its_key(
 
 
 def test_a_different_request_with_a_purged_events_key_is_still_a_conflict(
-    api: ApiClient, visit: None, short_retention: Any
+    api: ApiClient, visit: Signal, short_retention: Any
 ) -> None:
     stored_and_purged(api)
 
@@ -273,7 +269,7 @@ def test_a_different_request_with_a_purged_events_key_is_still_a_conflict(
 
 
 def test_a_batch_replay_of_a_purged_event_answers_from_its_key(
-    api: ApiClient, visit: None, short_retention: Any
+    api: ApiClient, visit: Signal, short_retention: Any
 ) -> None:
     event_id = stored_and_purged(api)
 
@@ -285,7 +281,7 @@ def test_a_batch_replay_of_a_purged_event_answers_from_its_key(
 
 
 def test_a_replay_while_the_event_exists_reports_its_status_now(
-    api: ApiClient, visit: None
+    api: ApiClient, visit: Signal
 ) -> None:
     event_id = post(api, BODY).json()["data"]["id"]
     events_process(event_ids=[event_id])
@@ -300,7 +296,7 @@ def test_a_replay_while_the_event_exists_reports_its_status_now(
 
 
 def test_the_events_holding_keys_are_looked_up_in_one_query_whatever_their_number(
-    api: ApiClient, tenant: Tenant, visit: None, django_assert_num_queries: Any
+    api: ApiClient, tenant: Tenant, visit: Signal, django_assert_num_queries: Any
 ) -> None:
     for n in range(5):
         post(api, BODY | {"data": {"n": n}}, key=f"k-{n}")
@@ -318,7 +314,7 @@ def test_the_events_holding_keys_are_looked_up_in_one_query_whatever_their_numbe
 
 # --- The keys' own retention -------------------------------------------------------------------
 def test_a_key_is_deleted_once_its_retention_has_passed_and_its_event_is_gone(
-    api: ApiClient, visit: None, short_retention: Any
+    api: ApiClient, visit: Signal, short_retention: Any
 ) -> None:
     event_id = stored_and_purged(api)
 
@@ -336,7 +332,7 @@ def test_a_key_is_deleted_once_its_retention_has_passed_and_its_event_is_gone(
 
 
 def test_a_key_outlives_its_retention_while_its_event_exists(
-    api: ApiClient, visit: None, short_retention: Any
+    api: ApiClient, visit: Signal, short_retention: Any
 ) -> None:
     # Never processed: `pending` events are never deleted, however old, nor their keys.
     event_id = post(api, BODY).json()["data"]["id"]
@@ -350,7 +346,7 @@ def test_a_key_outlives_its_retention_while_its_event_exists(
 
 
 def test_keys_are_deleted_in_chunks_oldest_first(
-    api: ApiClient, visit: None, short_retention: Any
+    api: ApiClient, visit: Signal, short_retention: Any
 ) -> None:
     for n in range(5):
         post(api, BODY | {"data": {"n": n}}, key=f"k-{n}")
@@ -364,7 +360,7 @@ def test_keys_are_deleted_in_chunks_oldest_first(
     assert IdempotencyKey.objects.count() == 0
 
 
-def test_keys_are_kept_forever_with_zero(api: ApiClient, visit: None, settings: Any) -> None:
+def test_keys_are_kept_forever_with_zero(api: ApiClient, visit: Signal, settings: Any) -> None:
     settings.BIGMIND_EVENT_RETENTION_DAYS = 10
     settings.BIGMIND_IDEMPOTENCY_KEY_RETENTION_DAYS = 0
     event_id = post(api, BODY).json()["data"]["id"]
@@ -377,7 +373,9 @@ def test_keys_are_kept_forever_with_zero(api: ApiClient, visit: None, settings: 
     assert IdempotencyKey.objects.count() == 1
 
 
-def test_purge_expired_reports_the_keys(api: ApiClient, visit: None, short_retention: Any) -> None:
+def test_purge_expired_reports_the_keys(
+    api: ApiClient, visit: Signal, short_retention: Any
+) -> None:
     stored_and_purged(api)
     # The command's own clock is now: make the key look 31 days old (its id as well, which is
     # the purge's index by time).

@@ -5,6 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
+from events_app import dialect
 from events_app.partitions.conversion import conversion_needed, events_convert
 from events_app.partitions.upkeep import is_partitioned, partitions_ensure, partitions_list
 
@@ -35,7 +36,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if connection.vendor != "postgresql":
+        if not dialect.postgres(connection):
             raise CommandError("the events table is partitioned on PostgreSQL only (SQLite: plain)")
         if options["convert"]:
             if not conversion_needed():
